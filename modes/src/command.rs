@@ -1,0 +1,129 @@
+//! Commands a client submits and the results of applying them.
+//!
+//! A [`Command`] is what a WAL record (or a Raft entry) carries: it is encoded with postcard
+//! into the record payload. Preconditions (`if_revision`, txn compares) are part of the
+//! command and are evaluated when the entry is *applied*, so every replica reaches the same
+//! verdict from the same log — the etcd model. A failed precondition still consumes its index.
+
+use serde::{Deserialize, Serialize};
+
+/// A state-changing request, as stored in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set `key` to `value`; with `if_revision`, only if the key's mod revision equals it
+    /// (0 = the key must not exist).
+    Put { key: String, value: Vec<u8>, if_revision: Option<u64> },
+    /// Remove `key`; with `if_revision`, only if the key's mod revision equals it.
+    Delete { key: String, if_revision: Option<u64> },
+    /// All-or-nothing transaction.
+    Txn(Txn),
+    /// Changes nothing; written by a new leader/primary to commit its epoch.
+    Noop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub target: CompareTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's mod revision equals this (0 = the key is absent).
+    Revision(u64),
+    /// The key exists and holds exactly these bytes.
+    Value(Vec<u8>),
+    /// The key exists (true) or is absent (false).
+    Exists(bool),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+    Get { key: String },
+}
+
+/// A stored key with its revisions (etcd's create/mod revision).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+/// What applying one command did. `revision` is the index of the entry that carried it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub revision: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Written,
+    Deleted { existed: bool },
+    /// `if_revision` did not match; `current_revision` is the key's mod revision (0 = absent).
+    PreconditionFailed { current_revision: u64 },
+    Txn { succeeded: bool, results: Vec<OpResult> },
+    Noop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    Put { key: String },
+    Delete { key: String, deleted: bool },
+    Get { key: String, kv: Option<KeyValue> },
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        // postcard cannot fail for these plain types with an in-memory Vec.
+        postcard::to_allocvec(self).expect("command encodes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    /// True when the command cannot change state (a txn of only gets still takes an index,
+    /// so that its reads are serialized with writes).
+    pub fn is_noop(&self) -> bool {
+        matches!(self, Command::Noop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trips_through_postcard() {
+        let cmds = vec![
+            Command::Put { key: "a/b".into(), value: vec![0, 1, 255], if_revision: Some(0) },
+            Command::Delete { key: "k".into(), if_revision: None },
+            Command::Txn(Txn {
+                compare: vec![Compare { key: "x".into(), target: CompareTarget::Value(b"v".to_vec()) }],
+                success: vec![Op::Put { key: "x".into(), value: b"w".to_vec() }],
+                failure: vec![Op::Get { key: "x".into() }],
+            }),
+            Command::Noop,
+        ];
+        for c in cmds {
+            assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn garbage_payload_is_an_error_not_a_panic() {
+        assert!(Command::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

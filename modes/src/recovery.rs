@@ -1,0 +1,64 @@
+//! Start-up recovery shared by every mode: replay the WAL into the state machine.
+//!
+//! The state machine may commit with relaxed durability, so after a crash its durable applied
+//! index can trail the WAL. Replaying `(durable_index, wal.last_index()]` brings it back to
+//! everything the WAL made durable — which includes every write that was acknowledged.
+
+use meridian_wal::Wal;
+use tracing::info;
+
+use crate::command::Command;
+use crate::state_machine::{LogEntry, StateMachine};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("the WAL starts at index {first} but the state needs index {needed}: the entries between were purged; restore from a backup")]
+    Gap { first: u64, needed: u64 },
+    #[error("the WAL ends at index {wal_last} but the state has applied {applied}: the WAL directory does not belong to this state")]
+    WalBehindState { wal_last: u64, applied: u64 },
+    #[error("WAL record {index} does not decode as a command: {reason}")]
+    BadPayload { index: u64, reason: String },
+    #[error(transparent)]
+    Wal(#[from] meridian_wal::WalError),
+    #[error(transparent)]
+    State(#[from] crate::state_machine::StateMachineError),
+}
+
+/// Replays the WAL into `sm`; returns how many entries were applied.
+pub fn replay(wal: &Wal, sm: &dyn StateMachine) -> Result<u64, RecoveryError> {
+    let applied = sm.applied_index();
+    let (first, last) = (wal.first_index(), wal.last_index());
+    if last < applied {
+        if first > last {
+            // An empty WAL under a restored or snapshot-installed state: continue after it.
+            wal.reset_to(applied + 1)?;
+            return Ok(0);
+        }
+        return Err(RecoveryError::WalBehindState { wal_last: last, applied });
+    }
+    if first > applied + 1 {
+        return Err(RecoveryError::Gap { first, needed: applied + 1 });
+    }
+    let mut next = applied + 1;
+    let mut replayed = 0;
+    while next <= last {
+        let records = wal.read_from(next, 4096, 16 << 20)?;
+        if records.is_empty() {
+            break;
+        }
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records {
+            let command = Command::decode(&r.payload)
+                .map_err(|e| RecoveryError::BadPayload { index: r.index, reason: e.to_string() })?;
+            entries.push(LogEntry { index: r.index, epoch: r.epoch, command });
+        }
+        next = entries.last().map_or(next, |e| e.index + 1);
+        replayed += entries.len() as u64;
+        sm.apply(&entries)?;
+    }
+    if replayed > 0 {
+        info!(from = applied + 1, to = next - 1, "replayed WAL into the state machine");
+        sm.checkpoint()?;
+    }
+    Ok(replayed)
+}

@@ -1,0 +1,161 @@
+//! The [`Replicator`] trait: the one interface between the HTTP layer and a replication mode.
+//!
+//! The HTTP layer validates a request, then either submits a [`Command`] (writes) or asks for a
+//! read fence (reads) and serves the read from the local [`StateMachine`](crate::StateMachine).
+//! Everything mode-specific hides behind this trait:
+//! - *where a write goes*: the mode commits it, forwards it to the node that can (over the
+//!   cluster transport), or answers [`SubmitError::NotLeader`] when forwarding is off;
+//! - *when a read may be served locally*: [`Replicator::read_fence`] waits for a bookmark,
+//!   or for the leader's read index in linearizable modes;
+//! - *what the node reports*: [`ReplicationStatus`] feeds `/health`, `/metrics` and admin.
+//!
+//! Admin operations that only some modes support (promote, membership, …) go through
+//! [`Replicator::admin`], whose default answers [`AdminError::NotSupported`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::bookmark::Bookmark;
+use crate::command::{Command, CommandResult};
+
+/// A committed, applied write.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub result: CommandResult,
+    pub bookmark: Bookmark,
+}
+
+/// Where the node that can take writes is, for `421` answers and forwarding.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub node_id: String,
+    /// Base HTTP URL, e.g. `http://10.0.0.2:7474`.
+    pub http_addr: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<LeaderHint> },
+    #[error("this node does not take writes: {0}")]
+    ReadOnly(String),
+    #[error("this node was fenced by epoch {epoch}; it no longer takes writes")]
+    Fenced { epoch: u64, leader: Option<LeaderHint> },
+    #[error("the write was not confirmed in time: {0}")]
+    Timeout(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("bookmark position {wanted} not applied within {waited:?} (applied: {applied})")]
+    BookmarkTimeout { wanted: u64, applied: u64, waited: Duration },
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<LeaderHint> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("not supported in {mode} mode")]
+    NotSupported { mode: &'static str },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Through the leader's read index (raft, multi_region).
+    Linearizable,
+    /// This node's applied state, at once (after any bookmark).
+    Local,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadRequest {
+    /// `None` = the mode's default.
+    pub consistency: Option<Consistency>,
+    pub bookmark: Option<Bookmark>,
+    pub wait: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerInfo {
+    pub id: String,
+    pub address: String,
+    pub healthy: bool,
+}
+
+/// A point-in-time view of the node's replication state.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicationStatus {
+    pub mode: &'static str,
+    pub node_id: String,
+    pub role: String,
+    pub is_leader: bool,
+    pub state: String,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// HA epoch or Raft term.
+    pub epoch: u64,
+    pub peers: Vec<PeerInfo>,
+    #[serde(skip)]
+    pub health: Health,
+    #[serde(skip)]
+    pub lag_seconds: f64,
+    #[serde(skip)]
+    pub leader_changes: u64,
+    #[serde(skip)]
+    pub replication_bytes: u64,
+    /// Human-readable reasons behind a degraded or unhealthy status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Admin operations that not every mode supports.
+#[derive(Clone, Debug)]
+pub enum AdminRequest {
+    Promote { force: bool },
+    Switchover,
+    ClusterStatus,
+    ReplicationLag,
+    AddNode { node_id: String, address: String, voter: bool },
+    RemoveNode { node_id: String },
+    StepDown,
+    TransferLeadership { target: String },
+    RaftState,
+    RaftSnapshot,
+    RegionPromote,
+    RegionStatus,
+}
+
+#[async_trait]
+pub trait Replicator: Send + Sync + 'static {
+    fn mode(&self) -> &'static str;
+    /// Commits `cmd` as this mode defines it and returns once it is applied locally.
+    async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError>;
+    /// Returns once a read under `req` may be served from the local state machine.
+    async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError>;
+    fn status(&self) -> ReplicationStatus;
+    async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {
+        let _ = req;
+        Err(AdminError::NotSupported { mode: self.mode() })
+    }
+    /// Stops taking writes, finishes in-flight ones, and makes the state durable.
+    async fn shutdown(&self);
+}

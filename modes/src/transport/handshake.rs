@@ -1,0 +1,381 @@
+//! The cluster handshake: the first frames on every connection, after TLS if enabled.
+//!
+//! ```text
+//! client → server  Handshake        payload: "MRDN" | version u16 | cluster id | node id
+//! server → client  HandshakeAck     payload: "MRDN" | version u16 | server node id
+//!               or HandshakeReject  payload: reason u8 | message (UTF-8), then close
+//! ```
+//! Strings are a u16 BE length and UTF-8 bytes. Handshake frames are limited to
+//! [`HANDSHAKE_MAX_BYTES`], so an unauthenticated peer cannot make the node buffer more.
+//!
+//! The server refuses ([`RejectReason`]) a frame that is not a handshake, a wrong magic, a
+//! different protocol version, a different cluster id, and — when it verifies client
+//! certificates — a node id that is not a DNS name in the client's certificate. The client
+//! checks that the server is the node it meant to reach: the acknowledged node id must be the
+//! peer id it dialled and, with TLS, a name in the server's certificate. Either way a node
+//! holding a valid certificate cannot pose as another node.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rustls_pki_types::CertificateDer;
+
+use super::connection::{ReadError, StreamReader, StreamWriter};
+use super::frame::{Frame, FrameKind};
+use super::tls::certificate_names;
+use super::{NodeId, TransportConfig};
+
+pub const MAGIC: [u8; 4] = *b"MRDN";
+/// Bumped on any incompatible change to frames or handshake; peers must match exactly.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Limit on frames before the handshake completes.
+pub const HANDSHAKE_MAX_BYTES: usize = 4096;
+
+/// Why a handshake failed; also the `reason` label of the handshake-failure metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The TLS handshake failed: untrusted or expired certificate, none given, version refused,
+    /// plaintext on a TLS port.
+    Tls,
+    /// Not a handshake frame, wrong magic, malformed fields, or a frame that does not parse.
+    BadFrame,
+    BadVersion,
+    WrongCluster,
+    /// The claimed node id is not in the peer's certificate, or the server is another node.
+    IdentityMismatch,
+    /// The handshake did not complete within the connect timeout.
+    Timeout,
+    /// The connection failed or closed during the handshake.
+    Io,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Tls => "tls",
+            RejectReason::BadFrame => "bad_frame",
+            RejectReason::BadVersion => "bad_version",
+            RejectReason::WrongCluster => "wrong_cluster",
+            RejectReason::IdentityMismatch => "identity_mismatch",
+            RejectReason::Timeout => "timeout",
+            RejectReason::Io => "io",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            RejectReason::Tls => 1,
+            RejectReason::BadFrame => 2,
+            RejectReason::BadVersion => 3,
+            RejectReason::WrongCluster => 4,
+            RejectReason::IdentityMismatch => 5,
+            RejectReason::Timeout => 6,
+            RejectReason::Io => 7,
+        }
+    }
+
+    fn from_code(c: u8) -> RejectReason {
+        match c {
+            1 => RejectReason::Tls,
+            3 => RejectReason::BadVersion,
+            4 => RejectReason::WrongCluster,
+            5 => RejectReason::IdentityMismatch,
+            6 => RejectReason::Timeout,
+            7 => RejectReason::Io,
+            _ => RejectReason::BadFrame,
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A failed handshake, as seen by the side that dialled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("refused by the peer ({reason}): {message}")]
+    Rejected { reason: RejectReason, message: String },
+    #[error("dialled node {expected} but the peer says it is {actual}")]
+    WrongNode { expected: NodeId, actual: NodeId },
+    #[error("the peer's certificate does not name node {node}")]
+    CertificateMismatch { node: NodeId },
+    #[error("malformed handshake: {0}")]
+    Malformed(String),
+    #[error("connection failed during the handshake: {0}")]
+    Io(String),
+}
+
+impl HandshakeError {
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            HandshakeError::Rejected { reason, .. } => *reason,
+            HandshakeError::WrongNode { .. } | HandshakeError::CertificateMismatch { .. } => {
+                RejectReason::IdentityMismatch
+            }
+            HandshakeError::Malformed(_) => RejectReason::BadFrame,
+            HandshakeError::Io(_) => RejectReason::Io,
+        }
+    }
+}
+
+/// The client's opening message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub cluster_id: String,
+    pub node_id: NodeId,
+}
+
+impl Hello {
+    pub fn new(cluster_id: impl Into<String>, node_id: impl Into<NodeId>) -> Hello {
+        Hello { version: PROTOCOL_VERSION, cluster_id: cluster_id.into(), node_id: node_id.into() }
+    }
+
+    pub fn to_frame(&self) -> Frame {
+        let mut b = BytesMut::new();
+        b.put_slice(&MAGIC);
+        b.put_u16(self.version);
+        put_str(&mut b, &self.cluster_id);
+        put_str(&mut b, &self.node_id);
+        Frame::new(FrameKind::Handshake, 0, 0, b.freeze())
+    }
+
+    /// Decodes the payload of a `Handshake` frame. The version is returned as sent so the
+    /// caller can refuse it with the right reason.
+    pub fn decode(mut b: Bytes) -> Result<Hello, (RejectReason, String)> {
+        check_magic(&mut b)?;
+        let version = get_u16(&mut b)?;
+        if version != PROTOCOL_VERSION {
+            return Ok(Hello { version, cluster_id: String::new(), node_id: String::new() });
+        }
+        let cluster_id = get_str(&mut b)?;
+        let node_id = get_str(&mut b)?;
+        Ok(Hello { version, cluster_id, node_id })
+    }
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    // Ids are validated to 255 bytes at start-up; the cut only guards the encoding.
+    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    b.put_u16(s.len() as u16);
+    b.put_slice(s);
+}
+
+fn malformed(what: &str) -> (RejectReason, String) {
+    (RejectReason::BadFrame, format!("malformed handshake: {what}"))
+}
+
+fn check_magic(b: &mut Bytes) -> Result<(), (RejectReason, String)> {
+    if b.len() < MAGIC.len() || b[..MAGIC.len()] != MAGIC {
+        return Err((RejectReason::BadFrame, "not a Meridian cluster handshake (bad magic)".into()));
+    }
+    b.advance(MAGIC.len());
+    Ok(())
+}
+
+fn get_u16(b: &mut Bytes) -> Result<u16, (RejectReason, String)> {
+    if b.len() < 2 {
+        return Err(malformed("truncated"));
+    }
+    Ok(b.get_u16())
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, (RejectReason, String)> {
+    let n = get_u16(b)? as usize;
+    if b.len() < n {
+        return Err(malformed("truncated string"));
+    }
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| malformed("string is not UTF-8"))
+}
+
+fn ack_frame(node_id: &str) -> Frame {
+    let mut b = BytesMut::new();
+    b.put_slice(&MAGIC);
+    b.put_u16(PROTOCOL_VERSION);
+    put_str(&mut b, node_id);
+    Frame::new(FrameKind::HandshakeAck, 0, 0, b.freeze())
+}
+
+fn reject_frame(reason: RejectReason, message: &str) -> Frame {
+    let mut b = BytesMut::new();
+    b.put_u8(reason.code());
+    b.put_slice(message.as_bytes());
+    Frame::new(FrameKind::HandshakeReject, 0, 0, b.freeze())
+}
+
+/// A refused incoming handshake: why, for the metric and the log.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+    /// The node id the peer claimed, when it got that far.
+    pub claimed: Option<NodeId>,
+}
+
+impl Refusal {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Refusal {
+        Refusal { reason, message: message.into(), claimed: None }
+    }
+
+    pub fn from_read(e: ReadError) -> Refusal {
+        match e {
+            ReadError::Frame(f) => Refusal::new(RejectReason::BadFrame, f.to_string()),
+            ReadError::Idle(_) => Refusal::new(RejectReason::Timeout, e.to_string()),
+            ReadError::Truncated(_) => Refusal::new(RejectReason::BadFrame, e.to_string()),
+            ReadError::Io(_) => match e.tls_cause() {
+                Some(t) => Refusal::new(RejectReason::Tls, t),
+                None => Refusal::new(RejectReason::Io, e.to_string()),
+            },
+        }
+    }
+}
+
+/// Server side: reads the client's handshake, checks it, and answers. Returns the peer's
+/// node id. `client_cert` is the client's end-entity certificate when the server verified
+/// one; with it, the claimed id must be named by the certificate. On refusal a
+/// `HandshakeReject` is sent (best effort) before returning.
+pub(crate) async fn accept(
+    reader: &mut StreamReader,
+    writer: &mut StreamWriter,
+    cfg: &TransportConfig,
+    client_cert: Option<&CertificateDer<'static>>,
+) -> Result<NodeId, Refusal> {
+    let result = check_hello(reader, cfg, client_cert).await;
+    let reply = match &result {
+        Ok(_) => ack_frame(&cfg.node_id),
+        // Nothing can reach the peer when the connection itself failed.
+        Err(r) if matches!(r.reason, RejectReason::Io | RejectReason::Tls) => return result,
+        Err(r) => reject_frame(r.reason, &r.message),
+    };
+    let sent = async {
+        writer.write_frame(&reply).await?;
+        writer.flush().await
+    }
+    .await;
+    match (result, sent) {
+        (Ok(node), Ok(())) => Ok(node),
+        (Ok(node), Err(e)) => {
+            Err(Refusal { reason: RejectReason::Io, message: format!("sending the handshake reply: {e}"), claimed: Some(node) })
+        }
+        (Err(r), _) => {
+            let _ = writer.shutdown().await;
+            Err(r)
+        }
+    }
+}
+
+async fn check_hello(
+    reader: &mut StreamReader,
+    cfg: &TransportConfig,
+    client_cert: Option<&CertificateDer<'static>>,
+) -> Result<NodeId, Refusal> {
+    let frame = match reader.read_frame(cfg.connect_timeout).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(Refusal::new(RejectReason::Io, "connection closed before the handshake")),
+        Err(e) => return Err(Refusal::from_read(e)),
+    };
+    if frame.kind != FrameKind::Handshake {
+        return Err(Refusal::new(
+            RejectReason::BadFrame,
+            format!("expected a handshake, got a {:?} frame", frame.kind),
+        ));
+    }
+    let hello = Hello::decode(frame.payload).map_err(|(reason, message)| Refusal::new(reason, message))?;
+    let refuse = |reason, message: String| Refusal { reason, message, claimed: Some(hello.node_id.clone()) };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(refuse(
+            RejectReason::BadVersion,
+            format!("protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})", hello.version),
+        ));
+    }
+    if hello.cluster_id != cfg.cluster_id {
+        return Err(refuse(RejectReason::WrongCluster, format!("wrong cluster id {:?}", hello.cluster_id)));
+    }
+    if hello.node_id.is_empty() {
+        return Err(refuse(RejectReason::BadFrame, "empty node id".into()));
+    }
+    if let Some(cert) = client_cert {
+        if !certificate_names(cert, &hello.node_id) {
+            return Err(refuse(
+                RejectReason::IdentityMismatch,
+                format!("node id {:?} is not a name in the client certificate", hello.node_id),
+            ));
+        }
+    }
+    Ok(hello.node_id)
+}
+
+/// Client side: sends our handshake and checks the answer. `server_cert` is the server's
+/// end-entity certificate under TLS; it must name `expected` too.
+pub(crate) async fn initiate(
+    reader: &mut StreamReader,
+    writer: &mut StreamWriter,
+    cfg: &TransportConfig,
+    expected: &NodeId,
+    server_cert: Option<&CertificateDer<'static>>,
+) -> Result<(), InitiateError> {
+    let io = |e: std::io::Error| match super::connection::tls_cause(&e) {
+        Some(t) => InitiateError::Tls(t),
+        None => InitiateError::Handshake(HandshakeError::Io(e.to_string())),
+    };
+    writer.write_frame(&Hello::new(&cfg.cluster_id, &cfg.node_id).to_frame()).await.map_err(io)?;
+    writer.flush().await.map_err(io)?;
+
+    let frame = match reader.read_frame(cfg.connect_timeout).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(HandshakeError::Io("the peer closed the connection".into()).into()),
+        Err(ReadError::Frame(e)) => return Err(HandshakeError::Malformed(e.to_string()).into()),
+        Err(e) => {
+            return Err(match e.tls_cause() {
+                Some(t) => InitiateError::Tls(t),
+                None => HandshakeError::Io(e.to_string()).into(),
+            })
+        }
+    };
+    let mut b = frame.payload;
+    match frame.kind {
+        FrameKind::HandshakeAck => {
+            let parse = |b: &mut Bytes| -> Result<(u16, String), (RejectReason, String)> {
+                check_magic(b)?;
+                let v = get_u16(b)?;
+                Ok((v, get_str(b)?))
+            };
+            let (version, node) = parse(&mut b).map_err(|(_, m)| HandshakeError::Malformed(m))?;
+            if version != PROTOCOL_VERSION {
+                return Err(HandshakeError::Malformed(format!("server acknowledged protocol version {version}")).into());
+            }
+            if &node != expected {
+                return Err(HandshakeError::WrongNode { expected: expected.clone(), actual: node }.into());
+            }
+            if let Some(cert) = server_cert {
+                if !certificate_names(cert, expected) {
+                    return Err(HandshakeError::CertificateMismatch { node: expected.clone() }.into());
+                }
+            }
+            Ok(())
+        }
+        FrameKind::HandshakeReject if !b.is_empty() => {
+            let reason = RejectReason::from_code(b.get_u8());
+            Err(HandshakeError::Rejected { reason, message: String::from_utf8_lossy(&b).into_owned() }.into())
+        }
+        other => Err(HandshakeError::Malformed(format!("expected a handshake reply, got a {other:?} frame")).into()),
+    }
+}
+
+/// What can end a client handshake: TLS alerts surface only when the first frames are
+/// exchanged (with TLS 1.3 the server checks the client certificate after the client has
+/// finished its part), so they are told apart here.
+#[derive(Debug)]
+pub(crate) enum InitiateError {
+    Tls(String),
+    Handshake(HandshakeError),
+}
+
+impl From<HandshakeError> for InitiateError {
+    fn from(e: HandshakeError) -> Self {
+        InitiateError::Handshake(e)
+    }
+}

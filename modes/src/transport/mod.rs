@@ -1,0 +1,54 @@
+//! # Cluster transport — framed, optionally mutually-authenticated connections between nodes
+//!
+//! Every mode talks to other nodes through one [`Transport`]: Raft RPCs and forwarded
+//! writes as [`Transport::request`] (one reply per request, many in flight on one
+//! connection), WAL streaming and fencing notices as [`Transport::send`] (one-way, in order
+//! per connection). Incoming traffic goes to the mode's [`Handler`].
+//!
+//! Module map (one concept per file):
+//! - [`frame`]: the wire format — a 4-byte big-endian length, an 11-byte header (kind,
+//!   message type, request id) and the payload. The only place that turns bytes into frames.
+//! - `connection`: buffered frame reading and writing over a TCP or TLS stream, the
+//!   byte-bounded send queue, the per-connection close signal.
+//! - [`handshake`]: the first exchange on every connection (magic, protocol version,
+//!   cluster id, node id) and the check that a TLS peer's certificate names the node it claims.
+//! - [`tls`]: loading PEM files into rustls server and client configurations (ring provider).
+//! - [`certs`]: development certificates (a CA and one certificate per node) made with rcgen.
+//! - `link`: the client side of one established connection — request correlation,
+//!   keep-alive pings, round-trip times.
+//! - `peer`: one remote node — lazy connect, reconnect with capped exponential backoff and
+//!   jitter, fail-fast while backing off.
+//! - `server`: the accept loop and the serving side of a connection (a task per request).
+//! - `endpoint`: [`Transport`], the handle the rest of the node holds.
+//! - [`config`], [`error`], `metrics`, `handler`, `shutdown`: settings, error enums,
+//!   Prometheus metrics, the [`Handler`] trait, and the stop signal shared by all tasks.
+//!
+//! Connections are one-directional in purpose: a node sends its requests and one-way
+//! messages over the connection it opened to a peer, and serves the peer's traffic on the
+//! connection the peer opened to it. So two nodes talking both ways hold two connections.
+
+pub mod certs;
+pub mod config;
+mod connection;
+mod endpoint;
+pub mod error;
+pub mod frame;
+mod handler;
+pub mod handshake;
+mod link;
+mod metrics;
+mod peer;
+mod server;
+mod shutdown;
+pub mod tls;
+
+/// A node's name in the cluster, e.g. `node1`. With TLS it must also be a DNS name in the
+/// node's certificate.
+pub type NodeId = String;
+
+pub use config::TransportConfig;
+pub use endpoint::{PeerStatus, Transport};
+pub use error::{RemoteError, TransportError};
+pub use handler::Handler;
+pub use handshake::{HandshakeError, RejectReason};
+pub use tls::{TlsConfigError, TlsPaths, TlsSettings, TlsVersion};

@@ -1,0 +1,238 @@
+//! The serving side: the accept loop and one task per incoming connection.
+//!
+//! An incoming connection gets `connect_timeout` to finish TLS and the cluster handshake.
+//! After that its reader spawns a task per request (bounded per connection, so a flood
+//! pushes back on the socket instead of growing memory), passes one-way messages to a
+//! per-connection task that delivers them in order, and answers pings itself. Anything that
+//! is not a valid frame of the expected kind closes that connection, with a warning naming
+//! the peer and the reason; other connections are untouched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls_pki_types::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::connection::{self, BoxStream, CloseReason, CloseSignal, Outbox, StreamReader, StreamWriter};
+use super::endpoint::Shared;
+use super::frame::{self, Frame, FrameKind};
+use super::handshake::{self, RejectReason, Refusal, HANDSHAKE_MAX_BYTES};
+use super::shutdown::Shutdown;
+use super::{NodeId, RemoteError};
+
+/// Requests handled at once per connection; the reader waits for a slot beyond that.
+const MAX_REQUESTS_IN_FLIGHT: usize = 1024;
+/// One-way messages buffered per connection ahead of the handler.
+const ONE_WAY_QUEUE: usize = 256;
+
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, controller_handle: Shutdown) {
+    let shutdown = controller_handle;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                tokio::spawn(serve(tcp, remote, shared.clone(), shutdown.clone()));
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: pause rather than spin, keep serving.
+                tracing::warn!(error = %e, "accepting a cluster connection failed");
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+    // Dropping the listener here frees the port before `shutdown()` returns.
+}
+
+async fn serve(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
+    let _ = tcp.set_nodelay(true);
+    let cfg = &shared.cfg;
+    let opened = tokio::select! {
+        biased;
+        _ = shutdown.wait() => return,
+        r = tokio::time::timeout(cfg.connect_timeout, open(tcp, &shared)) => r,
+    };
+    let (node, reader, writer) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(refusal)) => return refused(&shared, remote, refusal),
+        Err(_) => {
+            let msg = format!("handshake not completed within {:?}", cfg.connect_timeout);
+            return refused(&shared, remote, Refusal::new(RejectReason::Timeout, msg));
+        }
+    };
+    tracing::debug!(peer = %node, %remote, "cluster peer connected");
+    let why = run_connection(&node, reader, writer, &shared, &shutdown).await;
+    match why {
+        CloseReason::Lost(reason) => tracing::warn!(peer = %node, %remote, %reason, "closing cluster connection"),
+        _ => tracing::debug!(peer = %node, %remote, "cluster connection closed"),
+    }
+}
+
+fn refused(shared: &Shared, remote: SocketAddr, r: Refusal) {
+    shared.metrics.handshake_failed(r.reason);
+    let claimed = r.claimed.as_deref().unwrap_or("?");
+    tracing::warn!(%remote, claimed_node = claimed, reason = r.reason.label(), detail = %r.message, "cluster handshake refused; connection closed");
+}
+
+/// TLS (if configured) and the cluster handshake. Returns the authenticated peer id.
+async fn open(tcp: TcpStream, shared: &Shared) -> Result<(NodeId, StreamReader, StreamWriter), Refusal> {
+    let (stream, client_cert): (BoxStream, Option<CertificateDer<'static>>) = match &shared.tls {
+        None => (Box::new(tcp), None),
+        Some(tls) => {
+            let tls_stream = TlsAcceptor::from(tls.server.clone()).accept(tcp).await.map_err(|e| {
+                Refusal::new(RejectReason::Tls, connection::tls_cause(&e).unwrap_or_else(|| e.to_string()))
+            })?;
+            // Only a verified certificate may vouch for an identity.
+            let cert = if tls.verify_client {
+                tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned())
+            } else {
+                None
+            };
+            if tls.verify_client && cert.is_none() {
+                return Err(Refusal::new(RejectReason::Tls, "no client certificate"));
+            }
+            (Box::new(tls_stream), cert)
+        }
+    };
+    let (mut reader, mut writer) = connection::split(stream, HANDSHAKE_MAX_BYTES);
+    let node = handshake::accept(&mut reader, &mut writer, &shared.cfg, client_cert.as_ref()).await.map_err(
+        |mut r| {
+            if r.reason == RejectReason::BadFrame && shared.tls.is_none() {
+                r.message.push_str(" (a TLS client on a plaintext port looks like this)");
+            }
+            r
+        },
+    )?;
+    Ok((node, reader, writer))
+}
+
+/// Serves an established connection until it closes; returns why it closed.
+async fn run_connection(
+    node: &NodeId,
+    mut reader: StreamReader,
+    mut writer: StreamWriter,
+    shared: &Arc<Shared>,
+    shutdown: &Shutdown,
+) -> CloseReason {
+    let cfg = &shared.cfg;
+    reader.set_limit(cfg.max_frame_bytes);
+    let bytes = shared.metrics.bytes(node);
+    reader.count_into(bytes.received);
+    writer.count_into(bytes.sent);
+
+    let close = CloseSignal::new();
+    let (outbox, rx) = Outbox::new();
+    tokio::spawn({
+        let close = close.clone();
+        let alive = shutdown.clone();
+        async move {
+            connection::run_writer(writer, rx, close, None).await;
+            drop(alive);
+        }
+    });
+    let (one_way_tx, one_way_rx) = mpsc::channel(ONE_WAY_QUEUE);
+    tokio::spawn(deliver_in_order(node.clone(), one_way_rx, shared.clone(), close.clone(), shutdown.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
+    let idle = cfg.idle_timeout();
+
+    let lost = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.wait() => {
+                close.close(CloseReason::Shutdown);
+                break None;
+            }
+            _ = close.closed() => break None,
+            r = reader.read_frame(idle) => r,
+        };
+        let frame = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        match frame.kind {
+            FrameKind::Request => {
+                let slot = tokio::select! {
+                    _ = close.closed() => break None,
+                    s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+                };
+                let (handler, from, out, max) = (shared.handler.clone(), node.clone(), outbox.clone(), cfg.max_frame_bytes);
+                tokio::spawn(async move {
+                    let reply = handle_request(handler, from, frame, max).await;
+                    // Fails only when the connection is gone; the caller learns that on its side.
+                    let _ = out.send(reply).await;
+                    drop(slot);
+                });
+            }
+            FrameKind::OneWay => {
+                tokio::select! {
+                    _ = close.closed() => break None,
+                    r = one_way_tx.send(frame) => if r.is_err() { break None },
+                }
+            }
+            FrameKind::Ping => {
+                outbox.try_send_control(Frame::new(FrameKind::Pong, 0, frame.request_id, Bytes::new()));
+            }
+            other => break Some(format!("unexpected {other:?} frame from a client")),
+        }
+    };
+    match lost {
+        Some(why) => {
+            close.close(CloseReason::Lost(why));
+        }
+        None => {
+            close.close(CloseReason::Lost("the peer closed the connection".into()));
+        }
+    }
+    close.reason().unwrap_or(CloseReason::Shutdown)
+}
+
+/// Runs the handler in its own task so a panic becomes an error reply, not a caller left
+/// waiting for its deadline.
+async fn handle_request(handler: Arc<dyn super::Handler>, from: NodeId, req: Frame, max_frame_bytes: usize) -> Frame {
+    let (id, msg_type) = (req.request_id, req.msg_type);
+    let task = tokio::spawn(async move { handler.on_request(&from, msg_type, req.payload).await });
+    let error = |e: RemoteError| Frame::new(FrameKind::ErrorResponse, msg_type, id, e.encode());
+    match task.await {
+        Ok(Ok(payload)) => match frame::check_size(payload.len(), max_frame_bytes) {
+            Ok(()) => Frame::new(FrameKind::Response, msg_type, id, payload),
+            Err(e) => error(RemoteError::new("frame_too_large", format!("reply not sent: {e}"))),
+        },
+        Ok(Err(e)) => error(e),
+        Err(join) => {
+            tracing::error!(msg_type, error = %join, "request handler panicked");
+            error(RemoteError::new("internal", "the request handler failed"))
+        }
+    }
+}
+
+/// Delivers one connection's one-way messages to the handler, one at a time, in order.
+async fn deliver_in_order(
+    from: NodeId,
+    mut rx: mpsc::Receiver<Frame>,
+    shared: Arc<Shared>,
+    close: CloseSignal,
+    _alive: Shutdown,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = close.closed() => break,
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        shared.handler.on_message(&from, frame.msg_type, frame.payload).await;
+    }
+}

@@ -1,0 +1,166 @@
+//! The HTTP API (axum): `/v1/*` data, `/health`, `/metrics`, `/admin/*`.
+//!
+//! Module map: [`kv`] (one key and ranges), [`txn`], [`admin`] (health, metrics, backup,
+//! digest, mode admin calls), [`error`] (one status and code per failure). Handlers validate
+//! input, then talk only to the [`Replicator`] (writes, read fences, status) and the
+//! [`StateMachine`] (local reads) — never to a mode's internals.
+
+pub mod admin;
+pub mod error;
+pub mod kv;
+pub mod txn;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use meridian_modes::replicator::AdminRequest;
+use meridian_modes::{Replicator, StateMachine};
+use meridian_wal::Wal;
+use serde::Deserialize;
+
+use crate::metrics::{HttpLabels, Metrics};
+use error::ApiError;
+
+pub struct AppState {
+    pub replicator: Arc<dyn Replicator>,
+    pub sm: Arc<dyn StateMachine>,
+    pub wal: Wal,
+    pub metrics: Arc<Metrics>,
+    pub max_value_bytes: usize,
+    pub api_token: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    /// A txn carries its values base64-encoded in JSON: room for one maximal value and change.
+    pub fn txn_body_limit(&self) -> usize {
+        self.max_value_bytes * 2 + (1 << 20)
+    }
+}
+
+pub fn router(st: Arc<AppState>) -> Router {
+    let kv_limit = st.max_value_bytes + 1;
+    let data = Router::new()
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
+        .route("/v1/kv", get(kv::list))
+        .layer(DefaultBodyLimit::max(kv_limit))
+        .merge(Router::new().route("/v1/txn", post(txn::txn)).layer(DefaultBodyLimit::max(st.txn_body_limit())))
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_api_token));
+    let admin = Router::new()
+        .route("/admin/wal/position", get(admin::wal_position))
+        .route("/admin/backup", get(admin::backup))
+        .route("/admin/digest", get(admin::digest))
+        .route("/admin/cluster/status", get(admin::cluster_status))
+        .route("/admin/replication/lag", get(admin::replication_lag))
+        .route("/admin/promote", post(admin::promote))
+        .route("/admin/switchover", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::Switchover)))
+        .route("/admin/raft/step-down", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::StepDown)))
+        .route("/admin/raft/state", get(|s: State<Arc<AppState>>| simple(s, AdminRequest::RaftState)))
+        .route("/admin/raft/snapshot", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::RaftSnapshot)))
+        .route("/admin/region/promote", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::RegionPromote)))
+        .route("/admin/region/status", get(|s: State<Arc<AppState>>| simple(s, AdminRequest::RegionStatus)))
+        .route("/admin/cluster/add", post(cluster_add))
+        .route("/admin/cluster/remove", post(cluster_remove))
+        .route("/admin/raft/transfer-leadership", post(transfer_leadership))
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_admin_token));
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/metrics", get(admin::metrics))
+        .merge(data)
+        .merge(admin)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed on this endpoint")
+        })
+        .layer(middleware::from_fn_with_state(st.clone(), record_latency))
+        .with_state(st)
+}
+
+async fn simple(State(st): State<Arc<AppState>>, req: AdminRequest) -> Result<Response, ApiError> {
+    admin::admin_call(&st, req).await
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNode {
+    node_id: String,
+    address: String,
+    #[serde(default = "yes")]
+    voter: bool,
+}
+fn yes() -> bool {
+    true
+}
+
+async fn cluster_add(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let b: AddNode = json_body(&body)?;
+    admin::admin_call(&st, AdminRequest::AddNode { node_id: b.node_id, address: b.address, voter: b.voter }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveNode {
+    node_id: String,
+}
+
+async fn cluster_remove(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let b: RemoveNode = json_body(&body)?;
+    admin::admin_call(&st, AdminRequest::RemoveNode { node_id: b.node_id }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transfer {
+    target: String,
+}
+
+async fn transfer_leadership(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let b: Transfer = json_body(&body)?;
+    admin::admin_call(&st, AdminRequest::TransferLeadership { target: b.target }).await
+}
+
+/// Compares in time independent of where the first difference is.
+fn token_matches(req: &Request, token: &str) -> bool {
+    let Some(got) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some(got) = got.strip_prefix("Bearer ") else { return false };
+    got.len() == token.len() && got.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn require_api_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match &st.api_token {
+        Some(t) if !token_matches(&req, t) => ApiError::unauthorized().into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+async fn require_admin_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match &st.admin_token {
+        Some(t) if !token_matches(&req, t) => ApiError::unauthorized().into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+async fn record_latency(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    // The route template, not the raw path, so keys do not explode the label set.
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_latency
+        .get_or_create(&HttpLabels { method, route, status: resp.status().as_u16() })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,238 @@
+//! The `meridian` command line (clap).
+//!
+//! `meridian` or `meridian serve` runs a node configured by `MERIDIAN_*` variables; the other
+//! subcommands are tools around a node: `healthcheck` (Docker), `kv`, `restore`, `wal`,
+//! `bench`, `certs`. Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::error;
+
+use crate::client::MeridianClient;
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::node::{shutdown_signal, Node};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Replicated key-value store. With no subcommand, runs a node configured by MERIDIAN_* environment variables.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node (the default).
+    Serve,
+    /// Exit 0 when the local node answers /health with a status other than unhealthy.
+    Healthcheck {
+        /// Base URL; defaults to 127.0.0.1 on the port of MERIDIAN_HTTP_ADDR (7474).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Read and write keys on a running node.
+    Kv {
+        #[arg(long, default_value = "http://127.0.0.1:7474", env = "MERIDIAN_URL")]
+        url: String,
+        /// Bearer token (defaults to MERIDIAN_API_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        #[command(subcommand)]
+        op: KvOp,
+    },
+    /// Create a data directory from a backup taken with GET /admin/backup.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Inspect a WAL directory offline (read-only).
+    Wal {
+        #[command(subcommand)]
+        op: WalOp,
+    },
+    /// PUT load against a running node; prints throughput and p50/p99 latency.
+    Bench {
+        #[arg(long, default_value = "http://127.0.0.1:7474")]
+        url: String,
+        #[arg(long)]
+        token: Option<String>,
+        /// Comma-separated client counts.
+        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+        clients: Vec<usize>,
+        /// Duration of each step, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 16)]
+        key_bytes: usize,
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvOp {
+    Get { key: String },
+    Put { key: String, value: String },
+    Delete { key: String },
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalOp {
+    /// Check every record; report a torn tail or corruption with file and offset.
+    Verify { dir: PathBuf },
+    /// Print one line per record.
+    Dump { dir: PathBuf },
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => rt.block_on(serve()),
+        Cmd::Healthcheck { url } => rt.block_on(healthcheck(url)),
+        Cmd::Kv { url, token, op } => rt.block_on(kv(url, token.or_else(|| std::env::var("MERIDIAN_API_TOKEN").ok()), op)),
+        Cmd::Restore { from, data_dir } => restore(&from, &data_dir),
+        Cmd::Wal { op } => wal(op),
+        Cmd::Bench { url, token, clients, duration, key_bytes, value_bytes } => {
+            let opts = crate::bench::BenchOptions { url, token, clients, duration, key_bytes, value_bytes };
+            rt.block_on(crate::bench::run(opts));
+            0
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) -> Result<(), ConfigError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .map_err(|e| ConfigError::new("LOG_LEVEL", format!("invalid filter {:?}: {e}", cfg.log_level)))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+async fn serve() -> i32 {
+    let cfg = match Config::from_env().and_then(|c| init_logging(&c).map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meridian: configuration error: {e}");
+            return 2;
+        }
+    };
+    let node = match Node::open(&cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("meridian: {e}");
+            return e.exit_code();
+        }
+    };
+    match node.serve(shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn healthcheck(url: Option<String>) -> i32 {
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("MERIDIAN_HTTP_ADDR")
+            .ok()
+            .and_then(|a| a.rsplit_once(':').map(|(_, p)| p.to_owned()))
+            .unwrap_or_else(|| "7474".into());
+        format!("http://127.0.0.1:{port}")
+    });
+    let c = MeridianClient::new(&url, None, Duration::from_secs(3));
+    match c.get("/health").await {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            1
+        }
+    }
+}
+
+async fn kv(url: String, token: Option<String>, op: KvOp) -> i32 {
+    let c = MeridianClient::new(&url, token, Duration::from_secs(30));
+    let result = match op {
+        KvOp::Get { key } => match c.get(&MeridianClient::key_path(&key)).await {
+            Ok(r) => {
+                let body = r.bytes().await.unwrap_or_default();
+                let _ = std::io::stdout().write_all(&body);
+                let _ = std::io::stdout().write_all(b"\n");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        KvOp::Put { key, value } => print_json(c.put(&MeridianClient::key_path(&key), value.into_bytes()).await).await,
+        KvOp::Delete { key } => print_json(c.delete(&MeridianClient::key_path(&key)).await).await,
+        KvOp::List { prefix, limit } => {
+            let q = format!("/v1/kv?prefix={}&limit={limit}", urlencode(&prefix));
+            print_json(c.get(&q).await).await
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("meridian kv: {e}");
+            1
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    MeridianClient::key_path(s).trim_start_matches("/v1/kv/").replace('/', "%2F")
+}
+
+async fn print_json(r: Result<reqwest::Response, crate::client::ClientError>) -> Result<(), crate::client::ClientError> {
+    let r = r?;
+    println!("{}", r.text().await.unwrap_or_default());
+    Ok(())
+}
+
+fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> i32 {
+    match crate::node::restore(from, data_dir) {
+        Ok(meta) => {
+            println!("restored {} keys at index {} into {}", meta.keys, meta.applied_index, data_dir.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("meridian restore: {e}");
+            1
+        }
+    }
+}
+
+fn wal(op: WalOp) -> i32 {
+    let result = match op {
+        WalOp::Verify { dir } => meridian_wal::verify(&dir).map(|r| {
+            println!("WAL {}: records {}..={} in {} segment(s)", dir.display(), r.first_index, r.last_index, r.segments);
+            if let Some(t) = r.truncated_tail {
+                println!("torn tail (would be truncated on open): {t:?}");
+            } else {
+                println!("ok");
+            }
+        }),
+        WalOp::Dump { dir } => meridian_wal::dump(&dir, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("meridian wal: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! Configuration from `MERIDIAN_*` environment variables and an optional TOML file.
+//!
+//! Every variable is listed once in [`VARIABLES`] with what it accepts; that table drives the
+//! unknown-variable check and the error messages. Values are read as raw strings and extracted
+//! with figment's lossy mode, because figment's plain `Env` provider guesses types from the
+//! text (a token `123456` would become a number and fail as a string). Precedence: defaults,
+//! then the TOML file named by `MERIDIAN_CONFIG_FILE`, then the environment.
+//!
+//! Any problem is a [`ConfigError`] naming the variable; `main` prints it and exits with 2.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub const PREFIX: &str = "MERIDIAN_";
+
+/// Every variable, without the prefix, and what it accepts.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("CONFIG_FILE", "a path to a TOML file with the same keys (lowercase, no prefix)"),
+    ("DATA_DIR", "a directory path (default ./data)"),
+    ("HTTP_ADDR", "a socket address such as 0.0.0.0:7474"),
+    ("LOG_LEVEL", "a tracing filter such as info, debug, meridian=debug"),
+    ("LOG_FORMAT", "text or json"),
+    ("MAX_VALUE_BYTES", "a positive integer number of bytes (default 1048576)"),
+    ("FORWARD_WRITES", "true or false"),
+    ("ADMIN_TOKEN", "a bearer token string"),
+    ("API_TOKEN", "a bearer token string"),
+    ("WAL_SEGMENT_BYTES", "a WAL segment size in bytes, at least 4096 (default 67108864)"),
+    ("CHECKPOINT_INTERVAL", "a duration such as 1s or 500ms"),
+    ("CLUSTER_MODE", "one of standalone, ha_standby, raft, multi_region, witness"),
+    ("CLUSTER_NODE_ID", "a node name of letters, digits, '-', '_' or '.'"),
+    ("CLUSTER_BIND_ADDR", "a socket address such as 0.0.0.0:7688"),
+    ("CLUSTER_ADVERTISE_ADDR", "host:port other nodes use to reach this node's cluster port"),
+    ("CLUSTER_HTTP_ADVERTISE_ADDR", "the HTTP base URL clients are redirected to, e.g. http://node1:7474"),
+    ("CLUSTER_HA_ROLE", "primary or standby"),
+    ("CLUSTER_HA_PEER_ADDR", "host:port of the other node's cluster port"),
+    ("CLUSTER_HA_SYNC_MODE", "one of async, semi_sync, sync, remote_apply"),
+    ("CLUSTER_HA_HEARTBEAT_MS", "a positive integer number of milliseconds"),
+    ("CLUSTER_HA_FAILOVER_TIMEOUT", "a duration such as 30s"),
+    ("CLUSTER_HA_AUTO_FAILOVER", "true or false"),
+    ("CLUSTER_HA_WAL_BATCH_SIZE", "a positive integer number of records"),
+    ("CLUSTER_HA_SYNC_TIMEOUT", "a duration such as 5s"),
+    ("CLUSTER_HA_WITNESS_ADDR", "host:port of the witness's cluster port"),
+    ("CLUSTER_RAFT_CLUSTER_ID", "a cluster name"),
+    ("CLUSTER_RAFT_BOOTSTRAP", "true or false"),
+    ("CLUSTER_RAFT_PEERS", "a comma-separated list of id:host:port"),
+    ("CLUSTER_RAFT_ELECTION_TIMEOUT", "a duration such as 1s"),
+    ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "a duration such as 100ms"),
+    ("CLUSTER_RAFT_SNAPSHOT_INTERVAL", "a duration such as 300s"),
+    ("CLUSTER_RAFT_SNAPSHOT_THRESHOLD", "a positive integer number of log entries"),
+    ("CLUSTER_RAFT_TRAILING_LOGS", "an integer number of log entries"),
+    ("CLUSTER_RAFT_MAX_APPEND_ENTRIES", "a positive integer number of entries"),
+    ("CLUSTER_RAFT_ROLE", "voter or replica"),
+    ("CLUSTER_RAFT_FORCE_NEW_CLUSTER", "true or false"),
+    ("CLUSTER_REGION_ID", "a region name"),
+    ("CLUSTER_REMOTE_REGIONS", "a comma-separated list of region:host:port"),
+    ("CLUSTER_CROSS_REGION_MODE", "async or semi_sync"),
+    ("CLUSTER_CONFLICT_STRATEGY", "last_write_wins or manual"),
+    ("CLUSTER_PRIMARY_REGION", "a region name"),
+    ("CLUSTER_REGION_WRITES", "primary or active_active"),
+    ("CLUSTER_TLS_ENABLED", "true or false"),
+    ("CLUSTER_TLS_CERT_FILE", "a path to a PEM certificate chain"),
+    ("CLUSTER_TLS_KEY_FILE", "a path to a PEM private key"),
+    ("CLUSTER_TLS_CA_FILE", "a path to a PEM CA certificate"),
+    ("CLUSTER_TLS_VERIFY_CLIENT", "true or false"),
+    ("CLUSTER_TLS_MIN_VERSION", "1.2 or 1.3"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    Standalone,
+    HaStandby,
+    Raft,
+    MultiRegion,
+    Witness,
+}
+
+impl ClusterMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Standalone => "standalone",
+            ClusterMode::HaStandby => "ha_standby",
+            ClusterMode::Raft => "raft",
+            ClusterMode::MultiRegion => "multi_region",
+            ClusterMode::Witness => "witness",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaRole {
+    Primary,
+    Standby,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaSyncMode {
+    Async,
+    SemiSync,
+    Sync,
+    RemoteApply,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftRole {
+    Voter,
+    Replica,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossRegionMode {
+    Async,
+    SemiSync,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStrategy {
+    LastWriteWins,
+    Manual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionWrites {
+    Primary,
+    ActiveActive,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMinVersion {
+    V12,
+    V13,
+}
+
+impl Serialize for TlsMinVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            TlsMinVersion::V12 => "1.2",
+            TlsMinVersion::V13 => "1.3",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsMinVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Lossy extraction may hand us 1.2 as a float; accept its text either way.
+        let v = serde_json::Value::deserialize(d)?;
+        let text = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match text.trim() {
+            "1.2" => Ok(TlsMinVersion::V12),
+            "1.3" => Ok(TlsMinVersion::V13),
+            _ => Err(serde::de::Error::custom(format!("invalid value {text:?}"))),
+        }
+    }
+}
+
+/// A duration written with a unit (`100ms`, `1s`, `30s`), via humantime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match v {
+            serde_json::Value::String(s) => humantime::parse_duration(s.trim())
+                .map(HumanDuration)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e})"))),
+            other => Err(serde::de::Error::custom(format!("invalid duration {other} (a unit is required)"))),
+        }
+    }
+}
+
+impl From<HumanDuration> for Duration {
+    fn from(h: HumanDuration) -> Duration {
+        h.0
+    }
+}
+
+/// Every setting, flat: field `cluster_ha_role` is `MERIDIAN_CLUSTER_HA_ROLE`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub max_value_bytes: u64,
+    pub forward_writes: bool,
+    pub admin_token: Option<String>,
+    pub api_token: Option<String>,
+    pub wal_segment_bytes: u64,
+    pub checkpoint_interval: HumanDuration,
+
+    pub cluster_mode: ClusterMode,
+    pub cluster_node_id: String,
+    pub cluster_bind_addr: SocketAddr,
+    pub cluster_advertise_addr: Option<String>,
+    pub cluster_http_advertise_addr: Option<String>,
+
+    pub cluster_ha_role: Option<HaRole>,
+    pub cluster_ha_peer_addr: Option<String>,
+    pub cluster_ha_sync_mode: HaSyncMode,
+    pub cluster_ha_heartbeat_ms: u64,
+    pub cluster_ha_failover_timeout: HumanDuration,
+    pub cluster_ha_auto_failover: bool,
+    pub cluster_ha_wal_batch_size: u64,
+    pub cluster_ha_sync_timeout: HumanDuration,
+    pub cluster_ha_witness_addr: Option<String>,
+
+    pub cluster_raft_cluster_id: String,
+    pub cluster_raft_bootstrap: bool,
+    pub cluster_raft_peers: Option<String>,
+    pub cluster_raft_election_timeout: HumanDuration,
+    pub cluster_raft_heartbeat_timeout: HumanDuration,
+    pub cluster_raft_snapshot_interval: HumanDuration,
+    pub cluster_raft_snapshot_threshold: u64,
+    pub cluster_raft_trailing_logs: u64,
+    pub cluster_raft_max_append_entries: u64,
+    pub cluster_raft_role: RaftRole,
+    pub cluster_raft_force_new_cluster: bool,
+
+    pub cluster_region_id: Option<String>,
+    pub cluster_remote_regions: Option<String>,
+    pub cluster_cross_region_mode: CrossRegionMode,
+    pub cluster_conflict_strategy: ConflictStrategy,
+    pub cluster_primary_region: Option<String>,
+    pub cluster_region_writes: RegionWrites,
+
+    pub cluster_tls_enabled: bool,
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    pub cluster_tls_key_file: Option<PathBuf>,
+    pub cluster_tls_ca_file: Option<PathBuf>,
+    pub cluster_tls_verify_client: bool,
+    pub cluster_tls_min_version: TlsMinVersion,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(Duration::from_secs(s));
+        let millis = |s| HumanDuration(Duration::from_millis(s));
+        Config {
+            config_file: None,
+            data_dir: PathBuf::from("./data"),
+            http_addr: "0.0.0.0:7474".parse().unwrap(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            max_value_bytes: 1 << 20,
+            forward_writes: true,
+            admin_token: None,
+            api_token: None,
+            wal_segment_bytes: 64 << 20,
+            checkpoint_interval: secs(1),
+            cluster_mode: ClusterMode::Standalone,
+            cluster_node_id: "node1".into(),
+            cluster_bind_addr: "0.0.0.0:7688".parse().unwrap(),
+            cluster_advertise_addr: None,
+            cluster_http_advertise_addr: None,
+            cluster_ha_role: None,
+            cluster_ha_peer_addr: None,
+            cluster_ha_sync_mode: HaSyncMode::SemiSync,
+            cluster_ha_heartbeat_ms: 1000,
+            cluster_ha_failover_timeout: secs(30),
+            cluster_ha_auto_failover: true,
+            cluster_ha_wal_batch_size: 1000,
+            cluster_ha_sync_timeout: secs(5),
+            cluster_ha_witness_addr: None,
+            cluster_raft_cluster_id: "meridian".into(),
+            cluster_raft_bootstrap: false,
+            cluster_raft_peers: None,
+            cluster_raft_election_timeout: secs(1),
+            cluster_raft_heartbeat_timeout: millis(100),
+            cluster_raft_snapshot_interval: secs(300),
+            cluster_raft_snapshot_threshold: 8192,
+            cluster_raft_trailing_logs: 10240,
+            cluster_raft_max_append_entries: 64,
+            cluster_raft_role: RaftRole::Voter,
+            cluster_raft_force_new_cluster: false,
+            cluster_region_id: None,
+            cluster_remote_regions: None,
+            cluster_cross_region_mode: CrossRegionMode::Async,
+            cluster_conflict_strategy: ConflictStrategy::LastWriteWins,
+            cluster_primary_region: None,
+            cluster_region_writes: RegionWrites::Primary,
+            cluster_tls_enabled: false,
+            cluster_tls_cert_file: None,
+            cluster_tls_key_file: None,
+            cluster_tls_ca_file: None,
+            cluster_tls_verify_client: true,
+            cluster_tls_min_version: TlsMinVersion::V12,
+        }
+    }
+}
+
+/// A configuration problem: which variable, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The full variable name, e.g. `MERIDIAN_CLUSTER_MODE`.
+    pub variable: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn new(name: &str, message: impl Into<String>) -> Self {
+        ConfigError { variable: format!("{PREFIX}{}", name.to_uppercase()), message: message.into() }
+    }
+}
+
+fn accepts(name: &str) -> &'static str {
+    VARIABLES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or("a valid value", |(_, a)| a)
+}
+
+/// A raft peer or remote region: `id:host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedAddr {
+    pub id: String,
+    pub addr: String,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(std::env::vars())
+    }
+
+    /// Reads the configuration from `(name, value)` pairs; only `MERIDIAN_*` names are read.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut env = BTreeMap::new();
+        for (k, v) in vars {
+            let Some(name) = k.strip_prefix(PREFIX) else { continue };
+            if !VARIABLES.iter().any(|(n, _)| *n == name) {
+                return Err(unknown_variable(&k, name));
+            }
+            if v.is_empty() {
+                continue; // an empty variable means "unset", as in most shells' `VAR= cmd`
+            }
+            env.insert(name.to_lowercase(), v);
+        }
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = env.get("config_file") {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(ConfigError::new("CONFIG_FILE", format!("{} is not a readable file", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Serialized::defaults(env));
+        let cfg: Config = fig.extract_lossy().map_err(from_figment)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
+            return Err(ConfigError::new("MAX_VALUE_BYTES", "must be between 1 and 67108864 (64 MiB)"));
+        }
+        if self.wal_segment_bytes < 4096 {
+            return Err(ConfigError::new("WAL_SEGMENT_BYTES", accepts("WAL_SEGMENT_BYTES")));
+        }
+        let id_ok = !self.cluster_node_id.is_empty()
+            && self.cluster_node_id.len() <= 64
+            && self.cluster_node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok {
+            return Err(ConfigError::new("CLUSTER_NODE_ID", format!("invalid value {:?}: expected {}", self.cluster_node_id, accepts("CLUSTER_NODE_ID"))));
+        }
+        if self.cluster_ha_heartbeat_ms == 0 {
+            return Err(ConfigError::new("CLUSTER_HA_HEARTBEAT_MS", "must be at least 1"));
+        }
+        if self.cluster_raft_heartbeat_timeout.0 >= self.cluster_raft_election_timeout.0 {
+            return Err(ConfigError::new("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "must be shorter than MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT"));
+        }
+        self.raft_peers()?;
+        self.remote_regions()?;
+        for (name, v) in [
+            ("CLUSTER_HA_PEER_ADDR", &self.cluster_ha_peer_addr),
+            ("CLUSTER_HA_WITNESS_ADDR", &self.cluster_ha_witness_addr),
+            ("CLUSTER_ADVERTISE_ADDR", &self.cluster_advertise_addr),
+        ] {
+            if let Some(a) = v {
+                check_host_port(a).map_err(|m| ConfigError::new(name, m))?;
+            }
+        }
+        if self.cluster_mode == ClusterMode::HaStandby {
+            if self.cluster_ha_role.is_none() {
+                return Err(ConfigError::new("CLUSTER_HA_ROLE", "is required when MERIDIAN_CLUSTER_MODE=ha_standby (primary or standby)"));
+            }
+            if self.cluster_ha_peer_addr.is_none() {
+                return Err(ConfigError::new("CLUSTER_HA_PEER_ADDR", "is required when MERIDIAN_CLUSTER_MODE=ha_standby (host:port)"));
+            }
+        }
+        if self.cluster_mode == ClusterMode::MultiRegion && self.cluster_region_id.is_none() {
+            return Err(ConfigError::new("CLUSTER_REGION_ID", "is required when MERIDIAN_CLUSTER_MODE=multi_region"));
+        }
+        if self.cluster_tls_enabled {
+            for (name, v) in [
+                ("CLUSTER_TLS_CERT_FILE", &self.cluster_tls_cert_file),
+                ("CLUSTER_TLS_KEY_FILE", &self.cluster_tls_key_file),
+                ("CLUSTER_TLS_CA_FILE", &self.cluster_tls_ca_file),
+            ] {
+                if v.is_none() {
+                    return Err(ConfigError::new(name, "is required when MERIDIAN_CLUSTER_TLS_ENABLED=true"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn raft_peers(&self) -> Result<Vec<NamedAddr>, ConfigError> {
+        parse_named_list("CLUSTER_RAFT_PEERS", self.cluster_raft_peers.as_deref())
+    }
+
+    pub fn remote_regions(&self) -> Result<Vec<NamedAddr>, ConfigError> {
+        parse_named_list("CLUSTER_REMOTE_REGIONS", self.cluster_remote_regions.as_deref())
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("invalid value {s:?}: expected host:port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("invalid value {s:?}: expected host:port with a port number"));
+    }
+    Ok(())
+}
+
+fn parse_named_list(name: &str, v: Option<&str>) -> Result<Vec<NamedAddr>, ConfigError> {
+    let Some(v) = v else { return Ok(vec![]) };
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || ConfigError::new(name, format!("invalid entry {item:?}: expected {}", accepts(name)));
+        let (id, addr) = item.split_once(':').ok_or_else(bad)?;
+        if id.is_empty() || check_host_port(addr).is_err() {
+            return Err(bad());
+        }
+        out.push(NamedAddr { id: id.into(), addr: addr.into() });
+    }
+    Ok(out)
+}
+
+fn unknown_variable(full: &str, name: &str) -> ConfigError {
+    // Suggest the closest known name: most typos are one or two letters off.
+    let best = VARIABLES
+        .iter()
+        .map(|(n, _)| (edit_distance(n, name), *n))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, n)| format!(" (did you mean {PREFIX}{n}?)"))
+        .unwrap_or_default();
+    ConfigError { variable: full.to_owned(), message: format!("unknown variable{best}; see the README's configuration table") }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn from_figment(e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let field = e.path.last().cloned().unwrap_or_default();
+    match &e.kind {
+        Kind::UnknownField(f, _) => ConfigError::new(f, "unknown setting in the configuration file"),
+        Kind::InvalidValue(actual, _) | Kind::InvalidType(actual, _) => {
+            ConfigError::new(&field, format!("invalid value ({actual}): expected {}", accepts(&field)))
+        }
+        Kind::UnknownVariant(v, _) => ConfigError::new(&field, format!("invalid value {v:?}: expected {}", accepts(&field))),
+        _ if !field.is_empty() => ConfigError::new(&field, format!("{}: expected {}", e.kind, accepts(&field))),
+        _ => ConfigError { variable: format!("{PREFIX}CONFIG_FILE"), message: e.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:7474");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.cluster_mode, ClusterMode::Standalone);
+        assert_eq!(c.cluster_ha_sync_mode, HaSyncMode::SemiSync);
+        assert_eq!(c.cluster_ha_failover_timeout.0, Duration::from_secs(30));
+        assert!(c.forward_writes);
+    }
+
+    #[test]
+    fn every_variable_is_a_field_and_every_field_a_variable() {
+        let v = serde_json::to_value(Config::default()).unwrap();
+        let fields: Vec<String> = v.as_object().unwrap().keys().map(|k| k.to_uppercase()).collect();
+        for f in &fields {
+            assert!(VARIABLES.iter().any(|(n, _)| n == f), "field {f} has no VARIABLES row");
+        }
+        for (n, _) in VARIABLES {
+            assert!(fields.iter().any(|f| f == n), "variable {n} has no field");
+        }
+    }
+
+    #[test]
+    fn raw_strings_parse_into_their_types() {
+        let c = Config::from_vars(vars(&[
+            ("ADMIN_TOKEN", "123456"),
+            ("CLUSTER_HA_HEARTBEAT_MS", "250"),
+            ("CLUSTER_RAFT_ELECTION_TIMEOUT", "1500ms"),
+            ("CLUSTER_HA_FAILOVER_TIMEOUT", "3s"),
+            ("FORWARD_WRITES", "false"),
+            ("CLUSTER_TLS_MIN_VERSION", "1.3"),
+            ("CLUSTER_RAFT_PEERS", "n1:127.0.0.1:7001, n2:host2:7002"),
+        ]))
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("123456"));
+        assert_eq!(c.cluster_ha_heartbeat_ms, 250);
+        assert_eq!(c.cluster_raft_election_timeout.0, Duration::from_millis(1500));
+        assert_eq!(c.cluster_ha_failover_timeout.0, Duration::from_secs(3));
+        assert!(!c.forward_writes);
+        assert_eq!(c.cluster_tls_min_version, TlsMinVersion::V13);
+        assert_eq!(c.raft_peers().unwrap()[1], NamedAddr { id: "n2".into(), addr: "host2:7002".into() });
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases = [
+            ("CLUSTER_MODE", "bogus"),
+            ("HTTP_ADDR", "nonsense"),
+            ("CLUSTER_RAFT_ELECTION_TIMEOUT", "fast"),
+            ("CLUSTER_RAFT_ELECTION_TIMEOUT", "30"),
+            ("MAX_VALUE_BYTES", "-1"),
+            ("FORWARD_WRITES", "perhaps"),
+            ("CLUSTER_RAFT_PEERS", "n1-no-port"),
+            ("CLUSTER_TLS_MIN_VERSION", "1.1"),
+            ("LOG_FORMAT", "xml"),
+        ];
+        for (k, v) in cases {
+            let e = Config::from_vars(vars(&[(k, v)])).unwrap_err();
+            assert_eq!(e.variable, format!("{PREFIX}{k}"), "{k}={v} gave {e}");
+        }
+    }
+
+    #[test]
+    fn misspelt_variable_is_refused_with_a_suggestion() {
+        let e = Config::from_vars(vars(&[("CLUSTR_MODE", "raft")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTR_MODE");
+        assert!(e.message.contains("MERIDIAN_CLUSTER_MODE"), "{e}");
+    }
+
+    #[test]
+    fn missing_mode_requirements_are_named() {
+        let e = Config::from_vars(vars(&[("CLUSTER_MODE", "ha_standby")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_HA_ROLE");
+        let e = Config::from_vars(vars(&[("CLUSTER_TLS_ENABLED", "true")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_TLS_CERT_FILE");
+    }
+
+    #[test]
+    fn toml_file_is_read_and_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(&f, "max_value_bytes = 2048\nlog_level = \"debug\"\n").unwrap();
+        let c = Config::from_vars(vars(&[("CONFIG_FILE", f.to_str().unwrap()), ("LOG_LEVEL", "warn")])).unwrap();
+        assert_eq!(c.max_value_bytes, 2048);
+        assert_eq!(c.log_level, "warn");
+        std::fs::write(&f, "no_such_key = 1\n").unwrap();
+        let e = Config::from_vars(vars(&[("CONFIG_FILE", f.to_str().unwrap())])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_NO_SUCH_KEY");
+    }
+}

@@ -1,0 +1,28 @@
+//! # meridian — node wiring, storage, HTTP API and CLI
+//!
+//! A write travels: [`api`] (validate) → [`meridian_modes::Replicator::submit`] (the mode:
+//! WAL append with group commit, replication, commit) → [`store`] (apply to redb) → answer
+//! with `revision` and `bookmark`. A read: [`api`] → `Replicator::read_fence` (bookmark,
+//! read index) → [`store`].
+//!
+//! Module map:
+//! - [`config`]: `MERIDIAN_*` variables and the TOML file → [`config::Config`]; exit 2 on error.
+//! - [`store`]: the redb state machine.
+//! - [`node`]: opens the data directory (lock, WAL, store, recovery), starts the mode and
+//!   the HTTP server, and shuts them down in order.
+//! - [`lock`]: the data-directory lock that keeps a second process out.
+//! - [`api`]: the HTTP data and admin API (axum), errors, auth.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`cli`]: the `meridian` command line (serve, healthcheck, kv, restore, wal, bench, certs).
+//! - [`client`]: a small HTTP client for the CLI and the benchmark.
+//! - [`bench`]: the PUT load generator.
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod lock;
+pub mod metrics;
+pub mod node;
+pub mod store;

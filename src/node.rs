@@ -1,0 +1,178 @@
+//! A running node: opens the data directory, recovers, starts the mode and the HTTP server,
+//! and shuts them down in order (stop accepting → finish in-flight writes → checkpoint →
+//! close the WAL).
+//!
+//! Data directory layout: `LOCK` (see [`crate::lock`]), `wal/` (meridian-wal segments),
+//! `state.redb` (the state machine), `divergent/` (WAL tails set aside on HA rejoin).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meridian_modes::recovery::{replay, RecoveryError};
+use meridian_modes::standalone::{Standalone, StandaloneConfig};
+use meridian_modes::{Replicator, StateMachine};
+use meridian_wal::{Wal, WalOptions};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::{ClusterMode, Config};
+use crate::lock::{DirLock, LockError};
+use crate::metrics::Metrics;
+use crate::store::RedbStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot open the WAL: {0}")]
+    Wal(#[from] meridian_wal::WalError),
+    #[error("cannot open the state store: {0}")]
+    Store(#[from] meridian_modes::state_machine::StateMachineError),
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] RecoveryError),
+    #[error("cannot listen on {addr} (MERIDIAN_HTTP_ADDR): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl NodeError {
+    /// 2 for a setting the operator must change, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NodeError::Config(_) | NodeError::Bind { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The parts of a started node, before it serves HTTP.
+pub struct Node {
+    pub state: Arc<AppState>,
+    listener: TcpListener,
+    _lock: DirLock,
+}
+
+impl Node {
+    /// Opens storage, recovers and starts the replication mode. Blocking I/O happens here,
+    /// before the node accepts any request.
+    pub async fn open(cfg: &Config) -> Result<Node, NodeError> {
+        if cfg.cluster_mode != ClusterMode::Standalone {
+            return Err(crate::config::ConfigError::new(
+                "CLUSTER_MODE",
+                format!("mode {} is not available in this build yet; only standalone is implemented (see the README's status table)", cfg.cluster_mode.as_str()),
+            )
+            .into());
+        }
+        let lock = DirLock::acquire(&cfg.data_dir)?;
+        let metrics = Metrics::new();
+        let mut opts = WalOptions::new(cfg.data_dir.join("wal"));
+        opts.segment_bytes = cfg.wal_segment_bytes;
+        {
+            let (fsync, group) = (metrics.wal_fsync.clone(), metrics.wal_group_commit.clone());
+            opts.on_sync = Some(Arc::new(move |s: meridian_wal::SyncInfo| {
+                fsync.observe(s.duration.as_secs_f64());
+                group.observe(s.records as f64);
+            }));
+        }
+        let data_dir = cfg.data_dir.clone();
+        let (wal, store) = tokio::task::spawn_blocking(move || -> Result<(Wal, Arc<RedbStore>), NodeError> {
+            let (wal, report) = Wal::open(opts)?;
+            if let Some(t) = &report.truncated_tail {
+                warn!(?t, "the WAL had a torn tail from an unclean stop; it was truncated");
+            }
+            let store = Arc::new(RedbStore::open(&data_dir.join("state.redb"))?);
+            let replayed = replay(&wal, &*store)?;
+            info!(first = report.first_index, last = report.last_index, replayed, applied = store.applied_index(), "storage recovered");
+            Ok((wal, store))
+        })
+        .await
+        .expect("recovery task panicked")?;
+
+        let sm: Arc<dyn StateMachine> = store;
+        let replicator: Arc<dyn Replicator> = Standalone::start(
+            StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
+            wal.clone(),
+            sm.clone(),
+        );
+        metrics.watch(replicator.clone(), wal.clone());
+
+        if cfg.admin_token.is_none() {
+            warn!("MERIDIAN_ADMIN_TOKEN is not set: /admin/* is open to anyone who can reach this port");
+        }
+        if cfg.api_token.is_none() {
+            warn!("MERIDIAN_API_TOKEN is not set: /v1/* is open to anyone who can reach this port");
+        }
+        let listener = TcpListener::bind(cfg.http_addr).await.map_err(|source| NodeError::Bind { addr: cfg.http_addr, source })?;
+        let state = Arc::new(AppState {
+            replicator,
+            sm,
+            wal,
+            metrics,
+            max_value_bytes: cfg.max_value_bytes as usize,
+            api_token: cfg.api_token.clone(),
+            admin_token: cfg.admin_token.clone(),
+        });
+        Ok(Node { state, listener, _lock: lock })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves HTTP until `stop` resolves, then shuts down in order.
+    pub async fn serve(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+        let addr = self.http_addr();
+        info!(%addr, mode = self.state.replicator.mode(), "meridian is serving HTTP");
+        let app = api::router(self.state.clone());
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(stop).await;
+        // In-flight requests have finished; drain the write pipeline and make state durable.
+        info!("shutting down: finishing queued writes and checkpointing");
+        self.state.replicator.shutdown().await;
+        info!("shutdown complete");
+        served.map_err(NodeError::Serve)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0} already holds Meridian data (state.redb or wal/); restore into an empty directory")]
+    NotEmpty(String),
+    #[error("cannot read backup {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Builds a fresh data directory from a backup stream. The state is installed in one
+/// transaction only if the whole backup verifies, and the WAL starts after its index.
+pub fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> Result<meridian_modes::snapshot::SnapshotMeta, RestoreError> {
+    let _lock = DirLock::acquire(data_dir).map_err(NodeError::from)?;
+    if data_dir.join("state.redb").exists() || data_dir.join("wal").exists() {
+        return Err(RestoreError::NotEmpty(data_dir.display().to_string()));
+    }
+    let file = std::fs::File::open(from).map_err(|source| RestoreError::Read { path: from.display().to_string(), source })?;
+    let tmp = data_dir.join("state.redb.restoring");
+    let _ = std::fs::remove_file(&tmp);
+    let store = RedbStore::open(&tmp).map_err(NodeError::from)?;
+    let meta = meridian_modes::state_machine::install_snapshot(&store, std::io::BufReader::new(file)).map_err(NodeError::from)?;
+    drop(store);
+    // Rename only a complete store into place, so a failed restore leaves no half state.
+    std::fs::rename(&tmp, data_dir.join("state.redb")).map_err(|source| RestoreError::Read { path: tmp.display().to_string(), source })?;
+    Ok(meta)
+}

@@ -1,0 +1,191 @@
+//! Spawning and breaking real `meridian` processes for the process-level tests.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// A free loopback port (bound then released; the node binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub child: Option<Child>,
+    pub port: u16,
+    /// `None`: leave MERIDIAN_DATA_DIR unset (the default ./data under `cwd`).
+    pub data_dir: Option<PathBuf>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Starts a standalone node on a fresh port with `data_dir` and extra `MERIDIAN_*` settings.
+    pub fn start(data_dir: &Path, extra: &[(&str, &str)]) -> Node {
+        let mut node = Node {
+            child: None,
+            port: free_port(),
+            data_dir: Some(data_dir.to_path_buf()),
+            cwd: None,
+            env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: data_dir.with_extension("log"),
+        };
+        node.spawn();
+        node.wait_ready();
+        node
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear().env("MERIDIAN_HTTP_ADDR", format!("127.0.0.1:{}", self.port));
+        if let Some(d) = &self.data_dir {
+            cmd.env("MERIDIAN_DATA_DIR", d);
+        }
+        if let Some(c) = &self.cwd {
+            cmd.current_dir(c);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = self.command().stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().expect("spawn meridian");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("meridian exited with {status} before becoming ready; log:\n{}", self.log_text());
+            }
+            if let Ok(200) = http_get_status(&self.url("/health")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("meridian did not become ready in 30 s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// kill -9: no chance to flush or checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id() as i32, 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                c.kill().unwrap();
+                panic!("meridian did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends a signal via the `kill` command (keeps the tests free of unsafe libc calls).
+pub fn unsafe_kill(pid: i32, sig: i32) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Runs the binary to completion with only the given environment; returns (code, stderr).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().current_dir(cwd).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Minimal HTTP/1.1 GET returning the status code.
+pub fn http_get_status(url: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("bad HTTP answer"))
+}
+
+/// A blocking HTTP call for synchronous tests: (status, body).
+pub fn http(method: &str, url: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let mut rb = c.request(method.parse().unwrap(), url);
+        if let Some(b) = body {
+            rb = rb.body(b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().await.unwrap().to_vec())
+    })
+}
+
+pub fn http_json(method: &str, url: &str) -> serde_json::Value {
+    let (status, body) = http(method, url, None);
+    assert!((200..300).contains(&status), "{method} {url} answered {status}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}

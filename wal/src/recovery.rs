@@ -1,0 +1,413 @@
+//! Recovery: read every segment, decide where the log ends, and tell a torn
+//! tail (a crash mid-write: truncate it) from corruption (refuse to start).
+//!
+//! The rules, in the order they are applied:
+//!
+//! 1. Finish what the state file says was in progress: segments older than
+//!    `live_from_seq` were dropped by `reset_to`; with a pending
+//!    `truncate_after(t)`, segments starting after `t` are dropped and the scan
+//!    stops after record `t`.
+//! 2. Every remaining segment must have a valid header, continue the index of
+//!    the one before it, and hold valid, contiguous records to its end.
+//! 3. The only exception is the end of the **last** segment: a bad frame there
+//!    is a torn tail when no valid frame (index >= the expected one) starts at any
+//!    later 8-byte boundary of the file. Otherwise it is corruption. A zero-filled
+//!    tail is the same as a torn one with nothing to keep.
+//! 4. Records below the purge point (`floor`) are dead; whole dead segments are
+//!    the leftovers of an interrupted purge and are removed.
+//!
+//! [`Mode::ReadOnly`] (used by [`verify`]) computes the same answer without
+//! touching a file, so `verify` reports exactly what `Wal::open` would do.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{io_at, WalError};
+use crate::record::{self, RECORD_HEADER_BYTES};
+use crate::segment::{self, SegmentHeader, SEGMENT_HEADER_BYTES, TMP_SUFFIX};
+use crate::state::{self, PersistedState, StateStore, STATE_TMP};
+
+/// What opening (or verifying) the WAL found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// First readable index; `last_index + 1` when the log is empty.
+    pub first_index: u64,
+    /// Last durable index; 0 when nothing was ever written.
+    pub last_index: u64,
+    /// Segment files that hold the log after recovery.
+    pub segments: usize,
+    /// Set when the end of the last segment was torn and cut off.
+    pub truncated_tail: Option<TailTruncation>,
+}
+
+/// A torn tail that recovery cut (or, for [`verify`], would cut).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TailTruncation {
+    pub file: PathBuf,
+    /// Where the valid data ends; the file is cut to this length.
+    pub offset: u64,
+    pub bytes_dropped: u64,
+    pub reason: String,
+    /// Copy of the dropped bytes (`<segment>.broken`), unless they were all zero.
+    /// Always `None` from [`verify`].
+    pub broken_copy: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `Wal::open`: cut torn tails, finish interrupted operations, delete dead files.
+    Repair,
+    /// `verify`: change nothing.
+    ReadOnly,
+}
+
+/// A segment that holds part of the live log.
+#[derive(Debug)]
+pub(crate) struct LiveSegment {
+    pub seq: u64,
+    pub first_index: u64,
+    pub path: PathBuf,
+    /// File offset of each record; record `first_index + i` is at `offsets[i]`.
+    pub offsets: Vec<u64>,
+    /// End of valid data (the file length after recovery).
+    pub end: u64,
+}
+
+impl LiveSegment {
+    pub(crate) fn next_index(&self) -> u64 {
+        self.first_index + self.offsets.len() as u64
+    }
+}
+
+pub(crate) struct Recovered {
+    pub state: StateStore,
+    pub segments: Vec<LiveSegment>,
+    pub first: u64,
+    pub next: u64,
+    /// The next append must start exactly at `next` even if the log is empty.
+    pub pinned: bool,
+    pub next_seq: u64,
+    pub report: RecoveryReport,
+}
+
+/// Offline, read-only check of a WAL directory (`meridian wal verify`).
+///
+/// Returns what [`Wal::open`](crate::Wal::open) would recover, including a torn
+/// tail it would cut, or the `Corrupt` error that would stop it. Modifies nothing.
+pub fn verify(dir: &Path) -> Result<RecoveryReport, WalError> {
+    recover(dir, Mode::ReadOnly).map(|r| r.report)
+}
+
+/// How the scan of one segment ended.
+enum Stop {
+    /// Clean end of file.
+    End,
+    /// Reached the end of an interrupted `truncate_after`; the rest is to be cut.
+    Intended,
+    /// Torn tail at the offset where the scan stopped.
+    Torn { reason: String, zero: bool },
+}
+
+struct Scan {
+    offsets: Vec<u64>,
+    /// Offset where valid data ends.
+    end: u64,
+    next_index: u64,
+    stop: Stop,
+}
+
+pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
+    let repair = mode == Mode::Repair;
+    let persisted = state::load(dir)?;
+    let all = segment::list(dir)?;
+    let next_seq = all
+        .last()
+        .map_or(1, |s| s.seq + 1)
+        .max(persisted.live_from_seq)
+        .max(1);
+
+    // Rule 1: files whose removal the state file already committed to.
+    let mut doomed: Vec<PathBuf> = Vec::new();
+    let (reset_dead, mut files): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|s| s.seq < persisted.live_from_seq);
+    doomed.extend(reset_dead.into_iter().map(|s| s.path));
+    if let Some(t) = persisted.pending_truncate {
+        while files.last().is_some_and(|s| s.first_index > t) {
+            doomed.push(files.pop().unwrap().path); // newest first: a crash leaves a prefix
+        }
+    }
+
+    // Rules 2 and 3.
+    let mut segments = Vec::with_capacity(files.len());
+    let mut expect: Option<u64> = None;
+    let mut tail: Option<(usize, u64, String, bool)> = None; // (segment, offset, reason, zero)
+    let mut intended_cut: Option<(usize, u64)> = None;
+    for (i, f) in files.iter().enumerate() {
+        let is_last = i + 1 == files.len();
+        let bytes = fs::read(&f.path).map_err(io_at(&f.path))?;
+        let header = SegmentHeader::decode(&bytes).map_err(|r| WalError::corrupt(&f.path, 0, r))?;
+        if header.seq != f.seq || header.first_index != f.first_index {
+            return Err(WalError::corrupt(
+                &f.path,
+                0,
+                format!(
+                    "header says seq {:#x} first index {} but the file name says seq {:#x} first index {}",
+                    header.seq, header.first_index, f.seq, f.first_index
+                ),
+            ));
+        }
+        if let Some(e) = expect {
+            if f.first_index != e {
+                return Err(WalError::corrupt(
+                    &f.path,
+                    0,
+                    format!(
+                        "index gap between segments: expected this segment to start at {e}, it starts at {}",
+                        f.first_index
+                    ),
+                ));
+            }
+        }
+        let scan = scan_segment(
+            &f.path,
+            &bytes,
+            f.first_index,
+            is_last,
+            persisted.pending_truncate,
+        )?;
+        match scan.stop {
+            Stop::End => {}
+            Stop::Intended => intended_cut = Some((i, scan.end)),
+            Stop::Torn { reason, zero } => tail = Some((i, scan.end, reason, zero)),
+        }
+        expect = Some(scan.next_index);
+        segments.push(LiveSegment {
+            seq: f.seq,
+            first_index: f.first_index,
+            path: f.path.clone(),
+            offsets: scan.offsets,
+            end: scan.end,
+        });
+    }
+
+    // Rule 4 and the log's bounds.
+    let records: u64 = segments.iter().map(|s| s.offsets.len() as u64).sum();
+    let (first, next, pinned) = if records == 0 {
+        match persisted.floor {
+            Some(f) => (f, f, true),
+            None => (1, 1, false),
+        }
+    } else {
+        let (a, z) = (segments[0].first_index, expect.unwrap() - 1);
+        match persisted.floor {
+            Some(f) if a > f => {
+                return Err(WalError::corrupt(
+                    &segments[0].path,
+                    SEGMENT_HEADER_BYTES,
+                    format!("records {f}..{a} are missing: the purge point is {f} but the oldest record is {a}"),
+                ))
+            }
+            Some(f) => (f, (z + 1).max(f), true),
+            None => (a, z + 1, false),
+        }
+    };
+    // Whole segments below the purge point, oldest first (a crash leaves a suffix).
+    let purged = segments
+        .iter()
+        .take_while(|s| s.next_index() <= first && !s.offsets.is_empty())
+        .count();
+    // A trailing segment with no record (crash right after it was created, or a
+    // torn first record) holds nothing; dropping it lets the next append choose.
+    let trailing_empty = segments.len() > purged && segments.last().is_some_and(|s| s.offsets.is_empty());
+
+    let mut truncated_tail = tail.as_ref().map(|(i, offset, reason, _)| {
+        let file = segments[*i].path.clone();
+        let len = fs::metadata(&file).map(|m| m.len()).unwrap_or(*offset);
+        TailTruncation {
+            file,
+            offset: *offset,
+            bytes_dropped: len.saturating_sub(*offset),
+            reason: reason.clone(),
+            broken_copy: None,
+        }
+    });
+
+    let mut store = StateStore::new(dir, persisted);
+    if repair {
+        remove_tmp_files(dir)?;
+        if let (Some(t), Some((_, _, _, zero))) = (truncated_tail.as_mut(), tail.as_ref()) {
+            if !zero {
+                t.broken_copy = Some(save_broken_copy(&t.file, t.offset)?);
+            }
+            cut(&t.file, t.offset)?;
+            tracing::warn!(
+                file = %t.file.display(),
+                offset = t.offset,
+                bytes_dropped = t.bytes_dropped,
+                reason = %t.reason,
+                broken_copy = ?t.broken_copy,
+                "WAL: truncated a torn tail in the last segment"
+            );
+        }
+        if let Some((i, offset)) = intended_cut {
+            cut(&segments[i].path, offset)?;
+            tracing::info!(file = %segments[i].path.display(), offset, "WAL: finished an interrupted truncate_after");
+        }
+        doomed.extend(segments.drain(..purged).map(|s| s.path));
+        if trailing_empty {
+            doomed.push(segments.pop().unwrap().path);
+        }
+        for path in &doomed {
+            fs::remove_file(path).map_err(io_at(path))?;
+        }
+        if !doomed.is_empty() {
+            segment::sync_dir(dir)?;
+            tracing::info!(files = doomed.len(), "WAL: removed dead segments");
+        }
+        if store.get().pending_truncate.is_some() {
+            store.update(|s| s.pending_truncate = None)?;
+        }
+    } else {
+        segments.drain(..purged);
+        if trailing_empty {
+            segments.pop();
+        }
+    }
+
+    let report = RecoveryReport {
+        first_index: first,
+        last_index: next.saturating_sub(1),
+        segments: segments.len(),
+        truncated_tail,
+    };
+    Ok(Recovered {
+        state: store,
+        segments,
+        first,
+        next,
+        pinned,
+        next_seq,
+        report,
+    })
+}
+
+fn scan_segment(
+    path: &Path,
+    bytes: &[u8],
+    first_index: u64,
+    is_last: bool,
+    stop_after: Option<u64>,
+) -> Result<Scan, WalError> {
+    let mut off = SEGMENT_HEADER_BYTES as usize;
+    let mut next = first_index;
+    let mut offsets = Vec::new();
+    let done = |offsets, off: usize, next, stop| {
+        Ok(Scan {
+            offsets,
+            end: off as u64,
+            next_index: next,
+            stop,
+        })
+    };
+    loop {
+        if off == bytes.len() {
+            return done(offsets, off, next, Stop::End);
+        }
+        if stop_after.is_some_and(|t| next > t) {
+            return done(offsets, off, next, Stop::Intended);
+        }
+        match record::decode(&bytes[off..]) {
+            Ok(frame) if frame.index == next => {
+                offsets.push(off as u64);
+                off += frame.len;
+                next += 1;
+            }
+            Ok(frame) => {
+                return Err(WalError::corrupt(
+                    path,
+                    off as u64,
+                    format!("index gap: expected record {next}, found record {}", frame.index),
+                ))
+            }
+            Err(e) if !is_last => {
+                return Err(WalError::corrupt(
+                    path,
+                    off as u64,
+                    format!("{e} (expected record {next}; not the last segment, so not a torn tail)"),
+                ))
+            }
+            Err(e) => {
+                if let Some(valid) = find_valid_frame(bytes, off, next) {
+                    return Err(WalError::corrupt(
+                        path,
+                        off as u64,
+                        format!("{e} (expected record {next}); a valid record follows at offset {valid}, so this is not a torn tail"),
+                    ));
+                }
+                let zero = bytes[off..].iter().all(|b| *b == 0);
+                let reason = if zero {
+                    "zero-filled tail".to_string()
+                } else {
+                    e.to_string()
+                };
+                return done(offsets, off, next, Stop::Torn { reason, zero });
+            }
+        }
+    }
+}
+
+/// First 8-byte boundary after `bad` where a valid frame with index `>= min_index`
+/// starts. Frames are 8-aligned in the file, so no other position can hold one.
+fn find_valid_frame(bytes: &[u8], bad: usize, min_index: u64) -> Option<u64> {
+    (bad + 8..)
+        .step_by(8)
+        .take_while(|o| o + RECORD_HEADER_BYTES <= bytes.len())
+        .find(|&o| record::plausible_start(&bytes[o..], min_index) && record::decode(&bytes[o..]).is_ok())
+        .map(|o| o as u64)
+}
+
+fn cut(path: &Path, len: u64) -> Result<(), WalError> {
+    let f = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
+    f.set_len(len).map_err(io_at(path))?;
+    f.sync_all().map_err(io_at(path))
+}
+
+/// Keeps the bytes about to be cut, for a post-mortem: `<segment>.broken`
+/// (or `.broken.N` if an earlier copy exists). Durable before the cut.
+fn save_broken_copy(path: &Path, from: u64) -> Result<PathBuf, WalError> {
+    let bytes = fs::read(path).map_err(io_at(path))?;
+    let base = path.as_os_str().to_owned();
+    for n in 0.. {
+        let mut name = base.clone();
+        name.push(if n == 0 { ".broken".to_string() } else { format!(".broken.{n}") });
+        let copy = PathBuf::from(name);
+        let mut f = match OpenOptions::new().write(true).create_new(true).open(&copy) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_at(&copy)(e)),
+        };
+        f.write_all(&bytes[from as usize..]).map_err(io_at(&copy))?;
+        f.sync_all().map_err(io_at(&copy))?;
+        return Ok(copy);
+    }
+    unreachable!("an unbounded range always yields a free name")
+}
+
+/// Half-created segments and state files: never visible under a final name, so
+/// nothing in them was ever acknowledged.
+fn remove_tmp_files(dir: &Path) -> Result<(), WalError> {
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_tmp_segment = name
+            .strip_suffix(TMP_SUFFIX)
+            .is_some_and(|n| segment::parse_name(n).is_some());
+        if is_tmp_segment || name == STATE_TMP {
+            fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
