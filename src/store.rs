@@ -82,7 +82,8 @@ impl RedbStore {
         let applied = {
             txn.open_table(KV).map_err(storage)?;
             let meta = txn.open_table(META).map_err(storage)?;
-            meta.get(APPLIED).map_err(storage)?.map_or(0, |g| g.value())
+            let applied = meta.get(APPLIED).map_err(storage)?.map_or(0, |g| g.value());
+            applied
         };
         txn.commit().map_err(storage)?;
         Ok(RedbStore { db, applied: AtomicU64::new(applied), durable: AtomicU64::new(applied), write: Mutex::new(()) })

@@ -12,6 +12,30 @@
 //! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes.
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
+//!
+//! ## The seams every mode plugs into
+//!
+//! - **Writes.** The HTTP layer builds a [`Command`] and calls [`Replicator::submit`]. A mode
+//!   owns everything between that call and the answer: assigning the log index, the WAL
+//!   append (group commit), replication and its acknowledgement rule (`async`, `sync`, Raft
+//!   majority, …), commit, and applying to the [`StateMachine`]. Preconditions are evaluated
+//!   at apply time ([`apply::apply_command`]) so every replica reaches the same verdict.
+//! - **Forwarding.** A node that cannot take a write (HA standby, Raft follower, replica)
+//!   forwards the command over the [`transport`] to the node that can and relays its
+//!   [`replicator::Committed`] answer; with `MERIDIAN_FORWARD_WRITES=false` it answers
+//!   [`replicator::SubmitError::NotLeader`] carrying a [`replicator::LeaderHint`], which the HTTP
+//!   layer turns into `421` with `Location`. The HTTP layer never learns who the leader is.
+//! - **Reads.** The HTTP layer calls [`Replicator::read_fence`] with the requested
+//!   [`replicator::Consistency`] (or the mode's default) and an optional [`Bookmark`], then
+//!   reads the local [`StateMachine`]. `standalone` only waits for bookmarks; `ha_standby`
+//!   waits for the bookmark on the standby; `raft` obtains a read index from the leader and
+//!   waits until it is applied locally.
+//! - **State.** [`StateMachine`] is applied in index order, checkpoints durably now and then,
+//!   and exports/installs [`snapshot`]s from one consistent view — for backups, standby
+//!   re-seeding and Raft snapshots alike. [`recovery::replay`] rebuilds it from the WAL on
+//!   start, for every mode.
+//! - **Status.** [`replicator::ReplicationStatus`] is the one source for `/health`, `/metrics`
+//!   and admin views; mode-specific operations go through [`Replicator::admin`].
 
 pub mod apply;
 pub mod bookmark;

@@ -16,7 +16,6 @@ use crate::record::{self, Record};
 
 /// One segment as readers see it.
 pub(crate) struct TableSegment {
-    pub seq: u64,
     pub first_index: u64,
     pub name: String,
     pub path: PathBuf,
@@ -69,19 +68,18 @@ pub(crate) fn read(
     max_bytes: usize,
 ) -> Result<Vec<Record>, WalError> {
     // A failed decode while records were being removed is a lost race, not damage.
-    for _ in 0..3 {
+    let mut attempts = 0;
+    loop {
         let (plans, generation) = plan(table, from, max_records, max_bytes)?;
         match execute(&plans) {
             Ok(records) => return Ok(records),
-            Err(e) if table.read().unwrap().generation != generation => {
+            Err(e) if attempts < 3 && table.read().unwrap().generation != generation => {
                 tracing::debug!(error = %e, "WAL read raced with a truncation; retrying");
+                attempts += 1;
             }
             Err(e) => return Err(e),
         }
     }
-    Err(WalError::Poisoned {
-        reason: "WAL read kept racing with truncations".into(),
-    })
 }
 
 fn plan(

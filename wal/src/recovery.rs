@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{io_at, WalError};
 use crate::record::{self, RECORD_HEADER_BYTES};
 use crate::segment::{self, SegmentHeader, SEGMENT_HEADER_BYTES, TMP_SUFFIX};
-use crate::state::{self, PersistedState, StateStore, STATE_TMP};
+use crate::state::{self, StateStore, STATE_TMP};
 
 /// What opening (or verifying) the WAL found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,7 +241,7 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
             if !zero {
                 t.broken_copy = Some(save_broken_copy(&t.file, t.offset)?);
             }
-            cut(&t.file, t.offset)?;
+            segment::cut(&t.file, t.offset)?;
             tracing::warn!(
                 file = %t.file.display(),
                 offset = t.offset,
@@ -252,7 +252,7 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
             );
         }
         if let Some((i, offset)) = intended_cut {
-            cut(&segments[i].path, offset)?;
+            segment::cut(&segments[i].path, offset)?;
             tracing::info!(file = %segments[i].path.display(), offset, "WAL: finished an interrupted truncate_after");
         }
         doomed.extend(segments.drain(..purged).map(|s| s.path));
@@ -368,12 +368,6 @@ fn find_valid_frame(bytes: &[u8], bad: usize, min_index: u64) -> Option<u64> {
         .map(|o| o as u64)
 }
 
-fn cut(path: &Path, len: u64) -> Result<(), WalError> {
-    let f = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
-    f.set_len(len).map_err(io_at(path))?;
-    f.sync_all().map_err(io_at(path))
-}
-
 /// Keeps the bytes about to be cut, for a post-mortem: `<segment>.broken`
 /// (or `.broken.N` if an earlier copy exists). Durable before the cut.
 fn save_broken_copy(path: &Path, from: u64) -> Result<PathBuf, WalError> {
@@ -410,4 +404,171 @@ fn remove_tmp_files(dir: &Path) -> Result<(), WalError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{fill, indexes, open, read_all};
+
+    /// Segment files in seq order.
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        segment::list(dir).unwrap().into_iter().map(|s| s.path).collect()
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    /// Offsets of the records in a segment, from the reader's own scan.
+    fn record_offsets(path: &Path) -> Vec<u64> {
+        let bytes = fs::read(path).unwrap();
+        let first = segment::parse_name(path.file_name().unwrap().to_str().unwrap()).unwrap().1;
+        scan_segment(path, &bytes, first, true, None).unwrap().offsets
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_on_open_and_kept_as_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=20, 50);
+        wal.close().unwrap();
+        let last = segments(dir.path()).pop().unwrap();
+        let len = fs::metadata(&last).unwrap().len();
+        // Half of a frame for record 21: a crash in the middle of a write.
+        let mut frame = Vec::new();
+        record::encode(&mut frame, &crate::test_util::rec(21, 50));
+        append_bytes(&last, &frame[..40]);
+
+        let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
+        let tail = report.truncated_tail.expect("torn tail reported");
+        assert_eq!((tail.file.as_path(), tail.offset, tail.bytes_dropped), (last.as_path(), len, 40));
+        assert_eq!(fs::metadata(&last).unwrap().len(), len);
+        assert_eq!(fs::read(tail.broken_copy.unwrap()).unwrap(), &frame[..40]);
+        assert_eq!(indexes(&read_all(&wal)), (1..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn zero_filled_tail_is_end_of_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=5, 10);
+        wal.close().unwrap();
+        let last = segments(dir.path()).pop().unwrap();
+        append_bytes(&last, &[0; 4096]);
+        let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
+        let tail = report.truncated_tail.unwrap();
+        assert_eq!((tail.reason.as_str(), tail.broken_copy), ("zero-filled tail", None));
+        assert_eq!(wal.last_index(), 5);
+    }
+
+    #[test]
+    fn damage_in_a_sealed_segment_is_corruption_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=30, 100);
+        wal.close().unwrap();
+        let first = segments(dir.path()).remove(0);
+        let at = record_offsets(&first)[1];
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[at as usize + 40] ^= 0x04;
+        fs::write(&first, bytes).unwrap();
+
+        for err in [
+            verify(dir.path()).unwrap_err(),
+            crate::Wal::open(crate::WalOptions::new(dir.path())).err().unwrap(),
+        ] {
+            match err {
+                WalError::Corrupt { file, offset, .. } => assert_eq!((file, offset), (first.clone(), at)),
+                other => panic!("expected corruption, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_record_followed_by_a_valid_one_is_corruption_even_in_the_last_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=3, 10);
+        wal.close().unwrap();
+        let only = segments(dir.path()).pop().unwrap();
+        let at = record_offsets(&only)[1];
+        let mut bytes = fs::read(&only).unwrap();
+        bytes[at as usize + 17] ^= 0x80; // the index field of record 2
+        fs::write(&only, bytes).unwrap();
+        let err = verify(dir.path()).unwrap_err();
+        assert!(err.is_corruption());
+        assert!(err.to_string().contains(&format!("at byte offset {at}")), "{err}");
+        assert!(err.to_string().contains("valid record follows"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_middle_segment_is_an_index_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=30, 100);
+        wal.close().unwrap();
+        let segs = segments(dir.path());
+        assert!(segs.len() >= 3);
+        fs::remove_file(&segs[1]).unwrap();
+        let err = verify(dir.path()).unwrap_err();
+        match err {
+            WalError::Corrupt { file, offset: 0, reason } => {
+                assert_eq!(file, segs[2]);
+                assert!(reason.contains("index gap"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn verify_reports_a_torn_tail_without_touching_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=4, 10);
+        wal.close().unwrap();
+        let last = segments(dir.path()).pop().unwrap();
+        append_bytes(&last, &[0xab; 20]);
+        let snapshot = || {
+            let mut files: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| (fs::read(&p).unwrap(), p))
+                .collect();
+            files.sort();
+            files
+        };
+        let before = snapshot();
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.last_index, 4);
+        let tail = report.truncated_tail.unwrap();
+        assert_eq!((tail.bytes_dropped, tail.broken_copy), (20, None));
+        assert_eq!(snapshot(), before);
+    }
+
+    #[test]
+    fn a_segment_with_no_record_is_dropped_and_the_next_append_may_start_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        // Crash right after a never-written WAL created its first segment.
+        segment::create(dir.path(), 1, 500).unwrap();
+        let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
+        assert_eq!((report.first_index, report.last_index, report.segments), (1, 0, 0));
+        fill(&wal, 7..=8, 3);
+        wal.close().unwrap();
+        assert_eq!(verify(dir.path()).unwrap().last_index, 8);
+    }
+
+    #[test]
+    fn leftover_tmp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=2, 1);
+        wal.close().unwrap();
+        let tmp = dir.path().join(format!("{}{TMP_SUFFIX}", segment::file_name(9, 3)));
+        fs::write(&tmp, b"half a header").unwrap();
+        let (wal, _) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(wal.last_index(), 2);
+    }
 }

@@ -159,6 +159,14 @@ pub(crate) fn create(dir: &Path, seq: u64, first_index: u64) -> Result<(File, Pa
     Ok((file, path))
 }
 
+/// Cuts `path` to `len` bytes, durably.
+pub(crate) fn cut(path: &Path, len: u64) -> Result<(), WalError> {
+    let f = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
+    f.set_len(len).map_err(io_at(path))?;
+    // set_len changes the size, which is metadata: sync_all, not sync_data.
+    f.sync_all().map_err(io_at(path))
+}
+
 /// Makes creations, renames and unlinks in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)

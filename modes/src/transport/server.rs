@@ -71,10 +71,9 @@ async fn serve(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, shutdown
         }
     };
     tracing::debug!(peer = %node, %remote, "cluster peer connected");
-    let why = run_connection(&node, reader, writer, &shared, &shutdown).await;
-    match why {
-        CloseReason::Lost(reason) => tracing::warn!(peer = %node, %remote, %reason, "closing cluster connection"),
-        _ => tracing::debug!(peer = %node, %remote, "cluster connection closed"),
+    match run_connection(&node, reader, writer, &shared, &shutdown).await {
+        Some(reason) => tracing::warn!(peer = %node, %remote, %reason, "closing cluster connection"),
+        None => tracing::debug!(peer = %node, %remote, "cluster connection closed"),
     }
 }
 
@@ -116,14 +115,15 @@ async fn open(tcp: TcpStream, shared: &Shared) -> Result<(NodeId, StreamReader, 
     Ok((node, reader, writer))
 }
 
-/// Serves an established connection until it closes; returns why it closed.
+/// Serves an established connection until it closes. Returns the reason when it was closed
+/// because of an error (bad frame, silent peer, I/O), `None` for a normal end.
 async fn run_connection(
     node: &NodeId,
     mut reader: StreamReader,
     mut writer: StreamWriter,
     shared: &Arc<Shared>,
     shutdown: &Shutdown,
-) -> CloseReason {
+) -> Option<String> {
     let cfg = &shared.cfg;
     reader.set_limit(cfg.max_frame_bytes);
     let bytes = shared.metrics.bytes(node);
@@ -141,7 +141,7 @@ async fn run_connection(
         }
     });
     let (one_way_tx, one_way_rx) = mpsc::channel(ONE_WAY_QUEUE);
-    tokio::spawn(deliver_in_order(node.clone(), one_way_rx, shared.clone(), close.clone(), shutdown.clone()));
+    tokio::spawn(deliver_in_order(node.clone(), one_way_rx, shared.clone(), shutdown.clone()));
     let slots = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     let idle = cfg.idle_timeout();
 
@@ -186,15 +186,12 @@ async fn run_connection(
             other => break Some(format!("unexpected {other:?} frame from a client")),
         }
     };
-    match lost {
-        Some(why) => {
-            close.close(CloseReason::Lost(why));
-        }
-        None => {
-            close.close(CloseReason::Lost("the peer closed the connection".into()));
-        }
-    }
-    close.reason().unwrap_or(CloseReason::Shutdown)
+    let why = match &lost {
+        Some(why) => CloseReason::Lost(why.clone()),
+        None => CloseReason::Lost("connection ended".into()),
+    };
+    close.close(why);
+    lost
 }
 
 /// Runs the handler in its own task so a panic becomes an error reply, not a caller left
@@ -217,17 +214,13 @@ async fn handle_request(handler: Arc<dyn super::Handler>, from: NodeId, req: Fra
 }
 
 /// Delivers one connection's one-way messages to the handler, one at a time, in order.
-async fn deliver_in_order(
-    from: NodeId,
-    mut rx: mpsc::Receiver<Frame>,
-    shared: Arc<Shared>,
-    close: CloseSignal,
-    _alive: Shutdown,
-) {
+/// Messages already received when the connection ends are still delivered; only shutdown
+/// cuts the queue short.
+async fn deliver_in_order(from: NodeId, mut rx: mpsc::Receiver<Frame>, shared: Arc<Shared>, alive: Shutdown) {
     loop {
         let frame = tokio::select! {
             biased;
-            _ = close.closed() => break,
+            _ = alive.wait() => break,
             f = rx.recv() => match f {
                 Some(f) => f,
                 None => break,

@@ -22,10 +22,6 @@ impl Shutdown {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|s| *s).await;
     }
-
-    pub fn is_signalled(&self) -> bool {
-        *self.rx.borrow() || self.rx.has_changed().is_err()
-    }
 }
 
 pub(crate) struct ShutdownController {

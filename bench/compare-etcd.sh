@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Side-by-side PUT benchmark: Meridian standalone vs etcd 3.4 single node, both driven by
+# wrk with the same script shape (16-byte keys, 256-byte values), 1/16/64 connections.
+# Both fsync every acknowledged write. Needs: etcd (apt-get install etcd-server), wrk.
+# Usage: bench/compare-etcd.sh [seconds-per-step]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server"; exit 1; }
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk"; exit 1; }
+cargo build --release --quiet
+TMP=$(mktemp -d)
+MPORT=17474; EPORT=12379
+cleanup() { [ -n "${MPID:-}" ] && kill "$MPID" 2>/dev/null; [ -n "${EPID:-}" ] && kill "$EPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+MERIDIAN_DATA_DIR=$TMP/meridian MERIDIAN_HTTP_ADDR=127.0.0.1:$MPORT MERIDIAN_LOG_LEVEL=warn \
+  ./target/release/meridian >"$TMP/meridian.log" 2>&1 & MPID=$!
+etcd --data-dir "$TMP/etcd" --listen-client-urls http://127.0.0.1:$EPORT \
+  --advertise-client-urls http://127.0.0.1:$EPORT --listen-peer-urls http://127.0.0.1:12380 \
+  --initial-advertise-peer-urls http://127.0.0.1:12380 --initial-cluster default=http://127.0.0.1:12380 \
+  --log-level error >"$TMP/etcd.log" 2>&1 & EPID=$!
+for i in $(seq 1 100); do
+  curl -sf localhost:$MPORT/health >/dev/null && curl -sf localhost:$EPORT/health >/dev/null && break
+  sleep 0.1
+done
+
+run() { # target port conns -> "rps p50ms p99ms errors"
+  local t=$(( $3 < 2 ? 1 : 2 ))
+  TARGET=$1 wrk -t$t -c$3 -d${DUR}s --latency -s bench/put.lua "http://127.0.0.1:$2" >"$TMP/wrk.out" 2>&1
+  awk -v OFS=' ' '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    / 50%/ { p50=ms($2) } / 99%/ { p99=ms($2) }
+    /Non-2xx/ { err=$NF }
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }' "$TMP/wrk.out"
+}
+
+printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" clients "meridian/s" "p50 ms" "p99 ms" "etcd/s" "p50 ms" "p99 ms" "ratio" "p99 ok?"
+for c in 1 16 64; do
+  read -r mr m50 m99 merr < <(run meridian $MPORT $c)
+  read -r er e50 e99 eerr < <(run etcd $EPORT $c)
+  ratio=$(awk -v a="$mr" -v b="$er" 'BEGIN { printf "%.2fx", (b>0)?a/b:0 }')
+  ok=$(awk -v a="$m99" -v b="$e99" 'BEGIN { print (a<=b)?"yes":"no" }')
+  printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" "$c" "$mr" "$m50" "$m99" "$er" "$e50" "$e99" "$ratio" "$ok"
+  if [ "$merr" != "0" ] || [ "$eerr" != "0" ]; then echo "  (non-2xx: meridian $merr, etcd $eerr)"; fi
+done
