@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DUR=${1:-10}
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server"; exit 1; }
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk"; exit 1; }
-cargo build --release --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 TMP=$(mktemp -d)
 MPORT=17474; EPORT=12379
 cleanup() { [ -n "${MPID:-}" ] && kill "$MPID" 2>/dev/null; [ -n "${EPID:-}" ] && kill "$EPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }

@@ -43,6 +43,7 @@ pub mod command;
 pub mod recovery;
 pub mod replicator;
 pub mod snapshot;
+pub mod pipeline;
 pub mod standalone;
 pub mod state_machine;
 pub mod transport;

@@ -210,7 +210,7 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
                 ))
             }
             Some(f) => (f, (z + 1).max(f), true),
-            None => (a, z + 1, false),
+            None => (a, z + 1, true),
         }
     };
     // Whole segments below the purge point, oldest first (a crash leaves a suffix).

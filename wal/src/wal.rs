@@ -180,6 +180,9 @@ impl Wal {
         }
         let (done, rx) = oneshot::channel();
         let mut order = self.inner.order.lock().unwrap();
+        if let Err(e) = order.sender(&self.inner.shared) {
+            return AppendTicket::ready(Err(e));
+        }
         let req = match (records.first(), records.last()) {
             (Some(first), Some(last)) => {
                 let any_start = order.is_empty() && !order.pinned;
@@ -206,11 +209,9 @@ impl Wal {
             },
         };
         let (first, last, n) = (req.first, req.last, req.records);
-        let sent = order
-            .sender(&self.inner.shared)
-            .and_then(|tx| tx.send(Request::Append(req)).map_err(|_| WalError::Closed));
-        if let Err(e) = sent {
-            return AppendTicket::ready(Err(e));
+        let sent = order.tx.as_ref().is_some_and(|tx| tx.send(Request::Append(req)).is_ok());
+        if !sent {
+            return AppendTicket::ready(Err(WalError::Closed));
         }
         if n > 0 {
             if order.is_empty() {

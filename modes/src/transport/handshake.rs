@@ -21,7 +21,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rustls_pki_types::CertificateDer;
 
 use super::connection::{ReadError, StreamReader, StreamWriter};
-use super::frame::{Frame, FrameKind};
+use super::frame::{Frame, FrameError, FrameKind};
 use super::tls::certificate_names;
 use super::{NodeId, TransportConfig};
 
@@ -213,15 +213,21 @@ pub(crate) struct Refusal {
     pub message: String,
     /// The node id the peer claimed, when it got that far.
     pub claimed: Option<NodeId>,
+    /// The first bytes were a TLS handshake record (0x16 0x03), read as a frame length.
+    pub looks_like_tls: bool,
 }
 
 impl Refusal {
     pub fn new(reason: RejectReason, message: impl Into<String>) -> Refusal {
-        Refusal { reason, message: message.into(), claimed: None }
+        Refusal { reason, message: message.into(), claimed: None, looks_like_tls: false }
     }
 
     pub fn from_read(e: ReadError) -> Refusal {
         match e {
+            ReadError::Frame(FrameError::TooLarge { length, max }) => Refusal {
+                looks_like_tls: length >> 16 == 0x1603,
+                ..Refusal::new(RejectReason::BadFrame, FrameError::TooLarge { length, max }.to_string())
+            },
             ReadError::Frame(f) => Refusal::new(RejectReason::BadFrame, f.to_string()),
             ReadError::Idle(_) => Refusal::new(RejectReason::Timeout, e.to_string()),
             ReadError::Truncated(_) => Refusal::new(RejectReason::BadFrame, e.to_string()),
@@ -258,7 +264,7 @@ pub(crate) async fn accept(
     match (result, sent) {
         (Ok(node), Ok(())) => Ok(node),
         (Ok(node), Err(e)) => {
-            Err(Refusal { reason: RejectReason::Io, message: format!("sending the handshake reply: {e}"), claimed: Some(node) })
+            Err(Refusal { claimed: Some(node), ..Refusal::new(RejectReason::Io, format!("sending the handshake reply: {e}")) })
         }
         (Err(r), _) => {
             let _ = writer.shutdown().await;
@@ -284,7 +290,8 @@ async fn check_hello(
         ));
     }
     let hello = Hello::decode(frame.payload).map_err(|(reason, message)| Refusal::new(reason, message))?;
-    let refuse = |reason, message: String| Refusal { reason, message, claimed: Some(hello.node_id.clone()) };
+    let refuse =
+        |reason, message: String| Refusal { claimed: Some(hello.node_id.clone()), ..Refusal::new(reason, message) };
     if hello.version != PROTOCOL_VERSION {
         return Err(refuse(
             RejectReason::BadVersion,

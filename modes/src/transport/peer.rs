@@ -109,8 +109,9 @@ impl Peer {
                     return Err(TransportError::Unreachable {
                         peer: self.id.clone(),
                         reason: format!(
-                            "not retrying for another {:?} after {failures} failed attempt(s); last: {error}",
-                            until - Instant::now()
+                            "not retrying for another {:?} after {failures} failed attempt(s); last: {}",
+                            until - Instant::now(),
+                            describe(&error)
                         ),
                     });
                 }
@@ -143,7 +144,15 @@ fn error_for_waiter(e: &TransportError, peer: &NodeId) -> TransportError {
             TransportError::Handshake { peer: peer.clone(), source: source.clone() }
         }
         TransportError::Closed => TransportError::Closed,
-        other => TransportError::Unreachable { peer: peer.clone(), reason: other.to_string() },
+        other => TransportError::Unreachable { peer: peer.clone(), reason: describe(other) },
+    }
+}
+
+/// An attempt's error without the "peer X is unreachable" wrapper, for nesting in messages.
+fn describe(e: &TransportError) -> String {
+    match e {
+        TransportError::Unreachable { reason, .. } => reason.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -210,12 +219,12 @@ pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>, shutdown: Shutdown
             Err(e) => {
                 failures += 1;
                 peer.stats.consecutive_failures.store(failures, Ordering::Relaxed);
-                peer.stats.set_last_error(Some(e.to_string()));
+                peer.stats.set_last_error(Some(describe(&e)));
                 shared.metrics.connection_failed(&peer.id);
                 let wait = backoff(cfg.backoff_initial, cfg.backoff_max, failures);
                 // First failures are worth a warning; a long outage should not flood the log.
                 if failures <= 3 || failures.is_power_of_two() {
-                    tracing::warn!(peer = %peer.id, addr = %peer.addr, attempt = failures, retry_in = ?wait, error = %e, "cannot connect to cluster peer");
+                    tracing::warn!(peer = %peer.id, addr = %peer.addr, attempt = failures, retry_in = ?wait, error = %describe(&e), "cannot connect to cluster peer");
                 }
                 peer.set(LinkState::Backoff { until: Instant::now() + wait, failures, error: Arc::new(e) });
                 tokio::select! {

@@ -106,8 +106,8 @@ async fn open(tcp: TcpStream, shared: &Shared) -> Result<(NodeId, StreamReader, 
     let (mut reader, mut writer) = connection::split(stream, HANDSHAKE_MAX_BYTES);
     let node = handshake::accept(&mut reader, &mut writer, &shared.cfg, client_cert.as_ref()).await.map_err(
         |mut r| {
-            if r.reason == RejectReason::BadFrame && shared.tls.is_none() {
-                r.message.push_str(" (a TLS client on a plaintext port looks like this)");
+            if r.looks_like_tls && shared.tls.is_none() {
+                r.message.push_str(" (this looks like a TLS client on a plaintext cluster port)");
             }
             r
         },

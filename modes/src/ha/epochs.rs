@@ -1,0 +1,68 @@
+//! The epoch history: which epoch started at which log index (PostgreSQL's timeline history,
+//! Kafka's leader-epoch cache). It is what lets a primary tell a rejoining node exactly where
+//! their logs part: the node's last record in epoch `e` is valid only up to the index where
+//! the next epoch began.
+//!
+//! Persisted in the WAL's hard state (`vote` bytes) together with the current epoch, so it
+//! survives restarts and is written atomically with the epoch.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochHistory {
+    /// (epoch, first index written in that epoch), ascending in both.
+    pub starts: Vec<(u64, u64)>,
+}
+
+impl EpochHistory {
+    pub fn decode(bytes: &[u8]) -> EpochHistory {
+        if bytes.is_empty() {
+            return EpochHistory::default();
+        }
+        postcard::from_bytes(bytes).unwrap_or_default()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("epoch history encodes")
+    }
+
+    /// Records that `epoch` starts at `index` (idempotent; later epochs supersede).
+    pub fn begin(&mut self, epoch: u64, index: u64) {
+        self.starts.retain(|(e, i)| *e < epoch && *i <= index);
+        self.starts.push((epoch, index));
+    }
+
+    /// The last index at which a log whose record at `index` has epoch `epoch` agrees with
+    /// this history: records of `epoch` are shared up to (not including) the start of the
+    /// next epoch in this history.
+    pub fn agreed_until(&self, epoch: u64, index: u64) -> u64 {
+        match self.starts.iter().find(|(e, _)| *e > epoch) {
+            Some((_, next_start)) => index.min(next_start.saturating_sub(1)),
+            None => index,
+        }
+    }
+
+    pub fn epoch_at(&self, index: u64) -> u64 {
+        self.starts.iter().rev().find(|(_, i)| *i <= index).map_or(0, |(e, _)| *e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergence_point_is_where_the_next_epoch_began() {
+        let mut h = EpochHistory::default();
+        h.begin(1, 1);
+        h.begin(2, 101); // the standby promoted at 101
+        // Old primary wrote epoch-1 records up to 130: only up to 100 are shared.
+        assert_eq!(h.agreed_until(1, 130), 100);
+        assert_eq!(h.agreed_until(1, 90), 90);
+        assert_eq!(h.agreed_until(2, 150), 150);
+        assert_eq!(h.epoch_at(100), 1);
+        assert_eq!(h.epoch_at(101), 2);
+        let back = EpochHistory::decode(&h.encode());
+        assert_eq!(back, h);
+    }
+}

@@ -1,0 +1,148 @@
+//! What HA nodes (and the witness) say to each other over the cluster transport.
+//!
+//! Every message carries the sender's epoch: a receiver that sees a higher epoch than its own
+//! persists it and stops taking writes before it does anything else (the fencing rule).
+//! Payloads are postcard-encoded; a payload that does not decode is answered with an error
+//! and never acted on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Command;
+use crate::replicator::LeaderHint;
+
+/// Transport message types (u16 on the wire).
+pub const FETCH: u16 = 0x0101;
+pub const ACK: u16 = 0x0102;
+pub const SNAPSHOT_CHUNK: u16 = 0x0103;
+pub const FENCE: u16 = 0x0104;
+pub const FORWARD: u16 = 0x0105;
+pub const PROMOTE: u16 = 0x0106;
+pub const WITNESS_PING: u16 = 0x0110;
+pub const WITNESS_VOTE: u16 = 0x0111;
+
+/// Standby → primary: "send me records from `from`"; also reports the standby's positions.
+/// The primary answers as soon as it has records, or after `wait_ms` with none (which is the
+/// heartbeat).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fetch {
+    pub epoch: u64,
+    pub node_id: String,
+    pub from: u64,
+    /// Epoch of the standby's record at `from - 1` (0 if none), to detect divergence.
+    pub prev_epoch: u64,
+    pub positions: Positions,
+    pub wait_ms: u64,
+    pub max_records: u32,
+    pub http_addr: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Positions {
+    pub received: u64,
+    pub flushed: u64,
+    pub applied: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireRecord {
+    pub index: u64,
+    pub epoch: u64,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FetchReply {
+    /// Records starting at the requested index (possibly none: a heartbeat).
+    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint },
+    /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
+    Diverged { epoch: u64, after: u64, leader: LeaderHint },
+    /// The records needed were purged (or the standby must roll back state): install a
+    /// snapshot first. `snapshot_id` names the prepared snapshot of `size` bytes.
+    NeedSnapshot { epoch: u64, snapshot_id: u64, size: u64, leader: LeaderHint },
+    /// The receiver is not a primary (anymore); `epoch` is its epoch.
+    NotPrimary { epoch: u64, leader: Option<LeaderHint> },
+}
+
+/// Standby → primary, one-way: positions after a flush or an apply (for sync levels).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ack {
+    pub epoch: u64,
+    pub node_id: String,
+    pub positions: Positions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotChunkReq {
+    pub snapshot_id: u64,
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub data: Vec<u8>,
+    pub done: bool,
+}
+
+/// "Epoch `epoch` exists; stop taking writes." Answered with the receiver's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fence {
+    pub epoch: u64,
+    pub from: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FenceReply {
+    pub epoch: u64,
+    pub fenced: bool,
+}
+
+/// A write forwarded by the standby to the primary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Forward {
+    pub epoch: u64,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Committed { result: crate::command::CommandResult, bookmark_epoch: u64, bookmark_index: u64 },
+    Failed { code: String, message: String, leader: Option<LeaderHint> },
+}
+
+/// Primary → standby during a switchover: "you are caught up to `last_index`; promote".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Promote {
+    pub epoch: u64,
+    pub last_index: u64,
+}
+
+/// Primary → witness: "I am primary in `epoch`" (renews the primary's lease there).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WitnessPing {
+    pub epoch: u64,
+    pub node_id: String,
+}
+
+/// Standby → witness: "may I become primary in `epoch`?"
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WitnessVote {
+    pub epoch: u64,
+    pub node_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WitnessReply {
+    /// The highest epoch the witness has granted or seen.
+    pub epoch: u64,
+    pub granted: bool,
+    pub reason: String,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> bytes::Bytes {
+    bytes::Bytes::from(postcard::to_allocvec(v).expect("HA messages encode"))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("malformed HA message: {e}"))
+}

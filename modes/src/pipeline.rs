@@ -1,0 +1,238 @@
+//! The write pipeline shared by every mode that sequences its own log (standalone, the HA
+//! primary): sequence → WAL append (group commit) → commit gate → apply → answer.
+//!
+//! Two threads, so that fsync and apply overlap:
+//! - the *sequencer* drains every queued write, gives each the next index and enqueues the
+//!   batch in the WAL (whose writer merges concurrent batches into one fsync);
+//! - the *applier* waits for each batch to be durable, then for the mode's [`CommitGate`]
+//!   (e.g. the standby's acknowledgement in `sync` mode), applies the batch to the state
+//!   machine in one transaction, answers the writers, and checkpoints now and then so the
+//!   WAL below the checkpoint can be purged.
+//!
+//! If the WAL or the state machine fails (disk full, I/O error), the pipeline stops taking
+//! writes — every later write answers `unavailable` — because a log with a hole in it must not
+//! be appended to. Reads go on.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use meridian_wal::{AppendTicket, Record, Wal};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+
+use crate::bookmark::Bookmark;
+use crate::command::Command;
+use crate::replicator::{Committed, SubmitError};
+use crate::state_machine::{LogEntry, StateMachine};
+
+/// Decides when a durable entry is committed and may be acknowledged.
+pub trait CommitGate: Send + Sync + 'static {
+    /// Blocks until entries up to `index` are committed. An error fails the batch: its
+    /// writers get the error and are *not* acknowledged (the entries stay in the log).
+    fn wait_committed(&self, index: u64) -> Result<(), SubmitError>;
+}
+
+/// Where the WAL may be purged once the state machine is durable up to `checkpoint`.
+pub type PurgePolicy = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
+
+#[derive(Clone)]
+pub struct PipelineConfig {
+    pub epoch: u64,
+    pub checkpoint_interval: Duration,
+    pub max_batch: usize,
+    pub gate: Option<Arc<dyn CommitGate>>,
+    /// Default: purge everything the checkpoint covers.
+    pub purge: Option<PurgePolicy>,
+}
+
+type Reply = oneshot::Sender<Result<Committed, SubmitError>>;
+
+struct Pending {
+    cmd: Command,
+    reply: Reply,
+}
+
+struct Batch {
+    ticket: AppendTicket,
+    entries: Vec<LogEntry>,
+    replies: Vec<Reply>,
+}
+
+pub struct Pipeline {
+    queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    applied: watch::Receiver<u64>,
+    failed: Arc<Mutex<Option<String>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    /// Starts sequencing after the WAL's last index. The WAL must already be replayed into
+    /// `sm` (see [`crate::recovery::replay`]).
+    pub fn start(cfg: PipelineConfig, wal: Wal, sm: Arc<dyn StateMachine>) -> Pipeline {
+        let (tx, rx) = mpsc::channel::<Pending>(cfg.max_batch * 4);
+        // Bounded so that a slow disk or standby pushes back instead of queueing forever.
+        let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Batch>(64);
+        let (applied_tx, applied_rx) = watch::channel(sm.applied_index());
+        let failed = Arc::new(Mutex::new(None));
+
+        let sequencer = {
+            let (wal, failed, epoch, max) = (wal.clone(), failed.clone(), cfg.epoch, cfg.max_batch);
+            std::thread::Builder::new()
+                .name("meridian-sequencer".into())
+                .spawn(move || sequence(rx, batch_tx, wal, epoch, max, failed))
+                .expect("spawn sequencer")
+        };
+        let applier = {
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("meridian-applier".into())
+                .spawn(move || apply_loop(batch_rx, sm, wal, applied_tx, failed, cfg))
+                .expect("spawn applier")
+        };
+        Pipeline { queue: Mutex::new(Some(tx)), applied: applied_rx, failed, threads: Mutex::new(vec![sequencer, applier]) }
+    }
+
+    pub async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
+        let gone = || SubmitError::Unavailable("node is shutting down".into());
+        let queue = self.queue.lock().unwrap().clone().ok_or_else(gone)?;
+        let (reply, answer) = oneshot::channel();
+        queue.send(Pending { cmd, reply }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// The applied index as the pipeline publishes it (for bookmark waits).
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Why the pipeline stopped taking writes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap().clone()
+    }
+
+    /// Stops taking writes, lets queued ones finish, checkpoints. Blocking; call it from
+    /// `spawn_blocking` in async code.
+    pub fn stop_blocking(&self) {
+        self.queue.lock().unwrap().take();
+        for t in std::mem::take(&mut *self.threads.lock().unwrap()) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sequence(
+    mut rx: mpsc::Receiver<Pending>,
+    out: std_mpsc::SyncSender<Batch>,
+    wal: Wal,
+    epoch: u64,
+    max: usize,
+    failed: Arc<Mutex<Option<String>>>,
+) {
+    let mut next = wal.last_index() + 1;
+    while let Some(first) = rx.blocking_recv() {
+        let mut pending = vec![first];
+        while pending.len() < max {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(_) => break,
+            }
+        }
+        if let Some(why) = failed.lock().unwrap().clone() {
+            for p in pending {
+                let _ = p.reply.send(Err(SubmitError::Unavailable(why.clone())));
+            }
+            continue;
+        }
+        let mut records = Vec::with_capacity(pending.len());
+        let mut entries = Vec::with_capacity(pending.len());
+        let mut replies = Vec::with_capacity(pending.len());
+        for p in pending {
+            records.push(Record { index: next, epoch, payload: p.cmd.encode() });
+            entries.push(LogEntry { index: next, epoch, command: p.cmd });
+            replies.push(p.reply);
+            next += 1;
+        }
+        let ticket = wal.append(records);
+        if out.send(Batch { ticket, entries, replies }).is_err() {
+            break;
+        }
+    }
+}
+
+fn apply_loop(
+    rx: std_mpsc::Receiver<Batch>,
+    sm: Arc<dyn StateMachine>,
+    wal: Wal,
+    applied: watch::Sender<u64>,
+    failed: Arc<Mutex<Option<String>>>,
+    cfg: PipelineConfig,
+) {
+    let mut last_checkpoint = Instant::now();
+    let fail = |why: String, replies: Vec<Reply>| {
+        error!("{why}; this node stops taking writes");
+        failed.lock().unwrap().get_or_insert(why.clone());
+        for r in replies {
+            let _ = r.send(Err(SubmitError::Unavailable(why.clone())));
+        }
+    };
+    let purge = cfg.purge.clone().unwrap_or_else(|| Arc::new(|checkpoint| checkpoint + 1));
+    for batch in rx {
+        let stopped = failed.lock().unwrap().clone();
+        if let Some(why) = stopped {
+            fail(why, batch.replies);
+            continue;
+        }
+        if let Err(e) = batch.ticket.wait() {
+            fail(format!("WAL append failed: {e}"), batch.replies);
+            continue;
+        }
+        let last = batch.entries.last().map_or(0, |e| e.index);
+        if let Some(gate) = &cfg.gate {
+            if let Err(e) = gate.wait_committed(last) {
+                // Not committed: the writers learn it, nothing is applied or acknowledged.
+                // The gate decides whether the pipeline can continue (e.g. fenced: it cannot).
+                let why = e.to_string();
+                for r in batch.replies {
+                    let _ = r.send(Err(match &e {
+                        SubmitError::Fenced { epoch, leader } => SubmitError::Fenced { epoch: *epoch, leader: leader.clone() },
+                        _ => SubmitError::Unavailable(why.clone()),
+                    }));
+                }
+                failed.lock().unwrap().get_or_insert(why);
+                continue;
+            }
+        }
+        match sm.apply(&batch.entries) {
+            Ok(results) => {
+                applied.send_replace(last);
+                for ((result, entry), reply) in results.into_iter().zip(&batch.entries).zip(batch.replies) {
+                    let bookmark = Bookmark { epoch: entry.epoch, index: entry.index };
+                    let _ = reply.send(Ok(Committed { result, bookmark }));
+                }
+            }
+            Err(e) => {
+                fail(format!("applying to the state machine failed: {e}"), batch.replies);
+                continue;
+            }
+        }
+        if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
+            checkpoint(&*sm, &wal, &purge);
+            last_checkpoint = Instant::now();
+        }
+    }
+    checkpoint(&*sm, &wal, &purge);
+}
+
+/// Makes the applied state durable, then drops the WAL below what the policy allows.
+pub fn checkpoint(sm: &dyn StateMachine, wal: &Wal, purge: &PurgePolicy) {
+    match sm.checkpoint() {
+        Ok(durable) => {
+            if let Err(e) = wal.purge_before(purge(durable)) {
+                warn!("WAL purge after checkpoint failed: {e}");
+            }
+        }
+        Err(e) => warn!("state machine checkpoint failed (the WAL keeps everything since the last one): {e}"),
+    }
+}
