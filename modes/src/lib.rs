@@ -40,6 +40,7 @@
 pub mod apply;
 pub mod bookmark;
 pub mod command;
+pub mod ha;
 pub mod recovery;
 pub mod replicator;
 pub mod snapshot;

@@ -28,7 +28,7 @@ pub struct Committed {
 }
 
 /// Where the node that can take writes is, for `421` answers and forwarding.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LeaderHint {
     pub node_id: String,
     /// Base HTTP URL, e.g. `http://10.0.0.2:7474`.

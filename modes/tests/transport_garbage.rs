@@ -104,7 +104,8 @@ async fn garbage_closes_only_that_connection_and_the_node_keeps_serving() {
     // A handshake with a bad magic.
     let mut p = BytesMut::from(&b"HTTP"[..]);
     p.put_u16(PROTOCOL_VERSION);
-    let (_, reply) = server_closes_after(&addr, &frame_bytes(&Frame::new(FrameKind::Handshake, 0, 0, p.freeze())), false).await;
+    let (_, reply) =
+        server_closes_after(&addr, &frame_bytes(&Frame::new(FrameKind::Handshake, 0, 0, p.freeze())), false).await;
     assert_eq!(first_frame(&reply).map(|f| f.kind), Some(FrameKind::HandshakeReject));
 
     // Every refusal above happened before a handshake, so each counts as a bad frame.

@@ -159,10 +159,7 @@ async fn shutdown_fails_waiting_callers_with_closed_and_frees_the_port() {
     let r = tokio::time::timeout(Duration::from_secs(2), waiting).await.unwrap().unwrap();
     assert!(matches!(r, Err(TransportError::Closed)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(matches!(
-        a.t.request(&"node2".to_string(), ECHO, Bytes::new(), None).await,
-        Err(TransportError::Closed)
-    ));
+    assert!(matches!(a.t.request(&"node2".to_string(), ECHO, Bytes::new(), None).await, Err(TransportError::Closed)));
     // node1's port can be bound again at once.
     let again = start(config("node1", a.t.local_addr().port())).await;
     assert_eq!(again.t.local_addr(), a.t.local_addr());
@@ -183,4 +180,34 @@ async fn removing_a_peer_closes_its_connection() {
     // Added again (it could be at a new address), it reconnects.
     a.t.add_peer("node2".into(), b.addr());
     echo_ok(&a, "node2", "after").await;
+}
+
+#[tokio::test]
+async fn a_saturated_stream_does_not_starve_keepalive_pings() {
+    // Short keep-alive: the connection is declared dead after 300 ms without a pong.
+    let mut cfg = config("node1", 0);
+    cfg.keepalive_interval = Duration::from_millis(100);
+    let a = start(cfg).await;
+    let mut cfg = config("node2", 0);
+    cfg.keepalive_interval = Duration::from_millis(100);
+    let b = start(cfg).await;
+    a.t.add_peer("node2".into(), b.addr());
+    let node2 = "node2".to_string();
+
+    // Keep the send queue full for several idle timeouts.
+    let started = std::time::Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let mut p = vec![0u8; 64 << 10];
+        p[..4].copy_from_slice(&sent.to_be_bytes());
+        a.t.send(&node2, 8, Bytes::from(p)).await.unwrap();
+        sent += 1;
+    }
+    let got = b.handler.wait_messages(sent as usize, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), sent as usize, "messages lost: the connection was dropped mid-stream");
+    for (i, (_, _, p)) in got.iter().enumerate() {
+        assert_eq!(&p[..4], &(i as u32).to_be_bytes()[..]);
+    }
+    assert_eq!(a.metric("meridian_transport_connection_failures_total{peer=\"node2\"}"), 0.0);
+    assert!(a.metric("meridian_transport_rtt_seconds_count{peer=\"node2\"}") >= 2.0, "pongs arrived during the stream");
 }

@@ -83,7 +83,8 @@ fn raw_client_config(
     let cfg = match client_cert {
         None => builder.with_no_client_auth(),
         Some((dir, node)) => {
-            let chain = CertificateDer::pem_file_iter(dir.join(format!("{node}.pem"))).unwrap().map(|c| c.unwrap()).collect();
+            let chain =
+                CertificateDer::pem_file_iter(dir.join(format!("{node}.pem"))).unwrap().map(|c| c.unwrap()).collect();
             let key = PrivateKeyDer::from_pem_file(dir.join(format!("{node}-key.pem"))).unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
@@ -189,7 +190,8 @@ async fn mutual_tls_refuses_each_bad_client_for_its_reason_while_a_good_peer_kee
     let r = impostor.t.request(&node1, ECHO, Bytes::new(), None).await;
     match r {
         Err(TransportError::Handshake {
-            source: HandshakeError::Rejected { reason: RejectReason::IdentityMismatch, .. }, ..
+            source: HandshakeError::Rejected { reason: RejectReason::IdentityMismatch, .. },
+            ..
         }) => {}
         other => panic!("expected an identity refusal, got {other:?}"),
     }

@@ -60,7 +60,10 @@ fn a_key_that_does_not_match_the_certificate_names_the_key_variable() {
     let e = load_err(&paths(dir.path(), "node1.pem", "node1.pem", "ca.pem"));
     assert_eq!(e.variable(), "MERIDIAN_CLUSTER_TLS_KEY_FILE");
     assert!(e.to_string().contains("no PEM private key"), "{e}");
-    assert_eq!(load_err(&paths(dir.path(), "node1.pem", "gone-key.pem", "ca.pem")).variable(), "MERIDIAN_CLUSTER_TLS_KEY_FILE");
+    assert_eq!(
+        load_err(&paths(dir.path(), "node1.pem", "gone-key.pem", "ca.pem")).variable(),
+        "MERIDIAN_CLUSTER_TLS_KEY_FILE"
+    );
 }
 
 #[test]
@@ -76,8 +79,12 @@ fn a_missing_unreadable_or_garbage_ca_names_the_ca_variable() {
     assert!(e.to_string().contains("garbage.pem") && e.to_string().contains("no PEM certificate"), "{e}");
 
     // A PEM block that is not a valid certificate.
-    std::fs::write(dir.path().join("bad-der.pem"), b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-    assert_eq!(load_err(&paths(dir.path(), "node1.pem", "node1-key.pem", "bad-der.pem")).variable(), "MERIDIAN_CLUSTER_TLS_CA_FILE");
+    std::fs::write(dir.path().join("bad-der.pem"), b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        .unwrap();
+    assert_eq!(
+        load_err(&paths(dir.path(), "node1.pem", "node1-key.pem", "bad-der.pem")).variable(),
+        "MERIDIAN_CLUSTER_TLS_CA_FILE"
+    );
 
     // A directory where the file should be cannot be read.
     let e = load_err(&paths(dir.path(), "node1.pem", "node1-key.pem", ""));

@@ -36,7 +36,11 @@ fn main() {
                 for _ in 0..per_thread {
                     let ticket = {
                         let mut n = next.lock().unwrap();
-                        let t = wal.append(vec![Record { index: *n, epoch: 1, payload: vec![7; payload] }]);
+                        let t = wal.append(vec![Record {
+                            index: *n,
+                            epoch: 1,
+                            payload: vec![7; payload],
+                        }]);
                         *n += 1;
                         t
                     };

@@ -46,8 +46,12 @@ pub fn dump(dir: &Path, out: &mut dyn Write) -> Result<(), WalError> {
                     off += f.len;
                 }
                 Err(FrameError::Zero) if rest.iter().all(|b| *b == 0) => {
-                    writeln!(out, "{name} offset={off} zero-filled to end ({} bytes)", rest.len())
-                        .map_err(out_err())?;
+                    writeln!(
+                        out,
+                        "{name} offset={off} zero-filled to end ({} bytes)",
+                        rest.len()
+                    )
+                    .map_err(out_err())?;
                     break;
                 }
                 Err(e) => match record::raw_header(rest) {
@@ -64,8 +68,12 @@ pub fn dump(dir: &Path, out: &mut dyn Write) -> Result<(), WalError> {
                         off += record::frame_len(h.len as usize);
                     }
                     _ => {
-                        writeln!(out, "{name} offset={off} unreadable to end ({} bytes): {e}", rest.len())
-                            .map_err(out_err())?;
+                        writeln!(
+                            out,
+                            "{name} offset={off} unreadable to end ({} bytes): {e}",
+                            rest.len()
+                        )
+                        .map_err(out_err())?;
                         break;
                     }
                 },

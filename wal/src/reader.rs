@@ -98,7 +98,9 @@ fn plan(
             });
         }
     }
-    let mut si = segs.partition_point(|s| s.first_index <= from).saturating_sub(1);
+    let mut si = segs
+        .partition_point(|s| s.first_index <= from)
+        .saturating_sub(1);
     let (mut index, mut records, mut bytes) = (from, 0usize, 0u64);
     let mut plans = Vec::new();
     'segments: while si < segs.len() && records < max_records {
@@ -140,7 +142,9 @@ fn execute(plans: &[Plan]) -> Result<Vec<Record>, WalError> {
     let mut out = Vec::with_capacity(plans.iter().map(|p| p.count).sum());
     for p in plans {
         let mut buf = vec![0u8; (p.end - p.start) as usize];
-        p.file.read_exact_at(&mut buf, p.start).map_err(io_at(&p.path))?;
+        p.file
+            .read_exact_at(&mut buf, p.start)
+            .map_err(io_at(&p.path))?;
         let mut off = 0;
         for n in 0..p.count as u64 {
             let at = p.start + off as u64;
@@ -150,7 +154,11 @@ fn execute(plans: &[Plan]) -> Result<Vec<Record>, WalError> {
                 return Err(WalError::corrupt(
                     &p.path,
                     at,
-                    format!("expected record {}, found {}", p.first_index + n, frame.index),
+                    format!(
+                        "expected record {}, found {}",
+                        p.first_index + n,
+                        frame.index
+                    ),
                 ));
             }
             out.push(frame.to_record());

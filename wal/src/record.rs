@@ -88,11 +88,22 @@ pub(crate) enum FrameError {
     /// The header is all zeros: nothing was written here.
     Zero,
     /// The file ends inside the frame.
-    Short { need: usize, have: usize },
-    TooLarge { len: u64 },
-    Checksum { stored: u32, computed: u32 },
+    Short {
+        need: usize,
+        have: usize,
+    },
+    TooLarge {
+        len: u64,
+    },
+    Checksum {
+        stored: u32,
+        computed: u32,
+    },
     /// The checksum holds but the header asks for something this version does not know.
-    Unsupported { what: &'static str, value: u8 },
+    Unsupported {
+        what: &'static str,
+        value: u8,
+    },
 }
 
 impl fmt::Display for FrameError {

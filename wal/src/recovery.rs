@@ -220,7 +220,8 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
         .count();
     // A trailing segment with no record (crash right after it was created, or a
     // torn first record) holds nothing; dropping it lets the next append choose.
-    let trailing_empty = segments.len() > purged && segments.last().is_some_and(|s| s.offsets.is_empty());
+    let trailing_empty =
+        segments.len() > purged && segments.last().is_some_and(|s| s.offsets.is_empty());
 
     let mut truncated_tail = tail.as_ref().map(|(i, offset, reason, _)| {
         let file = segments[*i].path.clone();
@@ -328,14 +329,19 @@ fn scan_segment(
                 return Err(WalError::corrupt(
                     path,
                     off as u64,
-                    format!("index gap: expected record {next}, found record {}", frame.index),
+                    format!(
+                        "index gap: expected record {next}, found record {}",
+                        frame.index
+                    ),
                 ))
             }
             Err(e) if !is_last => {
                 return Err(WalError::corrupt(
                     path,
                     off as u64,
-                    format!("{e} (expected record {next}; not the last segment, so not a torn tail)"),
+                    format!(
+                        "{e} (expected record {next}; not the last segment, so not a torn tail)"
+                    ),
                 ))
             }
             Err(e) => {
@@ -364,7 +370,9 @@ fn find_valid_frame(bytes: &[u8], bad: usize, min_index: u64) -> Option<u64> {
     (bad + 8..)
         .step_by(8)
         .take_while(|o| o + RECORD_HEADER_BYTES <= bytes.len())
-        .find(|&o| record::plausible_start(&bytes[o..], min_index) && record::decode(&bytes[o..]).is_ok())
+        .find(|&o| {
+            record::plausible_start(&bytes[o..], min_index) && record::decode(&bytes[o..]).is_ok()
+        })
         .map(|o| o as u64)
 }
 
@@ -375,7 +383,11 @@ fn save_broken_copy(path: &Path, from: u64) -> Result<PathBuf, WalError> {
     let base = path.as_os_str().to_owned();
     for n in 0.. {
         let mut name = base.clone();
-        name.push(if n == 0 { ".broken".to_string() } else { format!(".broken.{n}") });
+        name.push(if n == 0 {
+            ".broken".to_string()
+        } else {
+            format!(".broken.{n}")
+        });
         let copy = PathBuf::from(name);
         let mut f = match OpenOptions::new().write(true).create_new(true).open(&copy) {
             Ok(f) => f,
@@ -413,7 +425,11 @@ mod tests {
 
     /// Segment files in seq order.
     fn segments(dir: &Path) -> Vec<PathBuf> {
-        segment::list(dir).unwrap().into_iter().map(|s| s.path).collect()
+        segment::list(dir)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.path)
+            .collect()
     }
 
     fn append_bytes(path: &Path, bytes: &[u8]) {
@@ -424,8 +440,12 @@ mod tests {
     /// Offsets of the records in a segment, from the reader's own scan.
     fn record_offsets(path: &Path) -> Vec<u64> {
         let bytes = fs::read(path).unwrap();
-        let first = segment::parse_name(path.file_name().unwrap().to_str().unwrap()).unwrap().1;
-        scan_segment(path, &bytes, first, true, None).unwrap().offsets
+        let first = segment::parse_name(path.file_name().unwrap().to_str().unwrap())
+            .unwrap()
+            .1;
+        scan_segment(path, &bytes, first, true, None)
+            .unwrap()
+            .offsets
     }
 
     #[test]
@@ -443,7 +463,10 @@ mod tests {
 
         let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
         let tail = report.truncated_tail.expect("torn tail reported");
-        assert_eq!((tail.file.as_path(), tail.offset, tail.bytes_dropped), (last.as_path(), len, 40));
+        assert_eq!(
+            (tail.file.as_path(), tail.offset, tail.bytes_dropped),
+            (last.as_path(), len, 40)
+        );
         assert_eq!(fs::metadata(&last).unwrap().len(), len);
         assert_eq!(fs::read(tail.broken_copy.unwrap()).unwrap(), &frame[..40]);
         assert_eq!(indexes(&read_all(&wal)), (1..=20).collect::<Vec<_>>());
@@ -459,7 +482,10 @@ mod tests {
         append_bytes(&last, &[0; 4096]);
         let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
         let tail = report.truncated_tail.unwrap();
-        assert_eq!((tail.reason.as_str(), tail.broken_copy), ("zero-filled tail", None));
+        assert_eq!(
+            (tail.reason.as_str(), tail.broken_copy),
+            ("zero-filled tail", None)
+        );
         assert_eq!(wal.last_index(), 5);
     }
 
@@ -477,10 +503,14 @@ mod tests {
 
         for err in [
             verify(dir.path()).unwrap_err(),
-            crate::Wal::open(crate::WalOptions::new(dir.path())).err().unwrap(),
+            crate::Wal::open(crate::WalOptions::new(dir.path()))
+                .err()
+                .unwrap(),
         ] {
             match err {
-                WalError::Corrupt { file, offset, .. } => assert_eq!((file, offset), (first.clone(), at)),
+                WalError::Corrupt { file, offset, .. } => {
+                    assert_eq!((file, offset), (first.clone(), at))
+                }
                 other => panic!("expected corruption, got {other:?}"),
             }
         }
@@ -499,7 +529,10 @@ mod tests {
         fs::write(&only, bytes).unwrap();
         let err = verify(dir.path()).unwrap_err();
         assert!(err.is_corruption());
-        assert!(err.to_string().contains(&format!("at byte offset {at}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("at byte offset {at}")),
+            "{err}"
+        );
         assert!(err.to_string().contains("valid record follows"), "{err}");
     }
 
@@ -514,7 +547,11 @@ mod tests {
         fs::remove_file(&segs[1]).unwrap();
         let err = verify(dir.path()).unwrap_err();
         match err {
-            WalError::Corrupt { file, offset: 0, reason } => {
+            WalError::Corrupt {
+                file,
+                offset: 0,
+                reason,
+            } => {
                 assert_eq!(file, segs[2]);
                 assert!(reason.contains("index gap"), "{reason}");
             }
@@ -553,7 +590,10 @@ mod tests {
         // Crash right after a never-written WAL created its first segment.
         segment::create(dir.path(), 1, 500).unwrap();
         let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
-        assert_eq!((report.first_index, report.last_index, report.segments), (1, 0, 0));
+        assert_eq!(
+            (report.first_index, report.last_index, report.segments),
+            (1, 0, 0)
+        );
         fill(&wal, 7..=8, 3);
         wal.close().unwrap();
         assert_eq!(verify(dir.path()).unwrap().last_index, 8);
@@ -565,7 +605,9 @@ mod tests {
         let wal = open(dir.path());
         fill(&wal, 1..=2, 1);
         wal.close().unwrap();
-        let tmp = dir.path().join(format!("{}{TMP_SUFFIX}", segment::file_name(9, 3)));
+        let tmp = dir
+            .path()
+            .join(format!("{}{TMP_SUFFIX}", segment::file_name(9, 3)));
         fs::write(&tmp, b"half a header").unwrap();
         let (wal, _) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
         assert!(!tmp.exists());

@@ -41,9 +41,11 @@ pub(crate) fn parse_name(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_suffix(".wal")?;
     let (seq, first) = stem.split_once('-')?;
     let hex16 = |s: &str| {
-        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| u64::from_str_radix(s, 16).ok())
-            .flatten()
+        (s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
     };
     Some((hex16(seq)?, hex16(first)?))
 }
@@ -161,7 +163,10 @@ pub(crate) fn create(dir: &Path, seq: u64, first_index: u64) -> Result<(File, Pa
 
 /// Cuts `path` to `len` bytes, durably.
 pub(crate) fn cut(path: &Path, len: u64) -> Result<(), WalError> {
-    let f = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_at(path))?;
     f.set_len(len).map_err(io_at(path))?;
     // set_len changes the size, which is metadata: sync_all, not sync_data.
     f.sync_all().map_err(io_at(path))

@@ -28,7 +28,8 @@ pub(crate) fn fill(wal: &Wal, indexes: std::ops::RangeInclusive<u64>, len: usize
 }
 
 pub(crate) fn read_all(wal: &Wal) -> Vec<Record> {
-    wal.read_from(wal.first_index(), usize::MAX, usize::MAX).unwrap()
+    wal.read_from(wal.first_index(), usize::MAX, usize::MAX)
+        .unwrap()
 }
 
 pub(crate) fn indexes(records: &[Record]) -> Vec<u64> {

@@ -101,6 +101,9 @@ mod tests {
     fn a_vanished_writer_reads_as_closed() {
         let (tx, rx) = oneshot::channel::<Result<u64, WalError>>();
         drop(tx);
-        assert!(matches!(AppendTicket::waiting(rx).wait(), Err(WalError::Closed)));
+        assert!(matches!(
+            AppendTicket::waiting(rx).wait(),
+            Err(WalError::Closed)
+        ));
     }
 }

@@ -24,7 +24,11 @@ use crate::writer::Writer;
 impl Writer {
     /// Removes every record with index > `after`; returns them. The handle has
     /// checked that `first - 1 <= after < last`.
-    pub(crate) fn truncate_after(&mut self, after: u64, first: u64) -> Result<Vec<Record>, WalError> {
+    pub(crate) fn truncate_after(
+        &mut self,
+        after: u64,
+        first: u64,
+    ) -> Result<Vec<Record>, WalError> {
         // Everything queued before this request is durable, so the table holds the whole tail.
         let removed = reader::read(&self.shared.table, after + 1, usize::MAX, usize::MAX)?;
 
@@ -39,7 +43,11 @@ impl Writer {
         let (doomed, cut) = {
             let mut table = self.shared.table.write().unwrap();
             table.generation += 1;
-            let keep = table.segments.iter().take_while(|s| s.first_index <= after).count();
+            let keep = table
+                .segments
+                .iter()
+                .take_while(|s| s.first_index <= after)
+                .count();
             let doomed: Vec<PathBuf> = table.segments.drain(keep..).rev().map(|s| s.path).collect();
             let cut = table.segments.last_mut().and_then(|seg| {
                 let keep_records = (after + 1 - seg.first_index) as usize;
@@ -64,7 +72,11 @@ impl Writer {
         self.failpoint("truncate:tail-cut")?;
 
         // Cleared before any later append can write past `after` again.
-        self.shared.state.lock().unwrap().update(|s| s.pending_truncate = None)?;
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .update(|s| s.pending_truncate = None)?;
         tracing::info!(after, removed = removed.len(), "WAL: truncated the log");
         Ok(removed)
     }
@@ -136,7 +148,11 @@ mod tests {
     /// log, never the old one with holes.
     #[test]
     fn truncate_is_all_or_nothing_across_a_crash_at_any_step() {
-        for step in ["truncate:intent-saved", "truncate:segments-removed", "truncate:tail-cut"] {
+        for step in [
+            "truncate:intent-saved",
+            "truncate:segments-removed",
+            "truncate:tail-cut",
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let wal = open(dir.path());
             fill(&wal, 1..=40, 60);
@@ -145,17 +161,28 @@ mod tests {
             let err = wal.truncate_after(13).unwrap_err();
             assert!(err.to_string().contains(step), "{err}");
             // The handle is poisoned: nothing more reaches the disk.
-            assert!(matches!(wal.append(vec![crate::test_util::rec(14, 1)]).wait(), Err(WalError::Poisoned { .. })));
+            assert!(matches!(
+                wal.append(vec![crate::test_util::rec(14, 1)]).wait(),
+                Err(WalError::Poisoned { .. })
+            ));
             drop(wal);
 
             assert_eq!(verify(dir.path()).unwrap().last_index, 13, "{step}");
             let wal = open(dir.path());
-            assert_eq!(indexes(&read_all(&wal)), (1..=13).collect::<Vec<_>>(), "{step}");
+            assert_eq!(
+                indexes(&read_all(&wal)),
+                (1..=13).collect::<Vec<_>>(),
+                "{step}"
+            );
             // The intent was cleared: new records past 13 survive the next reopen.
             fill(&wal, 14..=20, 60);
             wal.close().unwrap();
             let wal = open(dir.path());
-            assert_eq!(indexes(&read_all(&wal)), (1..=20).collect::<Vec<_>>(), "{step}");
+            assert_eq!(
+                indexes(&read_all(&wal)),
+                (1..=20).collect::<Vec<_>>(),
+                "{step}"
+            );
         }
     }
 
@@ -183,10 +210,16 @@ mod tests {
         assert!(wal.reset_to(100).is_err());
         drop(wal);
         let wal = open(dir.path());
-        assert_eq!((wal.first_index(), wal.last_index(), wal.position().segments), (100, 99, 0));
+        assert_eq!(
+            (wal.first_index(), wal.last_index(), wal.position().segments),
+            (100, 99, 0)
+        );
         assert!(matches!(
             wal.append(vec![crate::test_util::rec(21, 1)]).wait(),
-            Err(WalError::IndexGap { expected: 100, got: 21 })
+            Err(WalError::IndexGap {
+                expected: 100,
+                got: 21
+            })
         ));
         fill(&wal, 100..=101, 1);
     }

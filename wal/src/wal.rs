@@ -161,7 +161,12 @@ impl Wal {
     pub fn append(&self, records: Vec<Record>) -> AppendTicket {
         // Encoding (and its checksums) runs on the caller's thread, outside the
         // lock, so concurrent appenders share that work.
-        let mut bytes = Vec::with_capacity(records.iter().map(|r| record::frame_len(r.payload.len())).sum());
+        let mut bytes = Vec::with_capacity(
+            records
+                .iter()
+                .map(|r| record::frame_len(r.payload.len()))
+                .sum(),
+        );
         for (i, r) in records.iter().enumerate() {
             if r.payload.len() > MAX_RECORD_BYTES {
                 return AppendTicket::ready(Err(WalError::RecordTooLarge {
@@ -209,7 +214,10 @@ impl Wal {
             },
         };
         let (first, last, n) = (req.first, req.last, req.records);
-        let sent = order.tx.as_ref().is_some_and(|tx| tx.send(Request::Append(req)).is_ok());
+        let sent = order
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Request::Append(req)).is_ok());
         if !sent {
             return AppendTicket::ready(Err(WalError::Closed));
         }
@@ -248,7 +256,12 @@ impl Wal {
     /// no more than `max_bytes` of frames except that the first record is always
     /// returned. Empty when `from` is past the durable end. `Purged` if `from` is
     /// below `first_index()`. Blocking (pread); safe alongside appends.
-    pub fn read_from(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, WalError> {
+    pub fn read_from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, WalError> {
         {
             let order = self.inner.order.lock().unwrap();
             if from < order.first && order.pinned {
@@ -442,7 +455,9 @@ fn lock_dir(dir: &std::path::Path) -> Result<File, WalError> {
         .map_err(io_at(&path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(WalError::Locked { dir: dir.to_path_buf() }),
+        Err(TryLockError::WouldBlock) => Err(WalError::Locked {
+            dir: dir.to_path_buf(),
+        }),
         Err(TryLockError::Error(e)) => Err(io_at(&path)(e)),
     }
 }
@@ -456,7 +471,10 @@ mod tests {
     fn a_directory_opens_once_until_closed() {
         let dir = tempfile::tempdir().unwrap();
         let wal = open(dir.path());
-        assert!(matches!(Wal::open(WalOptions::new(dir.path())), Err(WalError::Locked { .. })));
+        assert!(matches!(
+            Wal::open(WalOptions::new(dir.path())),
+            Err(WalError::Locked { .. })
+        ));
         wal.close().unwrap();
         wal.close().unwrap();
         let (_again, _) = Wal::open(WalOptions::new(dir.path())).unwrap();
@@ -468,14 +486,36 @@ mod tests {
         let wal = open(dir.path());
         // A never-written WAL takes any first index, including 0.
         fill(&wal, 0..=2, 5);
-        assert!(matches!(wal.append(vec![rec(4, 1)]).wait(), Err(WalError::IndexGap { expected: 3, got: 4 })));
-        assert!(matches!(wal.append(vec![rec(2, 1)]).wait(), Err(WalError::IndexGap { expected: 3, got: 2 })));
+        assert!(matches!(
+            wal.append(vec![rec(4, 1)]).wait(),
+            Err(WalError::IndexGap {
+                expected: 3,
+                got: 4
+            })
+        ));
+        assert!(matches!(
+            wal.append(vec![rec(2, 1)]).wait(),
+            Err(WalError::IndexGap {
+                expected: 3,
+                got: 2
+            })
+        ));
         assert!(matches!(
             wal.append(vec![rec(3, 1), rec(5, 1)]).wait(),
-            Err(WalError::IndexGap { expected: 4, got: 5 })
+            Err(WalError::IndexGap {
+                expected: 4,
+                got: 5
+            })
         ));
-        let too_big = Record { index: 3, epoch: 1, payload: vec![0; MAX_RECORD_BYTES + 1] };
-        assert!(matches!(wal.append(vec![too_big]).wait(), Err(WalError::RecordTooLarge { index: 3, .. })));
+        let too_big = Record {
+            index: 3,
+            epoch: 1,
+            payload: vec![0; MAX_RECORD_BYTES + 1],
+        };
+        assert!(matches!(
+            wal.append(vec![too_big]).wait(),
+            Err(WalError::RecordTooLarge { index: 3, .. })
+        ));
         // Nothing above was written.
         assert_eq!(wal.last_index(), 2);
         assert_eq!(wal.append(vec![rec(3, 1), rec(4, 1)]).wait().unwrap(), 4);
@@ -499,9 +539,15 @@ mod tests {
         let wal = open(dir.path());
         fill(&wal, 1..=3, 10);
         wal.close().unwrap();
-        assert!(matches!(wal.append(vec![rec(4, 1)]).wait(), Err(WalError::Closed)));
+        assert!(matches!(
+            wal.append(vec![rec(4, 1)]).wait(),
+            Err(WalError::Closed)
+        ));
         assert!(matches!(wal.truncate_after(1), Err(WalError::Closed)));
-        assert!(matches!(wal.save_hard_state(&HardState::default()), Err(WalError::Closed)));
+        assert!(matches!(
+            wal.save_hard_state(&HardState::default()),
+            Err(WalError::Closed)
+        ));
         assert_eq!(read_all(&wal).len(), 3);
     }
 
@@ -515,6 +561,30 @@ mod tests {
         wal.truncate_after(4).unwrap();
         assert_eq!(*watch.borrow(), 4);
         assert_eq!((wal.last_index(), wal.durable_index()), (4, 4));
+    }
+
+    #[test]
+    fn reads_run_alongside_appends_and_see_only_durable_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        let reader = {
+            let wal = wal.clone();
+            thread::spawn(move || {
+                let mut seen = 0;
+                while seen < 300 {
+                    let durable = wal.durable_index();
+                    let got = wal.read_from(1, usize::MAX, usize::MAX).unwrap();
+                    assert!(got.len() as u64 >= durable);
+                    assert!(got
+                        .iter()
+                        .enumerate()
+                        .all(|(i, r)| *r == rec(i as u64 + 1, 40)));
+                    seen = got.len();
+                }
+            })
+        };
+        fill(&wal, 1..=300, 40);
+        reader.join().unwrap();
     }
 
     #[test]

@@ -35,7 +35,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(dir: PathBuf, table: SegmentTable, state: StateStore, durable: u64) -> Shared {
+    pub(crate) fn new(
+        dir: PathBuf,
+        table: SegmentTable,
+        state: StateStore,
+        durable: u64,
+    ) -> Shared {
         Shared {
             dir,
             table: RwLock::new(table),
@@ -169,7 +174,8 @@ impl Writer {
                     let _ = done.send(r);
                 }
                 Request::SaveHardState { hard, done } => {
-                    let r = self.guarded(|w| w.shared.state.lock().unwrap().update(|s| s.hard = hard));
+                    let r =
+                        self.guarded(|w| w.shared.state.lock().unwrap().update(|s| s.hard = hard));
                     let _ = done.send(r);
                 }
                 Request::Close { done } => {
@@ -185,7 +191,10 @@ impl Writer {
     /// Runs a log-changing operation. The handles already advanced their view of
     /// the log when they enqueued it, so a failure leaves memory ahead of disk:
     /// poison, and let reopening read back the truth.
-    fn guarded<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T, WalError>) -> Result<T, WalError> {
+    fn guarded<T>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<T, WalError>,
+    ) -> Result<T, WalError> {
         self.shared.check_poisoned()?;
         op(self).inspect_err(|e| self.shared.poison(e))
     }
@@ -202,7 +211,10 @@ impl Writer {
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
                     let Some(until) = linger_until else { break };
-                    match self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    match self
+                        .rx
+                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                    {
                         Ok(r) => r,
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
@@ -223,7 +235,11 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<AppendReq>) {
-        match self.shared.check_poisoned().and_then(|()| self.write_batch(&batch)) {
+        match self
+            .shared
+            .check_poisoned()
+            .and_then(|()| self.write_batch(&batch))
+        {
             Ok(info) => {
                 for a in batch {
                     let _ = a.done.send(Ok(a.last));
@@ -256,24 +272,41 @@ impl Writer {
         let buf: &[u8] = if parts.len() == 1 {
             &parts[0].bytes
         } else {
-            joined = parts.iter().flat_map(|a| a.bytes.iter().copied()).collect::<Vec<u8>>();
+            joined = parts
+                .iter()
+                .flat_map(|a| a.bytes.iter().copied())
+                .collect::<Vec<u8>>();
             &joined
         };
 
         self.ensure_segment(first)?;
-        let active = self.active.as_mut().expect("ensure_segment sets an active segment");
-        active.file.write_all_at(buf, active.len).map_err(io_at(&active.path))?;
+        let active = self
+            .active
+            .as_mut()
+            .expect("ensure_segment sets an active segment");
+        active
+            .file
+            .write_all_at(buf, active.len)
+            .map_err(io_at(&active.path))?;
         let started = Instant::now();
         active.file.sync_data().map_err(io_at(&active.path))?;
         let duration = started.elapsed();
         if duration > SLOW_SYNC {
-            tracing::warn!(?duration, bytes = buf.len(), records, "WAL fdatasync was slow");
+            tracing::warn!(
+                ?duration,
+                bytes = buf.len(),
+                records,
+                "WAL fdatasync was slow"
+            );
         }
 
         // Table before durable index: a reader that sees the index finds the records.
         {
             let mut table = self.shared.table.write().unwrap();
-            let seg = table.segments.last_mut().expect("the active segment is in the table");
+            let seg = table
+                .segments
+                .last_mut()
+                .expect("the active segment is in the table");
             let mut off = 0;
             while off < buf.len() {
                 seg.offsets.push(active.len + off as u64);
@@ -307,14 +340,19 @@ impl Writer {
         self.next_seq += 1;
         let file = Arc::new(file);
         tracing::debug!(path = %path.display(), "WAL: new segment");
-        self.shared.table.write().unwrap().segments.push(TableSegment {
-            first_index,
-            name: segment::file_name(seq, first_index),
-            path: path.clone(),
-            file: file.clone(),
-            offsets: Vec::new(),
-            end: SEGMENT_HEADER_BYTES,
-        });
+        self.shared
+            .table
+            .write()
+            .unwrap()
+            .segments
+            .push(TableSegment {
+                first_index,
+                name: segment::file_name(seq, first_index),
+                path: path.clone(),
+                file: file.clone(),
+                offsets: Vec::new(),
+                end: SEGMENT_HEADER_BYTES,
+            });
         self.active = Some(Active {
             file,
             path,

@@ -31,7 +31,11 @@ enum Cut {
 }
 
 fn cut_kind() -> impl Strategy<Value = Cut> {
-    prop_oneof![Just(Cut::Boundary), Just(Cut::InHeader), Just(Cut::InPayload)]
+    prop_oneof![
+        Just(Cut::Boundary),
+        Just(Cut::InHeader),
+        Just(Cut::InPayload)
+    ]
 }
 
 proptest! {

@@ -63,7 +63,9 @@ fn concurrent_appends_share_fsyncs_and_all_survive_reopen() {
                     let my_turn = j * THREADS + k;
                     let ticket = {
                         let (lock, cv) = &*turn;
-                        let mut t = cv.wait_while(lock.lock().unwrap(), |t| *t != my_turn).unwrap();
+                        let mut t = cv
+                            .wait_while(lock.lock().unwrap(), |t| *t != my_turn)
+                            .unwrap();
                         let index = my_turn as u64 + 1;
                         let ticket = wal.append(vec![rec(index, 100 + k * 10)]);
                         *t += 1;
@@ -83,7 +85,10 @@ fn concurrent_appends_share_fsyncs_and_all_survive_reopen() {
     }
     let appends = THREADS * APPENDS_PER_THREAD;
     assert_eq!(wal.durable_index(), appends as u64);
-    assert!(wal.position().segments > 1, "small segments should have rotated");
+    assert!(
+        wal.position().segments > 1,
+        "small segments should have rotated"
+    );
     // on_sync runs after a batch's tickets resolve: close (joining the writer) before counting.
     wal.close().unwrap();
     let syncs = probe.syncs.load(Ordering::SeqCst);
@@ -91,7 +96,10 @@ fn concurrent_appends_share_fsyncs_and_all_survive_reopen() {
         "{appends} appends from {THREADS} threads: {syncs} fdatasyncs in {:?}",
         started.elapsed()
     );
-    assert!(syncs < appends, "{syncs} fsyncs for {appends} appends: no group commit");
+    assert!(
+        syncs < appends,
+        "{syncs} fsyncs for {appends} appends: no group commit"
+    );
     assert_eq!(probe.records.load(Ordering::SeqCst), appends);
 
     let (_wal, got) = reopen(dir.path(), 4096).unwrap();
@@ -129,7 +137,9 @@ fn max_batch_bytes_splits_a_backlog_into_several_fsyncs() {
     o.max_batch_bytes = 1024;
     o.max_batch_wait = Duration::from_millis(50);
     let s = sizes.clone();
-    o.on_sync = Some(Arc::new(move |info: SyncInfo| s.lock().unwrap().push(info.bytes)));
+    o.on_sync = Some(Arc::new(move |info: SyncInfo| {
+        s.lock().unwrap().push(info.bytes)
+    }));
     let (wal, _) = Wal::open(o).unwrap();
     let tickets: Vec<_> = (1..=20).map(|i| wal.append(vec![rec(i, 200)])).collect();
     for t in tickets {
@@ -159,5 +169,8 @@ async fn append_tickets_are_send_futures() {
     let mut durable = wal.subscribe_durable();
     assert_eq!(*durable.borrow_and_update(), 50);
     let wal2 = wal.clone();
-    tokio::task::spawn_blocking(move || wal2.close()).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || wal2.close())
+        .await
+        .unwrap()
+        .unwrap();
 }

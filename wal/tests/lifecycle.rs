@@ -12,7 +12,10 @@ const SEG: u64 = 1024;
 fn fresh() -> (tempfile::TempDir, Wal) {
     let dir = tempfile::tempdir().unwrap();
     let (wal, report) = Wal::open(opts(dir.path(), SEG)).unwrap();
-    assert_eq!((report.first_index, report.last_index, report.segments), (1, 0, 0));
+    assert_eq!(
+        (report.first_index, report.last_index, report.segments),
+        (1, 0, 0)
+    );
     (dir, wal)
 }
 
@@ -33,11 +36,17 @@ fn segment_files(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_fresh_wal_reports_an_empty_log() {
     let (_dir, wal) = fresh();
-    assert_eq!((wal.first_index(), wal.last_index(), wal.durable_index()), (1, 0, 0));
+    assert_eq!(
+        (wal.first_index(), wal.last_index(), wal.durable_index()),
+        (1, 0, 0)
+    );
     assert!(wal.read_from(1, 10, 1 << 20).unwrap().is_empty());
     assert!(wal.read_from(0, 10, 1 << 20).unwrap().is_empty());
     let p = wal.position();
-    assert_eq!((p.segments, p.total_bytes, p.current_segment.as_str()), (0, 0, ""));
+    assert_eq!(
+        (p.segments, p.total_bytes, p.current_segment.as_str()),
+        (0, 0, "")
+    );
 }
 
 #[test]
@@ -68,17 +77,33 @@ fn index_gaps_are_rejected_and_nothing_is_written() {
     let (dir, wal) = fresh();
     write_batches(&wal, 10, &singles(3, 8)); // a fresh log may start anywhere
     assert_eq!(wal.first_index(), 10);
-    for bad in [vec![rec(14, 1)], vec![rec(12, 1)], vec![rec(13, 1), rec(15, 1)]] {
-        assert!(matches!(wal.append(bad).wait(), Err(WalError::IndexGap { .. })));
+    for bad in [
+        vec![rec(14, 1)],
+        vec![rec(12, 1)],
+        vec![rec(13, 1), rec(15, 1)],
+    ] {
+        assert!(matches!(
+            wal.append(bad).wait(),
+            Err(WalError::IndexGap { .. })
+        ));
     }
     assert!(matches!(
         wal.append(vec![rec(20, 1)]).wait(),
-        Err(WalError::IndexGap { expected: 13, got: 20 })
+        Err(WalError::IndexGap {
+            expected: 13,
+            got: 20
+        })
     ));
     wal.close().unwrap();
     let (wal, got) = reopen(dir.path(), SEG).unwrap();
-    assert_eq!(got.iter().map(|r| r.index).collect::<Vec<_>>(), vec![10, 11, 12]);
-    assert!(matches!(wal.append(vec![rec(1, 1)]).wait(), Err(WalError::IndexGap { expected: 13, .. })));
+    assert_eq!(
+        got.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    assert!(matches!(
+        wal.append(vec![rec(1, 1)]).wait(),
+        Err(WalError::IndexGap { expected: 13, .. })
+    ));
 }
 
 #[test]
@@ -117,7 +142,13 @@ fn truncate_to_empty_pins_the_next_index() {
     let (wal, got) = reopen(dir.path(), SEG).unwrap();
     assert!(got.is_empty());
     assert_eq!((wal.first_index(), wal.last_index()), (5, 4));
-    assert!(matches!(wal.append(vec![rec(1, 1)]).wait(), Err(WalError::IndexGap { expected: 5, got: 1 })));
+    assert!(matches!(
+        wal.append(vec![rec(1, 1)]).wait(),
+        Err(WalError::IndexGap {
+            expected: 5,
+            got: 1
+        })
+    ));
     write_batches(&wal, 5, &singles(2, 10));
 }
 
@@ -133,7 +164,13 @@ fn purge_before_deletes_whole_segments_and_first_index_survives_reopen() {
     // The oldest remaining segment still holds record 25: only whole segments go.
     let oldest_first = u64::from_str_radix(&after[0][17..33], 16).unwrap();
     assert!(oldest_first <= 25 && oldest_first > 1, "{after:?}");
-    assert!(matches!(wal.read_from(24, 10, 1 << 20), Err(WalError::Purged { requested: 24, first: 25 })));
+    assert!(matches!(
+        wal.read_from(24, 10, 1 << 20),
+        Err(WalError::Purged {
+            requested: 24,
+            first: 25
+        })
+    ));
     assert_eq!(read_all(&wal), &written[24..]);
     wal.purge_before(3).unwrap(); // behind the purge point: nothing to do
     assert_eq!(wal.first_index(), 25);
@@ -142,7 +179,10 @@ fn purge_before_deletes_whole_segments_and_first_index_survives_reopen() {
     let (wal, got) = reopen(dir.path(), SEG).unwrap();
     assert_eq!(wal.first_index(), 25);
     assert_eq!(got, &written[24..]);
-    assert!(matches!(wal.read_from(1, 10, 1 << 20), Err(WalError::Purged { .. })));
+    assert!(matches!(
+        wal.read_from(1, 10, 1 << 20),
+        Err(WalError::Purged { .. })
+    ));
 }
 
 #[test]
@@ -165,11 +205,21 @@ fn purge_past_the_end_empties_the_log_and_pins_the_next_index() {
 fn reset_to_drops_everything_and_the_next_append_starts_there() {
     let (dir, wal) = fresh();
     write_batches(&wal, 1, &singles(20, 100));
-    wal.save_hard_state(&HardState { epoch: 4, vote: b"v".to_vec() }).unwrap();
+    wal.save_hard_state(&HardState {
+        epoch: 4,
+        vote: b"v".to_vec(),
+    })
+    .unwrap();
     wal.reset_to(1000).unwrap();
-    assert_eq!((wal.first_index(), wal.last_index(), wal.durable_index()), (1000, 999, 999));
+    assert_eq!(
+        (wal.first_index(), wal.last_index(), wal.durable_index()),
+        (1000, 999, 999)
+    );
     assert!(segment_files(dir.path()).is_empty());
-    assert!(matches!(wal.append(vec![rec(21, 1)]).wait(), Err(WalError::IndexGap { expected: 1000, .. })));
+    assert!(matches!(
+        wal.append(vec![rec(21, 1)]).wait(),
+        Err(WalError::IndexGap { expected: 1000, .. })
+    ));
     let more = write_batches(&wal, 1000, &singles(3, 10));
     wal.close().unwrap();
     let (wal, got) = reopen(dir.path(), SEG).unwrap();
@@ -181,11 +231,20 @@ fn reset_to_drops_everything_and_the_next_append_starts_there() {
 fn hard_state_round_trips_across_reopen() {
     let (dir, wal) = fresh();
     assert_eq!(wal.hard_state(), HardState::default());
-    let hs = HardState { epoch: 7, vote: b"term=7;voted_for=2".to_vec() };
+    let hs = HardState {
+        epoch: 7,
+        vote: b"term=7;voted_for=2".to_vec(),
+    };
     wal.save_hard_state(&hs).unwrap();
     assert_eq!(wal.hard_state(), hs);
-    let too_big = HardState { epoch: 8, vote: vec![0; MAX_VOTE_BYTES + 1] };
-    assert!(matches!(wal.save_hard_state(&too_big), Err(WalError::VoteTooLarge { .. })));
+    let too_big = HardState {
+        epoch: 8,
+        vote: vec![0; MAX_VOTE_BYTES + 1],
+    };
+    assert!(matches!(
+        wal.save_hard_state(&too_big),
+        Err(WalError::VoteTooLarge { .. })
+    ));
     write_batches(&wal, 1, &singles(3, 10));
     wal.close().unwrap();
     let (wal, _) = reopen(dir.path(), SEG).unwrap();
@@ -207,9 +266,20 @@ fn position_describes_the_current_segment() {
     let on_disk = segment_files(dir.path());
     assert_eq!(p.segments, on_disk.len());
     assert_eq!(&p.current_segment, on_disk.last().unwrap());
-    assert_eq!(p.current_offset, fs::metadata(dir.path().join(&p.current_segment)).unwrap().len());
-    let total: u64 = on_disk.iter().map(|n| fs::metadata(dir.path().join(n)).unwrap().len()).sum();
-    assert_eq!((p.total_bytes, p.first_index, p.last_index, p.durable_index), (total, 1, 12, 12));
+    assert_eq!(
+        p.current_offset,
+        fs::metadata(dir.path().join(&p.current_segment))
+            .unwrap()
+            .len()
+    );
+    let total: u64 = on_disk
+        .iter()
+        .map(|n| fs::metadata(dir.path().join(n)).unwrap().len())
+        .sum();
+    assert_eq!(
+        (p.total_bytes, p.first_index, p.last_index, p.durable_index),
+        (total, 1, 12, 12)
+    );
 }
 
 #[test]
@@ -218,7 +288,10 @@ fn dump_prints_one_line_per_record_and_marks_bad_ones() {
     write_batches(&wal, 1, &singles(12, 100));
     wal.close().unwrap();
     let frames = layout(dir.path()); // parses every line, asserting crc=ok
-    assert_eq!(frames.iter().map(|f| f.index).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(
+        frames.iter().map(|f| f.index).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
     assert!(frames.iter().all(|f| f.len == 100));
     let first = &frames[0];
     assert_eq!(first.offset, 64);
@@ -229,7 +302,10 @@ fn dump_prints_one_line_per_record_and_marks_bad_ones() {
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 12);
     let line = text.lines().next().unwrap();
-    assert!(line.contains("offset=64 index=1 epoch=1 len=100 crc=bad (checksum mismatch"), "{line}");
+    assert!(
+        line.contains("offset=64 index=1 epoch=1 len=100 crc=bad (checksum mismatch"),
+        "{line}"
+    );
 }
 
 #[test]

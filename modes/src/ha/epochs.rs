@@ -66,3 +66,24 @@ mod tests {
         assert_eq!(back, h);
     }
 }
+
+/// What an HA node persists in the WAL's hard state, beside the epoch number itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaPersisted {
+    pub history: EpochHistory,
+    /// True when this node became primary of the current epoch (it promoted itself);
+    /// false when it adopted the epoch from another node.
+    pub owner: bool,
+}
+
+impl HaPersisted {
+    pub fn decode(bytes: &[u8]) -> HaPersisted {
+        if bytes.is_empty() {
+            return HaPersisted::default();
+        }
+        postcard::from_bytes(bytes).unwrap_or_default()
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("HA state encodes")
+    }
+}

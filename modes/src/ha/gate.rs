@@ -37,8 +37,10 @@ struct State {
     fallback: bool,
     /// A write has been waiting for the standby longer than the sync timeout.
     blocked_since: Option<Instant>,
-    /// Why writes are refused for now (lease lost), if they are.
+    /// Why writes are refused for now (shutting down), if they are.
     paused: Option<String>,
+    /// With a witness: acknowledgements are allowed only until this instant.
+    lease: Option<Instant>,
 }
 
 pub struct SyncGate {
@@ -96,6 +98,23 @@ impl SyncGate {
         self.changed.notify_all();
     }
 
+    /// Renews the lease (only used with a witness).
+    pub fn extend_lease(&self, until: Instant) {
+        let mut s = self.state.lock().unwrap();
+        let was_expired = s.lease.is_some_and(|l| Instant::now() > l);
+        if s.lease.is_none_or(|l| until > l) {
+            s.lease = Some(until);
+        }
+        if was_expired && Instant::now() <= until {
+            info!("lease renewed: the primary acknowledges writes again");
+        }
+        self.changed.notify_all();
+    }
+
+    fn lease_expired(s: &State) -> bool {
+        s.lease.is_some_and(|l| Instant::now() > l)
+    }
+
     /// Reasons the primary is degraded right now (for health and status).
     pub fn degraded(&self) -> Vec<String> {
         let s = self.state.lock().unwrap();
@@ -110,6 +129,9 @@ impl SyncGate {
         }
         if let Some(p) = &s.paused {
             out.push(p.clone());
+        }
+        if Self::lease_expired(&s) {
+            out.push("lease expired: the primary has reached neither the standby nor the witness; writes are refused".into());
         }
         out
     }
@@ -134,6 +156,11 @@ impl CommitGate for SyncGate {
             }
             if let Some(p) = &s.paused {
                 return Err(SubmitError::Unavailable(p.clone()));
+            }
+            if Self::lease_expired(&s) {
+                return Err(SubmitError::Unavailable(
+                    "lease expired: the primary has reached neither the standby nor the witness, so it cannot know it is still primary".into(),
+                ));
             }
             if self.reached(&s, index) {
                 if s.fallback && self.mode == SyncMode::SemiSync {
@@ -162,7 +189,10 @@ impl CommitGate for SyncGate {
                     }
                 }
             }
-            let slice = if waited < self.timeout { self.timeout - waited } else { Duration::from_millis(200) };
+            let mut slice = if waited < self.timeout { self.timeout - waited } else { Duration::from_millis(200) };
+            if let Some(l) = s.lease {
+                slice = slice.min(l.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+            }
             s = self.changed.wait_timeout(s, slice).unwrap().0;
         }
     }
@@ -211,5 +241,16 @@ mod tests {
         assert!(!g.degraded().is_empty());
         g.fence(7, None);
         assert!(matches!(t.join().unwrap(), Err(SubmitError::Fenced { epoch: 7, .. })));
+    }
+
+    #[test]
+    fn an_expired_lease_refuses_acknowledgements() {
+        let g = SyncGate::new(SyncMode::Async, Duration::from_secs(1), Positions::default());
+        g.extend_lease(Instant::now() + Duration::from_millis(100));
+        assert!(g.wait_committed(1).is_ok());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(matches!(g.wait_committed(2), Err(SubmitError::Unavailable(_))));
+        g.extend_lease(Instant::now() + Duration::from_secs(1));
+        assert!(g.wait_committed(3).is_ok());
     }
 }

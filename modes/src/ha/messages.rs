@@ -17,6 +17,7 @@ pub const SNAPSHOT_CHUNK: u16 = 0x0103;
 pub const FENCE: u16 = 0x0104;
 pub const FORWARD: u16 = 0x0105;
 pub const PROMOTE: u16 = 0x0106;
+pub const SWITCHOVER: u16 = 0x0107;
 pub const WITNESS_PING: u16 = 0x0110;
 pub const WITNESS_VOTE: u16 = 0x0111;
 
@@ -34,6 +35,8 @@ pub struct Fetch {
     pub wait_ms: u64,
     pub max_records: u32,
     pub http_addr: Option<String>,
+    /// The standby's state includes records it had to discard: re-seed it from a snapshot.
+    pub want_snapshot: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,14 +56,16 @@ pub struct WireRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FetchReply {
     /// Records starting at the requested index (possibly none: a heartbeat).
+    /// `commit_index` is the highest index the primary has acknowledged to clients.
     Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint },
     /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a
     /// snapshot first. `snapshot_id` names the prepared snapshot of `size` bytes.
     NeedSnapshot { epoch: u64, snapshot_id: u64, size: u64, leader: LeaderHint },
-    /// The receiver is not a primary (anymore); `epoch` is its epoch.
-    NotPrimary { epoch: u64, leader: Option<LeaderHint> },
+    /// The receiver is not a primary (anymore); `epoch` is its epoch. Two standbys use
+    /// `last_index` and `node_id` to agree which of them may promote.
+    NotPrimary { epoch: u64, leader: Option<LeaderHint>, last_index: u64, node_id: String },
 }
 
 /// Standby → primary, one-way: positions after a flush or an apply (for sync levels).
@@ -94,7 +99,9 @@ pub struct Fence {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FenceReply {
     pub epoch: u64,
-    pub fenced: bool,
+    /// The receiver is primary (in `epoch`) after handling the fence.
+    pub primary: bool,
+    pub leader: Option<LeaderHint>,
 }
 
 /// A write forwarded by the standby to the primary.
@@ -115,6 +122,12 @@ pub enum ForwardReply {
 pub struct Promote {
     pub epoch: u64,
     pub last_index: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromoteReply {
+    pub epoch: u64,
+    pub leader: LeaderHint,
 }
 
 /// Primary → witness: "I am primary in `epoch`" (renews the primary's lease there).

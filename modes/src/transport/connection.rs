@@ -35,8 +35,10 @@ pub(crate) fn split(stream: BoxStream, max_frame_bytes: usize) -> (StreamReader,
 const QUEUE_BYTES: usize = 16 << 20;
 /// Frames queued per connection (a second bound, for floods of tiny frames).
 const QUEUE_FRAMES: usize = 4096;
-/// Frames written between flushes when the queue stays full.
+/// Frames, and bytes, written between flushes when the queue stays full. The byte bound
+/// lets a due ping in between big frames.
 const WRITE_BATCH: usize = 64;
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// Largest single read into the buffer; bigger frames arrive over several reads.
 const READ_CHUNK: usize = 1 << 20;
 const MIN_READ: usize = 8 << 10;
@@ -262,25 +264,34 @@ pub(crate) async fn run_writer(
 
     let result: io::Result<()> = async {
         loop {
+            // A due ping goes before queued frames: under a steady stream the queue is never
+            // empty, and a starved ping would get a busy connection declared dead.
             let first = tokio::select! {
                 biased;
                 _ = close.closed() => return Ok(()),
-                m = rx.recv() => match m {
-                    Some(m) => m.frame,
-                    None => return Ok(()),
-                },
                 _ = ticker.tick(), if keepalive.is_some() => {
                     let k = keepalive.as_ref().expect("guarded by the branch condition");
                     let stamp = k.epoch.elapsed().as_nanos() as u64;
                     Frame::new(FrameKind::Ping, 0, stamp, bytes::Bytes::new())
                 }
+                m = rx.recv() => match m {
+                    Some(m) => m.frame,
+                    None => return Ok(()),
+                },
             };
             // A write blocked on a peer that stopped reading must not outlive a close.
             let batch = async {
                 w.write_frame(&first).await?;
+                let mut bytes = first.wire_len();
                 for _ in 0..WRITE_BATCH {
+                    if bytes >= WRITE_BATCH_BYTES {
+                        break;
+                    }
                     match rx.try_recv() {
-                        Ok(m) => w.write_frame(&m.frame).await?,
+                        Ok(m) => {
+                            w.write_frame(&m.frame).await?;
+                            bytes += m.frame.wire_len();
+                        }
                         Err(_) => break,
                     }
                 }

@@ -71,12 +71,8 @@ impl Transport {
         let listener = socket.listen(1024)?;
         let local_addr = listener.local_addr()?;
 
-        let shared = Arc::new(Shared {
-            tls: cfg.tls.clone(),
-            metrics: TransportMetrics::register(registry),
-            handler,
-            cfg,
-        });
+        let shared =
+            Arc::new(Shared { tls: cfg.tls.clone(), metrics: TransportMetrics::register(registry), handler, cfg });
         let stop = ShutdownController::new();
         let handle = stop.handle().expect("a new controller hands out handles");
         tokio::spawn(server::accept_loop(listener, shared.clone(), handle));

@@ -263,9 +263,10 @@ pub(crate) async fn accept(
     .await;
     match (result, sent) {
         (Ok(node), Ok(())) => Ok(node),
-        (Ok(node), Err(e)) => {
-            Err(Refusal { claimed: Some(node), ..Refusal::new(RejectReason::Io, format!("sending the handshake reply: {e}")) })
-        }
+        (Ok(node), Err(e)) => Err(Refusal {
+            claimed: Some(node),
+            ..Refusal::new(RejectReason::Io, format!("sending the handshake reply: {e}"))
+        }),
         (Err(r), _) => {
             let _ = writer.shutdown().await;
             Err(r)

@@ -77,9 +77,13 @@ impl Link {
                     .map_err(|e| unreachable(format!("{host:?} is not a valid TLS server name: {e}")))?;
                 let tls_stream = TlsConnector::from(tls.client.clone()).connect(name, tcp).await.map_err(|e| {
                     shared.metrics.handshake_failed(handshake::RejectReason::Tls);
-                    TransportError::Tls { peer: peer.clone(), reason: connection::tls_cause(&e).unwrap_or(e.to_string()) }
+                    TransportError::Tls {
+                        peer: peer.clone(),
+                        reason: connection::tls_cause(&e).unwrap_or(e.to_string()),
+                    }
                 })?;
-                let cert = tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                let cert =
+                    tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
                 (Box::new(tls_stream), cert)
             }
         };
@@ -159,10 +163,7 @@ impl Link {
         if self.close.is_closed() {
             return Err(self.closed_error());
         }
-        self.outbox
-            .send(Frame::new(FrameKind::OneWay, msg_type, 0, payload))
-            .await
-            .map_err(|_| self.closed_error())
+        self.outbox.send(Frame::new(FrameKind::OneWay, msg_type, 0, payload)).await.map_err(|_| self.closed_error())
     }
 
     fn check_size(&self, len: usize) -> Result<(), TransportError> {
@@ -205,7 +206,9 @@ impl Link {
             Some(tx) => {
                 let _ = tx.send(reply);
             }
-            None => tracing::debug!(peer = %self.peer, request_id = id, "reply for a request nobody waits for (deadline passed)"),
+            None => {
+                tracing::debug!(peer = %self.peer, request_id = id, "reply for a request nobody waits for (deadline passed)")
+            }
         }
     }
 

@@ -68,7 +68,11 @@ impl TransportMetrics {
         r.register("bytes_sent", "Frame bytes sent to a peer", m.bytes_sent.clone());
         r.register("bytes_received", "Frame bytes received from a peer", m.bytes_received.clone());
         r.register("connection_failures", "Failed attempts to connect to a peer", m.connection_failures.clone());
-        r.register("handshake_failures", "Connections refused or failed during the TLS or cluster handshake", m.handshake_failures.clone());
+        r.register(
+            "handshake_failures",
+            "Connections refused or failed during the TLS or cluster handshake",
+            m.handshake_failures.clone(),
+        );
         r.register("rtt_seconds", "Round-trip time to a peer (handshake and keep-alive pings)", m.rtt.clone());
         r.register("peer_connected", "1 while an outgoing connection to the peer is established", m.connected.clone());
         m

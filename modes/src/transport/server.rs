@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::connection::{self, BoxStream, CloseReason, CloseSignal, Outbox, StreamReader, StreamWriter};
 use super::endpoint::Shared;
 use super::frame::{self, Frame, FrameKind};
-use super::handshake::{self, RejectReason, Refusal, HANDSHAKE_MAX_BYTES};
+use super::handshake::{self, Refusal, RejectReason, HANDSHAKE_MAX_BYTES};
 use super::shutdown::Shutdown;
 use super::{NodeId, RemoteError};
 
@@ -104,14 +104,13 @@ async fn open(tcp: TcpStream, shared: &Shared) -> Result<(NodeId, StreamReader, 
         }
     };
     let (mut reader, mut writer) = connection::split(stream, HANDSHAKE_MAX_BYTES);
-    let node = handshake::accept(&mut reader, &mut writer, &shared.cfg, client_cert.as_ref()).await.map_err(
-        |mut r| {
+    let node =
+        handshake::accept(&mut reader, &mut writer, &shared.cfg, client_cert.as_ref()).await.map_err(|mut r| {
             if r.looks_like_tls && shared.tls.is_none() {
                 r.message.push_str(" (this looks like a TLS client on a plaintext cluster port)");
             }
             r
-        },
-    )?;
+        })?;
     Ok((node, reader, writer))
 }
 
@@ -166,7 +165,8 @@ async fn run_connection(
                     _ = close.closed() => break None,
                     s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
                 };
-                let (handler, from, out, max) = (shared.handler.clone(), node.clone(), outbox.clone(), cfg.max_frame_bytes);
+                let (handler, from, out, max) =
+                    (shared.handler.clone(), node.clone(), outbox.clone(), cfg.max_frame_bytes);
                 tokio::spawn(async move {
                     let reply = handle_request(handler, from, frame, max).await;
                     // Fails only when the connection is gone; the caller learns that on its side.

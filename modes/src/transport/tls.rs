@@ -171,9 +171,8 @@ fn read_file(path: &Path, variable: &'static str) -> Result<Vec<u8>, TlsConfigEr
 
 fn read_certs(path: &Path, variable: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
     let pem = read_file(path, variable)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(variable, path, e))?;
+    let certs =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(variable, path, e))?;
     if certs.is_empty() {
         return Err(invalid(variable, path, "no PEM certificate found"));
     }

@@ -53,7 +53,8 @@ pub fn write_batches(wal: &Wal, first: u64, batches: &[Vec<usize>]) -> Vec<Recor
 }
 
 pub fn read_all(wal: &Wal) -> Vec<Record> {
-    wal.read_from(wal.first_index(), usize::MAX, usize::MAX).unwrap()
+    wal.read_from(wal.first_index(), usize::MAX, usize::MAX)
+        .unwrap()
 }
 
 /// Opens `dir` and returns every record in it.

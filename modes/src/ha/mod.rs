@@ -1,0 +1,414 @@
+//! `ha_standby`: a primary and a standby with WAL streaming, sync levels, heartbeats,
+//! automatic failover, fencing by epoch, manual promote and switchover, and safe rejoin.
+//!
+//! Module map:
+//! - [`messages`]: what the nodes and the witness say to each other (postcard over the
+//!   cluster transport).
+//! - [`epochs`]: the epoch history that locates divergence; persisted in the WAL hard state.
+//! - [`gate`]: the sync levels as a commit gate on the primary's write pipeline.
+//! - `primary`: serving fetches, snapshots, forwarded writes; heartbeats, witness lease,
+//!   switchover.
+//! - `standby`: the fetch loop (append, apply, ack), divergence and snapshot catch-up,
+//!   failure detection and promotion.
+//! - [`divergent`]: keeping a former primary's divergent tail in `DATA_DIR/divergent/`.
+//! - [`witness`]: the tie-breaker process.
+//!
+//! Streaming is pull-based: the standby asks the primary for records after its last one
+//! (`Fetch`), the primary answers when it has some or after a heartbeat interval with none
+//! (so the fetch *is* the heartbeat), and the standby reports received / flushed / applied
+//! positions in its next fetch and in one-way `Ack`s. Every message carries the sender's
+//! epoch; a node that sees a higher epoch persists it and stops taking writes at once.
+
+pub mod divergent;
+pub mod epochs;
+pub mod gate;
+pub mod messages;
+mod primary;
+mod standby;
+pub mod witness;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use meridian_wal::{HardState, Wal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::bookmark::wait_for_applied;
+use crate::command::Command;
+use crate::pipeline::Pipeline;
+use crate::replicator::{
+    AdminError, AdminRequest, Committed, Health, LeaderHint, PeerInfo, ReadError, ReadRequest, ReplicationStatus,
+    Replicator, SubmitError,
+};
+use crate::state_machine::StateMachine;
+use crate::transport::Transport;
+use divergent::DivergentTail;
+use epochs::HaPersisted;
+use gate::{SyncGate, SyncMode};
+use messages::Positions;
+
+/// The transport name of the other data node (its real node id is learnt at the handshake).
+pub const PEER: &str = "peer";
+pub const WITNESS: &str = "witness";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfiguredRole {
+    Primary,
+    Standby,
+}
+
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    pub node_id: String,
+    pub role: ConfiguredRole,
+    pub peer_addr: String,
+    pub witness_addr: Option<String>,
+    pub sync_mode: SyncMode,
+    pub heartbeat: Duration,
+    pub failover_timeout: Duration,
+    pub auto_failover: bool,
+    pub batch_records: usize,
+    pub sync_timeout: Duration,
+    pub forward_writes: bool,
+    /// Base URL clients are sent to when this node is primary (421 `Location`).
+    pub http_addr: Option<String>,
+    pub checkpoint_interval: Duration,
+    pub data_dir: PathBuf,
+    /// Records the primary keeps for a lagging standby before it must re-seed from a snapshot.
+    pub wal_retention: u64,
+}
+
+pub(crate) enum Role {
+    Primary { pipeline: Arc<Pipeline>, gate: Arc<SyncGate> },
+    /// A primary handing over; new writes are refused until the standby has promoted.
+    Switching,
+    Standby,
+}
+
+/// State shared by the primary and standby halves.
+pub struct Core {
+    pub(crate) cfg: HaConfig,
+    pub(crate) wal: Wal,
+    pub(crate) sm: Arc<dyn StateMachine>,
+    pub(crate) transport: OnceLock<Transport>,
+    pub(crate) role: Mutex<Role>,
+    /// Serializes epoch changes and role transitions.
+    pub(crate) transition: tokio::sync::Mutex<()>,
+    pub(crate) persisted: Mutex<HaPersisted>,
+    pub(crate) leader: Mutex<Option<LeaderHint>>,
+    pub(crate) applied_tx: watch::Sender<u64>,
+    /// Standby side: when the primary last answered a fetch.
+    pub(crate) last_primary_contact: Mutex<Instant>,
+    /// Primary side: when the standby last fetched (or answered a heartbeat).
+    pub(crate) last_standby_contact: Mutex<Option<Instant>>,
+    pub(crate) last_witness_contact: Mutex<Option<Instant>>,
+    /// The primary's commit/last index as last reported to this standby.
+    pub(crate) primary_last_index: AtomicU64,
+    pub(crate) primary_commit_index: AtomicU64,
+    /// The peer answered a fetch as a standby: (epoch, last index, node id, when).
+    pub(crate) peer_standby: Mutex<Option<(u64, u64, String, Instant)>>,
+    pub(crate) caught_up_at: Mutex<Instant>,
+    pub(crate) standby_positions: Mutex<Positions>,
+    pub(crate) leader_changes: AtomicU64,
+    pub(crate) replication_bytes: AtomicU64,
+    pub(crate) divergent: Mutex<Vec<DivergentTail>>,
+    pub(crate) state_note: Mutex<String>,
+    pub(crate) want_snapshot: AtomicBool,
+    pub(crate) snapshot_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    pub(crate) stopping: AtomicBool,
+}
+
+pub struct HaStandby {
+    core: Arc<Core>,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Core {
+    pub(crate) fn epoch(&self) -> u64 {
+        self.wal.hard_state().epoch
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        self.transport.get().expect("transport is set before the node starts")
+    }
+
+    pub(crate) fn self_hint(&self) -> LeaderHint {
+        LeaderHint { node_id: self.cfg.node_id.clone(), http_addr: self.cfg.http_addr.clone() }
+    }
+
+    pub(crate) fn is_primary(&self) -> bool {
+        matches!(*self.role.lock().unwrap(), Role::Primary { .. })
+    }
+
+    pub(crate) fn note(&self, s: &str) {
+        let mut n = self.state_note.lock().unwrap();
+        if *n != s {
+            info!(state = s, "replication state");
+            *n = s.to_owned();
+        }
+    }
+
+    /// Persists `epoch` (and the history) before anything acts on it.
+    pub(crate) fn persist_epoch(&self, epoch: u64, persisted: HaPersisted) -> Result<(), meridian_wal::WalError> {
+        self.wal.save_hard_state(&HardState { epoch, vote: persisted.encode() })?;
+        *self.persisted.lock().unwrap() = persisted;
+        Ok(())
+    }
+
+    /// A higher epoch exists: persist it and stop taking writes at once. Writes waiting for
+    /// the standby fail with `fenced`; the node then follows the new primary.
+    pub(crate) async fn step_down(self: &Arc<Self>, epoch: u64, leader: Option<LeaderHint>) {
+        let _t = self.transition.lock().await;
+        if epoch < self.epoch() || (epoch == self.epoch() && !self.is_primary()) {
+            return;
+        }
+        let mut p = self.persisted.lock().unwrap().clone();
+        p.owner = false;
+        if let Err(e) = self.persist_epoch(epoch.max(self.epoch()), p) {
+            warn!("cannot persist epoch {epoch}: {e}; refusing writes anyway");
+        }
+        let old = std::mem::replace(&mut *self.role.lock().unwrap(), Role::Standby);
+        *self.leader.lock().unwrap() = leader.clone();
+        if let Role::Primary { pipeline, gate } = old {
+            warn!(epoch, new_primary = ?leader.as_ref().map(|l| &l.node_id), "fenced: a higher epoch exists; this node stops taking writes and follows");
+            gate.fence(epoch, leader);
+            let _ = tokio::task::spawn_blocking(move || pipeline.stop_blocking()).await;
+            self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.note("fenced");
+    }
+}
+
+impl HaStandby {
+    /// Builds the HA node. Call [`HaStandby::handler`] to serve the transport, then
+    /// [`HaStandby::start`] once the transport is up.
+    pub fn new(cfg: HaConfig, wal: Wal, sm: Arc<dyn StateMachine>) -> Arc<HaStandby> {
+        let persisted = HaPersisted::decode(&wal.hard_state().vote);
+        let divergent = divergent::list(&cfg.data_dir.join("divergent"));
+        let (applied_tx, _) = watch::channel(sm.applied_index());
+        let core = Arc::new(Core {
+            cfg,
+            wal,
+            sm,
+            transport: OnceLock::new(),
+            role: Mutex::new(Role::Standby),
+            transition: tokio::sync::Mutex::new(()),
+            persisted: Mutex::new(persisted),
+            leader: Mutex::new(None),
+            applied_tx,
+            last_primary_contact: Mutex::new(Instant::now()),
+            last_standby_contact: Mutex::new(None),
+            last_witness_contact: Mutex::new(None),
+            primary_last_index: AtomicU64::new(0),
+            primary_commit_index: AtomicU64::new(0),
+            peer_standby: Mutex::new(None),
+            caught_up_at: Mutex::new(Instant::now()),
+            standby_positions: Mutex::new(Positions::default()),
+            leader_changes: AtomicU64::new(0),
+            replication_bytes: AtomicU64::new(0),
+            divergent: Mutex::new(divergent),
+            state_note: Mutex::new("starting".into()),
+            want_snapshot: AtomicBool::new(false),
+            snapshot_cache: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+        });
+        Arc::new(HaStandby { core, driver: Mutex::new(None) })
+    }
+
+    pub fn handler(&self) -> Arc<dyn crate::transport::Handler> {
+        Arc::new(primary::HaHandler { core: self.core.clone() })
+    }
+
+    /// Decides the starting role (see `standby::decide_role`) and runs the node.
+    pub fn start(&self, transport: Transport) {
+        transport.add_peer(PEER.into(), self.core.cfg.peer_addr.clone());
+        if let Some(w) = &self.core.cfg.witness_addr {
+            transport.add_peer(WITNESS.into(), w.clone());
+        }
+        let _ = self.core.transport.set(transport);
+        let core = self.core.clone();
+        *self.driver.lock().unwrap() = Some(tokio::spawn(async move { standby::drive(core).await }));
+    }
+}
+
+#[async_trait]
+impl Replicator for HaStandby {
+    fn mode(&self) -> &'static str {
+        "ha_standby"
+    }
+
+    async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
+        let pipeline = match &*self.core.role.lock().unwrap() {
+            Role::Primary { pipeline, .. } => Some(pipeline.clone()),
+            Role::Switching => return Err(SubmitError::Unavailable("switchover in progress; retry shortly".into())),
+            Role::Standby => None,
+        };
+        match pipeline {
+            Some(p) => p.submit(cmd).await,
+            None => standby::forward(&self.core, cmd).await,
+        }
+    }
+
+    async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError> {
+        // Reads are served locally on either node (the standby's default is `local`); a
+        // bookmark makes the read wait until this node has applied the writer's position.
+        if let Some(b) = req.bookmark {
+            let mut rx = self.core.applied_tx.subscribe();
+            wait_for_applied(&mut rx, b.index, req.wait).await?;
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> ReplicationStatus {
+        self.core.status()
+    }
+
+    async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {
+        match req {
+            AdminRequest::Promote { force } => standby::manual_promote(&self.core, force).await,
+            AdminRequest::Switchover => primary::switchover(&self.core).await,
+            AdminRequest::ClusterStatus => Ok(serde_json::to_value(self.core.status()).unwrap_or_default()),
+            AdminRequest::ReplicationLag => Ok(self.core.lag()),
+            _ => Err(AdminError::NotSupported { mode: "ha_standby" }),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.core.stopping.store(true, Ordering::SeqCst);
+        if let Some(d) = self.driver.lock().unwrap().take() {
+            d.abort();
+        }
+        let old = std::mem::replace(&mut *self.core.role.lock().unwrap(), Role::Standby);
+        let wal = self.core.wal.clone();
+        let sm = self.core.sm.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Role::Primary { pipeline, gate } = old {
+                gate.pause(Some("shutting down".into()));
+                pipeline.stop_blocking();
+            }
+            let _ = sm.checkpoint();
+            let _ = wal.close();
+        })
+        .await;
+        if let Some(t) = self.core.transport.get() {
+            t.shutdown().await;
+        }
+    }
+}
+
+impl Core {
+    fn status(&self) -> ReplicationStatus {
+        let role_name;
+        let mut notes = Vec::new();
+        let mut health = Health::Healthy;
+        let now = Instant::now();
+        let failover = self.cfg.failover_timeout;
+        match &*self.role.lock().unwrap() {
+            Role::Primary { pipeline, gate } => {
+                role_name = "primary";
+                notes.extend(gate.degraded());
+                if let Some(f) = pipeline.failure() {
+                    notes.push(f);
+                    health = Health::Unhealthy;
+                }
+                let standby_ok = self.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < failover);
+                if !standby_ok {
+                    notes.push("the standby is not connected".into());
+                }
+            }
+            Role::Switching => {
+                role_name = "primary";
+                notes.push("switchover in progress".into());
+            }
+            Role::Standby => {
+                role_name = "standby";
+                let since = now - *self.last_primary_contact.lock().unwrap();
+                if since > self.cfg.heartbeat * 3 {
+                    notes.push(format!("no contact with the primary for {:.1}s", since.as_secs_f64()));
+                }
+            }
+        }
+        if health == Health::Healthy && !notes.is_empty() {
+            health = Health::Degraded;
+        }
+        let divergent = self.divergent.lock().unwrap().clone();
+        for d in &divergent {
+            notes.push(format!("divergent tail of {} record(s) after index {} kept in {}", d.records, d.after_index, d.file));
+        }
+        let is_primary = role_name == "primary";
+        let peer_healthy = if is_primary {
+            self.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < self.cfg.heartbeat * 3)
+        } else {
+            now - *self.last_primary_contact.lock().unwrap() < self.cfg.heartbeat * 3
+        };
+        let mut peers = vec![PeerInfo { id: PEER.into(), address: self.cfg.peer_addr.clone(), healthy: peer_healthy }];
+        if let Some(w) = &self.cfg.witness_addr {
+            let ok = self.last_witness_contact.lock().unwrap().is_some_and(|t| now - t < self.cfg.heartbeat * 3);
+            peers.push(PeerInfo { id: WITNESS.into(), address: w.clone(), healthy: ok });
+        }
+        ReplicationStatus {
+            mode: "ha_standby",
+            node_id: self.cfg.node_id.clone(),
+            role: role_name.into(),
+            is_leader: is_primary,
+            state: self.state_note.lock().unwrap().clone(),
+            commit_index: if is_primary { self.wal.durable_index() } else { self.primary_last_index.load(Ordering::Relaxed).max(self.wal.durable_index()) },
+            applied_index: self.sm.applied_index(),
+            epoch: self.epoch(),
+            peers,
+            health,
+            lag_seconds: self.lag_seconds(),
+            leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            replication_bytes: self.replication_bytes.load(Ordering::Relaxed),
+            notes,
+        }
+    }
+
+    pub(crate) fn lag_seconds(&self) -> f64 {
+        let (applied, target) = if self.is_primary() {
+            (self.standby_positions.lock().unwrap().applied, self.wal.last_index())
+        } else {
+            (self.sm.applied_index(), self.primary_last_index.load(Ordering::Relaxed))
+        };
+        let mut at = self.caught_up_at.lock().unwrap();
+        if applied >= target {
+            *at = Instant::now();
+            0.0
+        } else {
+            at.elapsed().as_secs_f64()
+        }
+    }
+
+    /// Bytes of `records` WAL records, estimated from the average record size held locally.
+    fn bytes_of(&self, records: u64) -> u64 {
+        let pos = self.wal.position();
+        let held = pos.last_index.saturating_sub(pos.first_index) + 1;
+        pos.total_bytes / held.max(1) * records
+    }
+
+    fn lag(&self) -> serde_json::Value {
+        let seconds = self.lag_seconds();
+        if self.is_primary() {
+            let p = *self.standby_positions.lock().unwrap();
+            let last = self.wal.last_index();
+            serde_json::json!({
+                "role": "primary", "last_index": last, "standby": p,
+                "records": last.saturating_sub(p.applied),
+                "bytes": self.bytes_of(last.saturating_sub(p.applied)),
+                "seconds": seconds,
+            })
+        } else {
+            let target = self.primary_last_index.load(Ordering::Relaxed);
+            let applied = self.sm.applied_index();
+            serde_json::json!({
+                "role": "standby", "primary_last_index": target, "applied_index": applied,
+                "records": target.saturating_sub(applied), "bytes": self.bytes_of(target.saturating_sub(applied)), "seconds": seconds,
+            })
+        }
+    }
+}
+

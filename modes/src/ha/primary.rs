@@ -1,0 +1,408 @@
+//! The primary's side: serving fetches (and so the stream), snapshots, forwarded writes and
+//! fences; heartbeats to the standby and the witness; the lease; switchover.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::epochs::HaPersisted;
+use super::gate::SyncGate;
+use super::messages::*;
+use super::{Core, Role, PEER, WITNESS};
+use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy};
+use crate::replicator::{AdminError, SubmitError};
+use crate::state_machine::write_snapshot;
+use crate::transport::{Handler, NodeId, RemoteError};
+
+/// Biggest WAL read per fetch answer, so one answer stays well under the frame limit.
+const MAX_FETCH_BYTES: usize = 8 << 20;
+const CHUNK_BYTES: u32 = 4 << 20;
+
+pub(crate) struct HaHandler {
+    pub core: Arc<Core>,
+}
+
+fn bad(e: String) -> RemoteError {
+    RemoteError::new("bad_request", e)
+}
+
+#[async_trait]
+impl Handler for HaHandler {
+    async fn on_request(&self, _from: &NodeId, msg_type: u16, payload: Bytes) -> Result<Bytes, RemoteError> {
+        let core = &self.core;
+        match msg_type {
+            FETCH => Ok(encode(&serve_fetch(core, decode(&payload).map_err(bad)?).await)),
+            SNAPSHOT_CHUNK => serve_chunk(core, decode(&payload).map_err(bad)?).map(|c| encode(&c)),
+            FENCE => Ok(encode(&on_fence(core, decode(&payload).map_err(bad)?).await)),
+            FORWARD => Ok(encode(&on_forward(core, decode(&payload).map_err(bad)?).await)),
+            PROMOTE => super::standby::on_promote(core, decode(&payload).map_err(bad)?).await.map(|r| encode(&r)),
+            SWITCHOVER => switchover(core)
+                .await
+                .map(|v| Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+                .map_err(|e| RemoteError::new("rejected", e.to_string())),
+            other => Err(RemoteError::new("unknown_message", format!("HA node does not handle message type {other:#x}"))),
+        }
+    }
+
+    async fn on_message(&self, _from: &NodeId, msg_type: u16, payload: Bytes) {
+        if msg_type == ACK {
+            if let Ok(a) = decode::<Ack>(&payload) {
+                on_ack(&self.core, a);
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Starts taking writes in `epoch` (already persisted).
+    pub(crate) fn start_pipeline(self: &Arc<Self>, epoch: u64) -> (Arc<Pipeline>, Arc<SyncGate>) {
+        let gate = Arc::new(SyncGate::new(self.cfg.sync_mode, self.cfg.sync_timeout, *self.standby_positions.lock().unwrap()));
+        if self.cfg.witness_addr.is_some() {
+            // With a witness the primary must hold a lease to acknowledge; grant the first one
+            // now: the promotion itself was a contact.
+            gate.extend_lease(Instant::now() + self.lease());
+        }
+        let weak = Arc::downgrade(self);
+        let retention = self.cfg.wal_retention;
+        let purge: PurgePolicy = Arc::new(move |checkpoint| {
+            // Keep what the standby still needs, up to the retention cap.
+            let standby = weak.upgrade().map_or(0, |c| c.standby_positions.lock().unwrap().flushed);
+            (checkpoint + 1).min((standby + 1).max((checkpoint + 1).saturating_sub(retention)))
+        });
+        let pcfg = PipelineConfig {
+            epoch,
+            checkpoint_interval: self.cfg.checkpoint_interval,
+            max_batch: 1024,
+            gate: Some(gate.clone()),
+            purge: Some(purge),
+        };
+        let pipeline = Arc::new(Pipeline::start(pcfg, self.wal.clone(), self.sm.clone()));
+        // Mirror the pipeline's applied index into the node-wide watch that reads wait on.
+        let mut applied = pipeline.applied();
+        let core = self.clone();
+        tokio::spawn(async move {
+            while applied.changed().await.is_ok() {
+                let v = *applied.borrow();
+                core.applied_tx.send_replace(v);
+            }
+        });
+        (pipeline, gate)
+    }
+
+    /// The primary stops acknowledging writes when it has heard from neither the standby nor
+    /// the witness for this long; the witness grants a failover only after a full failover
+    /// timeout of silence, so the two windows never overlap.
+    pub(crate) fn lease(&self) -> Duration {
+        self.cfg.failover_timeout / 2
+    }
+
+    /// Becomes primary of `epoch`: persist the epoch and where it starts, then take writes.
+    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64, new_epoch: bool) {
+        let _t = self.transition.lock().await;
+        if new_epoch {
+            let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
+            p.history.begin(epoch, self.wal.last_index() + 1);
+            p.owner = true;
+            if let Err(e) = self.persist_epoch(epoch, p) {
+                warn!("cannot persist epoch {epoch}: {e}; staying standby");
+                return;
+            }
+        }
+        let (pipeline, gate) = self.start_pipeline(epoch);
+        *self.role.lock().unwrap() = Role::Primary { pipeline: pipeline.clone(), gate };
+        *self.leader.lock().unwrap() = Some(self.self_hint());
+        *self.last_standby_contact.lock().unwrap() = None;
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        self.note("primary");
+        info!(epoch, "this node is now the primary");
+        if new_epoch {
+            // The first record of the epoch marks where it begins in every log that has it.
+            tokio::spawn(async move {
+                let _ = pipeline.submit(crate::command::Command::Noop).await;
+            });
+        }
+    }
+
+    fn gate(&self) -> Option<Arc<SyncGate>> {
+        match &*self.role.lock().unwrap() {
+            Role::Primary { gate, .. } => Some(gate.clone()),
+            _ => None,
+        }
+    }
+
+    fn not_primary(&self) -> FetchReply {
+        FetchReply::NotPrimary {
+            epoch: self.epoch(),
+            leader: self.leader.lock().unwrap().clone(),
+            last_index: self.wal.last_index(),
+            node_id: self.cfg.node_id.clone(),
+        }
+    }
+
+    fn record_epoch(&self, index: u64) -> u64 {
+        if index >= self.wal.first_index() && index <= self.wal.last_index() {
+            if let Ok(r) = self.wal.read_from(index, 1, 0) {
+                if let Some(r) = r.first().filter(|r| r.index == index) {
+                    return r.epoch;
+                }
+            }
+        }
+        self.persisted.lock().unwrap().history.epoch_at(index)
+    }
+
+    fn standby_seen(&self, p: Positions) {
+        *self.last_standby_contact.lock().unwrap() = Some(Instant::now());
+        let mut sp = self.standby_positions.lock().unwrap();
+        sp.received = sp.received.max(p.received);
+        sp.flushed = sp.flushed.max(p.flushed);
+        sp.applied = sp.applied.max(p.applied);
+    }
+}
+
+async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
+    if f.epoch > core.epoch() {
+        core.step_down(f.epoch, None).await;
+    }
+    let Some(gate) = core.gate() else { return core.not_primary() };
+    let epoch = core.epoch();
+    let leader = core.self_hint();
+    let prev = f.from.saturating_sub(1);
+    let my_last = core.wal.last_index();
+
+    // Does the standby's log agree with ours at `prev`? If not, tell it where they part.
+    if prev > 0 {
+        let history = core.persisted.lock().unwrap().history.clone();
+        let mine = if prev <= my_last { Some(core.record_epoch(prev)) } else { None };
+        if mine != Some(f.prev_epoch) {
+            let mut after = history.agreed_until(f.prev_epoch, prev.min(my_last));
+            if after >= prev {
+                after = prev - 1;
+            }
+            info!(standby = %f.node_id, standby_last = prev, standby_epoch = f.prev_epoch, after, "standby log diverges; asking it to truncate");
+            return FetchReply::Diverged { epoch, after, leader };
+        }
+    }
+    // The standby's log matches ours up to `prev`: its positions are in our index space.
+    let clamp = |v: u64| v.min(prev);
+    let p = Positions { received: clamp(f.positions.received), flushed: clamp(f.positions.flushed), applied: clamp(f.positions.applied) };
+    if f.want_snapshot {
+        // The standby rolled its log back but its state still holds discarded records.
+        gate.reset(p);
+        *core.standby_positions.lock().unwrap() = p;
+    } else {
+        gate.update(p);
+    }
+    core.standby_seen(p);
+
+    if f.want_snapshot || f.from < core.wal.first_index() {
+        return match prepare_snapshot(core).await {
+            Ok((snapshot_id, size)) => FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader },
+            Err(e) => {
+                warn!("cannot prepare a snapshot for the standby: {e}");
+                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader }
+            }
+        };
+    }
+    // Long poll: answer as soon as there is something durable to send, else after wait_ms.
+    let wait = Duration::from_millis(f.wait_ms.min(10_000));
+    let mut durable = core.wal.subscribe_durable();
+    let _ = tokio::time::timeout(wait, durable.wait_for(|d| *d >= f.from)).await;
+    let wal = core.wal.clone();
+    let max = (f.max_records.max(1) as usize).min(100_000);
+    let from = f.from;
+    let records = if core.wal.durable_index() >= from {
+        tokio::task::spawn_blocking(move || wal.read_from(from, max, MAX_FETCH_BYTES)).await.ok().and_then(|r| r.ok()).unwrap_or_default()
+    } else {
+        vec![]
+    };
+    let bytes: usize = records.iter().map(|r| r.payload.len() + 32).sum();
+    core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    let records = records.into_iter().map(|r| WireRecord { index: r.index, epoch: r.epoch, payload: r.payload }).collect();
+    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader }
+}
+
+async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
+    let sm = core.sm.clone();
+    let (buf, meta) = tokio::task::spawn_blocking(move || write_snapshot(&*sm, Vec::new()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let size = buf.len() as u64;
+    info!(index = meta.applied_index, keys = meta.keys, bytes = size, "prepared a snapshot to re-seed the standby");
+    *core.snapshot_cache.lock().unwrap() = Some((meta.applied_index, Arc::new(buf)));
+    Ok((meta.applied_index, size))
+}
+
+fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
+    let cache = core.snapshot_cache.lock().unwrap().clone();
+    let Some((id, buf)) = cache.filter(|(id, _)| *id == req.snapshot_id) else {
+        return Err(RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again"));
+    };
+    let start = (req.offset as usize).min(buf.len());
+    let end = (start + req.max_bytes.min(CHUNK_BYTES) as usize).min(buf.len());
+    let _ = id;
+    Ok(SnapshotChunk { data: buf[start..end].to_vec(), done: end == buf.len() })
+}
+
+async fn on_fence(core: &Arc<Core>, f: Fence) -> FenceReply {
+    let mine = core.epoch();
+    if f.epoch > mine {
+        core.step_down(f.epoch, None).await;
+    } else if f.epoch == mine && !core.is_primary() {
+        // The primary of our epoch is alive and says so: that is contact.
+        *core.last_primary_contact.lock().unwrap() = Instant::now();
+    }
+    FenceReply { epoch: core.epoch(), primary: core.is_primary(), leader: core.leader.lock().unwrap().clone() }
+}
+
+async fn on_forward(core: &Arc<Core>, f: Forward) -> ForwardReply {
+    if f.epoch > core.epoch() {
+        core.step_down(f.epoch, None).await;
+    }
+    let pipeline = match &*core.role.lock().unwrap() {
+        Role::Primary { pipeline, .. } => Some(pipeline.clone()),
+        _ => None,
+    };
+    let Some(pipeline) = pipeline else {
+        return ForwardReply::Failed {
+            code: "not_leader".into(),
+            message: "this node is not the primary".into(),
+            leader: core.leader.lock().unwrap().clone(),
+        };
+    };
+    match pipeline.submit(f.command).await {
+        Ok(c) => ForwardReply::Committed { result: c.result, bookmark_epoch: c.bookmark.epoch, bookmark_index: c.bookmark.index },
+        Err(e) => {
+            let (code, leader) = match &e {
+                SubmitError::NotLeader { leader } => ("not_leader", leader.clone()),
+                SubmitError::Fenced { leader, .. } => ("fenced", leader.clone()),
+                SubmitError::Timeout(_) => ("timeout", None),
+                SubmitError::ReadOnly(_) => ("read_only", None),
+                SubmitError::Unavailable(_) => ("unavailable", None),
+            };
+            ForwardReply::Failed { code: code.into(), message: e.to_string(), leader }
+        }
+    }
+}
+
+fn on_ack(core: &Arc<Core>, a: Ack) {
+    if a.epoch != core.epoch() {
+        return;
+    }
+    if let Some(gate) = core.gate() {
+        gate.update(a.positions);
+        core.standby_seen(a.positions);
+    }
+}
+
+/// One heartbeat round as primary: assert the epoch to the peer, renew the lease with the
+/// witness, and stop acknowledging if neither could be reached for the lease period.
+pub(crate) async fn tick(core: &Arc<Core>) {
+    let epoch = core.epoch();
+    let t = core.transport();
+    let hb = core.cfg.heartbeat;
+    let sent = Instant::now();
+    let fence = encode(&Fence { epoch, from: core.cfg.node_id.clone() });
+    let peer_id = PEER.to_string();
+    let witness_id = WITNESS.to_string();
+    let peer = t.request(&peer_id, FENCE, fence, Some(hb));
+    let witness = async {
+        match &core.cfg.witness_addr {
+            Some(_) => {
+                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone() });
+                Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
+            }
+            None => None,
+        }
+    };
+    let (peer, witness) = tokio::join!(peer, witness);
+    if let Ok(b) = peer {
+        if let Ok(r) = decode::<FenceReply>(&b) {
+            if r.epoch > epoch {
+                core.step_down(r.epoch, r.leader).await;
+                return;
+            }
+            *core.last_standby_contact.lock().unwrap() = Some(sent);
+        }
+    }
+    if let Some(Ok(b)) = witness {
+        if let Ok(r) = decode::<WitnessReply>(&b) {
+            if r.epoch > epoch {
+                warn!(witness_epoch = r.epoch, "the witness knows a higher epoch: {}", r.reason);
+                core.step_down(r.epoch, None).await;
+                return;
+            }
+            if r.granted {
+                *core.last_witness_contact.lock().unwrap() = Some(sent);
+            }
+        }
+    }
+    if core.cfg.witness_addr.is_some() {
+        let last = [*core.last_standby_contact.lock().unwrap(), *core.last_witness_contact.lock().unwrap()].into_iter().flatten().max();
+        if let (Some(gate), Some(last)) = (core.gate(), last) {
+            gate.extend_lease(last + core.lease());
+        }
+    }
+}
+
+/// A planned role swap with zero loss: stop taking writes, let queued ones commit, wait for
+/// the standby to have everything, have it promote, then follow it.
+pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, AdminError> {
+    if !core.is_primary() {
+        // Run it on the primary.
+        let t = core.transport();
+        let b = t
+            .request(&PEER.to_string(), SWITCHOVER, Bytes::new(), Some(Duration::from_secs(60)))
+            .await
+            .map_err(|e| AdminError::Unavailable(format!("cannot reach the primary: {e}")))?;
+        return serde_json::from_slice(&b).map_err(|e| AdminError::Unavailable(e.to_string()));
+    }
+    let _t = core.transition.lock().await;
+    let old = std::mem::replace(&mut *core.role.lock().unwrap(), Role::Switching);
+    let Role::Primary { pipeline, gate } = old else {
+        *core.role.lock().unwrap() = old;
+        return Err(AdminError::Rejected("not the primary".into()));
+    };
+    core.note("switching");
+    let p2 = pipeline.clone();
+    let _ = tokio::task::spawn_blocking(move || p2.stop_blocking()).await;
+    let epoch = core.epoch();
+    let last = core.wal.last_index();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let restore = |core: &Arc<Core>, why: String| {
+        warn!("switchover aborted: {why}; staying primary");
+        let (pipeline, gate) = core.start_pipeline(epoch);
+        *core.role.lock().unwrap() = Role::Primary { pipeline, gate };
+        core.note("primary");
+        Err(AdminError::Unavailable(why))
+    };
+    while core.standby_positions.lock().unwrap().flushed < last {
+        if Instant::now() > deadline {
+            return restore(core, format!("the standby did not catch up to index {last} within 30s"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let req = encode(&Promote { epoch, last_index: last });
+    let reply = core.transport().request(&PEER.to_string(), PROMOTE, req, Some(Duration::from_secs(10))).await;
+    let reply = match reply.map_err(|e| e.to_string()).and_then(|b| decode::<PromoteReply>(&b)) {
+        Ok(r) if r.epoch > epoch => r,
+        Ok(r) => return restore(core, format!("the standby answered epoch {}", r.epoch)),
+        Err(e) => return restore(core, format!("the standby did not promote: {e}")),
+    };
+    drop(gate);
+    // Follow the new primary: persist its epoch, never take another write in ours.
+    *core.role.lock().unwrap() = Role::Standby;
+    let mut p = core.persisted.lock().unwrap().clone();
+    p.owner = false;
+    let _ = core.persist_epoch(reply.epoch, p);
+    *core.leader.lock().unwrap() = Some(reply.leader.clone());
+    *core.last_primary_contact.lock().unwrap() = Instant::now();
+    core.leader_changes.fetch_add(1, Ordering::Relaxed);
+    core.note("standby");
+    info!(new_epoch = reply.epoch, new_primary = %reply.leader.node_id, last_index = last, "switchover complete; following the new primary");
+    Ok(serde_json::json!({"switched": true, "epoch": reply.epoch, "new_primary": reply.leader, "last_index": last}))
+}

@@ -1,0 +1,439 @@
+//! The standby's side: deciding the role at start, the fetch loop (append, apply, ack),
+//! divergence and snapshot catch-up, failure detection and promotion, and forwarding writes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_wal::Record;
+use tracing::{debug, info, warn};
+
+use super::messages::*;
+use super::{ConfiguredRole, Core, Role, PEER, WITNESS};
+use crate::bookmark::Bookmark;
+use crate::command::Command;
+use crate::replicator::{AdminError, Committed, LeaderHint, SubmitError};
+use crate::state_machine::{install_snapshot, LogEntry};
+use crate::transport::TransportError;
+
+/// The node's main loop: one heartbeat round as primary, or one fetch round as standby.
+pub(crate) async fn drive(core: Arc<Core>) {
+    decide_role(&core).await;
+    let mut last_checkpoint = Instant::now();
+    while !core.stopping.load(Ordering::SeqCst) {
+        let primary = matches!(*core.role.lock().unwrap(), Role::Primary { .. });
+        let switching = matches!(*core.role.lock().unwrap(), Role::Switching);
+        if primary {
+            let start = Instant::now();
+            super::primary::tick(&core).await;
+            tokio::time::sleep(core.cfg.heartbeat.saturating_sub(start.elapsed()).max(Duration::from_millis(10))).await;
+        } else if switching {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else {
+            follow_step(&core).await;
+            if last_checkpoint.elapsed() >= core.cfg.checkpoint_interval {
+                checkpoint(&core).await;
+                last_checkpoint = Instant::now();
+            }
+            let silent = core.last_primary_contact.lock().unwrap().elapsed();
+            if core.cfg.auto_failover && silent >= core.cfg.failover_timeout && !core.is_primary() {
+                warn!(silent_s = silent.as_secs_f64(), "the primary has been silent for the failover timeout; trying to take over");
+                if let Err(why) = try_promote(&core, false).await {
+                    info!("not promoting: {why}");
+                    // Do not hammer the witness; the next attempt comes a heartbeat later.
+                    tokio::time::sleep(core.cfg.heartbeat).await;
+                }
+            }
+        }
+    }
+}
+
+async fn checkpoint(core: &Arc<Core>) {
+    let (sm, wal, retention) = (core.sm.clone(), core.wal.clone(), core.cfg.wal_retention);
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(durable) = sm.checkpoint() {
+            // A standby keeps some WAL too: if it is promoted, the old primary may need it.
+            let _ = wal.purge_before((durable + 1).saturating_sub(retention).max(wal.first_index()));
+        }
+    })
+    .await;
+}
+
+/// What the peer says about itself when probed with our epoch.
+async fn probe(core: &Arc<Core>) -> Option<FenceReply> {
+    let req = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
+    let b = core.transport().request(&PEER.to_string(), FENCE, req, Some(core.cfg.heartbeat)).await.ok()?;
+    decode(&b).ok()
+}
+
+/// Chooses the starting role from what was persisted and what the peer says — not only from
+/// `HA_ROLE`, so a former primary restarted with `HA_ROLE=primary` never takes a write.
+async fn decide_role(core: &Arc<Core>) {
+    let configured = core.cfg.role;
+    let mut peer = None;
+    for _ in 0..3 {
+        if let Some(r) = probe(core).await {
+            peer = Some(r);
+            break;
+        }
+        tokio::time::sleep(core.cfg.heartbeat / 2).await;
+    }
+    let epoch = core.epoch();
+    let owner = core.persisted.lock().unwrap().owner;
+    let say = |found: &str| {
+        let as_role = if found == "primary" { ConfiguredRole::Primary } else { ConfiguredRole::Standby };
+        if as_role != configured {
+            warn!(configured = ?configured, "configured HA_ROLE disagrees with what this node found: {found}");
+        }
+    };
+    match peer {
+        Some(p) if p.epoch > epoch || (p.epoch == epoch && p.primary) => {
+            if p.epoch > epoch {
+                let mut persisted = core.persisted.lock().unwrap().clone();
+                persisted.owner = false;
+                let _ = core.persist_epoch(p.epoch, persisted);
+            }
+            say("standby: the peer is primary");
+            info!(epoch = p.epoch, "following the peer as standby");
+            *core.leader.lock().unwrap() = p.leader;
+        }
+        _ if owner && epoch > 0 => {
+            say("primary: this node is the primary of the latest epoch it knows");
+            core.become_primary(epoch, false).await;
+        }
+        _ if configured == ConfiguredRole::Primary && epoch == 0 => {
+            core.become_primary(1, true).await;
+        }
+        _ if configured == ConfiguredRole::Primary => {
+            warn!(epoch, "configured HA_ROLE=primary, but this node was deposed in epoch {epoch}; it stays standby until it finds the primary (POST /admin/promote to take over)");
+        }
+        _ => info!(epoch, "starting as standby"),
+    }
+    if !core.is_primary() {
+        core.note("connecting");
+        *core.last_primary_contact.lock().unwrap() = Instant::now();
+    }
+}
+
+fn last_record_epoch(core: &Core) -> u64 {
+    let last = core.wal.last_index();
+    if last >= core.wal.first_index() && last > 0 {
+        if let Ok(r) = core.wal.read_from(last, 1, 0) {
+            if let Some(r) = r.first() {
+                return r.epoch;
+            }
+        }
+    }
+    core.persisted.lock().unwrap().history.epoch_at(last)
+}
+
+fn positions(core: &Core) -> Positions {
+    Positions { received: core.wal.last_index(), flushed: core.wal.durable_index(), applied: core.sm.applied_index() }
+}
+
+async fn send_ack(core: &Arc<Core>, p: Positions) {
+    let ack = encode(&Ack { epoch: core.epoch(), node_id: core.cfg.node_id.clone(), positions: p });
+    let _ = core.transport().send(&PEER.to_string(), ACK, ack).await;
+}
+
+async fn follow_step(core: &Arc<Core>) {
+    let fetch = Fetch {
+        epoch: core.epoch(),
+        node_id: core.cfg.node_id.clone(),
+        from: core.wal.last_index() + 1,
+        prev_epoch: last_record_epoch(core),
+        positions: positions(core),
+        wait_ms: core.cfg.heartbeat.as_millis() as u64,
+        max_records: core.cfg.batch_records as u32,
+        http_addr: core.cfg.http_addr.clone(),
+        want_snapshot: core.want_snapshot.load(Ordering::SeqCst),
+    };
+    let deadline = core.cfg.heartbeat * 2 + Duration::from_secs(1);
+    let reply = core.transport().request(&PEER.to_string(), FETCH, encode(&fetch), Some(deadline)).await;
+    let reply = match reply {
+        Ok(b) => match decode::<FetchReply>(&b) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("{e}");
+                return;
+            }
+        },
+        Err(e) => {
+            if !matches!(e, TransportError::Timeout { .. }) {
+                debug!("fetch failed: {e}");
+            }
+            core.note("disconnected");
+            tokio::time::sleep(core.cfg.heartbeat.min(Duration::from_millis(200))).await;
+            return;
+        }
+    };
+    match reply {
+        FetchReply::Records { epoch, records, commit_index, last_index, leader } => {
+            if epoch < core.epoch() {
+                // A stale primary: tell it, and do not take its records.
+                let f = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
+                let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
+                return;
+            }
+            if epoch > core.epoch() {
+                let mut p = core.persisted.lock().unwrap().clone();
+                p.owner = false;
+                if core.persist_epoch(epoch, p).is_err() {
+                    return;
+                }
+            }
+            *core.last_primary_contact.lock().unwrap() = Instant::now();
+            *core.leader.lock().unwrap() = Some(leader);
+            core.primary_last_index.store(last_index, Ordering::Relaxed);
+            core.primary_commit_index.store(commit_index, Ordering::Relaxed);
+            if records.is_empty() {
+                core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
+                return;
+            }
+            if let Err(e) = append_and_apply(core, records).await {
+                warn!("standby cannot store records: {e}");
+                core.note("failed");
+                tokio::time::sleep(core.cfg.heartbeat).await;
+                return;
+            }
+            core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
+        }
+        FetchReply::Diverged { epoch, after, leader } => {
+            if epoch < core.epoch() {
+                return;
+            }
+            *core.last_primary_contact.lock().unwrap() = Instant::now();
+            *core.leader.lock().unwrap() = Some(leader);
+            if let Err(e) = set_aside_divergent(core, after).await {
+                warn!("cannot set the divergent tail aside: {e}");
+                tokio::time::sleep(core.cfg.heartbeat).await;
+            }
+        }
+        FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader } => {
+            if epoch < core.epoch() {
+                return;
+            }
+            *core.leader.lock().unwrap() = Some(leader);
+            core.note("snapshot");
+            if let Err(e) = fetch_and_install_snapshot(core, snapshot_id, size).await {
+                warn!("snapshot catch-up failed: {e}");
+                tokio::time::sleep(core.cfg.heartbeat).await;
+            }
+        }
+        FetchReply::NotPrimary { epoch, leader, last_index, node_id } => {
+            if epoch > core.epoch() {
+                let mut p = core.persisted.lock().unwrap().clone();
+                p.owner = false;
+                let _ = core.persist_epoch(epoch, p);
+                *core.leader.lock().unwrap() = leader;
+            }
+            *core.peer_standby.lock().unwrap() = Some((epoch, last_index, node_id, Instant::now()));
+            core.note("no_primary");
+            tokio::time::sleep(core.cfg.heartbeat / 2).await;
+        }
+    }
+}
+
+async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>) -> Result<(), String> {
+    let last = records.last().map_or(0, |r| r.index);
+    // Acknowledge receipt first: that is what semi_sync waits for.
+    send_ack(core, Positions { received: last, ..positions(core) }).await;
+    // A record of a newer epoch extends the history before it is stored.
+    let newest = core.persisted.lock().unwrap().history.starts.last().map_or(0, |(e, _)| *e);
+    let mut hist_changed = false;
+    let mut p = core.persisted.lock().unwrap().clone();
+    for r in &records {
+        if r.epoch > newest && p.history.starts.last().is_none_or(|(e, _)| *e < r.epoch) {
+            p.history.begin(r.epoch, r.index);
+            hist_changed = true;
+        }
+    }
+    if hist_changed {
+        let epoch = core.epoch().max(p.history.starts.last().map_or(0, |(e, _)| *e));
+        core.persist_epoch(epoch, p).map_err(|e| e.to_string())?;
+    }
+    let mut entries = Vec::with_capacity(records.len());
+    let mut wal_records = Vec::with_capacity(records.len());
+    let mut bytes = 0;
+    for r in records {
+        let command = Command::decode(&r.payload).map_err(|e| format!("record {} does not decode: {e}", r.index))?;
+        bytes += r.payload.len() + 32;
+        entries.push(LogEntry { index: r.index, epoch: r.epoch, command });
+        wal_records.push(Record { index: r.index, epoch: r.epoch, payload: r.payload });
+    }
+    core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
+    let sm = core.sm.clone();
+    tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    core.applied_tx.send_replace(core.sm.applied_index());
+    send_ack(core, positions(core)).await;
+    Ok(())
+}
+
+async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<(), String> {
+    let wal = core.wal.clone();
+    let removed = tokio::task::spawn_blocking(move || wal.truncate_after(after)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    if !removed.is_empty() {
+        let dir = core.cfg.data_dir.join("divergent");
+        let tail = super::divergent::save(&dir, after, &removed).map_err(|e| e.to_string())?;
+        warn!(records = tail.records, after, file = %tail.file, "this node's log diverged from the primary's; its divergent tail was moved aside (not applied anywhere)");
+        core.divergent.lock().unwrap().push(tail);
+    }
+    if core.sm.applied_index() > after {
+        // The state already includes discarded records: it must be re-seeded.
+        core.want_snapshot.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(size as usize);
+    loop {
+        let req = encode(&SnapshotChunkReq { snapshot_id: id, offset: buf.len() as u64, max_bytes: 4 << 20 });
+        let b = core
+            .transport()
+            .request(&PEER.to_string(), SNAPSHOT_CHUNK, req, Some(Duration::from_secs(30)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk: SnapshotChunk = decode(&b)?;
+        buf.extend_from_slice(&chunk.data);
+        *core.last_primary_contact.lock().unwrap() = Instant::now();
+        if chunk.done {
+            break;
+        }
+        if chunk.data.is_empty() {
+            return Err("empty snapshot chunk".into());
+        }
+    }
+    let (sm, wal) = (core.sm.clone(), core.wal.clone());
+    let meta = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let meta = install_snapshot(&*sm, &buf[..]).map_err(|e| e.to_string())?;
+        wal.reset_to(meta.applied_index + 1).map_err(|e| e.to_string())?;
+        Ok(meta)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let mut p = core.persisted.lock().unwrap().clone();
+    p.history.begin(meta.epoch, meta.applied_index);
+    let _ = core.persist_epoch(core.epoch().max(meta.epoch), p);
+    core.want_snapshot.store(false, Ordering::SeqCst);
+    core.applied_tx.send_replace(meta.applied_index);
+    info!(index = meta.applied_index, keys = meta.keys, "installed a snapshot from the primary");
+    send_ack(core, positions(core)).await;
+    Ok(())
+}
+
+/// Promotion: win the witness's vote (when there is one), fence the old primary if it can be
+/// reached, then become primary of a new, persisted epoch.
+pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, String> {
+    if core.is_primary() {
+        return Err("already primary".into());
+    }
+    let new_epoch = core.epoch() + 1;
+    // Two standbys (e.g. both nodes restarted): only the one further ahead promotes itself.
+    if !manual {
+        if let Some((e, last, id, at)) = core.peer_standby.lock().unwrap().clone() {
+            let mine = (core.epoch(), core.wal.last_index(), core.cfg.node_id.clone());
+            if at.elapsed() < core.cfg.heartbeat * 3 && (e, last, id.clone()) > mine {
+                return Err(format!("the peer {id} is also standby and further ahead; it promotes"));
+            }
+        }
+    }
+    if core.cfg.witness_addr.is_some() {
+        let vote = encode(&WitnessVote { epoch: new_epoch, node_id: core.cfg.node_id.clone() });
+        let b = core
+            .transport()
+            .request(&WITNESS.to_string(), WITNESS_VOTE, vote, Some(core.cfg.heartbeat))
+            .await
+            .map_err(|e| format!("the witness cannot be reached: {e}"))?;
+        let r: WitnessReply = decode(&b)?;
+        if !r.granted {
+            return Err(format!("the witness refused: {}", r.reason));
+        }
+    }
+    // Fence the old primary if it is reachable at all (best effort: it may be dead).
+    let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
+    if let Ok(b) = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await {
+        if let Ok(r) = decode::<FenceReply>(&b) {
+            if r.epoch > new_epoch || (r.epoch == new_epoch && r.primary) {
+                return Err(format!("the peer is already primary in epoch {}", r.epoch));
+            }
+        }
+    }
+    core.become_primary(new_epoch, true).await;
+    Ok(new_epoch)
+}
+
+/// `POST /admin/promote` on the standby.
+pub(crate) async fn manual_promote(core: &Arc<Core>, force: bool) -> Result<serde_json::Value, AdminError> {
+    if core.is_primary() {
+        return Err(AdminError::Rejected("this node is already the primary".into()));
+    }
+    let have = core.wal.durable_index();
+    let acked = core.primary_commit_index.load(Ordering::Relaxed);
+    let sync = matches!(core.cfg.sync_mode, super::SyncMode::Sync | super::SyncMode::RemoteApply);
+    if !force && (core.want_snapshot.load(Ordering::SeqCst) || (sync && have < acked)) {
+        return Err(AdminError::Rejected(format!(
+            "promoting would lose acknowledged writes: this standby has index {have}, the primary acknowledged up to {acked}; wait for it to catch up or pass ?force=true"
+        )));
+    }
+    let epoch = if force {
+        // An operator override: skip the witness and the tie-break.
+        let _t = ();
+        force_promote(core).await
+    } else {
+        try_promote(core, true).await
+    }
+    .map_err(AdminError::Rejected)?;
+    Ok(serde_json::json!({"promoted": true, "epoch": epoch, "last_index": core.wal.last_index()}))
+}
+
+async fn force_promote(core: &Arc<Core>) -> Result<u64, String> {
+    let new_epoch = core.epoch() + 1;
+    let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
+    let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
+    core.become_primary(new_epoch, true).await;
+    Ok(new_epoch)
+}
+
+/// The primary asks this standby to take over during a switchover.
+pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteReply, crate::transport::RemoteError> {
+    let reject = |m: String| crate::transport::RemoteError::new("rejected", m);
+    if core.is_primary() {
+        return Err(reject("already primary".into()));
+    }
+    if p.epoch != core.epoch() {
+        return Err(reject(format!("epoch mismatch: primary {} vs standby {}", p.epoch, core.epoch())));
+    }
+    if core.wal.durable_index() < p.last_index || core.sm.applied_index() < p.last_index {
+        return Err(reject(format!("not caught up: have {}, need {}", core.wal.durable_index(), p.last_index)));
+    }
+    core.become_primary(p.epoch + 1, true).await;
+    Ok(PromoteReply { epoch: core.epoch(), leader: core.self_hint() })
+}
+
+/// A write on the standby goes to the primary over the transport (or `421` without forwarding).
+pub(crate) async fn forward(core: &Arc<Core>, command: Command) -> Result<Committed, SubmitError> {
+    let leader = core.leader.lock().unwrap().clone();
+    if !core.cfg.forward_writes {
+        return Err(SubmitError::NotLeader { leader });
+    }
+    let req = encode(&Forward { epoch: core.epoch(), command });
+    let b = core
+        .transport()
+        .request(&PEER.to_string(), FORWARD, req, Some(Duration::from_secs(30)))
+        .await
+        .map_err(|e| SubmitError::Unavailable(format!("cannot reach the primary to forward the write: {e}")))?;
+    match decode::<ForwardReply>(&b).map_err(SubmitError::Unavailable)? {
+        ForwardReply::Committed { result, bookmark_epoch, bookmark_index } => {
+            Ok(Committed { result, bookmark: Bookmark { epoch: bookmark_epoch, index: bookmark_index } })
+        }
+        ForwardReply::Failed { code, message, leader } => Err(match code.as_str() {
+            "not_leader" => SubmitError::NotLeader { leader: leader.or_else(|| Some(LeaderHint { node_id: PEER.into(), http_addr: None })) },
+            "fenced" => SubmitError::Fenced { epoch: core.epoch(), leader },
+            "timeout" => SubmitError::Timeout(message),
+            "read_only" => SubmitError::ReadOnly(message),
+            _ => SubmitError::Unavailable(message),
+        }),
+    }
+}
