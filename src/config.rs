@@ -47,6 +47,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_HA_WAL_BATCH_SIZE", "a positive integer number of records"),
     ("CLUSTER_HA_SYNC_TIMEOUT", "a duration such as 5s"),
     ("CLUSTER_HA_WITNESS_ADDR", "host:port of the witness's cluster port"),
+    ("CLUSTER_HA_WAL_RETENTION", "a number of WAL records the primary keeps for a lagging standby before re-seeding it from a snapshot"),
     ("CLUSTER_RAFT_CLUSTER_ID", "a cluster name"),
     ("CLUSTER_RAFT_BOOTSTRAP", "true or false"),
     ("CLUSTER_RAFT_PEERS", "a comma-separated list of id:host:port"),
@@ -235,6 +236,7 @@ pub struct Config {
     pub cluster_ha_wal_batch_size: u64,
     pub cluster_ha_sync_timeout: HumanDuration,
     pub cluster_ha_witness_addr: Option<String>,
+    pub cluster_ha_wal_retention: u64,
 
     pub cluster_raft_cluster_id: String,
     pub cluster_raft_bootstrap: bool,
@@ -293,6 +295,7 @@ impl Default for Config {
             cluster_ha_wal_batch_size: 1000,
             cluster_ha_sync_timeout: secs(5),
             cluster_ha_witness_addr: None,
+            cluster_ha_wal_retention: 1_000_000,
             cluster_raft_cluster_id: "meridian".into(),
             cluster_raft_bootstrap: false,
             cluster_raft_peers: None,
@@ -398,6 +401,17 @@ impl Config {
             && self.cluster_node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !id_ok {
             return Err(ConfigError::new("CLUSTER_NODE_ID", format!("invalid value {:?}: expected {}", self.cluster_node_id, accepts("CLUSTER_NODE_ID"))));
+        }
+        if self.cluster_ha_wal_batch_size == 0 {
+            return Err(ConfigError::new("CLUSTER_HA_WAL_BATCH_SIZE", "must be at least 1"));
+        }
+        if self.cluster_mode == ClusterMode::HaStandby
+            && Duration::from_millis(self.cluster_ha_heartbeat_ms) * 2 > self.cluster_ha_failover_timeout.0
+        {
+            return Err(ConfigError::new(
+                "CLUSTER_HA_FAILOVER_TIMEOUT",
+                "must be at least twice MERIDIAN_CLUSTER_HA_HEARTBEAT_MS, or a slow heartbeat would trigger failovers",
+            ));
         }
         if self.cluster_ha_heartbeat_ms == 0 {
             return Err(ConfigError::new("CLUSTER_HA_HEARTBEAT_MS", "must be at least 1"));

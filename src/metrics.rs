@@ -51,6 +51,16 @@ impl Metrics {
         self.registry.write().unwrap().register_collector(Box::new(StatusCollector { replicator, wal }));
     }
 
+    /// Lends the registry out while a component registers its metrics across an await
+    /// (only during start-up, before anything scrapes).
+    pub fn take_registry(&self) -> Registry {
+        std::mem::take(&mut *self.registry.write().unwrap())
+    }
+
+    pub fn put_registry(&self, r: Registry) {
+        *self.registry.write().unwrap() = r;
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry.read().unwrap()).expect("encoding to a String cannot fail");

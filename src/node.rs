@@ -9,15 +9,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meridian_modes::ha::gate::SyncMode;
+use meridian_modes::ha::witness::{Witness, WitnessHandler, WitnessNode};
+use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
 use meridian_modes::recovery::{replay, RecoveryError};
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
+use meridian_modes::transport::{Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig};
 use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::{Wal, WalOptions};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
-use crate::config::{ClusterMode, Config};
+use crate::config::{ClusterMode, Config, ConfigError, HaRole, HaSyncMode, TlsMinVersion};
 use crate::lock::{DirLock, LockError};
 use crate::metrics::Metrics;
 use crate::store::RedbStore;
@@ -34,6 +38,8 @@ pub enum NodeError {
     Store(#[from] meridian_modes::state_machine::StateMachineError),
     #[error("recovery failed: {0}")]
     Recovery(#[from] RecoveryError),
+    #[error("cannot start the cluster transport on {addr} (MERIDIAN_CLUSTER_BIND_ADDR): {reason}")]
+    Transport { addr: SocketAddr, reason: String },
     #[error("cannot listen on {addr} (MERIDIAN_HTTP_ADDR): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
@@ -44,7 +50,7 @@ impl NodeError {
     /// 2 for a setting the operator must change, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            NodeError::Config(_) | NodeError::Bind { .. } => 2,
+            NodeError::Config(_) | NodeError::Bind { .. } | NodeError::Transport { .. } => 2,
             _ => 1,
         }
     }
@@ -61,13 +67,15 @@ impl Node {
     /// Opens storage, recovers and starts the replication mode. Blocking I/O happens here,
     /// before the node accepts any request.
     pub async fn open(cfg: &Config) -> Result<Node, NodeError> {
-        if cfg.cluster_mode != ClusterMode::Standalone {
-            return Err(crate::config::ConfigError::new(
+        if matches!(cfg.cluster_mode, ClusterMode::Raft | ClusterMode::MultiRegion) {
+            return Err(ConfigError::new(
                 "CLUSTER_MODE",
-                format!("mode {} is not available in this build yet; only standalone is implemented (see the README's status table)", cfg.cluster_mode.as_str()),
+                format!("mode {} is not available in this build yet; standalone, ha_standby and witness are (see the README's status table)", cfg.cluster_mode.as_str()),
             )
             .into());
         }
+        // Settings that can only be checked by reading files come before any data is touched.
+        let tls = load_tls(cfg)?;
         let lock = DirLock::acquire(&cfg.data_dir)?;
         let metrics = Metrics::new();
         let mut opts = WalOptions::new(cfg.data_dir.join("wal"));
@@ -94,11 +102,27 @@ impl Node {
         .expect("recovery task panicked")?;
 
         let sm: Arc<dyn StateMachine> = store;
-        let replicator: Arc<dyn Replicator> = Standalone::start(
-            StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
-            wal.clone(),
-            sm.clone(),
-        );
+        let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
+            ClusterMode::HaStandby => {
+                let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone());
+                let transport = start_transport(cfg, tls, ha.handler(), &metrics).await?;
+                ha.start(transport);
+                ha
+            }
+            ClusterMode::Witness => {
+                let witness = Arc::new(Witness::open(&cfg.data_dir, cfg.cluster_ha_failover_timeout.0).map_err(|e| {
+                    NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(format!("witness state: {e}")))
+                })?);
+                let handler = Arc::new(WitnessHandler(witness.clone()));
+                let transport = start_transport(cfg, tls, handler, &metrics).await?;
+                Arc::new(WitnessNode { node_id: cfg.cluster_node_id.clone(), witness, transport })
+            }
+            _ => Standalone::start(
+                StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
+                wal.clone(),
+                sm.clone(),
+            ),
+        };
         metrics.watch(replicator.clone(), wal.clone());
 
         if cfg.admin_token.is_none() {
@@ -135,6 +159,73 @@ impl Node {
         self.state.replicator.shutdown().await;
         info!("shutdown complete");
         served.map_err(NodeError::Serve)
+    }
+}
+
+fn load_tls(cfg: &Config) -> Result<Option<TlsSettings>, NodeError> {
+    if !cfg.cluster_tls_enabled {
+        return Ok(None);
+    }
+    let paths = TlsPaths {
+        cert_file: cfg.cluster_tls_cert_file.clone(),
+        key_file: cfg.cluster_tls_key_file.clone(),
+        ca_file: cfg.cluster_tls_ca_file.clone(),
+        verify_client: cfg.cluster_tls_verify_client,
+        min_version: match cfg.cluster_tls_min_version {
+            TlsMinVersion::V12 => TlsVersion::V1_2,
+            TlsMinVersion::V13 => TlsVersion::V1_3,
+        },
+    };
+    TlsSettings::load(&paths).map(Some).map_err(|e| {
+        let var = e.variable().trim_start_matches(crate::config::PREFIX);
+        NodeError::Config(ConfigError::new(var, e.to_string()))
+    })
+}
+
+async fn start_transport(
+    cfg: &Config,
+    tls: Option<TlsSettings>,
+    handler: Arc<dyn Handler>,
+    metrics: &Metrics,
+) -> Result<Transport, NodeError> {
+    let mut tcfg = TransportConfig::new(cfg.cluster_raft_cluster_id.clone(), cfg.cluster_node_id.clone(), cfg.cluster_bind_addr);
+    tcfg.tls = tls;
+    let mut registry = metrics.take_registry();
+    let started = Transport::start(tcfg, handler, &mut registry).await;
+    metrics.put_registry(registry);
+    let t = started.map_err(|e| NodeError::Transport { addr: cfg.cluster_bind_addr, reason: e.to_string() })?;
+    info!(addr = %t.local_addr(), tls = cfg.cluster_tls_enabled, "cluster transport listening");
+    Ok(t)
+}
+
+fn ha_config(cfg: &Config) -> HaConfig {
+    let http_addr = cfg.cluster_http_advertise_addr.clone().or_else(|| {
+        (!cfg.http_addr.ip().is_unspecified()).then(|| format!("http://{}", cfg.http_addr))
+    });
+    HaConfig {
+        node_id: cfg.cluster_node_id.clone(),
+        role: match cfg.cluster_ha_role {
+            Some(HaRole::Primary) => ConfiguredRole::Primary,
+            _ => ConfiguredRole::Standby,
+        },
+        peer_addr: cfg.cluster_ha_peer_addr.clone().unwrap_or_default(),
+        witness_addr: cfg.cluster_ha_witness_addr.clone(),
+        sync_mode: match cfg.cluster_ha_sync_mode {
+            HaSyncMode::Async => SyncMode::Async,
+            HaSyncMode::SemiSync => SyncMode::SemiSync,
+            HaSyncMode::Sync => SyncMode::Sync,
+            HaSyncMode::RemoteApply => SyncMode::RemoteApply,
+        },
+        heartbeat: std::time::Duration::from_millis(cfg.cluster_ha_heartbeat_ms),
+        failover_timeout: cfg.cluster_ha_failover_timeout.0,
+        auto_failover: cfg.cluster_ha_auto_failover,
+        batch_records: cfg.cluster_ha_wal_batch_size as usize,
+        sync_timeout: cfg.cluster_ha_sync_timeout.0,
+        forward_writes: cfg.forward_writes,
+        http_addr,
+        checkpoint_interval: cfg.checkpoint_interval.0,
+        data_dir: cfg.data_dir.clone(),
+        wal_retention: cfg.cluster_ha_wal_retention,
     }
 }
 

@@ -13,7 +13,7 @@
 //! to write, so the windows in which the old and the new primary accept writes never overlap.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -128,5 +128,68 @@ mod tests {
         let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
         assert_eq!(w.epoch(), 2);
         assert!(!w.vote(&WitnessVote { epoch: 2, node_id: "a".into() }).granted);
+    }
+}
+
+/// The witness as a node: it answers pings and votes over the transport, serves `/health`,
+/// and refuses data requests (it stores no data).
+pub struct WitnessNode {
+    pub node_id: String,
+    pub witness: Arc<Witness>,
+    pub transport: crate::transport::Transport,
+}
+
+pub struct WitnessHandler(pub Arc<Witness>);
+
+#[async_trait::async_trait]
+impl crate::transport::Handler for WitnessHandler {
+    async fn on_request(
+        &self,
+        _from: &crate::transport::NodeId,
+        msg_type: u16,
+        payload: bytes::Bytes,
+    ) -> Result<bytes::Bytes, crate::transport::RemoteError> {
+        use super::messages::{decode, encode, WITNESS_PING, WITNESS_VOTE};
+        let bad = |e: String| crate::transport::RemoteError::new("bad_request", e);
+        match msg_type {
+            WITNESS_PING => Ok(encode(&self.0.ping(&decode(&payload).map_err(bad)?))),
+            WITNESS_VOTE => Ok(encode(&self.0.vote(&decode(&payload).map_err(bad)?))),
+            other => Err(crate::transport::RemoteError::new("unknown_message", format!("the witness does not handle message type {other:#x}"))),
+        }
+    }
+    async fn on_message(&self, _from: &crate::transport::NodeId, _msg_type: u16, _payload: bytes::Bytes) {}
+}
+
+#[async_trait::async_trait]
+impl crate::replicator::Replicator for WitnessNode {
+    fn mode(&self) -> &'static str {
+        "witness"
+    }
+    async fn submit(&self, _cmd: crate::command::Command) -> Result<crate::replicator::Committed, crate::replicator::SubmitError> {
+        Err(crate::replicator::SubmitError::ReadOnly("a witness stores no data; write to the primary".into()))
+    }
+    async fn read_fence(&self, _req: &crate::replicator::ReadRequest) -> Result<(), crate::replicator::ReadError> {
+        Err(crate::replicator::ReadError::Unavailable("a witness stores no data; read from the primary or the standby".into()))
+    }
+    fn status(&self) -> crate::replicator::ReplicationStatus {
+        crate::replicator::ReplicationStatus {
+            mode: "witness",
+            node_id: self.node_id.clone(),
+            role: "witness".into(),
+            is_leader: false,
+            state: format!("primary of epoch {} is {}", self.witness.epoch(), self.witness.holder()),
+            commit_index: 0,
+            applied_index: 0,
+            epoch: self.witness.epoch(),
+            peers: vec![],
+            health: crate::replicator::Health::Healthy,
+            lag_seconds: 0.0,
+            leader_changes: 0,
+            replication_bytes: 0,
+            notes: vec![],
+        }
+    }
+    async fn shutdown(&self) {
+        self.transport.shutdown().await;
     }
 }
