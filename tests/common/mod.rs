@@ -1,6 +1,9 @@
 //! Spawning and breaking real `meridian` processes for the process-level tests.
 #![allow(dead_code)]
 
+pub mod ha;
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +40,27 @@ impl Node {
         node.spawn();
         node.wait_ready();
         node
+    }
+
+    /// Starts a node with a full environment list (cluster modes).
+    pub fn start_env(data_dir: &Path, env: Vec<(String, String)>) -> Node {
+        let mut node = Node {
+            child: None,
+            port: free_port(),
+            data_dir: Some(data_dir.to_path_buf()),
+            cwd: None,
+            env,
+            log: data_dir.with_extension("log"),
+        };
+        node.spawn();
+        node.wait_ready();
+        node
+    }
+
+    /// Replaces (or adds) one environment variable for the next start.
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.to_string(), v.to_string()));
     }
 
     pub fn command(&self) -> Command {

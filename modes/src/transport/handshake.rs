@@ -145,7 +145,7 @@ impl Hello {
 
     /// Decodes the payload of a `Handshake` frame. The version is returned as sent so the
     /// caller can refuse it with the right reason.
-    pub fn decode(mut b: Bytes) -> Result<Hello, (RejectReason, String)> {
+    pub(crate) fn decode(mut b: Bytes) -> Result<Hello, (RejectReason, String)> {
         check_magic(&mut b)?;
         let version = get_u16(&mut b)?;
         if version != PROTOCOL_VERSION {

@@ -66,7 +66,6 @@ impl Link {
     ) -> Result<Arc<Link>, TransportError> {
         let cfg = &shared.cfg;
         let unreachable = |reason: String| TransportError::Unreachable { peer: peer.clone(), reason };
-        let started = Instant::now();
 
         let tcp = dial(addr).await.map_err(unreachable)?;
         let (stream, server_cert): (BoxStream, Option<CertificateDer<'static>>) = match &shared.tls {
@@ -89,6 +88,7 @@ impl Link {
         };
 
         let (mut reader, mut writer) = connection::split(stream, HANDSHAKE_MAX_BYTES);
+        let started = Instant::now();
         if let Err(e) = handshake::initiate(&mut reader, &mut writer, cfg, peer, server_cert.as_ref()).await {
             let err = match e {
                 InitiateError::Tls(reason) => {
@@ -102,7 +102,7 @@ impl Link {
             };
             return Err(err);
         }
-        // The handshake is one round trip on a fresh connection: a first RTT sample.
+        // The cluster handshake is one round trip: a first RTT sample.
         let rtt = started.elapsed();
         stats.record_rtt(rtt);
         shared.metrics.rtt(peer, rtt.as_secs_f64());

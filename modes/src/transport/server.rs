@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::connection::{self, BoxStream, CloseReason, CloseSignal, Outbox, StreamReader, StreamWriter};
@@ -28,9 +28,13 @@ use super::{NodeId, RemoteError};
 const MAX_REQUESTS_IN_FLIGHT: usize = 1024;
 /// One-way messages buffered per connection ahead of the handler.
 const ONE_WAY_QUEUE: usize = 256;
+/// Connections allowed to be in TLS or the cluster handshake at once. Each costs little and
+/// ends within `connect_timeout`, but without a cap anyone who can reach the port could
+/// hold an unbounded number open.
+const MAX_PENDING_HANDSHAKES: usize = 256;
 
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, controller_handle: Shutdown) {
-    let shutdown = controller_handle;
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
+    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -38,9 +42,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cont
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, remote)) => {
-                tokio::spawn(serve(tcp, remote, shared.clone(), shutdown.clone()));
-            }
+            Ok((tcp, remote)) => match handshakes.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(serve(tcp, remote, shared.clone(), shutdown.clone(), slot));
+                }
+                Err(_) => {
+                    tracing::warn!(%remote, "too many cluster connections still in their handshake; refusing this one");
+                }
+            },
             Err(e) => {
                 // E.g. out of file descriptors: pause rather than spin, keep serving.
                 tracing::warn!(error = %e, "accepting a cluster connection failed");
@@ -54,7 +63,13 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cont
     // Dropping the listener here frees the port before `shutdown()` returns.
 }
 
-async fn serve(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
+async fn serve(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    slot: OwnedSemaphorePermit,
+) {
     let _ = tcp.set_nodelay(true);
     let cfg = &shared.cfg;
     let opened = tokio::select! {
@@ -62,6 +77,7 @@ async fn serve(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, shutdown
         _ = shutdown.wait() => return,
         r = tokio::time::timeout(cfg.connect_timeout, open(tcp, &shared)) => r,
     };
+    drop(slot);
     let (node, reader, writer) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(refusal)) => return refused(&shared, remote, refusal),

@@ -1,0 +1,145 @@
+//! An HA pair (and optional witness) of real processes wired through cuttable proxies:
+//! A reaches B through `a_to_b`, B reaches A through `b_to_a`, each reaches the witness
+//! through its own proxy.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::proxy::Proxy;
+use super::{free_port, http, http_json, Node};
+
+pub struct HaOpts {
+    pub sync_mode: &'static str,
+    pub witness: bool,
+    pub heartbeat_ms: u64,
+    pub failover: &'static str,
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl Default for HaOpts {
+    fn default() -> Self {
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![] }
+    }
+}
+
+pub struct HaPair {
+    pub dir: tempfile::TempDir,
+    pub a: Node,
+    pub b: Node,
+    pub w: Option<Node>,
+    pub a_to_b: Proxy,
+    pub b_to_a: Proxy,
+    pub a_to_w: Option<Proxy>,
+    pub b_to_w: Option<Proxy>,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+fn node_env(id: &str, role: &str, cluster_port: u16, peer: &str, witness: Option<&str>, o: &HaOpts) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("MERIDIAN_CLUSTER_MODE".into(), "ha_standby".into()),
+        ("MERIDIAN_CLUSTER_NODE_ID".into(), id.into()),
+        ("MERIDIAN_CLUSTER_BIND_ADDR".into(), format!("127.0.0.1:{cluster_port}")),
+        ("MERIDIAN_CLUSTER_HA_ROLE".into(), role.into()),
+        ("MERIDIAN_CLUSTER_HA_PEER_ADDR".into(), peer.into()),
+        ("MERIDIAN_CLUSTER_HA_SYNC_MODE".into(), o.sync_mode.into()),
+        ("MERIDIAN_CLUSTER_HA_HEARTBEAT_MS".into(), o.heartbeat_ms.to_string()),
+        ("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT".into(), o.failover.into()),
+        ("MERIDIAN_CLUSTER_HA_SYNC_TIMEOUT".into(), "1s".into()),
+    ];
+    if let Some(w) = witness {
+        env.push(("MERIDIAN_CLUSTER_HA_WITNESS_ADDR".into(), w.into()));
+    }
+    for (k, v) in &o.extra {
+        env.push((k.to_string(), v.clone()));
+    }
+    env
+}
+
+impl HaPair {
+    pub fn start(o: HaOpts) -> HaPair {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cb, cw) = (free_port(), free_port(), free_port());
+        let a_to_b = Proxy::start(addr(cb));
+        let b_to_a = Proxy::start(addr(ca));
+        let (mut w, mut a_to_w, mut b_to_w) = (None, None, None);
+        if o.witness {
+            let env = vec![
+                ("MERIDIAN_CLUSTER_MODE".to_string(), "witness".to_string()),
+                ("MERIDIAN_CLUSTER_NODE_ID".to_string(), "witness".to_string()),
+                ("MERIDIAN_CLUSTER_BIND_ADDR".to_string(), format!("127.0.0.1:{cw}")),
+                ("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT".to_string(), o.failover.to_string()),
+            ];
+            w = Some(Node::start_env(&dir.path().join("w"), env));
+            a_to_w = Some(Proxy::start(addr(cw)));
+            b_to_w = Some(Proxy::start(addr(cw)));
+        }
+        let a_env = node_env("node-a", "primary", ca, &a_to_b.addr(), a_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
+        let b_env = node_env("node-b", "standby", cb, &b_to_a.addr(), b_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
+        let a = Node::start_env(&dir.path().join("a"), a_env);
+        let b = Node::start_env(&dir.path().join("b"), b_env);
+        let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };
+        wait_role(&pair.a, "primary", Duration::from_secs(20));
+        wait_streaming(&pair.b, Duration::from_secs(20));
+        pair
+    }
+
+    /// Cuts A from B (both directions).
+    pub fn partition(&self) {
+        self.a_to_b.cut();
+        self.b_to_a.cut();
+    }
+
+    pub fn heal(&self) {
+        self.a_to_b.heal();
+        self.b_to_a.heal();
+    }
+}
+
+pub fn health(n: &Node) -> serde_json::Value {
+    let (_, body) = http("GET", &n.url("/health"), None);
+    serde_json::from_slice(&body).unwrap_or_default()
+}
+
+pub fn role(n: &Node) -> String {
+    health(n)["replication"]["role"].as_str().unwrap_or("").to_owned()
+}
+
+pub fn wait_role(n: &Node, want: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if role(n) == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "node never became {want}: {}\nlog:\n{}", health(n), n.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_streaming(n: &Node, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let h = health(n);
+        if h["replication"]["state"] == "streaming" {
+            return;
+        }
+        assert!(start.elapsed() < within, "standby never streamed: {h}\nlog:\n{}", n.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until both nodes report the same digest.
+pub fn wait_converged(x: &Node, y: &Node, within: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (dx, dy) = (http_json("GET", &x.url("/admin/digest")), http_json("GET", &y.url("/admin/digest")));
+        if dx["sha256"] == dy["sha256"] && dx["keys"] == dy["keys"] {
+            return dx;
+        }
+        assert!(start.elapsed() < within, "digests never converged: {dx} vs {dy}\nlog x:\n{}\nlog y:\n{}", x.log_text(), y.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

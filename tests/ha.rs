@@ -1,0 +1,339 @@
+//! Hot standby under faults, with real processes: kill -9, restart with a stale role,
+//! partitions through in-test proxies, switchover under load, remote_apply reads.
+//! Every acknowledged write is checked after the fault.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::ha::{health, role, wait_converged, wait_role, wait_streaming, HaOpts, HaPair};
+use common::{http, Node};
+
+/// HA tests measure timeouts; run them one at a time so they do not starve each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Default, Clone)]
+struct Write {
+    key: String,
+    value: String,
+    node: usize,
+    sent: Duration,
+    answered: Duration,
+    ok: bool,
+}
+
+struct Writers {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Write>>,
+}
+
+/// `n` concurrent writers PUTting unique keys to `targets` (round-robin per writer) until stopped.
+fn start_writers(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant) -> Writers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let prefix = prefix.to_owned();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+            let mut tasks = Vec::new();
+            for w in 0..n {
+                let (client, st, targets, prefix) = (client.clone(), st.clone(), targets.clone(), prefix.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for i in 0u64.. {
+                        if st.load(Ordering::SeqCst) || i > 200_000 {
+                            break;
+                        }
+                        let node = (w + i as usize) % targets.len();
+                        let key = format!("{prefix}/w{w:02}/{i:06}");
+                        let value = format!("v-{w}-{i}");
+                        let sent = epoch0.elapsed();
+                        let r = client.put(format!("{}/v1/kv/{key}", targets[node])).body(value.clone()).send().await;
+                        let ok = matches!(&r, Ok(r) if r.status() == 200);
+                        out.push(Write { key, value, node, sent, answered: epoch0.elapsed(), ok });
+                        if !ok {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    out
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        })
+    });
+    Writers { stop, handle }
+}
+
+impl Writers {
+    fn finish(self) -> Vec<Write> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+fn get(n: &Node, key: &str) -> Option<String> {
+    let (s, b) = http("GET", &n.url(&format!("/v1/kv/{key}?consistency=local")), None);
+    (s == 200).then(|| String::from_utf8(b).unwrap())
+}
+
+fn missing(n: &Node, writes: &[Write]) -> Vec<Write> {
+    writes.iter().filter(|w| w.ok && get(n, &w.key).as_deref() != Some(w.value.as_str())).cloned().collect()
+}
+
+#[test]
+fn sync_failover_after_kill_9_keeps_every_acknowledged_write_and_the_old_primary_rejoins() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
+    let t0 = Instant::now();
+    let writers = start_writers(vec![pair.a.url("")], 16, "sync", t0);
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.a.kill9();
+    let killed = t0.elapsed();
+    let writes = writers.finish();
+    let acked = writes.iter().filter(|w| w.ok).count();
+    assert!(acked > 100, "only {acked} writes acknowledged before the kill");
+
+    let took = wait_role(&pair.b, "primary", Duration::from_secs(15));
+    eprintln!("sync: {acked} acknowledged writes; standby promoted {:.2}s after kill -9", took.as_secs_f64());
+    let lost = missing(&pair.b, &writes);
+    assert!(lost.is_empty(), "sync mode lost {} acknowledged writes, e.g. {:?}", lost.len(), lost.first().map(|w| &w.key));
+    assert!(writes.iter().all(|w| !w.ok || w.answered <= killed + Duration::from_millis(50)), "a write was acknowledged after its primary died");
+
+    // The old primary comes back with HA_ROLE=primary still set: it must follow, not lead.
+    pair.a.restart();
+    wait_role(&pair.a, "standby", Duration::from_secs(10));
+    assert!(pair.a.log_text().contains("disagrees"), "the role disagreement is not logged");
+    let (s, _) = http("PUT", &pair.a.url("/v1/kv/after-rejoin"), Some(b"x".to_vec()));
+    assert_eq!(s, 200, "a write to the rejoined node is forwarded to the new primary");
+    assert_eq!(role(&pair.a), "standby", "the old primary took a write as primary");
+    let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
+    eprintln!("rejoined and converged: {d}");
+    assert_eq!(get(&pair.b, "after-rejoin").as_deref(), Some("x"));
+    assert!(health(&pair.a)["replication"]["epoch"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn async_failover_reports_loss_and_keeps_the_divergent_tail() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "async", ..HaOpts::default() });
+    let t0 = Instant::now();
+    let w1 = start_writers(vec![pair.a.url("")], 16, "before", t0);
+    std::thread::sleep(Duration::from_millis(800));
+    // Cut the stream: in async mode the primary keeps acknowledging what the standby lacks.
+    pair.partition();
+    std::thread::sleep(Duration::from_millis(500));
+    pair.a.kill9();
+    let writes = w1.finish();
+    let took = wait_role(&pair.b, "primary", Duration::from_secs(15));
+    let lost = missing(&pair.b, &writes);
+    let acked = writes.iter().filter(|w| w.ok).count();
+    eprintln!("async: {acked} acknowledged, {} lost on failover (promotion {:.2}s after the kill)", lost.len(), took.as_secs_f64());
+    assert!(!lost.is_empty(), "the partition should have left acknowledged writes only on the old primary");
+
+    // The new primary takes writes on its own (async needs no standby).
+    let (s, _) = http("PUT", &pair.b.url("/v1/kv/new-primary"), Some(b"y".to_vec()));
+    assert_eq!(s, 200);
+
+    pair.heal();
+    pair.a.restart();
+    wait_role(&pair.a, "standby", Duration::from_secs(10));
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
+    // Nothing silently discarded: every lost write is in the old primary's divergent tail.
+    let tail = divergent_text(&pair.a);
+    for w in &lost {
+        assert!(tail.contains(&format!("\"{}\"", w.key)), "lost write {} is not in divergent/", w.key);
+    }
+    let notes = health(&pair.a)["replication"]["notes"].to_string();
+    assert!(notes.contains("divergent"), "/health does not report the divergent tail: {notes}");
+    assert_eq!(get(&pair.a, "new-primary").as_deref(), Some("y"));
+}
+
+#[test]
+fn remote_apply_writes_are_readable_on_the_standby_at_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "remote_apply", ..HaOpts::default() });
+    for i in 0..200 {
+        let key = format!("ra/{i}");
+        let (s, _) = http("PUT", &pair.a.url(&format!("/v1/kv/{key}")), Some(i.to_string().into_bytes()));
+        assert_eq!(s, 200);
+        assert_eq!(get(&pair.b, &key).as_deref(), Some(i.to_string().as_str()), "write {i} acknowledged but not readable on the standby");
+    }
+}
+
+#[test]
+fn writes_to_the_standby_are_forwarded_and_bookmarks_give_read_your_writes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "async", ..HaOpts::default() });
+    let (s, body) = http("PUT", &pair.b.url("/v1/kv/fwd"), Some(b"via-standby".to_vec()));
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let bm: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let bm = bm["bookmark"].as_str().unwrap();
+    let (s, v) = http("GET", &pair.b.url(&format!("/v1/kv/fwd?bookmark={bm}")), None);
+    assert_eq!((s, v.as_slice()), (200, &b"via-standby"[..]));
+    assert_eq!(get(&pair.a, "fwd").as_deref(), Some("via-standby"));
+    let lag = common::http_json("GET", &pair.a.url("/admin/replication/lag"));
+    assert!(lag["records"].is_u64() && lag["seconds"].is_number(), "{lag}");
+    let m = String::from_utf8(http("GET", &pair.a.url("/metrics"), None).1).unwrap();
+    assert!(m.contains("meridian_peer_healthy{peer=\"peer\"} 1"), "{m}");
+    assert!(m.contains("meridian_replication_mode{mode=\"ha_standby\"} 1"));
+}
+
+#[test]
+fn forwarding_off_answers_421_with_the_primary() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "async", extra: vec![("MERIDIAN_FORWARD_WRITES", "false".into())], ..HaOpts::default() });
+    let (s, body) = http("PUT", &pair.b.url("/v1/kv/x"), Some(b"1".to_vec()));
+    assert_eq!(s, 421);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["error"]["code"], "not_leader");
+    assert_eq!(e["error"]["leader"], pair.a.url(""));
+}
+
+#[test]
+fn switchover_under_load_loses_nothing_in_every_sync_mode() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for mode in ["async", "semi_sync", "sync", "remote_apply"] {
+        let pair = HaPair::start(HaOpts { sync_mode: mode, ..HaOpts::default() });
+        let t0 = Instant::now();
+        // Writers go to both nodes; the standby forwards.
+        let writers = start_writers(vec![pair.a.url(""), pair.b.url("")], 8, mode, t0);
+        std::thread::sleep(Duration::from_millis(700));
+        let (s, body) = http("POST", &pair.a.url("/admin/switchover"), None);
+        assert_eq!(s, 200, "{mode}: switchover failed: {}", String::from_utf8_lossy(&body));
+        std::thread::sleep(Duration::from_millis(700));
+        let writes = writers.finish();
+        assert_eq!(role(&pair.b), "primary", "{mode}");
+        assert_eq!(role(&pair.a), "standby", "{mode}");
+        let acked = writes.iter().filter(|w| w.ok).count();
+        let after = writes.iter().filter(|w| w.ok && w.sent > Duration::from_millis(1500)).count();
+        wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
+        let lost = missing(&pair.b, &writes);
+        eprintln!("{mode}: switchover with {acked} acknowledged writes ({after} after it), {} lost", lost.len());
+        assert!(lost.is_empty(), "{mode}: switchover lost {:?}", lost.first().map(|w| &w.key));
+        assert!(after > 0, "{mode}: no write succeeded after the switchover");
+        drop(pair);
+    }
+}
+
+#[test]
+fn a_lagging_standby_catches_up_from_the_wal_and_from_a_snapshot() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let writes_per_phase: usize = std::env::var("MERIDIAN_TEST_CATCHUP_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    // Small retention: the second outage outlives the primary's WAL and forces a snapshot.
+    let mut pair = HaPair::start(HaOpts {
+        sync_mode: "async",
+        extra: vec![
+            ("MERIDIAN_CLUSTER_HA_WAL_RETENTION", (writes_per_phase + writes_per_phase / 2).to_string()),
+            ("MERIDIAN_WAL_SEGMENT_BYTES", "1048576".into()),
+            ("MERIDIAN_CHECKPOINT_INTERVAL", "200ms".into()),
+        ],
+        ..HaOpts::default()
+    });
+    let bulk = |n: &Node, prefix: &str, count: usize| {
+        // Bulk load through txns of 100 puts: one log entry each, so a phase stays quick.
+        use base64::Engine;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = reqwest::Client::new();
+            let mut tasks = Vec::new();
+            for t in 0..8 {
+                let (c, url, prefix) = (c.clone(), n.url("/v1/txn"), prefix.to_owned());
+                tasks.push(tokio::spawn(async move {
+                    for batch in (t * 100..count).step_by(800) {
+                        let ops: Vec<_> = (batch..(batch + 100).min(count))
+                            .map(|i| serde_json::json!({"op":"put","key": format!("{prefix}/{i:07}"),"value_b64": base64::engine::general_purpose::STANDARD.encode(format!("{i}"))}))
+                            .collect();
+                        let r = c.post(&url).json(&serde_json::json!({"success": ops})).send().await.unwrap();
+                        assert_eq!(r.status(), 200);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    };
+    for (phase, prefix) in ["wal", "snapshot"].iter().enumerate() {
+        pair.b.kill9();
+        let t = Instant::now();
+        bulk(&pair.a, prefix, writes_per_phase);
+        if phase == 1 {
+            // More than the retention: the oldest records the standby needs are gone.
+            bulk(&pair.a, "extra", writes_per_phase);
+        }
+        eprintln!("{prefix}: wrote while the standby was down in {:.1}s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        pair.b.restart();
+        wait_streaming(&pair.b, Duration::from_secs(120));
+        let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(120));
+        eprintln!("{prefix}: standby caught up in {:.1}s: {d}", t.elapsed().as_secs_f64());
+        if phase == 1 {
+            assert!(pair.b.log_text().contains("installed a snapshot"), "the second catch-up did not use a snapshot");
+        } else {
+            assert!(!pair.b.log_text().contains("installed a snapshot"), "the first catch-up should come from the WAL");
+        }
+    }
+}
+
+#[test]
+fn a_partitioned_primary_with_a_witness_never_overlaps_the_new_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts {
+        sync_mode: "async",
+        witness: true,
+        extra: vec![("MERIDIAN_FORWARD_WRITES", "false".into())],
+        ..HaOpts::default()
+    });
+    let t0 = Instant::now();
+    // Writers offer every write to both nodes; only a primary may accept.
+    let writers = start_writers(vec![pair.a.url(""), pair.b.url("")], 8, "split", t0);
+    std::thread::sleep(Duration::from_millis(800));
+    // Isolate A from both the standby and the witness.
+    let cut_at = t0.elapsed();
+    pair.partition();
+    pair.a_to_w.as_ref().unwrap().cut();
+    wait_role(&pair.b, "primary", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.heal();
+    pair.a_to_w.as_ref().unwrap().heal();
+    std::thread::sleep(Duration::from_millis(1500));
+    let writes = writers.finish();
+
+    let accepted = |node: usize| writes.iter().filter(move |w| w.ok && w.node == node && w.sent >= cut_at);
+    let last_a = accepted(0).map(|w| w.answered).max();
+    let first_b = accepted(1).map(|w| w.sent).min().expect("the new primary accepted writes");
+    eprintln!("partition at {cut_at:?}: old primary's last accept answered at {last_a:?}, new primary's first accept sent at {first_b:?}");
+    if let Some(last_a) = last_a {
+        assert!(last_a < first_b, "two primaries accepted writes at once: A until {last_a:?}, B from {first_b:?}");
+    }
+    // After healing: one primary, both converge. In async mode the old primary may have
+    // acknowledged writes the standby never received before its lease ran out: each of
+    // them must be in its divergent tail, none silently gone.
+    wait_role(&pair.a, "standby", Duration::from_secs(10));
+    assert_eq!(role(&pair.b), "primary");
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
+    let lost = missing(&pair.b, &writes);
+    let tail = divergent_text(&pair.a);
+    for w in &lost {
+        assert!(tail.contains(&format!("\"{}\"", w.key)), "acknowledged write {} is neither on the new primary nor in divergent/", w.key);
+    }
+    eprintln!("{} acknowledged writes were only on the isolated primary; all kept in divergent/", lost.len());
+}
+
+fn divergent_text(n: &Node) -> String {
+    let dir = n.data_dir.clone().unwrap().join("divergent");
+    let mut tail = String::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd {
+            tail.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+        }
+    }
+    tail
+}
