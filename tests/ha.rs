@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +23,8 @@ struct Write {
     sent: Duration,
     answered: Duration,
     ok: bool,
+    /// HTTP status, or 0 when there was no answer.
+    status: u16,
 }
 
 struct Writers {
@@ -52,8 +55,9 @@ fn start_writers(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant) 
                         let value = format!("v-{w}-{i}");
                         let sent = epoch0.elapsed();
                         let r = client.put(format!("{}/v1/kv/{key}", targets[node])).body(value.clone()).send().await;
-                        let ok = matches!(&r, Ok(r) if r.status() == 200);
-                        out.push(Write { key, value, node, sent, answered: epoch0.elapsed(), ok });
+                        let status = r.as_ref().map_or(0, |r| r.status().as_u16());
+                        let ok = status == 200;
+                        out.push(Write { key, value, node, sent, answered: epoch0.elapsed(), ok, status });
                         if !ok {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
@@ -207,12 +211,18 @@ fn switchover_under_load_loses_nothing_in_every_sync_mode() {
         std::thread::sleep(Duration::from_millis(700));
         let (s, body) = http("POST", &pair.a.url("/admin/switchover"), None);
         assert_eq!(s, 200, "{mode}: switchover failed: {}", String::from_utf8_lossy(&body));
+        let switched = t0.elapsed();
         std::thread::sleep(Duration::from_millis(700));
         let writes = writers.finish();
+        let mut statuses: HashMap<(usize, u16), usize> = HashMap::new();
+        for w in writes.iter().filter(|w| w.sent > switched) {
+            *statuses.entry((w.node, w.status)).or_default() += 1;
+        }
+        eprintln!("{mode}: switchover answered at {switched:?}; (node, status) counts after it: {statuses:?}");
         assert_eq!(role(&pair.b), "primary", "{mode}");
         assert_eq!(role(&pair.a), "standby", "{mode}");
         let acked = writes.iter().filter(|w| w.ok).count();
-        let after = writes.iter().filter(|w| w.ok && w.sent > Duration::from_millis(1500)).count();
+        let after = writes.iter().filter(|w| w.ok && w.sent > switched).count();
         wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
         let lost = missing(&pair.b, &writes);
         eprintln!("{mode}: switchover with {acked} acknowledged writes ({after} after it), {} lost", lost.len());
@@ -226,11 +236,13 @@ fn switchover_under_load_loses_nothing_in_every_sync_mode() {
 fn a_lagging_standby_catches_up_from_the_wal_and_from_a_snapshot() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let writes_per_phase: usize = std::env::var("MERIDIAN_TEST_CATCHUP_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    // Small retention: the second outage outlives the primary's WAL and forces a snapshot.
+    // Bulk writes are txns of 100 puts: one log record each. Retention is set in records so
+    // that the first outage fits in the primary's WAL and the second outlives it.
+    let records_per_phase = writes_per_phase / 100;
     let mut pair = HaPair::start(HaOpts {
         sync_mode: "async",
         extra: vec![
-            ("MERIDIAN_CLUSTER_HA_WAL_RETENTION", (writes_per_phase + writes_per_phase / 2).to_string()),
+            ("MERIDIAN_CLUSTER_HA_WAL_RETENTION", (records_per_phase + records_per_phase / 2).to_string()),
             ("MERIDIAN_WAL_SEGMENT_BYTES", "1048576".into()),
             ("MERIDIAN_CHECKPOINT_INTERVAL", "200ms".into()),
         ],

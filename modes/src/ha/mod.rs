@@ -84,8 +84,9 @@ pub struct HaConfig {
 
 pub(crate) enum Role {
     Primary { pipeline: Arc<Pipeline>, gate: Arc<SyncGate> },
-    /// A primary handing over; new writes are refused until the standby has promoted.
-    Switching,
+    /// A primary handing over; new writes are refused until the standby has promoted, but
+    /// the stream goes on so the standby can catch up.
+    Switching { gate: Arc<SyncGate> },
     Standby,
 }
 
@@ -225,9 +226,9 @@ impl HaStandby {
 
     /// Decides the starting role (see `standby::decide_role`) and runs the node.
     pub fn start(&self, transport: Transport) {
-        transport.add_peer(PEER.into(), self.core.cfg.peer_addr.clone());
+        transport.add_peer_alias(PEER.into(), self.core.cfg.peer_addr.clone());
         if let Some(w) = &self.core.cfg.witness_addr {
-            transport.add_peer(WITNESS.into(), w.clone());
+            transport.add_peer_alias(WITNESS.into(), w.clone());
         }
         let _ = self.core.transport.set(transport);
         let core = self.core.clone();
@@ -244,7 +245,7 @@ impl Replicator for HaStandby {
     async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
         let pipeline = match &*self.core.role.lock().unwrap() {
             Role::Primary { pipeline, .. } => Some(pipeline.clone()),
-            Role::Switching => return Err(SubmitError::Unavailable("switchover in progress; retry shortly".into())),
+            Role::Switching { .. } => return Err(SubmitError::Unavailable("switchover in progress; retry shortly".into())),
             Role::Standby => None,
         };
         match pipeline {
@@ -320,7 +321,7 @@ impl Core {
                     notes.push("the standby is not connected".into());
                 }
             }
-            Role::Switching => {
+            Role::Switching { .. } => {
                 role_name = "primary";
                 notes.push("switchover in progress".into());
             }

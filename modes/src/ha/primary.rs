@@ -127,10 +127,11 @@ impl Core {
         }
     }
 
+    /// The gate of the stream this node serves: as primary, and while handing over.
     fn gate(&self) -> Option<Arc<SyncGate>> {
         match &*self.role.lock().unwrap() {
-            Role::Primary { gate, .. } => Some(gate.clone()),
-            _ => None,
+            Role::Primary { gate, .. } | Role::Switching { gate } => Some(gate.clone()),
+            Role::Standby => None,
         }
     }
 
@@ -362,11 +363,12 @@ pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, Ad
         return serde_json::from_slice(&b).map_err(|e| AdminError::Unavailable(e.to_string()));
     }
     let _t = core.transition.lock().await;
-    let old = std::mem::replace(&mut *core.role.lock().unwrap(), Role::Switching);
+    let old = std::mem::replace(&mut *core.role.lock().unwrap(), Role::Standby);
     let Role::Primary { pipeline, gate } = old else {
         *core.role.lock().unwrap() = old;
         return Err(AdminError::Rejected("not the primary".into()));
     };
+    *core.role.lock().unwrap() = Role::Switching { gate: gate.clone() };
     core.note("switching");
     let p2 = pipeline.clone();
     let _ = tokio::task::spawn_blocking(move || p2.stop_blocking()).await;

@@ -22,7 +22,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
     let mut last_checkpoint = Instant::now();
     while !core.stopping.load(Ordering::SeqCst) {
         let primary = matches!(*core.role.lock().unwrap(), Role::Primary { .. });
-        let switching = matches!(*core.role.lock().unwrap(), Role::Switching);
+        let switching = matches!(*core.role.lock().unwrap(), Role::Switching { .. });
         if primary {
             let start = Instant::now();
             super::primary::tick(&core).await;

@@ -96,6 +96,17 @@ impl Transport {
     /// connects until the first request or send; `addr` (`host:port`) is resolved at each
     /// connect attempt.
     pub fn add_peer(&self, id: NodeId, addr: String) {
+        self.insert_peer(id, addr, true)
+    }
+
+    /// Adds a peer known only by its address (e.g. the other node of an HA pair): `alias`
+    /// names it locally, and whichever node of this cluster answers at `addr` is accepted —
+    /// under TLS only if its certificate names the node id it claims.
+    pub fn add_peer_alias(&self, alias: NodeId, addr: String) {
+        self.insert_peer(alias, addr, false)
+    }
+
+    fn insert_peer(&self, id: NodeId, addr: String, pinned: bool) {
         let Some(handle) = self.inner.stop.handle() else {
             tracing::debug!(peer = %id, "add_peer after shutdown ignored");
             return;
@@ -108,7 +119,7 @@ impl Transport {
                 }
                 old.stop();
             }
-            let peer = Peer::new(id.clone(), addr);
+            let peer = Peer::new(id.clone(), addr, pinned);
             peers.insert(id, peer.clone());
             peer
         };

@@ -316,13 +316,15 @@ async fn check_hello(
     Ok(hello.node_id)
 }
 
-/// Client side: sends our handshake and checks the answer. `server_cert` is the server's
-/// end-entity certificate under TLS; it must name `expected` too.
+/// Client side: sends our handshake and checks the answer. With `expected`, the server must
+/// be that node; without it (a peer known only by address), any node of the cluster is
+/// accepted. `server_cert` is the server's end-entity certificate under TLS; it must name
+/// the node the server claims to be, so an alias never weakens the identity check.
 pub(crate) async fn initiate(
     reader: &mut StreamReader,
     writer: &mut StreamWriter,
     cfg: &TransportConfig,
-    expected: &NodeId,
+    expected: Option<&NodeId>,
     server_cert: Option<&CertificateDer<'static>>,
 ) -> Result<(), InitiateError> {
     let io = |e: std::io::Error| match super::connection::tls_cause(&e) {
@@ -355,12 +357,14 @@ pub(crate) async fn initiate(
             if version != PROTOCOL_VERSION {
                 return Err(HandshakeError::Malformed(format!("server acknowledged protocol version {version}")).into());
             }
-            if &node != expected {
-                return Err(HandshakeError::WrongNode { expected: expected.clone(), actual: node }.into());
+            if let Some(expected) = expected {
+                if &node != expected {
+                    return Err(HandshakeError::WrongNode { expected: expected.clone(), actual: node }.into());
+                }
             }
             if let Some(cert) = server_cert {
-                if !certificate_names(cert, expected) {
-                    return Err(HandshakeError::CertificateMismatch { node: expected.clone() }.into());
+                if !certificate_names(cert, &node) {
+                    return Err(HandshakeError::CertificateMismatch { node }.into());
                 }
             }
             Ok(())

@@ -57,9 +57,11 @@ impl Drop for PendingGuard<'_> {
 
 impl Link {
     /// Dials `addr` and completes both handshakes. The caller bounds the time taken.
+    /// `pinned`: the server must be the node named `peer` (else `peer` is a local alias).
     pub async fn connect(
         shared: &Arc<Shared>,
         peer: &NodeId,
+        pinned: bool,
         addr: &str,
         stats: Arc<PeerStats>,
         shutdown: Shutdown,
@@ -78,7 +80,7 @@ impl Link {
                     shared.metrics.handshake_failed(handshake::RejectReason::Tls);
                     TransportError::Tls {
                         peer: peer.clone(),
-                        reason: connection::tls_cause(&e).unwrap_or(e.to_string()),
+                        reason: connection::tls_cause(&e).unwrap_or_else(|| e.to_string()),
                     }
                 })?;
                 let cert =
@@ -89,7 +91,7 @@ impl Link {
 
         let (mut reader, mut writer) = connection::split(stream, HANDSHAKE_MAX_BYTES);
         let started = Instant::now();
-        if let Err(e) = handshake::initiate(&mut reader, &mut writer, cfg, peer, server_cert.as_ref()).await {
+        if let Err(e) = handshake::initiate(&mut reader, &mut writer, cfg, pinned.then_some(peer), server_cert.as_ref()).await {
             let err = match e {
                 InitiateError::Tls(reason) => {
                     shared.metrics.handshake_failed(handshake::RejectReason::Tls);

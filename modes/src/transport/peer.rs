@@ -66,6 +66,8 @@ enum LinkState {
 
 pub(crate) struct Peer {
     pub id: NodeId,
+    /// The node at `addr` must be `id`; false when `id` is only a local name for an address.
+    pub pinned: bool,
     pub addr: String,
     state: watch::Sender<LinkState>,
     demand: Notify,
@@ -74,9 +76,10 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub fn new(id: NodeId, addr: String) -> Arc<Peer> {
+    pub fn new(id: NodeId, addr: String, pinned: bool) -> Arc<Peer> {
         Arc::new(Peer {
             id,
+            pinned,
             addr,
             state: watch::channel(LinkState::Idle).0,
             demand: Notify::new(),
@@ -186,7 +189,7 @@ pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>, shutdown: Shutdown
             why = stopping() => break why,
             r = tokio::time::timeout(
                 cfg.connect_timeout,
-                Link::connect(&shared, &peer.id, &peer.addr, peer.stats.clone(), shutdown.clone()),
+                Link::connect(&shared, &peer.id, peer.pinned, &peer.addr, peer.stats.clone(), shutdown.clone()),
             ) => r.unwrap_or_else(|_| Err(TransportError::Unreachable {
                 peer: peer.id.clone(),
                 reason: format!("connect to {} timed out after {:?}", peer.addr, cfg.connect_timeout),

@@ -25,7 +25,6 @@ pub const CERT_FILE_VAR: &str = "MERIDIAN_CLUSTER_TLS_CERT_FILE";
 pub const KEY_FILE_VAR: &str = "MERIDIAN_CLUSTER_TLS_KEY_FILE";
 pub const CA_FILE_VAR: &str = "MERIDIAN_CLUSTER_TLS_CA_FILE";
 pub const MIN_VERSION_VAR: &str = "MERIDIAN_CLUSTER_TLS_MIN_VERSION";
-pub const VERIFY_CLIENT_VAR: &str = "MERIDIAN_CLUSTER_TLS_VERIFY_CLIENT";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TlsVersion {
@@ -78,6 +77,8 @@ pub enum TlsConfigError {
     Invalid { variable: &'static str, path: PathBuf, reason: String },
     #[error("{KEY_FILE_VAR}: the private key in {} does not match the certificate in {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{variable}: {reason}")]
+    Unsupported { variable: &'static str, reason: String },
 }
 
 impl TlsConfigError {
@@ -86,7 +87,8 @@ impl TlsConfigError {
         match self {
             TlsConfigError::NotSet { variable }
             | TlsConfigError::Unreadable { variable, .. }
-            | TlsConfigError::Invalid { variable, .. } => variable,
+            | TlsConfigError::Invalid { variable, .. }
+            | TlsConfigError::Unsupported { variable, .. } => variable,
             TlsConfigError::KeyMismatch { .. } => KEY_FILE_VAR,
         }
     }
@@ -124,7 +126,7 @@ impl TlsSettings {
 
         let server_builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
-            .map_err(|e| invalid(MIN_VERSION_VAR, Path::new(""), e))?;
+            .map_err(unsupported_version)?;
         let server_builder = if p.verify_client {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
@@ -139,7 +141,7 @@ impl TlsSettings {
 
         let client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
-            .map_err(|e| invalid(MIN_VERSION_VAR, Path::new(""), e))?
+            .map_err(unsupported_version)?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| invalid(CERT_FILE_VAR, cert_path, e))?;
@@ -158,6 +160,10 @@ fn required<'a>(v: &'a Option<PathBuf>, variable: &'static str) -> Result<&'a Pa
         Some(p) if !p.as_os_str().is_empty() => Ok(p),
         _ => Err(TlsConfigError::NotSet { variable }),
     }
+}
+
+fn unsupported_version(e: rustls::Error) -> TlsConfigError {
+    TlsConfigError::Unsupported { variable: MIN_VERSION_VAR, reason: format!("the TLS provider refused it: {e}") }
 }
 
 fn invalid(variable: &'static str, path: &Path, reason: impl fmt::Display) -> TlsConfigError {
