@@ -14,16 +14,20 @@ MPORT=17474; EPORT=12379
 cleanup() { [ -n "${MPID:-}" ] && kill "$MPID" 2>/dev/null; [ -n "${EPID:-}" ] && kill "$EPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-MERIDIAN_DATA_DIR=$TMP/meridian MERIDIAN_HTTP_ADDR=127.0.0.1:$MPORT MERIDIAN_LOG_LEVEL=warn \
-  ./target/release/meridian >"$TMP/meridian.log" 2>&1 & MPID=$!
-etcd --data-dir "$TMP/etcd" --listen-client-urls http://127.0.0.1:$EPORT \
-  --advertise-client-urls http://127.0.0.1:$EPORT --listen-peer-urls http://127.0.0.1:12380 \
-  --initial-advertise-peer-urls http://127.0.0.1:12380 --initial-cluster default=http://127.0.0.1:12380 \
-  --log-level error >"$TMP/etcd.log" 2>&1 & EPID=$!
-for i in $(seq 1 100); do
-  curl -sf localhost:$MPORT/health >/dev/null && curl -sf localhost:$EPORT/health >/dev/null && break
-  sleep 0.1
-done
+start_meridian() {
+  MERIDIAN_DATA_DIR=$TMP/meridian MERIDIAN_HTTP_ADDR=127.0.0.1:$MPORT MERIDIAN_LOG_LEVEL=warn \
+    ./target/release/meridian >"$TMP/meridian.log" 2>&1 & MPID=$!
+  for i in $(seq 1 100); do curl -sf localhost:$MPORT/health >/dev/null && return; sleep 0.1; done
+  echo "meridian did not start"; exit 1
+}
+start_etcd() {
+  etcd --data-dir "$TMP/etcd" --listen-client-urls http://127.0.0.1:$EPORT \
+    --advertise-client-urls http://127.0.0.1:$EPORT --listen-peer-urls http://127.0.0.1:12380 \
+    --initial-advertise-peer-urls http://127.0.0.1:12380 --initial-cluster default=http://127.0.0.1:12380 \
+    --log-level error >"$TMP/etcd.log" 2>&1 & EPID=$!
+  for i in $(seq 1 100); do curl -sf localhost:$EPORT/health >/dev/null && return; sleep 0.1; done
+  echo "etcd did not start"; exit 1
+}
 
 run() { # target port conns -> "rps p50ms p99ms errors"
   local t=$(( $3 < 2 ? 1 : 2 ))
@@ -36,10 +40,19 @@ run() { # target port conns -> "rps p50ms p99ms errors"
     END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }' "$TMP/wrk.out"
 }
 
+# Each server runs alone on the machine while it is measured (side by side, one disturbs the other).
+declare -A M E
+start_meridian
+for c in 1 16 64; do M[$c]=$(run meridian $MPORT $c); done
+kill "$MPID"; wait "$MPID" 2>/dev/null || true; MPID=
+start_etcd
+for c in 1 16 64; do E[$c]=$(run etcd $EPORT $c); done
+kill "$EPID"; wait "$EPID" 2>/dev/null || true; EPID=
+
 printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" clients "meridian/s" "p50 ms" "p99 ms" "etcd/s" "p50 ms" "p99 ms" "ratio" "p99 ok?"
 for c in 1 16 64; do
-  read -r mr m50 m99 merr < <(run meridian $MPORT $c)
-  read -r er e50 e99 eerr < <(run etcd $EPORT $c)
+  read -r mr m50 m99 merr <<<"${M[$c]}"
+  read -r er e50 e99 eerr <<<"${E[$c]}"
   ratio=$(awk -v a="$mr" -v b="$er" 'BEGIN { printf "%.2fx", (b>0)?a/b:0 }')
   ok=$(awk -v a="$m99" -v b="$e99" 'BEGIN { print (a<=b)?"yes":"no" }')
   printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" "$c" "$mr" "$m50" "$m99" "$er" "$e50" "$e99" "$ratio" "$ok"

@@ -14,27 +14,32 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-start() { # name http_port env...  -> pid
+start() { # name http_port env...  (sets LAST_PID; never call it in a subshell)
   local name=$1 port=$2; shift 2
   env -i MERIDIAN_DATA_DIR="$TMP/$name" MERIDIAN_HTTP_ADDR=127.0.0.1:$port MERIDIAN_LOG_LEVEL=warn "$@" \
     "$BIN" >"$TMP/$name.log" 2>&1 &
-  PIDS+=($!)
-  echo $!
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
 }
 wait_http() { for _ in $(seq 1 200); do curl -sf "localhost:$1/health" >/dev/null && return 0; sleep 0.05; done; echo "node on $1 never came up"; exit 1; }
 wait_streaming() { for _ in $(seq 1 400); do curl -s "localhost:$1/health" | grep -q '"state":"streaming"' && return 0; sleep 0.05; done; echo "standby on $1 never streamed"; exit 1; }
 ha_pair() { # tag mode hb_ms timeout -> starts primary on 18101, standby on 18102
   local tag=$1 mode=$2 hb=$3 to=$4
   common=(MERIDIAN_CLUSTER_MODE=ha_standby MERIDIAN_CLUSTER_HA_SYNC_MODE=$mode MERIDIAN_CLUSTER_HA_HEARTBEAT_MS=$hb MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT=$to)
-  PA=$(start "$tag-a" 18101 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=a MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18201 MERIDIAN_CLUSTER_HA_ROLE=primary MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18202)
-  PB=$(start "$tag-b" 18102 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201)
+  start "$tag-a" 18101 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=a MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18201 MERIDIAN_CLUSTER_HA_ROLE=primary MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18202
+  PA=$LAST_PID
+  start "$tag-b" 18102 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201
+  PB=$LAST_PID
   wait_http 18101; wait_http 18102; wait_streaming 18102
+  # Measure the pair just started, not a leftover: it must be this mode's primary.
+  curl -s localhost:18101/health | grep -q '"role":"primary"' || { echo "18101 is not a primary"; exit 1; }
+  kill -0 "$PA" && kill -0 "$PB" || { echo "a node of the $tag pair exited"; cat "$TMP/$tag-a.log" "$TMP/$tag-b.log"; exit 1; }
 }
-stop_all() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+stop_all() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); sleep 0.2; }
 bench() { "$BIN" bench --url "http://127.0.0.1:$1" --clients 1,16,64 --duration "${DUR}s" | tail -3; }
 
 declare -A R
-P=$(start standalone 18100); wait_http 18100
+start standalone 18100; wait_http 18100
 echo "== standalone"; out=$(bench 18100); echo "$out"
 while read -r c ops p50 p99 err; do R[standalone,$c]=$ops; done <<<"$out"
 stop_all
@@ -59,7 +64,7 @@ for mode in async semi_sync; do
   curl -sf -X PUT localhost:18101/v1/kv/before -d 1 >/dev/null
   t0=$(date +%s%N)
   kill -9 "$PA"
-  until curl -sf -m 1 -X PUT localhost:18102/v1/kv/after -d 1 >/dev/null 2>&1; do sleep 0.01; done
+  until curl -s localhost:18102/health | grep -q '"role":"primary"' && curl -sf -m 1 -X PUT localhost:18102/v1/kv/after -d 1 >/dev/null 2>&1; do sleep 0.01; done
   t1=$(date +%s%N)
   printf "%-10s primary killed -> first write on the new primary: %.2f s\n" "$mode" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b-a)/1e9 }')"
   stop_all

@@ -54,6 +54,11 @@ enum Cmd {
         #[command(subcommand)]
         op: WalOp,
     },
+    /// Development certificates for mutual TLS between nodes.
+    Certs {
+        #[command(subcommand)]
+        op: CertsOp,
+    },
     /// PUT load against a running node; prints throughput and p50/p99 latency.
     Bench {
         #[arg(long, default_value = "http://127.0.0.1:7474")]
@@ -70,6 +75,19 @@ enum Cmd {
         key_bytes: usize,
         #[arg(long, default_value_t = 256)]
         value_bytes: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsOp {
+    /// A development CA and one certificate + key per node (server and client use; SANs:
+    /// the node name, localhost, 127.0.0.1), for MERIDIAN_CLUSTER_TLS_*.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated node names, e.g. node1,node2,node3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -103,6 +121,18 @@ pub fn main() -> i32 {
         Cmd::Kv { url, token, op } => rt.block_on(kv(url, token.or_else(|| std::env::var("MERIDIAN_API_TOKEN").ok()), op)),
         Cmd::Restore { from, data_dir } => restore(&from, &data_dir),
         Cmd::Wal { op } => wal(op),
+        Cmd::Certs { op: CertsOp::Generate { out, nodes } } => match meridian_modes::transport::certs::generate(&out, &nodes) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("meridian certs: {e}");
+                1
+            }
+        },
         Cmd::Bench { url, token, clients, duration, key_bytes, value_bytes } => {
             let opts = crate::bench::BenchOptions { url, token, clients, duration, key_bytes, value_bytes };
             rt.block_on(crate::bench::run(opts));
@@ -114,7 +144,9 @@ pub fn main() -> i32 {
 fn init_logging(cfg: &Config) -> Result<(), ConfigError> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .map_err(|e| ConfigError::new("LOG_LEVEL", format!("invalid filter {:?}: {e}", cfg.log_level)))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: log files and container logs get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

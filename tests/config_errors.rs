@@ -56,3 +56,27 @@ fn an_address_in_use_exits_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("MERIDIAN_HTTP_ADDR"), "{err}");
 }
+
+/// A bad TLS setting stops the node at start, before it touches its data, naming the variable.
+#[test]
+fn bad_tls_settings_exit_2_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (code, out, err) = run_to_exit(&["certs", "generate", "--out", certs.to_str().unwrap(), "--nodes", "node1,node2"], &[], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let p = |f: &str| certs.join(f).to_str().unwrap().to_owned();
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate").unwrap();
+    let garbage = dir.path().join("garbage.pem").to_str().unwrap().to_owned();
+    let (cert, key, ca, other_key) = (p("node1.pem"), p("node1-key.pem"), p("ca.pem"), p("node2-key.pem"));
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("MERIDIAN_CLUSTER_TLS_CERT_FILE", "/no/such/cert.pem"), ("MERIDIAN_CLUSTER_TLS_KEY_FILE", &key), ("MERIDIAN_CLUSTER_TLS_CA_FILE", &ca)], "MERIDIAN_CLUSTER_TLS_CERT_FILE"),
+        (vec![("MERIDIAN_CLUSTER_TLS_CERT_FILE", &cert), ("MERIDIAN_CLUSTER_TLS_KEY_FILE", &other_key), ("MERIDIAN_CLUSTER_TLS_CA_FILE", &ca)], "MERIDIAN_CLUSTER_TLS_KEY_FILE"),
+        (vec![("MERIDIAN_CLUSTER_TLS_CERT_FILE", &cert), ("MERIDIAN_CLUSTER_TLS_KEY_FILE", &key), ("MERIDIAN_CLUSTER_TLS_CA_FILE", &garbage)], "MERIDIAN_CLUSTER_TLS_CA_FILE"),
+    ];
+    for (env, variable) in cases {
+        let mut env = env;
+        env.push(("MERIDIAN_CLUSTER_TLS_ENABLED", "true"));
+        env.push(("MERIDIAN_CLUSTER_NODE_ID", "node1"));
+        refused(&env, variable);
+    }
+}

@@ -349,3 +349,18 @@ fn divergent_text(n: &Node) -> String {
     }
     tail
 }
+
+#[test]
+fn a_pair_with_a_witness_replicates_and_fails_over_over_mutual_tls() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", witness: true, tls: true, ..HaOpts::default() });
+    for i in 0..50 {
+        let (s, _) = http("PUT", &pair.a.url(&format!("/v1/kv/tls/{i}")), Some(b"secret".to_vec()));
+        assert_eq!(s, 200);
+    }
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(10));
+    assert!(pair.a.log_text().contains("tls=true"), "the transport did not start with TLS");
+    pair.a.kill9();
+    wait_role(&pair.b, "primary", Duration::from_secs(15));
+    assert!(missing(&pair.b, &(0..50).map(|i| Write { key: format!("tls/{i}"), value: "secret".into(), ok: true, ..Write::default() }).collect::<Vec<_>>()).is_empty());
+}

@@ -15,11 +15,13 @@ pub struct HaOpts {
     pub heartbeat_ms: u64,
     pub failover: &'static str,
     pub extra: Vec<(&'static str, String)>,
+    /// Mutual TLS on the cluster port, with certificates from `meridian certs generate`.
+    pub tls: bool,
 }
 
 impl Default for HaOpts {
     fn default() -> Self {
-        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![] }
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false }
     }
 }
 
@@ -36,6 +38,18 @@ pub struct HaPair {
 
 fn addr(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+fn tls_env(certs: &std::path::Path, id: &str) -> Vec<(String, String)> {
+    let f = |name: String| certs.join(name).display().to_string();
+    vec![
+        ("MERIDIAN_CLUSTER_TLS_ENABLED".into(), "true".into()),
+        ("MERIDIAN_CLUSTER_TLS_CERT_FILE".into(), f(format!("{id}.pem"))),
+        ("MERIDIAN_CLUSTER_TLS_KEY_FILE".into(), f(format!("{id}-key.pem"))),
+        ("MERIDIAN_CLUSTER_TLS_CA_FILE".into(), f("ca.pem".into())),
+        ("MERIDIAN_CLUSTER_TLS_VERIFY_CLIENT".into(), "true".into()),
+        ("MERIDIAN_CLUSTER_TLS_MIN_VERSION".into(), "1.3".into()),
+    ]
 }
 
 fn node_env(id: &str, role: &str, cluster_port: u16, peer: &str, witness: Option<&str>, o: &HaOpts) -> Vec<(String, String)> {
@@ -62,23 +76,36 @@ fn node_env(id: &str, role: &str, cluster_port: u16, peer: &str, witness: Option
 impl HaPair {
     pub fn start(o: HaOpts) -> HaPair {
         let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        if o.tls {
+            let (code, out, err) = super::run_to_exit(
+                &["certs", "generate", "--out", certs.to_str().unwrap(), "--nodes", "node-a,node-b,witness"],
+                &[],
+                dir.path(),
+            );
+            assert_eq!(code, 0, "{out}{err}");
+        }
+        let tls = |id: &str| if o.tls { tls_env(&certs, id) } else { vec![] };
         let (ca, cb, cw) = (free_port(), free_port(), free_port());
         let a_to_b = Proxy::start(addr(cb));
         let b_to_a = Proxy::start(addr(ca));
         let (mut w, mut a_to_w, mut b_to_w) = (None, None, None);
         if o.witness {
-            let env = vec![
+            let mut env = tls("witness");
+            env.extend([
                 ("MERIDIAN_CLUSTER_MODE".to_string(), "witness".to_string()),
                 ("MERIDIAN_CLUSTER_NODE_ID".to_string(), "witness".to_string()),
                 ("MERIDIAN_CLUSTER_BIND_ADDR".to_string(), format!("127.0.0.1:{cw}")),
                 ("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT".to_string(), o.failover.to_string()),
-            ];
+            ]);
             w = Some(Node::start_env(&dir.path().join("w"), env));
             a_to_w = Some(Proxy::start(addr(cw)));
             b_to_w = Some(Proxy::start(addr(cw)));
         }
-        let a_env = node_env("node-a", "primary", ca, &a_to_b.addr(), a_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
-        let b_env = node_env("node-b", "standby", cb, &b_to_a.addr(), b_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
+        let mut a_env = node_env("node-a", "primary", ca, &a_to_b.addr(), a_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
+        let mut b_env = node_env("node-b", "standby", cb, &b_to_a.addr(), b_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
+        a_env.extend(tls("node-a"));
+        b_env.extend(tls("node-b"));
         let a = Node::start_env(&dir.path().join("a"), a_env);
         let b = Node::start_env(&dir.path().join("b"), b_env);
         let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };

@@ -41,6 +41,8 @@ struct State {
     paused: Option<String>,
     /// With a witness: acknowledgements are allowed only until this instant.
     lease: Option<Instant>,
+    /// When the standby last reported positions (`None`: not since this gate started).
+    standby_seen: Option<Instant>,
 }
 
 pub struct SyncGate {
@@ -51,8 +53,9 @@ pub struct SyncGate {
 }
 
 impl SyncGate {
-    pub fn new(mode: SyncMode, timeout: Duration, positions: Positions) -> SyncGate {
-        SyncGate { mode, timeout, state: Mutex::new(State { positions, ..State::default() }), changed: Condvar::new() }
+    /// `standby_seen`: when the standby was last heard, if ever.
+    pub fn new(mode: SyncMode, timeout: Duration, positions: Positions, standby_seen: Option<Instant>) -> SyncGate {
+        SyncGate { mode, timeout, state: Mutex::new(State { positions, standby_seen, ..State::default() }), changed: Condvar::new() }
     }
 
     pub fn mode(&self) -> SyncMode {
@@ -65,6 +68,7 @@ impl SyncGate {
         s.positions.received = s.positions.received.max(p.received);
         s.positions.flushed = s.positions.flushed.max(p.flushed);
         s.positions.applied = s.positions.applied.max(p.applied);
+        s.standby_seen = Some(Instant::now());
         self.changed.notify_all();
     }
 
@@ -173,6 +177,16 @@ impl CommitGate for SyncGate {
             if s.fallback {
                 return Ok(()); // semi_sync degraded to async until the standby catches up
             }
+            // The timeout also counts from when the standby was last heard: one that has been
+            // silent that long (e.g. the old primary, right after a failover) is not waited for.
+            if self.mode == SyncMode::SemiSync {
+                let silent = s.standby_seen.map_or(Duration::MAX, |t| t.elapsed());
+                if silent >= self.timeout {
+                    warn!(index, "semi_sync: the standby has not been heard for {:?} or more; falling back to async", self.timeout);
+                    s.fallback = true;
+                    return Ok(());
+                }
+            }
             let waited = start.elapsed();
             if waited >= self.timeout {
                 match self.mode {
@@ -210,7 +224,7 @@ mod tests {
     #[test]
     fn each_level_waits_for_its_own_position() {
         for (mode, p) in [(SyncMode::SemiSync, pos(5, 0, 0)), (SyncMode::Sync, pos(5, 5, 0)), (SyncMode::RemoteApply, pos(5, 5, 5))] {
-            let g = Arc::new(SyncGate::new(mode, Duration::from_secs(5), Positions::default()));
+            let g = Arc::new(SyncGate::new(mode, Duration::from_secs(5), Positions::default(), Some(Instant::now())));
             let g2 = g.clone();
             let t = std::thread::spawn(move || g2.wait_committed(5));
             std::thread::sleep(Duration::from_millis(50));
@@ -225,7 +239,7 @@ mod tests {
 
     #[test]
     fn semi_sync_falls_back_after_the_timeout_but_sync_never_does() {
-        let g = SyncGate::new(SyncMode::SemiSync, Duration::from_millis(100), Positions::default());
+        let g = SyncGate::new(SyncMode::SemiSync, Duration::from_millis(100), Positions::default(), Some(Instant::now()));
         assert!(g.wait_committed(1).is_ok());
         assert!(!g.degraded().is_empty());
         assert!(g.wait_committed(2).is_ok(), "fallback continues without waiting");
@@ -233,7 +247,7 @@ mod tests {
         assert!(g.wait_committed(2).is_ok());
         assert!(g.degraded().is_empty(), "caught up: no longer degraded");
 
-        let g = Arc::new(SyncGate::new(SyncMode::Sync, Duration::from_millis(50), Positions::default()));
+        let g = Arc::new(SyncGate::new(SyncMode::Sync, Duration::from_millis(50), Positions::default(), None));
         let g2 = g.clone();
         let t = std::thread::spawn(move || g2.wait_committed(1));
         std::thread::sleep(Duration::from_millis(300));
@@ -244,8 +258,18 @@ mod tests {
     }
 
     #[test]
+    fn semi_sync_does_not_wait_for_a_standby_that_was_never_heard() {
+        let g = SyncGate::new(SyncMode::SemiSync, Duration::from_secs(30), Positions::default(), None);
+        let t = Instant::now();
+        assert!(g.wait_committed(1).is_ok());
+        assert!(t.elapsed() < Duration::from_secs(1), "waited for a silent standby");
+        assert!(!g.degraded().is_empty(), "the fallback must be visible");
+        // Sync never falls back, heard or not (checked in the test above).
+    }
+
+    #[test]
     fn an_expired_lease_refuses_acknowledgements() {
-        let g = SyncGate::new(SyncMode::Async, Duration::from_secs(1), Positions::default());
+        let g = SyncGate::new(SyncMode::Async, Duration::from_secs(1), Positions::default(), None);
         g.extend_lease(Instant::now() + Duration::from_millis(100));
         assert!(g.wait_committed(1).is_ok());
         std::thread::sleep(Duration::from_millis(150));

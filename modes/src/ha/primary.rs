@@ -60,7 +60,8 @@ impl Handler for HaHandler {
 impl Core {
     /// Starts taking writes in `epoch` (already persisted).
     pub(crate) fn start_pipeline(self: &Arc<Self>, epoch: u64) -> (Arc<Pipeline>, Arc<SyncGate>) {
-        let gate = Arc::new(SyncGate::new(self.cfg.sync_mode, self.cfg.sync_timeout, *self.standby_positions.lock().unwrap()));
+        let seen = *self.last_standby_contact.lock().unwrap();
+        let gate = Arc::new(SyncGate::new(self.cfg.sync_mode, self.cfg.sync_timeout, *self.standby_positions.lock().unwrap(), seen));
         if self.cfg.witness_addr.is_some() {
             // With a witness the primary must hold a lease to acknowledge; grant the first one
             // now: the promotion itself was a contact.
@@ -112,10 +113,11 @@ impl Core {
                 return;
             }
         }
+        // Whatever this node knew of a standby predates its promotion.
+        *self.last_standby_contact.lock().unwrap() = None;
         let (pipeline, gate) = self.start_pipeline(epoch);
         *self.role.lock().unwrap() = Role::Primary { pipeline: pipeline.clone(), gate };
         *self.leader.lock().unwrap() = Some(self.self_hint());
-        *self.last_standby_contact.lock().unwrap() = None;
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
         self.note("primary");
         info!(epoch, "this node is now the primary");

@@ -262,6 +262,8 @@ async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>) -> Result<
         wal_records.push(Record { index: r.index, epoch: r.epoch, payload: r.payload });
     }
     core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
+    // Flushed before applied: `sync` waits only for the fsync, not for the apply.
+    send_ack(core, Positions { received: last, flushed: core.wal.durable_index(), applied: core.sm.applied_index() }).await;
     let sm = core.sm.clone();
     tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
