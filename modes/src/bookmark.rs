@@ -49,19 +49,6 @@ impl FromStr for Bookmark {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bookmark_round_trips_and_rejects_garbage() {
-        let b = Bookmark { epoch: 3, index: 0xabc };
-        assert_eq!(b.to_string().parse::<Bookmark>().unwrap(), b);
-        for bad in ["", "mb1", "mb1.1", "mb1.1.2.3", "xx.1.2", "mb1.zz.1", "mb1.1.", "mb1.11111111111111111.1"] {
-            assert!(bad.parse::<Bookmark>().is_err(), "{bad} accepted");
-        }
-    }
-}
 
 /// Waits until `applied` reaches `index`, for at most `wait`.
 pub async fn wait_for_applied(
@@ -74,5 +61,19 @@ pub async fn wait_for_applied(
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(crate::replicator::ReadError::Unavailable("node is shutting down".into())),
         Err(_) => Err(crate::replicator::ReadError::BookmarkTimeout { wanted: index, applied: *applied.borrow(), waited: wait }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookmark_round_trips_and_rejects_garbage() {
+        let b = Bookmark { epoch: 3, index: 0xabc };
+        assert_eq!(b.to_string().parse::<Bookmark>().unwrap(), b);
+        for bad in ["", "mb1", "mb1.1", "mb1.1.2.3", "xx.1.2", "mb1.zz.1", "mb1.1.", "mb1.11111111111111111.1"] {
+            assert!(bad.parse::<Bookmark>().is_err(), "{bad} accepted");
+        }
     }
 }

@@ -107,29 +107,6 @@ impl Witness {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn votes_need_a_silent_primary_and_a_higher_epoch() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
-        assert!(w.ping(&WitnessPing { epoch: 1, node_id: "a".into() }).granted);
-        let v = w.vote(&WitnessVote { epoch: 2, node_id: "b".into() });
-        assert!(!v.granted, "granted while the primary is pinging");
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(!w.vote(&WitnessVote { epoch: 1, node_id: "b".into() }).granted, "same epoch granted");
-        assert!(w.vote(&WitnessVote { epoch: 2, node_id: "b".into() }).granted);
-        // The old primary learns it was deposed.
-        let p = w.ping(&WitnessPing { epoch: 1, node_id: "a".into() });
-        assert!(!p.granted && p.epoch == 2);
-        // Persisted across a restart.
-        let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
-        assert_eq!(w.epoch(), 2);
-        assert!(!w.vote(&WitnessVote { epoch: 2, node_id: "a".into() }).granted);
-    }
-}
 
 /// The witness as a node: it answers pings and votes over the transport, serves `/health`,
 /// and refuses data requests (it stores no data).
@@ -191,5 +168,29 @@ impl crate::replicator::Replicator for WitnessNode {
     }
     async fn shutdown(&self) {
         self.transport.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn votes_need_a_silent_primary_and_a_higher_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
+        assert!(w.ping(&WitnessPing { epoch: 1, node_id: "a".into() }).granted);
+        let v = w.vote(&WitnessVote { epoch: 2, node_id: "b".into() });
+        assert!(!v.granted, "granted while the primary is pinging");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!w.vote(&WitnessVote { epoch: 1, node_id: "b".into() }).granted, "same epoch granted");
+        assert!(w.vote(&WitnessVote { epoch: 2, node_id: "b".into() }).granted);
+        // The old primary learns it was deposed.
+        let p = w.ping(&WitnessPing { epoch: 1, node_id: "a".into() });
+        assert!(!p.granted && p.epoch == 2);
+        // Persisted across a restart.
+        let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
+        assert_eq!(w.epoch(), 2);
+        assert!(!w.vote(&WitnessVote { epoch: 2, node_id: "a".into() }).granted);
     }
 }
