@@ -56,8 +56,9 @@ pub struct WireRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FetchReply {
     /// Records starting at the requested index (possibly none: a heartbeat).
-    /// `commit_index` is the highest index the primary has acknowledged to clients.
-    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint },
+    /// `commit_index` is the highest index the primary has acknowledged to clients;
+    /// `ack_received`: the primary waits for receipt (semi_sync), so ack it before the fsync.
+    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool },
     /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a

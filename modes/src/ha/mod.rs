@@ -121,6 +121,8 @@ pub struct Core {
     pub(crate) want_snapshot: AtomicBool,
     pub(crate) snapshot_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     pub(crate) stopping: AtomicBool,
+    /// The standby's apply of the last batch, running while the next batch is fetched.
+    pub(crate) applying: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
 }
 
 pub struct HaStandby {
@@ -216,6 +218,7 @@ impl HaStandby {
             want_snapshot: AtomicBool::new(false),
             snapshot_cache: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            applying: tokio::sync::Mutex::new(None),
         });
         Arc::new(HaStandby { core, driver: Mutex::new(None) })
     }

@@ -58,14 +58,16 @@ impl Handler for HaHandler {
 }
 
 impl Core {
-    /// Starts taking writes in `epoch` (already persisted).
-    pub(crate) fn start_pipeline(self: &Arc<Self>, epoch: u64) -> (Arc<Pipeline>, Arc<SyncGate>) {
+    /// Starts taking writes in `epoch` (already persisted). `in_contact`: this node has just
+    /// heard from the witness or the standby (a won vote, an aborted switchover), which
+    /// grants a first lease; a primary resuming after a restart must earn it first.
+    pub(crate) fn start_pipeline(self: &Arc<Self>, epoch: u64, in_contact: bool) -> (Arc<Pipeline>, Arc<SyncGate>) {
         let seen = *self.last_standby_contact.lock().unwrap();
         let gate = Arc::new(SyncGate::new(self.cfg.sync_mode, self.cfg.sync_timeout, *self.standby_positions.lock().unwrap(), seen));
         if self.cfg.witness_addr.is_some() {
-            // With a witness the primary must hold a lease to acknowledge; grant the first one
-            // now: the promotion itself was a contact.
-            gate.extend_lease(Instant::now() + self.lease());
+            // With a witness the primary must hold a lease to acknowledge.
+            let until = if in_contact { Instant::now() + self.lease() } else { Instant::now() };
+            gate.extend_lease(until);
         }
         let weak = Arc::downgrade(self);
         let retention = self.cfg.wal_retention;
@@ -115,7 +117,7 @@ impl Core {
         }
         // Whatever this node knew of a standby predates its promotion.
         *self.last_standby_contact.lock().unwrap() = None;
-        let (pipeline, gate) = self.start_pipeline(epoch);
+        let (pipeline, gate) = self.start_pipeline(epoch, new_epoch);
         *self.role.lock().unwrap() = Role::Primary { pipeline: pipeline.clone(), gate };
         *self.leader.lock().unwrap() = Some(self.self_hint());
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
@@ -206,7 +208,7 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
             Ok((snapshot_id, size)) => FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader },
             Err(e) => {
                 warn!("cannot prepare a snapshot for the standby: {e}");
-                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader }
+                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false }
             }
         };
     }
@@ -217,15 +219,18 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     let wal = core.wal.clone();
     let max = (f.max_records.max(1) as usize).min(100_000);
     let from = f.from;
+    // The tail just written is in the page cache: reading it inline costs less than a
+    // hand-off to the blocking pool, which matters on the sync commit path.
     let records = if core.wal.durable_index() >= from {
-        tokio::task::spawn_blocking(move || wal.read_from(from, max, MAX_FETCH_BYTES)).await.ok().and_then(|r| r.ok()).unwrap_or_default()
+        tokio::task::block_in_place(|| wal.read_from(from, max, MAX_FETCH_BYTES)).unwrap_or_default()
     } else {
         vec![]
     };
     let bytes: usize = records.iter().map(|r| r.payload.len() + 32).sum();
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     let records = records.into_iter().map(|r| WireRecord { index: r.index, epoch: r.epoch, payload: r.payload }).collect();
-    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader }
+    let ack_received = core.cfg.sync_mode == super::SyncMode::SemiSync;
+    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received }
 }
 
 async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
@@ -379,7 +384,7 @@ pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, Ad
     let deadline = Instant::now() + Duration::from_secs(30);
     let restore = |core: &Arc<Core>, why: String| {
         warn!("switchover aborted: {why}; staying primary");
-        let (pipeline, gate) = core.start_pipeline(epoch);
+        let (pipeline, gate) = core.start_pipeline(epoch, true);
         *core.role.lock().unwrap() = Role::Primary { pipeline, gate };
         core.note("primary");
         Err(AdminError::Unavailable(why))

@@ -59,10 +59,13 @@ async fn checkpoint(core: &Arc<Core>) {
     .await;
 }
 
-/// What the peer says about itself when probed with our epoch.
+/// What the peer says about itself when probed with our epoch. Start-up is not latency
+/// critical, and a probe that times out on a busy machine would let a deposed primary
+/// resume, so the probe waits generously.
 async fn probe(core: &Arc<Core>) -> Option<FenceReply> {
     let req = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
-    let b = core.transport().request(&PEER.to_string(), FENCE, req, Some(core.cfg.heartbeat)).await.ok()?;
+    let wait = (core.cfg.heartbeat * 2).max(Duration::from_secs(2));
+    let b = core.transport().request(&PEER.to_string(), FENCE, req, Some(wait)).await.ok()?;
     decode(&b).ok()
 }
 
@@ -76,7 +79,8 @@ async fn decide_role(core: &Arc<Core>) {
             peer = Some(r);
             break;
         }
-        tokio::time::sleep(core.cfg.heartbeat / 2).await;
+        // A refused connection fails at once: give a peer that is starting too a moment.
+        tokio::time::sleep(core.cfg.heartbeat.max(Duration::from_millis(300))).await;
     }
     let epoch = core.epoch();
     let owner = core.persisted.lock().unwrap().owner;
@@ -168,7 +172,7 @@ async fn follow_step(core: &Arc<Core>) {
         }
     };
     match reply {
-        FetchReply::Records { epoch, records, commit_index, last_index, leader } => {
+        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received } => {
             if epoch < core.epoch() {
                 // A stale primary: tell it, and do not take its records.
                 let f = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
@@ -190,7 +194,7 @@ async fn follow_step(core: &Arc<Core>) {
                 core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
                 return;
             }
-            if let Err(e) = append_and_apply(core, records).await {
+            if let Err(e) = append_and_apply(core, records, ack_received).await {
                 warn!("standby cannot store records: {e}");
                 core.note("failed");
                 tokio::time::sleep(core.cfg.heartbeat).await;
@@ -234,10 +238,24 @@ async fn follow_step(core: &Arc<Core>) {
     }
 }
 
-async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>) -> Result<(), String> {
+/// Waits for the background apply of the previous batch; anything that rewinds the log or
+/// the state, or promotes, settles first so the state machine matches the WAL.
+pub(crate) async fn settle(core: &Arc<Core>) -> Result<(), String> {
+    let pending = core.applying.lock().await.take();
+    match pending {
+        Some(h) => h.await.map_err(|e| e.to_string())?,
+        None => Ok(()),
+    }
+}
+
+/// Appends a batch to the WAL (acking receipt and flush), then applies it in the background
+/// so the next fetch overlaps the apply; the applied position is acked when it completes.
+async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>, ack_received: bool) -> Result<(), String> {
     let last = records.last().map_or(0, |r| r.index);
-    // Acknowledge receipt first: that is what semi_sync waits for.
-    send_ack(core, Positions { received: last, ..positions(core) }).await;
+    if ack_received {
+        // Receipt is what semi_sync waits for: say so before the fsync.
+        send_ack(core, Positions { received: last, ..positions(core) }).await;
+    }
     // A record of a newer epoch extends the history before it is stored.
     let newest = core.persisted.lock().unwrap().history.starts.last().map_or(0, |(e, _)| *e);
     let mut hist_changed = false;
@@ -264,15 +282,22 @@ async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>) -> Result<
     core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
     // Flushed before applied: `sync` waits only for the fsync, not for the apply.
     send_ack(core, Positions { received: last, flushed: core.wal.durable_index(), applied: core.sm.applied_index() }).await;
-    let sm = core.sm.clone();
-    tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    core.applied_tx.send_replace(core.sm.applied_index());
-    send_ack(core, positions(core)).await;
+    settle(core).await?;
+    let c = core.clone();
+    let handle = tokio::spawn(async move {
+        let sm = c.sm.clone();
+        tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        c.applied_tx.send_replace(c.sm.applied_index());
+        send_ack(&c, positions(&c)).await;
+        Ok(())
+    });
+    *core.applying.lock().await = Some(handle);
     Ok(())
 }
 
 async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<(), String> {
+    settle(core).await?;
     let wal = core.wal.clone();
     let removed = tokio::task::spawn_blocking(move || wal.truncate_after(after)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     if !removed.is_empty() {
@@ -289,6 +314,7 @@ async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<(), String>
 }
 
 async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Result<(), String> {
+    settle(core).await?;
     let mut buf = Vec::with_capacity(size as usize);
     loop {
         let req = encode(&SnapshotChunkReq { snapshot_id: id, offset: buf.len() as u64, max_bytes: 4 << 20 });
@@ -362,6 +388,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
             }
         }
     }
+    settle(core).await?;
     core.become_primary(new_epoch, true).await;
     Ok(new_epoch)
 }
@@ -381,7 +408,6 @@ pub(crate) async fn manual_promote(core: &Arc<Core>, force: bool) -> Result<serd
     }
     let epoch = if force {
         // An operator override: skip the witness and the tie-break.
-        let _t = ();
         force_promote(core).await
     } else {
         try_promote(core, true).await
@@ -394,6 +420,7 @@ async fn force_promote(core: &Arc<Core>) -> Result<u64, String> {
     let new_epoch = core.epoch() + 1;
     let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
     let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
+    settle(core).await?;
     core.become_primary(new_epoch, true).await;
     Ok(new_epoch)
 }
@@ -407,6 +434,7 @@ pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteRe
     if p.epoch != core.epoch() {
         return Err(reject(format!("epoch mismatch: primary {} vs standby {}", p.epoch, core.epoch())));
     }
+    settle(core).await.map_err(reject)?;
     if core.wal.durable_index() < p.last_index || core.sm.applied_index() < p.last_index {
         return Err(reject(format!("not caught up: have {}, need {}", core.wal.durable_index(), p.last_index)));
     }
