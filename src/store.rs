@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use meridian_modes::apply::{apply_command, KvAccess};
-use meridian_modes::state_machine::{LogEntry, ScanEvent, StateMachineError};
+use meridian_modes::state_machine::{should_apply, LogEntry, ScanEvent, StateMachineError};
 use meridian_modes::{CommandResult, KeyValue, StateMachine};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
@@ -102,11 +102,8 @@ impl StateMachine for RedbStore {
             let mut meta = txn.open_table(META).map_err(storage)?;
             let mut last_epoch = None;
             for e in entries {
-                if e.index <= applied {
+                if !should_apply(applied, e.index)? {
                     continue;
-                }
-                if e.index != applied + 1 {
-                    return Err(StateMachineError::OutOfOrder { applied, got: e.index });
                 }
                 results.push(apply_command(&mut TableKv(&mut kv), e.index, &e.command)?);
                 applied = e.index;

@@ -68,6 +68,19 @@ pub trait StateMachine: Send + Sync + 'static {
     ) -> Result<(), StateMachineError>;
 }
 
+/// The ordering rule every implementation of [`StateMachine::apply`] follows: `Ok(false)`
+/// skips an entry already applied (replay is idempotent), `Ok(true)` applies the next one,
+/// and anything that would leave a hole is an error.
+pub fn should_apply(applied: u64, index: u64) -> Result<bool, StateMachineError> {
+    if index <= applied {
+        Ok(false)
+    } else if index == applied + 1 {
+        Ok(true)
+    } else {
+        Err(StateMachineError::OutOfOrder { applied, got: index })
+    }
+}
+
 /// Writes a consistent snapshot of `sm` to `out`.
 pub fn write_snapshot<W: Write>(sm: &dyn StateMachine, out: W) -> Result<(W, SnapshotMeta), StateMachineError> {
     let mut out = Some(out);
@@ -158,11 +171,8 @@ impl StateMachine for MemStateMachine {
         let mut g = self.inner.lock().unwrap();
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
-            if e.index <= g.applied {
+            if !should_apply(g.applied, e.index)? {
                 continue;
-            }
-            if e.index != g.applied + 1 {
-                return Err(StateMachineError::OutOfOrder { applied: g.applied, got: e.index });
             }
             out.push(apply_command(&mut g.kv, e.index, &e.command)?);
             g.applied = e.index;

@@ -15,17 +15,6 @@ pub struct EpochHistory {
 }
 
 impl EpochHistory {
-    pub fn decode(bytes: &[u8]) -> EpochHistory {
-        if bytes.is_empty() {
-            return EpochHistory::default();
-        }
-        postcard::from_bytes(bytes).unwrap_or_default()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("epoch history encodes")
-    }
-
     /// Records that `epoch` starts at `index` (idempotent; later epochs supersede).
     pub fn begin(&mut self, epoch: u64, index: u64) {
         self.starts.retain(|(e, i)| *e < epoch && *i <= index);
@@ -62,8 +51,8 @@ mod tests {
         assert_eq!(h.agreed_until(2, 150), 150);
         assert_eq!(h.epoch_at(100), 1);
         assert_eq!(h.epoch_at(101), 2);
-        let back = EpochHistory::decode(&h.encode());
-        assert_eq!(back, h);
+        let p = HaPersisted { history: h.clone(), owner: true };
+        assert_eq!(HaPersisted::decode(&p.encode()), p);
     }
 }
 
