@@ -106,6 +106,12 @@ impl Collector for StatusCollector {
             ConstGauge::new(1i64).encode(fam.encode_family(&ModeLabel { mode: s.mode.to_string() })?)?;
         }
         gauge(&mut enc, "is_leader", "1 when this node takes writes (leader or primary)", u8::from(s.is_leader))?;
+        gauge(
+            &mut enc,
+            "replication_degraded",
+            "1 when replication is degraded (e.g. semi_sync fell back to async, sync writes blocked, standby gone); /health says why",
+            u8::from(s.health != meridian_modes::replicator::Health::Healthy),
+        )?;
         gauge(&mut enc, "commit_index", "highest committed log index", s.commit_index as f64)?;
         gauge(&mut enc, "applied_index", "highest index applied to the state machine", s.applied_index as f64)?;
         gauge(&mut enc, "replication_lag_seconds", "how far this node's applied state trails the leader", s.lag_seconds)?;

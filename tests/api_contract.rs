@@ -236,6 +236,7 @@ async fn admin_and_observability_endpoints_report_the_node() {
     for name in [
         "meridian_replication_mode{mode=\"standalone\"} 1",
         "meridian_is_leader 1",
+        "meridian_replication_degraded 0",
         "meridian_commit_index",
         "meridian_applied_index",
         "meridian_replication_lag_seconds",

@@ -190,6 +190,33 @@ fn writes_to_the_standby_are_forwarded_and_bookmarks_give_read_your_writes() {
 }
 
 #[test]
+fn semi_sync_fallback_is_visible_in_health_metrics_and_log() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "semi_sync", ..HaOpts::default() });
+    pair.b.kill9();
+    // The standby is gone: after the sync timeout (1 s here) the primary acknowledges alone.
+    let (s, _) = http("PUT", &pair.a.url("/v1/kv/alone"), Some(b"1".to_vec()));
+    assert_eq!(s, 200, "semi_sync must fall back, not block");
+    let h = health(&pair.a);
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(h["replication"]["notes"].to_string().contains("fell back to async"), "{h}");
+    let m = String::from_utf8(http("GET", &pair.a.url("/metrics"), None).1).unwrap();
+    assert!(m.contains("meridian_replication_degraded 1"), "{m}");
+    assert!(pair.a.log_text().contains("falling back to async"));
+    // The standby returns and catches up: semi_sync holds again and the primary is healthy.
+    pair.b.restart();
+    wait_streaming(&pair.b, Duration::from_secs(20));
+    let (s, _) = http("PUT", &pair.a.url("/v1/kv/together"), Some(b"2".to_vec()));
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&pair.a)["status"] != "healthy" {
+        assert!(Instant::now() < deadline, "never healthy again: {}", health(&pair.a));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(10));
+}
+
+#[test]
 fn forwarding_off_answers_421_with_the_primary() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pair = HaPair::start(HaOpts { sync_mode: "async", extra: vec![("MERIDIAN_FORWARD_WRITES", "false".into())], ..HaOpts::default() });

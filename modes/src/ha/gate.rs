@@ -43,6 +43,8 @@ struct State {
     lease: Option<Instant>,
     /// When the standby last reported positions (`None`: not since this gate started).
     standby_seen: Option<Instant>,
+    /// Highest index a write has waited for: a fallen-back standby is caught up past it.
+    highest_asked: u64,
 }
 
 pub struct SyncGate {
@@ -69,6 +71,10 @@ impl SyncGate {
         s.positions.flushed = s.positions.flushed.max(p.flushed);
         s.positions.applied = s.positions.applied.max(p.applied);
         s.standby_seen = Some(Instant::now());
+        if s.fallback && s.positions.received >= s.highest_asked {
+            info!("semi_sync: the standby caught up; acknowledgements wait for it again");
+            s.fallback = false;
+        }
         self.changed.notify_all();
     }
 
@@ -154,6 +160,7 @@ impl CommitGate for SyncGate {
     fn wait_committed(&self, index: u64) -> Result<(), SubmitError> {
         let start = Instant::now();
         let mut s = self.state.lock().unwrap();
+        s.highest_asked = s.highest_asked.max(index);
         loop {
             if let Some((epoch, leader)) = &s.fenced {
                 return Err(SubmitError::Fenced { epoch: *epoch, leader: leader.clone() });
@@ -167,10 +174,6 @@ impl CommitGate for SyncGate {
                 ));
             }
             if self.reached(&s, index) {
-                if s.fallback && self.mode == SyncMode::SemiSync {
-                    info!("semi_sync: the standby caught up; acknowledgements wait for it again");
-                }
-                s.fallback = false;
                 s.blocked_since = None;
                 return Ok(());
             }
