@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{http, http_json, run_to_exit, Node, BIN};
+use common::{http, http_json, run_to_exit, Node};
 
 fn put(node: &Node, key: &str, value: &str) {
     let (status, body) = http("PUT", &node.url(&format!("/v1/kv/{key}")), Some(value.as_bytes().to_vec()));
@@ -180,5 +180,4 @@ fn cli_reads_and_writes_keys_and_dumps_the_wal() {
     let (code, out, _) = run_to_exit(&["wal", "verify", data.join("wal").to_str().unwrap()], &[], dir.path());
     assert_eq!(code, 0);
     assert!(out.contains("ok") || out.contains("torn"), "{out}");
-    let _ = BIN;
 }

@@ -247,12 +247,11 @@ async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
 
 fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
     let cache = core.snapshot_cache.lock().unwrap().clone();
-    let Some((id, buf)) = cache.filter(|(id, _)| *id == req.snapshot_id) else {
+    let Some((_, buf)) = cache.filter(|(id, _)| *id == req.snapshot_id) else {
         return Err(RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again"));
     };
     let start = (req.offset as usize).min(buf.len());
     let end = (start + req.max_bytes.min(CHUNK_BYTES) as usize).min(buf.len());
-    let _ = id;
     Ok(SnapshotChunk { data: buf[start..end].to_vec(), done: end == buf.len() })
 }
 
