@@ -13,6 +13,7 @@
 //! writes — every later write answers `unavailable` — because a log with a hole in it must not
 //! be appended to. Reads go on.
 
+use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -37,6 +38,71 @@ pub trait CommitGate: Send + Sync + 'static {
 /// Where the WAL may be purged once the state machine is durable up to `checkpoint`.
 pub type PurgePolicy = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
 
+/// The records most recently handed to the WAL, kept in memory so a replication stream can
+/// ship them at once — in parallel with the local fsync instead of after it. Safe because a
+/// write is acknowledged only once it is durable locally *and* the commit gate is satisfied;
+/// a record shipped and then lost locally (crash before the fsync) was never acknowledged.
+pub struct Tail {
+    inner: Mutex<TailInner>,
+    last: watch::Sender<u64>,
+}
+
+struct TailInner {
+    records: VecDeque<Record>,
+    bytes: usize,
+}
+
+/// Bounds of the in-memory tail; older records are read from the WAL.
+const TAIL_MAX_RECORDS: usize = 100_000;
+const TAIL_MAX_BYTES: usize = 64 << 20;
+
+impl Tail {
+    pub fn new(last_index: u64) -> Arc<Tail> {
+        Arc::new(Tail { inner: Mutex::new(TailInner { records: VecDeque::new(), bytes: 0 }), last: watch::channel(last_index).0 })
+    }
+
+    fn push(&self, records: &[Record]) {
+        let mut t = self.inner.lock().unwrap();
+        for r in records {
+            t.bytes += r.payload.len();
+            t.records.push_back(r.clone());
+        }
+        while t.records.len() > TAIL_MAX_RECORDS || t.bytes > TAIL_MAX_BYTES {
+            match t.records.pop_front() {
+                Some(r) => t.bytes -= r.payload.len(),
+                None => break,
+            }
+        }
+        if let Some(last) = records.last() {
+            self.last.send_replace(last.index);
+        }
+    }
+
+    /// The last index handed to the WAL (durable or not).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.last.subscribe()
+    }
+
+    /// Records from `from` on, if the tail still holds `from` (else read the WAL).
+    pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Option<Vec<Record>> {
+        let t = self.inner.lock().unwrap();
+        let first = t.records.front()?.index;
+        if from < first {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for r in t.records.iter().skip((from - first) as usize) {
+            if out.len() >= max_records || (bytes + r.payload.len() > max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes += r.payload.len();
+            out.push(r.clone());
+        }
+        Some(out)
+    }
+}
+
 #[derive(Clone)]
 pub struct PipelineConfig {
     pub epoch: u64,
@@ -45,6 +111,8 @@ pub struct PipelineConfig {
     pub gate: Option<Arc<dyn CommitGate>>,
     /// Default: purge everything the checkpoint covers.
     pub purge: Option<PurgePolicy>,
+    /// Publish sequenced records for streaming (the HA primary).
+    pub tail: Option<Arc<Tail>>,
 }
 
 type Reply = oneshot::Sender<Result<Committed, SubmitError>>;
@@ -78,10 +146,10 @@ impl Pipeline {
         let failed = Arc::new(Mutex::new(None));
 
         let sequencer = {
-            let (wal, failed, epoch, max) = (wal.clone(), failed.clone(), cfg.epoch, cfg.max_batch);
+            let (wal, failed, epoch, max, tail) = (wal.clone(), failed.clone(), cfg.epoch, cfg.max_batch, cfg.tail.clone());
             std::thread::Builder::new()
                 .name("meridian-sequencer".into())
-                .spawn(move || sequence(rx, batch_tx, wal, epoch, max, failed))
+                .spawn(move || sequence(rx, batch_tx, wal, epoch, max, failed, tail))
                 .expect("spawn sequencer")
         };
         let applier = {
@@ -129,6 +197,7 @@ fn sequence(
     epoch: u64,
     max: usize,
     failed: Arc<Mutex<Option<String>>>,
+    tail: Option<Arc<Tail>>,
 ) {
     let mut next = wal.last_index() + 1;
     while let Some(first) = rx.blocking_recv() {
@@ -154,7 +223,11 @@ fn sequence(
             replies.push(p.reply);
             next += 1;
         }
+        let shipped = tail.as_ref().map(|_| records.clone());
         let ticket = wal.append(records);
+        if let (Some(t), Some(r)) = (&tail, shipped) {
+            t.push(&r);
+        }
         if out.send(Batch { ticket, entries, replies }).is_err() {
             break;
         }

@@ -46,6 +46,7 @@ impl Standalone {
             max_batch: cfg.max_batch,
             gate: None,
             purge: None,
+            tail: None,
         };
         let pipeline = Arc::new(Pipeline::start(pcfg, wal.clone(), sm.clone()));
         Arc::new(Standalone { cfg, pipeline, sm, wal, stopped: AtomicBool::new(false) })

@@ -121,6 +121,8 @@ pub struct Core {
     pub(crate) want_snapshot: AtomicBool,
     pub(crate) snapshot_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     pub(crate) stopping: AtomicBool,
+    /// The primary pipeline's in-memory tail, streamed before it is durable locally.
+    pub(crate) tail: Mutex<Option<Arc<crate::pipeline::Tail>>>,
     /// The standby's apply of the last batch, running while the next batch is fetched.
     pub(crate) applying: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
 }
@@ -219,6 +221,7 @@ impl HaStandby {
             snapshot_cache: Mutex::new(None),
             stopping: AtomicBool::new(false),
             applying: tokio::sync::Mutex::new(None),
+            tail: Mutex::new(None),
         });
         Arc::new(HaStandby { core, driver: Mutex::new(None) })
     }

@@ -13,7 +13,7 @@ use super::epochs::HaPersisted;
 use super::gate::SyncGate;
 use super::messages::*;
 use super::{Core, Role, PEER, WITNESS};
-use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy};
+use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy, Tail};
 use crate::replicator::{AdminError, SubmitError};
 use crate::state_machine::write_snapshot;
 use crate::transport::{Handler, NodeId, RemoteError};
@@ -76,12 +76,15 @@ impl Core {
             let standby = weak.upgrade().map_or(0, |c| c.standby_positions.lock().unwrap().flushed);
             (checkpoint + 1).min((standby + 1).max((checkpoint + 1).saturating_sub(retention)))
         });
+        let tail = Tail::new(self.wal.last_index());
+        *self.tail.lock().unwrap() = Some(tail.clone());
         let pcfg = PipelineConfig {
             epoch,
             checkpoint_interval: self.cfg.checkpoint_interval,
             max_batch: 1024,
             gate: Some(gate.clone()),
             purge: Some(purge),
+            tail: Some(tail),
         };
         let pipeline = Arc::new(Pipeline::start(pcfg, self.wal.clone(), self.sm.clone()));
         // Mirror the pipeline's applied index into the node-wide watch that reads wait on.
@@ -212,19 +215,31 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
             }
         };
     }
-    // Long poll: answer as soon as there is something durable to send, else after wait_ms.
+    // Long poll: answer as soon as there is something to send, else after wait_ms. Fresh
+    // records come from the in-memory tail, before they are durable here, so the standby's
+    // fsync overlaps ours; older ones are read from the WAL (durable records only).
     let wait = Duration::from_millis(f.wait_ms.min(10_000));
-    let mut durable = core.wal.subscribe_durable();
-    let _ = tokio::time::timeout(wait, durable.wait_for(|d| *d >= f.from)).await;
-    let wal = core.wal.clone();
     let max = (f.max_records.max(1) as usize).min(100_000);
     let from = f.from;
-    // The tail just written is in the page cache: reading it inline costs less than a
-    // hand-off to the blocking pool, which matters on the sync commit path.
-    let records = if core.wal.durable_index() >= from {
-        tokio::task::block_in_place(|| wal.read_from(from, max, MAX_FETCH_BYTES)).unwrap_or_default()
-    } else {
-        vec![]
+    let tail = core.tail.lock().unwrap().clone();
+    let records = match tail {
+        Some(tail) => {
+            let mut last = tail.subscribe();
+            let _ = tokio::time::timeout(wait, last.wait_for(|l| *l >= from)).await;
+            match tail.read(from, max, MAX_FETCH_BYTES) {
+                Some(r) => r,
+                None => tokio::task::block_in_place(|| core.wal.read_from(from, max, MAX_FETCH_BYTES)).unwrap_or_default(),
+            }
+        }
+        None => {
+            let mut durable = core.wal.subscribe_durable();
+            let _ = tokio::time::timeout(wait, durable.wait_for(|d| *d >= from)).await;
+            if core.wal.durable_index() >= from {
+                tokio::task::block_in_place(|| core.wal.read_from(from, max, MAX_FETCH_BYTES)).unwrap_or_default()
+            } else {
+                vec![]
+            }
+        }
     };
     let bytes: usize = records.iter().map(|r| r.payload.len() + 32).sum();
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
