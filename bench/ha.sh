@@ -3,7 +3,7 @@
 # ha_standby sync mode (primary + standby on this machine), printed with the ratio to
 # standalone; then failover time (primary killed -> first successful write on the new
 # primary) with a 1 s heartbeat and 3 s failover timeout.
-# Usage: bench/ha.sh [seconds-per-step]   (default 5)
+# Usage: [ROUNDS=3] bench/ha.sh [seconds-per-step]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
@@ -38,24 +38,45 @@ ha_pair() { # tag mode hb_ms timeout -> starts primary on 18101, standby on 1810
 stop_all() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); sleep 0.2; }
 bench() { "$BIN" bench --url "http://127.0.0.1:$1" --clients 1,16,64 --duration "${DUR}s" | tail -3; }
 
-declare -A R
-start standalone 18100; wait_http 18100
-echo "== standalone"; out=$(bench 18100); echo "$out"
-while read -r c ops p50 p99 err; do R[standalone,$c]=$ops; done <<<"$out"
-stop_all
-for mode in async semi_sync sync remote_apply; do
-  ha_pair "$mode" "$mode" 1000 3s
-  echo "== ha_standby $mode"; out=$(bench 18101); echo "$out"
-  while read -r c ops p50 p99 err; do R[$mode,$c]=$ops; done <<<"$out"
-  stop_all
+# The machine is shared and noisy (±20 % between identical runs), so every round measures
+# standalone and each mode back to back; ratios are taken within a round, and the table
+# shows the median over ROUNDS rounds.
+ROUNDS=${ROUNDS:-3}
+MODES=(async semi_sync sync remote_apply)
+declare -A R   # R[round,mode,clients] = "ops p50 p99"
+for round in $(seq 1 "$ROUNDS"); do
+  start standalone 18100; wait_http 18100
+  echo "== round $round: standalone"; out=$(bench 18100); echo "$out"
+  while read -r c ops p50 p99 err; do R[$round,standalone,$c]="$ops $p50 $p99"; done <<<"$out"
+  stop_all; rm -rf "$TMP/standalone"
+  for mode in "${MODES[@]}"; do
+    ha_pair "$mode" "$mode" 1000 3s
+    echo "== round $round: ha_standby $mode"; out=$(bench 18101); echo "$out"
+    while read -r c ops p50 p99 err; do R[$round,$mode,$c]="$ops $p50 $p99"; done <<<"$out"
+    stop_all; rm -rf "$TMP/$mode-a" "$TMP/$mode-b"
+  done
 done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+field() { local i=$1 mode=$2 c=$3; for r in $(seq 1 "$ROUNDS"); do echo "${R[$r,$mode,$c]}" | awk -v i="$i" '{ printf "%s ", $i }'; done; }
 echo
-printf "%-14s %10s %10s %10s\n" "ratio vs standalone" 1 16 64
-for mode in async semi_sync sync remote_apply; do
-  printf "%-14s" "$mode"
-  for c in 1 16 64; do awk -v a="${R[$mode,$c]}" -v b="${R[standalone,$c]}" 'BEGIN { printf " %10.2f", a/b }'; done
-  echo
+echo "median of $ROUNDS rounds: PUT/s (p50 ms / p99 ms), and the median of the per-round ratios to standalone"
+printf "%-13s %-26s %-26s %-26s %s\n" mode "1 client" "16 clients" "64 clients" "ratio 1 / 16 / 64"
+for mode in standalone "${MODES[@]}"; do
+  printf "%-13s" "$mode"
+  ratios=()
+  for c in 1 16 64; do
+    ops=$(field 1 "$mode" "$c" | median); p50=$(field 2 "$mode" "$c" | median); p99=$(field 3 "$mode" "$c" | median)
+    printf " %-26s" "$(printf "%.0f (%.2f / %.2f)" "$ops" "$p50" "$p99")"
+    rs=""; for r in $(seq 1 "$ROUNDS"); do
+      rs+="$(awk -v a="${R[$r,$mode,$c]%% *}" -v b="${R[$r,standalone,$c]%% *}" 'BEGIN { printf "%.3f ", a/b }')"
+    done
+    ratios+=("$(echo "$rs" | median)")
+  done
+  printf " %.2f / %.2f / %.2f\n" "${ratios[@]}"
 done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "sync at 64 clients, ratio per round: $(for r in $(seq 1 "$ROUNDS"); do awk -v a="${R[$r,sync,64]%% *}" -v b="${R[$r,standalone,64]%% *}" 'BEGIN { printf "%.2f ", a/b }'; done)"
+fi
 
 echo
 echo "== failover time (heartbeat 1s, failover timeout 3s)"

@@ -58,7 +58,9 @@ pub enum FetchReply {
     /// Records starting at the requested index (possibly none: a heartbeat).
     /// `commit_index` is the highest index the primary has acknowledged to clients;
     /// `ack_received`: the primary waits for receipt (semi_sync), so ack it before the fsync.
-    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool },
+    /// `ack_applied`: the primary waits for the apply (remote_apply), so ack it when done.
+    /// Otherwise the positions ride on the next fetch: fewer messages per batch.
+    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool, ack_applied: bool },
     /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a

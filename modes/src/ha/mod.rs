@@ -28,7 +28,7 @@ mod standby;
 pub mod witness;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -123,8 +123,10 @@ pub struct Core {
     pub(crate) stopping: AtomicBool,
     /// The primary pipeline's in-memory tail, streamed before it is durable locally.
     pub(crate) tail: Mutex<Option<Arc<crate::pipeline::Tail>>>,
-    /// The standby's apply of the last batch, running while the next batch is fetched.
+    /// The standby's background apply of its latest batch (which first awaits the earlier ones).
     pub(crate) applying: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
+    /// Batches handed to the background apply and not yet applied.
+    pub(crate) apply_backlog: AtomicUsize,
 }
 
 pub struct HaStandby {
@@ -221,6 +223,7 @@ impl HaStandby {
             snapshot_cache: Mutex::new(None),
             stopping: AtomicBool::new(false),
             applying: tokio::sync::Mutex::new(None),
+            apply_backlog: AtomicUsize::new(0),
             tail: Mutex::new(None),
         });
         Arc::new(HaStandby { core, driver: Mutex::new(None) })

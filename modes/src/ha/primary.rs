@@ -211,7 +211,7 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
             Ok((snapshot_id, size)) => FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader },
             Err(e) => {
                 warn!("cannot prepare a snapshot for the standby: {e}");
-                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false }
+                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false, ack_applied: false }
             }
         };
     }
@@ -245,7 +245,8 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     let records = records.into_iter().map(|r| WireRecord { index: r.index, epoch: r.epoch, payload: r.payload }).collect();
     let ack_received = core.cfg.sync_mode == super::SyncMode::SemiSync;
-    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received }
+    let ack_applied = core.cfg.sync_mode == super::SyncMode::RemoteApply;
+    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied }
 }
 
 async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_wal::Record;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::messages::*;
@@ -172,7 +173,7 @@ async fn follow_step(core: &Arc<Core>) {
         }
     };
     match reply {
-        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received } => {
+        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received, ack_applied } => {
             if epoch < core.epoch() {
                 // A stale primary: tell it, and do not take its records.
                 let f = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
@@ -194,7 +195,7 @@ async fn follow_step(core: &Arc<Core>) {
                 core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
                 return;
             }
-            if let Err(e) = append_and_apply(core, records, ack_received).await {
+            if let Err(e) = append_and_apply(core, records, ack_received, ack_applied).await {
                 warn!("standby cannot store records: {e}");
                 core.note("failed");
                 tokio::time::sleep(core.cfg.heartbeat).await;
@@ -238,7 +239,7 @@ async fn follow_step(core: &Arc<Core>) {
     }
 }
 
-/// Waits for the background apply of the previous batch; anything that rewinds the log or
+/// Waits for the background apply of every batch handed to it; anything that rewinds the log or
 /// the state, or promotes, settles first so the state machine matches the WAL.
 pub(crate) async fn settle(core: &Arc<Core>) -> Result<(), String> {
     let pending = core.applying.lock().await.take();
@@ -248,9 +249,11 @@ pub(crate) async fn settle(core: &Arc<Core>) -> Result<(), String> {
     }
 }
 
-/// Appends a batch to the WAL (acking receipt and flush), then applies it in the background
-/// so the next fetch overlaps the apply; the applied position is acked when it completes.
-async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>, ack_received: bool) -> Result<(), String> {
+/// Appends a batch to the WAL, then applies it in the background so the next fetch overlaps
+/// the apply. Positions normally ride on that next fetch (sent right after the fsync); a
+/// separate ack goes out only where that would be late: receipt before the fsync
+/// (`semi_sync`) and the apply when the primary waits for it (`remote_apply`).
+async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>, ack_received: bool, ack_applied: bool) -> Result<(), String> {
     let last = records.last().map_or(0, |r| r.index);
     if ack_received {
         // Receipt is what semi_sync waits for: say so before the fsync.
@@ -280,19 +283,44 @@ async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>, ack_receiv
         wal_records.push(Record { index: r.index, epoch: r.epoch, payload: r.payload });
     }
     core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
-    // Flushed before applied: `sync` waits only for the fsync, not for the apply.
-    send_ack(core, Positions { received: last, flushed: core.wal.durable_index(), applied: core.sm.applied_index() }).await;
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    settle(core).await?;
+    // Applies run one after another in the background, each after its predecessor, so the
+    // next fetch (carrying the flushed position `sync` waits for) never waits for an apply.
+    // A failed apply fails every later one (no entry is skipped) and surfaces here.
+    let prev = {
+        let mut slot = core.applying.lock().await;
+        if slot.as_ref().is_some_and(|h| h.is_finished()) || core.apply_backlog.load(Ordering::SeqCst) >= MAX_APPLY_BACKLOG {
+            drop(slot);
+            settle(core).await?;
+            None
+        } else {
+            slot.take()
+        }
+    };
+    core.apply_backlog.fetch_add(1, Ordering::SeqCst);
     let c = core.clone();
     let handle = tokio::spawn(async move {
-        let sm = c.sm.clone();
-        tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        c.applied_tx.send_replace(c.sm.applied_index());
-        send_ack(&c, positions(&c)).await;
-        Ok(())
+        let result = apply_after(&c, prev, entries, ack_applied).await;
+        c.apply_backlog.fetch_sub(1, Ordering::SeqCst);
+        result
     });
     *core.applying.lock().await = Some(handle);
+    Ok(())
+}
+
+/// Batches applied in the background but not yet done, at most; then the standby waits.
+const MAX_APPLY_BACKLOG: usize = 4;
+
+async fn apply_after(core: &Arc<Core>, prev: Option<JoinHandle<Result<(), String>>>, entries: Vec<LogEntry>, ack_applied: bool) -> Result<(), String> {
+    if let Some(prev) = prev {
+        prev.await.map_err(|e| e.to_string())??;
+    }
+    let sm = core.sm.clone();
+    tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    core.applied_tx.send_replace(core.sm.applied_index());
+    if ack_applied {
+        send_ack(core, positions(core)).await;
+    }
     Ok(())
 }
 
