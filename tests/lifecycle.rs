@@ -24,7 +24,7 @@ fn readme_first_command_starts_a_node_with_defaults() {
     // The README runs the binary with no settings; here the only one is a loopback address
     // (the default 0.0.0.0 is not allowed on test machines). Port 7474, data in ./data.
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node { child: None, port: 7474, data_dir: None, cwd: Some(dir.path().into()), env: vec![], log: dir.path().join("log") };
+    let mut node = Node { child: None, port: 7474, data_dir: None, cwd: Some(dir.path().into()), env: vec![], log: dir.path().join("log"), file_size_limit_blocks: None };
     node.spawn();
     node.wait_ready();
     // The README's curl lines, as written there.

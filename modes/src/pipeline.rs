@@ -244,8 +244,12 @@ fn apply_loop(
 ) {
     let mut last_checkpoint = Instant::now();
     let fail = |why: String, replies: Vec<Reply>| {
-        error!("{why}; this node stops taking writes");
-        failed.lock().unwrap().get_or_insert(why.clone());
+        let mut f = failed.lock().unwrap();
+        if f.is_none() {
+            error!("{why}; this node stops taking writes");
+            *f = Some(why.clone());
+        }
+        drop(f);
         for r in replies {
             let _ = r.send(Err(SubmitError::Unavailable(why.clone())));
         }

@@ -24,6 +24,9 @@ pub struct Node {
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
+    /// Largest file the node may write, in 512-byte blocks (`ulimit -f`): a full disk for one
+    /// process, no root needed. Writes past it fail with EFBIG (SIGXFSZ is ignored).
+    pub file_size_limit_blocks: Option<u64>,
 }
 
 impl Node {
@@ -36,6 +39,7 @@ impl Node {
             cwd: None,
             env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log: data_dir.with_extension("log"),
+            file_size_limit_blocks: None,
         };
         node.spawn();
         node.wait_ready();
@@ -51,6 +55,7 @@ impl Node {
             cwd: None,
             env,
             log: data_dir.with_extension("log"),
+            file_size_limit_blocks: None,
         };
         node.spawn();
         node.wait_ready();
@@ -64,7 +69,15 @@ impl Node {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.file_size_limit_blocks {
+            // `exec` keeps the PID, and an ignored signal stays ignored across exec.
+            Some(blocks) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(format!("ulimit -f {blocks} && trap '' XFSZ && exec \"$0\"")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.env_clear().env("MERIDIAN_HTTP_ADDR", format!("127.0.0.1:{}", self.port));
         if let Some(d) = &self.data_dir {
             cmd.env("MERIDIAN_DATA_DIR", d);
