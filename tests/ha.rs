@@ -1,4 +1,4 @@
-//! Hot standby under faults, with real processes: kill -9, restart with a stale role,
+//! Hot standby under faults, with real processes: kill -9, SIGSTOP, restart with a stale role,
 //! partitions through in-test proxies, switchover under load, remote_apply reads.
 //! Every acknowledged write is checked after the fault.
 
@@ -121,6 +121,42 @@ fn sync_failover_after_kill_9_keeps_every_acknowledged_write_and_the_old_primary
     eprintln!("rejoined and converged: {d}");
     assert_eq!(get(&pair.b, "after-rejoin").as_deref(), Some("x"));
     assert!(health(&pair.a)["replication"]["epoch"].as_u64().unwrap() >= 2);
+}
+
+/// A primary frozen by SIGSTOP (a long GC pause, a stuck VM) is replaced; when it wakes it
+/// must learn of the new epoch before acknowledging anything the new primary lacks, and
+/// follow it. Writers keep hammering the old primary throughout.
+#[test]
+fn a_primary_paused_by_sigstop_wakes_fenced_and_loses_nothing_acknowledged() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
+    let t0 = Instant::now();
+    let writers = start_writers(vec![pair.a.url("")], 16, "paused", t0);
+    std::thread::sleep(Duration::from_millis(1000));
+    common::unsafe_kill(pair.a.pid(), 19); // SIGSTOP
+    let took = wait_role(&pair.b, "primary", Duration::from_secs(15));
+    let epoch_b = health(&pair.b)["replication"]["epoch"].as_u64().unwrap();
+    common::unsafe_kill(pair.a.pid(), 18); // SIGCONT: the old primary wakes up believing it leads
+    wait_role(&pair.a, "standby", Duration::from_secs(10));
+    // Let the writers go on through the rejoined node (forwarded to the new primary).
+    std::thread::sleep(Duration::from_millis(1500));
+    let writes = writers.finish();
+    let acked = writes.iter().filter(|w| w.ok).count();
+    let fenced = writes.iter().filter(|w| w.status == 503).count();
+    eprintln!("sigstop: promoted {:.2}s after the pause; {acked} writes acknowledged, {fenced} refused with 503", took.as_secs_f64());
+    assert!(acked > 100, "only {acked} writes acknowledged");
+
+    let lost = missing(&pair.b, &writes);
+    assert!(lost.is_empty(), "{} acknowledged writes are not on the new primary, e.g. {:?}", lost.len(), lost.first().map(|w| &w.key));
+    let h = health(&pair.a);
+    assert!(h["replication"]["epoch"].as_u64().unwrap() >= epoch_b, "the woken node did not adopt the new epoch: {h}");
+    let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
+    eprintln!("converged: {d}");
+    let lost = missing(&pair.a, &writes);
+    assert!(lost.is_empty(), "{} acknowledged writes missing on the rejoined node", lost.len());
+    // Records it logged as primary but never applied (fenced before their commit) are
+    // applied once the new primary confirms them; this run exercised that: see the log.
+    eprintln!("logged-but-unapplied records replayed: {}", pair.a.log_text().contains("logged but not applied"));
 }
 
 #[test]

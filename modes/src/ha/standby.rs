@@ -315,8 +315,19 @@ async fn apply_after(core: &Arc<Core>, prev: Option<JoinHandle<Result<(), String
     if let Some(prev) = prev {
         prev.await.map_err(|e| e.to_string())??;
     }
-    let sm = core.sm.clone();
-    tokio::task::spawn_blocking(move || sm.apply(&entries)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let (sm, wal) = (core.sm.clone(), core.wal.clone());
+    tokio::task::spawn_blocking(move || {
+        // A former primary steps down with records in its log that it never applied (their
+        // commit failed when it was fenced). The primary has just confirmed the log up to
+        // this batch, so those records are agreed: apply them from the local WAL first.
+        if entries.first().is_some_and(|e| e.index > sm.applied_index() + 1) {
+            let n = crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string())?;
+            info!(records = n, "applied agreed records from the local WAL that were logged but not applied");
+        }
+        sm.apply(&entries).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     core.applied_tx.send_replace(core.sm.applied_index());
     if ack_applied {
         send_ack(core, positions(core)).await;
