@@ -12,6 +12,21 @@ use std::thread;
 
 use common::{http, Node};
 
+fn limited_node(dir: &std::path::Path, env: &[(&str, &str)]) -> Node {
+    let mut node = Node {
+        child: None,
+        port: common::free_port(),
+        data_dir: Some(dir.join("data")),
+        cwd: None,
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        log: dir.join("node.log"),
+        file_size_limit_blocks: Some(LIMIT_BLOCKS),
+    };
+    node.spawn();
+    node.wait_ready();
+    node
+}
+
 const WRITERS: usize = 8;
 /// Per writer; 8 × 1500 × 4 KiB = 48 MiB, far past the limit, so the loop is bounded.
 const MAX_WRITES: usize = 1500;
@@ -21,18 +36,7 @@ const LIMIT_BLOCKS: u64 = 8192;
 #[test]
 fn a_full_disk_stops_writes_cleanly_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut node = Node {
-        child: None,
-        port: common::free_port(),
-        data_dir: Some(data.clone()),
-        cwd: None,
-        env: vec![],
-        log: dir.path().join("node.log"),
-        file_size_limit_blocks: Some(LIMIT_BLOCKS),
-    };
-    node.spawn();
-    node.wait_ready();
+    let mut node = limited_node(dir.path(), &[]);
 
     let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
     let refusals: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
@@ -96,4 +100,66 @@ fn a_full_disk_stops_writes_cleanly_and_loses_nothing_acknowledged() {
     let (status, body) = http("PUT", &node.url("/v1/kv/after-restart"), Some(b"y".to_vec()));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     println!("acknowledged {} writes before the disk filled; all present after the restart", acked.len());
+}
+
+/// The same with the WAL as the file that fills: writers overwrite a few keys, so redb's file
+/// stays small while the WAL segment grows past the limit. After
+/// the failure and a restart each key holds its last acknowledged value or a later one that
+/// was sent (a refused write may still have reached the disk: a refusal is not a promise
+/// that nothing was written), never an older one.
+#[test]
+fn a_full_disk_under_the_wal_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    // No checkpoint during the test, so the WAL is never purged and its segment grows past
+    // the limit; redb reuses the pages the overwrites free and stays small.
+    let mut node = limited_node(dir.path(), &[("MERIDIAN_CHECKPOINT_INTERVAL", "30s")]);
+    const KEYS: usize = 4;
+    // Per key: every value sent, in order, and how many of them were acknowledged.
+    let sent: Arc<Mutex<HashMap<String, (Vec<Vec<u8>>, usize)>>> = Arc::default();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (sent, base) = (sent.clone(), node.url("/v1/kv"));
+            thread::spawn(move || -> Vec<u16> {
+                for n in 0..MAX_WRITES {
+                    let key = format!("w{w}/k{}", n % KEYS);
+                    let value = format!("{key}:{n}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
+                    sent.lock().unwrap().entry(key.clone()).or_default().0.push(value.clone());
+                    let (status, body) = http("PUT", &format!("{base}/{key}"), Some(value));
+                    if status != 200 {
+                        return vec![status, if String::from_utf8_lossy(&body).contains("\"unavailable\"") { 1 } else { 0 }];
+                    }
+                    let mut s = sent.lock().unwrap();
+                    let e = s.get_mut(&key).unwrap();
+                    e.1 = e.0.len();
+                }
+                vec![]
+            })
+        })
+        .collect();
+    let outcomes: Vec<Vec<u16>> = writers.into_iter().map(|t| t.join().expect("a writer panicked")).collect();
+    for o in &outcomes {
+        assert_eq!(o.as_slice(), &[503, 1], "each writer must end on a 503 unavailable (the full disk), not {o:?} or no error");
+    }
+    let log = node.log_text();
+    assert!(log.contains("WAL append failed") && log.contains("File too large"), "the WAL should be what filled:\n{log}");
+    assert!(node.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the node exited on a full disk:\n{log}");
+
+    node.kill9();
+    node.file_size_limit_blocks = None;
+    node.restart();
+    let sent = sent.lock().unwrap();
+    let mut acked_total = 0;
+    for (key, (values, acked)) in sent.iter() {
+        acked_total += acked;
+        let (status, body) = http("GET", &node.url(&format!("/v1/kv/{key}")), None);
+        if *acked == 0 {
+            continue;
+        }
+        assert_eq!(status, 200, "{key} had {acked} acknowledged writes and is gone");
+        let pos = values.iter().position(|v| *v == body).unwrap_or_else(|| panic!("{key} holds a value never sent"));
+        assert!(pos + 1 >= *acked, "{key} went back to write #{} though #{} was acknowledged", pos + 1, acked);
+    }
+    let (status, _) = http("PUT", &node.url("/v1/kv/after-restart"), Some(b"y".to_vec()));
+    assert_eq!(status, 200);
+    println!("WAL filled after {acked_total} acknowledged overwrites; every key at or past its last acknowledged value");
 }
