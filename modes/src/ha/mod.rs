@@ -119,7 +119,8 @@ pub struct Core {
     pub(crate) divergent: Mutex<Vec<DivergentTail>>,
     pub(crate) state_note: Mutex<String>,
     pub(crate) want_snapshot: AtomicBool,
-    pub(crate) snapshot_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The snapshot prepared for the standby: (id = its applied index, file, size in bytes).
+    pub(crate) snapshot_cache: Mutex<Option<(u64, PathBuf, u64)>>,
     pub(crate) stopping: AtomicBool,
     /// The primary pipeline's in-memory tail, streamed before it is durable locally.
     pub(crate) tail: Mutex<Option<Arc<crate::pipeline::Tail>>>,
@@ -196,6 +197,9 @@ impl HaStandby {
     pub fn new(cfg: HaConfig, wal: Wal, sm: Arc<dyn StateMachine>) -> Arc<HaStandby> {
         let persisted = HaPersisted::decode(&wal.hard_state().vote);
         let divergent = divergent::list(&cfg.data_dir.join("divergent"));
+        // Snapshot files are only for a catch-up in progress; one cut short by a restart is
+        // useless (the standby asks again).
+        let _ = std::fs::remove_dir_all(cfg.data_dir.join("snapshots"));
         let (applied_tx, _) = watch::channel(sm.applied_index());
         let core = Arc::new(Core {
             cfg,

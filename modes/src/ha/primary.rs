@@ -1,7 +1,9 @@
 //! The primary's side: serving fetches (and so the stream), snapshots, forwarded writes and
 //! fences; heartbeats to the standby and the witness; the lease; switchover.
 
-use std::sync::atomic::Ordering;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -249,26 +251,57 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied }
 }
 
+/// Snapshots for re-seeding a standby live in files under `DATA_DIR/snapshots/`, written
+/// from one read transaction and served in chunks, so neither side holds a whole state in
+/// memory. Only the newest is kept.
+pub(crate) fn snapshot_dir(core: &Core) -> PathBuf {
+    core.cfg.data_dir.join("snapshots")
+}
+
 async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
-    let sm = core.sm.clone();
-    let (buf, meta) = tokio::task::spawn_blocking(move || write_snapshot(&*sm, Vec::new()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let size = buf.len() as u64;
-    info!(index = meta.applied_index, keys = meta.keys, bytes = size, "prepared a snapshot to re-seed the standby");
-    *core.snapshot_cache.lock().unwrap() = Some((meta.applied_index, Arc::new(buf)));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (sm, dir) = (core.sm.clone(), snapshot_dir(core));
+    let (path, meta, size) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
+        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the snapshot directory", e))?;
+        let tmp = dir.join(format!("outgoing.{}.tmp", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let file = std::fs::File::create(&tmp).map_err(|e| io("cannot create a snapshot file", e))?;
+        let (w, meta) = write_snapshot(&*sm, std::io::BufWriter::new(file)).map_err(|e| e.to_string())?;
+        w.into_inner().map_err(|e| io("cannot write the snapshot", e.into_error()))?;
+        let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
+        std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename the snapshot", e))?;
+        let size = std::fs::metadata(&path).map_err(|e| io("cannot stat the snapshot", e))?.len();
+        Ok((path, meta, size))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    info!(index = meta.applied_index, keys = meta.keys, bytes = size, file = %path.display(), "prepared a snapshot to re-seed the standby");
+    let old = core.snapshot_cache.lock().unwrap().replace((meta.applied_index, path.clone(), size));
+    if let Some((_, old_path, _)) = old.filter(|(_, p, _)| *p != path) {
+        let _ = std::fs::remove_file(old_path);
+    }
     Ok((meta.applied_index, size))
 }
 
 fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
     let cache = core.snapshot_cache.lock().unwrap().clone();
-    let Some((_, buf)) = cache.filter(|(id, _)| *id == req.snapshot_id) else {
-        return Err(RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again"));
+    let expired = || RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again");
+    let Some((_, path, size)) = cache.filter(|(id, _, _)| *id == req.snapshot_id) else {
+        return Err(expired());
     };
-    let start = (req.offset as usize).min(buf.len());
-    let end = (start + req.max_bytes.min(CHUNK_BYTES) as usize).min(buf.len());
-    Ok(SnapshotChunk { data: buf[start..end].to_vec(), done: end == buf.len() })
+    let offset = req.offset.min(size);
+    let want = u64::from(req.max_bytes.min(CHUNK_BYTES)).min(size - offset);
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut data = Vec::with_capacity(want as usize);
+        f.take(want).read_to_end(&mut data)?;
+        Ok(data)
+    };
+    // A newer snapshot may have replaced this one (its file is gone): the standby starts over.
+    let data = read().map_err(|_| expired())?;
+    let done = offset + data.len() as u64 >= size;
+    Ok(SnapshotChunk { data, done })
 }
 
 async fn on_fence(core: &Arc<Core>, f: Fence) -> FenceReply {

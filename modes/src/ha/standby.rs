@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_wal::Record;
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -354,16 +355,23 @@ async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<(), String>
 
 async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Result<(), String> {
     settle(core).await?;
-    let mut buf = Vec::with_capacity(size as usize);
+    // Streamed to a file, then installed from it: the state is never whole in memory.
+    let dir = super::primary::snapshot_dir(core);
+    let path = dir.join("incoming.snap");
+    let io = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| io("cannot create the directory of", e))?;
+    let mut file = tokio::fs::File::create(&path).await.map_err(|e| io("cannot create", e))?;
+    let mut offset = 0u64;
     loop {
-        let req = encode(&SnapshotChunkReq { snapshot_id: id, offset: buf.len() as u64, max_bytes: 4 << 20 });
+        let req = encode(&SnapshotChunkReq { snapshot_id: id, offset, max_bytes: 4 << 20 });
         let b = core
             .transport()
             .request(&PEER.to_string(), SNAPSHOT_CHUNK, req, Some(Duration::from_secs(30)))
             .await
             .map_err(|e| e.to_string())?;
         let chunk: SnapshotChunk = decode(&b)?;
-        buf.extend_from_slice(&chunk.data);
+        file.write_all(&chunk.data).await.map_err(|e| io("cannot write", e))?;
+        offset += chunk.data.len() as u64;
         *core.last_primary_contact.lock().unwrap() = Instant::now();
         if chunk.done {
             break;
@@ -372,10 +380,17 @@ async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Res
             return Err("empty snapshot chunk".into());
         }
     }
+    file.flush().await.map_err(|e| io("cannot write", e))?;
+    drop(file);
+    if offset != size {
+        warn!(expected = size, got = offset, "the snapshot's size differs from what the primary announced");
+    }
     let (sm, wal) = (core.sm.clone(), core.wal.clone());
     let meta = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let meta = install_snapshot(&*sm, &buf[..]).map_err(|e| e.to_string())?;
+        let f = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let meta = install_snapshot(&*sm, std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
         wal.reset_to(meta.applied_index + 1).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&path);
         Ok(meta)
     })
     .await
