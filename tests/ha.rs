@@ -34,6 +34,11 @@ struct Writers {
 
 /// `n` concurrent writers PUTting unique keys to `targets` (round-robin per writer) until stopped.
 fn start_writers(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant) -> Writers {
+    start_writers_sized(targets, n, prefix, epoch0, 0)
+}
+
+/// As [`start_writers`], with values padded to `value_len` bytes.
+fn start_writers_sized(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant, value_len: usize) -> Writers {
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
     let prefix = prefix.to_owned();
@@ -52,7 +57,10 @@ fn start_writers(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant) 
                         }
                         let node = (w + i as usize) % targets.len();
                         let key = format!("{prefix}/w{w:02}/{i:06}");
-                        let value = format!("v-{w}-{i}");
+                        let mut value = format!("v-{w}-{i}-");
+                        while value.len() < value_len {
+                            value.push('x');
+                        }
                         let sent = epoch0.elapsed();
                         let r = client.put(format!("{}/v1/kv/{key}", targets[node])).body(value.clone()).send().await;
                         let status = r.as_ref().map_or(0, |r| r.status().as_u16());
@@ -405,6 +413,58 @@ fn a_partitioned_primary_with_a_witness_never_overlaps_the_new_one() {
         assert!(tail.contains(&format!("\"{}\"", w.key)), "acknowledged write {} is neither on the new primary nor in divergent/", w.key);
     }
     eprintln!("{} acknowledged writes were only on the isolated primary; all kept in divergent/", lost.len());
+}
+
+/// The standby's disk fills up (a per-process file size limit, as in `disk_full.rs`) under
+/// sync writes: the standby reports `failed`, the primary blocks writes and says so (never
+/// acknowledging what the standby could not store), and once the standby is restarted with
+/// room it catches up and every acknowledged write is on both nodes.
+#[test]
+fn a_full_disk_on_the_standby_blocks_sync_writes_and_loses_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
+    pair.b.kill9();
+    pair.b.file_size_limit_blocks = Some(8192); // 4 MiB per file
+    pair.b.restart();
+    wait_streaming(&pair.b, Duration::from_secs(20));
+    let t0 = Instant::now();
+    let writers = start_writers_sized(vec![pair.a.url("")], 8, "full", t0, 4096);
+    let start = Instant::now();
+    while health(&pair.b)["replication"]["state"] != "failed" {
+        assert!(start.elapsed() < Duration::from_secs(60), "the standby never hit its full disk: {}", health(&pair.b));
+        assert!(pair.b.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the standby exited:\n{}", pair.b.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed_at = t0.elapsed();
+    let start = Instant::now();
+    while health(&pair.a)["status"] != "degraded" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the primary never reported blocked writes: {}", health(&pair.a));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let h = health(&pair.a).to_string();
+    assert!(h.contains("blocked"), "{h}");
+    std::thread::sleep(Duration::from_millis(500));
+    let writes = writers.finish();
+    let acked = writes.iter().filter(|w| w.ok).count();
+    eprintln!("standby full after {:.1}s; {acked} writes acknowledged", failed_at.as_secs_f64());
+    assert!(acked > 100, "only {acked} writes acknowledged");
+    let log = pair.b.log_text();
+    let line = log.lines().find(|l| l.contains("File too large"));
+    assert!(line.is_some(), "the standby's log must name the error:\n{log}");
+    eprintln!("standby: {}", line.unwrap());
+
+    // Room again: the standby restarts, catches up, and the blocked writes go through.
+    pair.b.kill9();
+    pair.b.file_size_limit_blocks = None;
+    pair.b.restart();
+    let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(60));
+    eprintln!("converged after the standby restarted with room: {d}");
+    for n in [&pair.a, &pair.b] {
+        let lost = missing(n, &writes);
+        assert!(lost.is_empty(), "{} acknowledged writes missing on {}, e.g. {:?}", lost.len(), n.url(""), lost.first().map(|w| &w.key));
+    }
+    let (s, _) = http("PUT", &pair.a.url("/v1/kv/after-room"), Some(b"z".to_vec()));
+    assert_eq!(s, 200, "the primary takes sync writes again");
 }
 
 fn divergent_text(n: &Node) -> String {
