@@ -109,15 +109,24 @@ impl Core {
     }
 
     /// Becomes primary of `epoch`: persist the epoch and where it starts, then take writes.
-    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64, new_epoch: bool) {
+    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64, new_epoch: bool) -> Result<(), String> {
         let _t = self.transition.lock().await;
+        // This node's whole log is now the history. A record it logged but never applied (a
+        // fenced primary's last writes, an apply that failed) goes into the state before any
+        // new write, or the first new write would find a hole.
+        let (wal, sm) = (self.wal.clone(), self.sm.clone());
+        match tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(records = n, "applied logged records before taking writes"),
+            Ok(Err(e)) => return Err(format!("cannot bring the state up to the log: {e}; staying standby")),
+            Err(e) => return Err(format!("cannot bring the state up to the log: {e}; staying standby")),
+        }
         if new_epoch {
             let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
             p.history.begin(epoch, self.wal.last_index() + 1);
             p.owner = true;
             if let Err(e) = self.persist_epoch(epoch, p) {
-                warn!("cannot persist epoch {epoch}: {e}; staying standby");
-                return;
+                return Err(format!("cannot persist epoch {epoch}: {e}; staying standby"));
             }
         }
         // Whatever this node knew of a standby predates its promotion.
@@ -134,6 +143,7 @@ impl Core {
                 let _ = pipeline.submit(crate::command::Command::Noop).await;
             });
         }
+        Ok(())
     }
 
     /// The gate of the stream this node serves: as primary, and while handing over.

@@ -105,10 +105,14 @@ async fn decide_role(core: &Arc<Core>) {
         }
         _ if owner && epoch > 0 => {
             say("primary: this node is the primary of the latest epoch it knows");
-            core.become_primary(epoch, false).await;
+            if let Err(e) = core.become_primary(epoch, false).await {
+                warn!("{e}");
+            }
         }
         _ if configured == ConfiguredRole::Primary && epoch == 0 => {
-            core.become_primary(1, true).await;
+            if let Err(e) = core.become_primary(1, true).await {
+                warn!("{e}");
+            }
         }
         _ if configured == ConfiguredRole::Primary => {
             warn!(epoch, "configured HA_ROLE=primary, but this node was deposed in epoch {epoch}; it stays standby until it finds the primary (POST /admin/promote to take over)");
@@ -443,7 +447,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
         }
     }
     settle(core).await?;
-    core.become_primary(new_epoch, true).await;
+    core.become_primary(new_epoch, true).await?;
     Ok(new_epoch)
 }
 
@@ -475,7 +479,7 @@ async fn force_promote(core: &Arc<Core>) -> Result<u64, String> {
     let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
     let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
     settle(core).await?;
-    core.become_primary(new_epoch, true).await;
+    core.become_primary(new_epoch, true).await?;
     Ok(new_epoch)
 }
 
@@ -492,7 +496,7 @@ pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteRe
     if core.wal.durable_index() < p.last_index || core.sm.applied_index() < p.last_index {
         return Err(reject(format!("not caught up: have {}, need {}", core.wal.durable_index(), p.last_index)));
     }
-    core.become_primary(p.epoch + 1, true).await;
+    core.become_primary(p.epoch + 1, true).await.map_err(reject)?;
     Ok(PromoteReply { epoch: core.epoch(), leader: core.self_hint() })
 }
 
