@@ -167,6 +167,64 @@ fn a_primary_paused_by_sigstop_wakes_fenced_and_loses_nothing_acknowledged() {
     eprintln!("logged-but-unapplied records replayed: {}", pair.a.log_text().contains("logged but not applied"));
 }
 
+/// A sync primary whose standby flushed records it never heard about (the standby's acks are
+/// lost one way) is fenced with those records logged but not applied; they are committed in
+/// the new primary's log. Whether the old primary then follows (`promote_it == false`) or,
+/// the new primary dying, is promoted again itself, it must apply them before anything
+/// else: either path used to stall on "applied out of order".
+fn fenced_primary_with_logged_unapplied_records(promote_it: bool) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
+    let t0 = Instant::now();
+    let writers = start_writers(vec![pair.a.url("")], 8, "unapplied", t0);
+    std::thread::sleep(Duration::from_millis(800));
+    // B gets the batch it asked for last, but its next fetch (carrying the flushed
+    // position) never reaches A; A's heartbeats to B are cut too, so B fails over.
+    pair.b_to_a.mute_requests();
+    pair.a_to_b.cut();
+    wait_role(&pair.b, "primary", Duration::from_secs(15));
+    // A reaches B again, learns the new epoch and steps down with those records unapplied.
+    pair.a_to_b.heal();
+    wait_role(&pair.a, "standby", Duration::from_secs(15));
+    let writes = writers.finish();
+    pair.b_to_a.heal();
+    let acked = writes.iter().filter(|w| w.ok).count();
+    assert!(acked > 50, "only {acked} writes acknowledged");
+
+    if promote_it {
+        // B dies before sending A anything new; A takes over with its unapplied records.
+        pair.b.kill9();
+        wait_role(&pair.a, "primary", Duration::from_secs(15));
+        pair.b.set_env("MERIDIAN_CLUSTER_HA_ROLE", "standby");
+        pair.b.restart();
+        let (s, body) = http("PUT", &pair.a.url("/v1/kv/after"), Some(b"1".to_vec()));
+        assert_eq!(s, 200, "the re-promoted node cannot take writes: {}\n{}", String::from_utf8_lossy(&body), pair.a.log_text());
+        assert!(pair.a.log_text().contains("applied logged records before taking writes"), "the scenario did not leave unapplied records:\n{}", pair.a.log_text());
+    } else {
+        // A follows B; the next batch from B finds A's state behind its log.
+        let (s, body) = http("PUT", &pair.b.url("/v1/kv/after"), Some(b"1".to_vec()));
+        assert_eq!(s, 200, "the new primary cannot commit with the old one as standby: {}\n{}", String::from_utf8_lossy(&body), pair.a.log_text());
+        assert!(pair.a.log_text().contains("logged but not applied"), "the scenario did not leave unapplied records:\n{}", pair.a.log_text());
+    }
+    let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
+    eprintln!("unapplied records (promote_it={promote_it}): {acked} acknowledged; converged: {d}");
+    for n in [&pair.a, &pair.b] {
+        let lost = missing(n, &writes);
+        assert!(lost.is_empty(), "{} acknowledged writes missing, e.g. {:?}", lost.len(), lost.first().map(|w| &w.key));
+        assert_eq!(get(n, "after").as_deref(), Some("1"));
+    }
+}
+
+#[test]
+fn a_fenced_primary_applies_its_logged_records_when_it_follows() {
+    fenced_primary_with_logged_unapplied_records(false);
+}
+
+#[test]
+fn a_fenced_primary_applies_its_logged_records_when_promoted_again() {
+    fenced_primary_with_logged_unapplied_records(true);
+}
+
 #[test]
 fn async_failover_reports_loss_and_keeps_the_divergent_tail() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,6 +15,8 @@ pub struct Proxy {
 struct State {
     target: SocketAddr,
     cut: AtomicBool,
+    /// Client-to-target bytes are swallowed (the connection stays open); replies still flow.
+    mute_requests: AtomicBool,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
 }
@@ -24,7 +26,7 @@ impl Proxy {
     pub fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(State { target, cut: AtomicBool::new(false), stop: AtomicBool::new(false), conns: Mutex::new(vec![]) });
+        let state = Arc::new(State { target, cut: AtomicBool::new(false), mute_requests: AtomicBool::new(false), stop: AtomicBool::new(false), conns: Mutex::new(vec![]) });
         let st = state.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -47,13 +49,14 @@ impl Proxy {
                     conns.push(client.try_clone().unwrap());
                     conns.push(server.try_clone().unwrap());
                 }
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                for (upstream, mut from, mut to) in [(true, client.try_clone().unwrap(), server.try_clone().unwrap()), (false, server, client)] {
                     let st = st.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 64 * 1024];
                         loop {
                             match from.read(&mut buf) {
                                 Ok(0) | Err(_) => break,
+                                Ok(_) if upstream && st.mute_requests.load(Ordering::SeqCst) => {}
                                 Ok(n) => {
                                     if st.cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
                                         break;
@@ -82,7 +85,19 @@ impl Proxy {
         }
     }
 
+    /// From now on, what the connecting side sends is silently dropped, while what the target
+    /// sends still arrives: a one-way failure (requests and acks lost, replies delivered).
+    pub fn mute_requests(&self) {
+        self.state.mute_requests.store(true, Ordering::SeqCst);
+    }
+
     pub fn heal(&self) {
+        if self.state.mute_requests.swap(false, Ordering::SeqCst) {
+            // Those streams lost bytes mid-frame: close them, the nodes reconnect.
+            for c in self.state.conns.lock().unwrap().drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
         self.state.cut.store(false, Ordering::SeqCst);
     }
 }
