@@ -404,6 +404,9 @@ async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Res
     let _ = core.persist_epoch(core.epoch().max(meta.epoch), p);
     core.want_snapshot.store(false, Ordering::SeqCst);
     core.applied_tx.send_replace(meta.applied_index);
+    // The primary was heard from just before the install; the install's own duration (seconds
+    // for a large state) is not the primary's silence and must not trigger a failover.
+    *core.last_primary_contact.lock().unwrap() = Instant::now();
     info!(index = meta.applied_index, keys = meta.keys, "installed a snapshot from the primary");
     send_ack(core, positions(core)).await;
     Ok(())
