@@ -115,11 +115,13 @@ impl Core {
         // fenced primary's last writes, an apply that failed) goes into the state before any
         // new write, or the first new write would find a hole.
         let (wal, sm) = (self.wal.clone(), self.sm.clone());
-        match tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(records = n, "applied logged records before taking writes"),
-            Ok(Err(e)) => return Err(format!("cannot bring the state up to the log: {e}; staying standby")),
-            Err(e) => return Err(format!("cannot bring the state up to the log: {e}; staying standby")),
+        let replayed = tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| format!("cannot bring the state up to the log: {e}; staying standby"))?;
+        if replayed > 0 {
+            info!(records = replayed, "applied logged records before taking writes");
         }
         if new_epoch {
             let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
