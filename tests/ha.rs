@@ -5,98 +5,22 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::ha::{health, role, wait_converged, wait_role, wait_streaming, HaOpts, HaPair};
+use common::writers::{get_at, missing_at, start_writers, start_writers_sized, Write};
 use common::{http, Node};
 
 /// HA tests measure timeouts; run them one at a time so they do not starve each other.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-#[derive(Default, Clone)]
-struct Write {
-    key: String,
-    value: String,
-    node: usize,
-    sent: Duration,
-    answered: Duration,
-    ok: bool,
-    /// HTTP status, or 0 when there was no answer.
-    status: u16,
-}
-
-struct Writers {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<Write>>,
-}
-
-/// `n` concurrent writers PUTting unique keys to `targets` (round-robin per writer) until stopped.
-fn start_writers(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant) -> Writers {
-    start_writers_sized(targets, n, prefix, epoch0, 0)
-}
-
-/// As [`start_writers`], with values padded to `value_len` bytes.
-fn start_writers_sized(targets: Vec<String>, n: usize, prefix: &str, epoch0: Instant, value_len: usize) -> Writers {
-    let stop = Arc::new(AtomicBool::new(false));
-    let st = stop.clone();
-    let prefix = prefix.to_owned();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
-            let mut tasks = Vec::new();
-            for w in 0..n {
-                let (client, st, targets, prefix) = (client.clone(), st.clone(), targets.clone(), prefix.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    for i in 0u64.. {
-                        if st.load(Ordering::SeqCst) || i > 200_000 {
-                            break;
-                        }
-                        let node = (w + i as usize) % targets.len();
-                        let key = format!("{prefix}/w{w:02}/{i:06}");
-                        let mut value = format!("v-{w}-{i}-");
-                        while value.len() < value_len {
-                            value.push('x');
-                        }
-                        let sent = epoch0.elapsed();
-                        let r = client.put(format!("{}/v1/kv/{key}", targets[node])).body(value.clone()).send().await;
-                        let status = r.as_ref().map_or(0, |r| r.status().as_u16());
-                        let ok = status == 200;
-                        out.push(Write { key, value, node, sent, answered: epoch0.elapsed(), ok, status });
-                        if !ok {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                    out
-                }));
-            }
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.unwrap());
-            }
-            all
-        })
-    });
-    Writers { stop, handle }
-}
-
-impl Writers {
-    fn finish(self) -> Vec<Write> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
-    }
-}
-
 fn get(n: &Node, key: &str) -> Option<String> {
-    let (s, b) = http("GET", &n.url(&format!("/v1/kv/{key}?consistency=local")), None);
-    (s == 200).then(|| String::from_utf8(b).unwrap())
+    get_at(&n.url(""), key)
 }
 
 fn missing(n: &Node, writes: &[Write]) -> Vec<Write> {
-    writes.iter().filter(|w| w.ok && get(n, &w.key).as_deref() != Some(w.value.as_str())).cloned().collect()
+    missing_at(&n.url(""), writes)
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::proxy::Proxy;
-use super::{free_port, http, http_json, Node};
+use super::{free_port, http, http_json, Node, Target};
 
 pub struct HaOpts {
     pub sync_mode: &'static str,
@@ -126,16 +126,16 @@ impl HaPair {
     }
 }
 
-pub fn health(n: &Node) -> serde_json::Value {
+pub fn health(n: &impl Target) -> serde_json::Value {
     let (_, body) = http("GET", &n.url("/health"), None);
     serde_json::from_slice(&body).unwrap_or_default()
 }
 
-pub fn role(n: &Node) -> String {
+pub fn role(n: &impl Target) -> String {
     health(n)["replication"]["role"].as_str().unwrap_or("").to_owned()
 }
 
-pub fn wait_role(n: &Node, want: &str, within: Duration) -> Duration {
+pub fn wait_role(n: &impl Target, want: &str, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
         if role(n) == want {
@@ -146,7 +146,7 @@ pub fn wait_role(n: &Node, want: &str, within: Duration) -> Duration {
     }
 }
 
-pub fn wait_streaming(n: &Node, within: Duration) {
+pub fn wait_streaming(n: &impl Target, within: Duration) {
     let start = Instant::now();
     loop {
         let h = health(n);
@@ -159,7 +159,7 @@ pub fn wait_streaming(n: &Node, within: Duration) {
 }
 
 /// Waits until both nodes report the same digest.
-pub fn wait_converged(x: &Node, y: &Node, within: Duration) -> serde_json::Value {
+pub fn wait_converged(x: &impl Target, y: &impl Target, within: Duration) -> serde_json::Value {
     let start = Instant::now();
     loop {
         let (dx, dy) = (http_json("GET", &x.url("/admin/digest")), http_json("GET", &y.url("/admin/digest")));

@@ -3,6 +3,7 @@
 
 pub mod ha;
 pub mod proxy;
+pub mod writers;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,22 @@ pub struct Node {
     /// Largest file the node may write, in 512-byte blocks (`ulimit -f`): a full disk for one
     /// process, no root needed. Writes past it fail with EFBIG (SIGXFSZ is ignored).
     pub file_size_limit_blocks: Option<u64>,
+}
+
+/// A running node the helpers can talk to: a process this test started ([`Node`]) or a
+/// container (`tests/docker_compose.rs`).
+pub trait Target {
+    fn url(&self, path: &str) -> String;
+    fn log_text(&self) -> String;
+}
+
+impl Target for Node {
+    fn url(&self, path: &str) -> String {
+        Node::url(self, path)
+    }
+    fn log_text(&self) -> String {
+        Node::log_text(self)
+    }
 }
 
 impl Node {
