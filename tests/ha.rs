@@ -476,3 +476,52 @@ fn a_pair_with_a_witness_replicates_and_fails_over_over_mutual_tls() {
     wait_role(&pair.b, "primary", Duration::from_secs(15));
     assert!(missing(&pair.b, &(0..50).map(|i| Write { key: format!("tls/{i}"), value: "secret".into(), ok: true, ..Write::default() }).collect::<Vec<_>>()).is_empty());
 }
+
+fn get_with(n: &Node, key: &str, consistency: &str) -> (u16, String) {
+    let (s, b) = http("GET", &n.url(&format!("/v1/kv/{key}?consistency={consistency}")), None);
+    (s, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// An isolated primary still believes it is the primary for a while, so a `local` read there
+/// can miss writes the new primary acknowledged; `linearizable` must never do that: it is
+/// refused until the node can confirm it is the primary, and served correctly after it
+/// rejoins as standby.
+#[test]
+fn linearizable_reads_never_serve_a_deposed_primarys_stale_state() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "semi_sync", witness: true, ..HaOpts::default() });
+    let (s, _) = http("PUT", &pair.a.url("/v1/kv/k"), Some(b"v1".to_vec()));
+    assert_eq!(s, 200);
+    assert_eq!(get_with(&pair.a, "k", "linearizable"), (200, "v1".into()), "on the primary");
+    assert_eq!(get_with(&pair.b, "k", "linearizable"), (200, "v1".into()), "on the standby");
+
+    // Isolate A from the standby and the witness; B takes over and acknowledges v2.
+    pair.a_to_b.cut();
+    pair.b_to_a.cut();
+    pair.a_to_w.as_ref().unwrap().cut();
+    wait_role(&pair.b, "primary", Duration::from_secs(15));
+    let (s, body) = http("PUT", &pair.b.url("/v1/kv/k"), Some(b"v2".to_vec()));
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+
+    assert_eq!(get_with(&pair.a, "k", "local"), (200, "v1".into()), "the isolated node should still hold the old value");
+    let (s, body) = get_with(&pair.a, "k", "linearizable");
+    assert_eq!(s, 503, "a linearizable read on the isolated old primary must be refused: {body}");
+    assert!(body.contains("cannot confirm"), "{body}");
+    assert_eq!(get_with(&pair.b, "k", "linearizable"), (200, "v2".into()), "on the new primary");
+
+    // Healed, A learns the new epoch, follows, and serves the new value linearizably.
+    pair.a_to_b.heal();
+    pair.b_to_a.heal();
+    pair.a_to_w.as_ref().unwrap().heal();
+    wait_role(&pair.a, "standby", Duration::from_secs(15));
+    let start = Instant::now();
+    loop {
+        let r = get_with(&pair.a, "k", "linearizable");
+        if r.0 == 200 {
+            assert_eq!(r.1, "v2", "a linearizable read on the rejoined standby returned a stale value");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no linearizable read on the rejoined node: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -18,6 +18,7 @@ pub const FENCE: u16 = 0x0104;
 pub const FORWARD: u16 = 0x0105;
 pub const PROMOTE: u16 = 0x0106;
 pub const SWITCHOVER: u16 = 0x0107;
+pub const READ_INDEX: u16 = 0x0108;
 pub const WITNESS_PING: u16 = 0x0110;
 pub const WITNESS_VOTE: u16 = 0x0111;
 
@@ -131,6 +132,24 @@ pub struct Promote {
 pub struct PromoteReply {
     pub epoch: u64,
     pub leader: LeaderHint,
+}
+
+/// Standby → primary, for a `consistency=linearizable` read on the standby: "what must I
+/// have applied to serve a read that sees every acknowledged write?"
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadIndex {
+    pub epoch: u64,
+    pub node_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadIndexReply {
+    pub epoch: u64,
+    /// The receiver was the primary of `epoch` when it answered.
+    pub primary: bool,
+    /// The receiver's applied index then (a primary applies a write before acknowledging it).
+    pub index: u64,
+    pub leader: Option<LeaderHint>,
 }
 
 /// Primary → witness: "I am primary in `epoch`" (renews the primary's lease there).

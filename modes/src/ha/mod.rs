@@ -10,6 +10,7 @@
 //!   switchover.
 //! - `standby`: the fetch loop (append, apply, ack), divergence and snapshot catch-up,
 //!   failure detection and promotion.
+//! - `read_index`: `consistency=linearizable` reads on either node.
 //! - [`divergent`]: keeping a former primary's divergent tail in `DATA_DIR/divergent/`.
 //! - [`witness`]: the tie-breaker process.
 //!
@@ -24,6 +25,7 @@ pub mod epochs;
 pub mod gate;
 pub mod messages;
 mod primary;
+mod read_index;
 mod standby;
 pub mod witness;
 
@@ -268,8 +270,12 @@ impl Replicator for HaStandby {
     }
 
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError> {
-        // Reads are served locally on either node (the standby's default is `local`); a
-        // bookmark makes the read wait until this node has applied the writer's position.
+        // Reads are served locally on either node by default (`local`); a bookmark makes
+        // the read wait until this node has applied the writer's position, and
+        // `linearizable` until no newer primary can exist (see `read_index`).
+        if req.consistency == Some(crate::replicator::Consistency::Linearizable) {
+            read_index::linearizable_fence(&self.core, req.wait).await?;
+        }
         if let Some(b) = req.bookmark {
             let mut rx = self.core.applied_tx.subscribe();
             wait_for_applied(&mut rx, b.index, req.wait).await?;

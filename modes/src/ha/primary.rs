@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::epochs::HaPersisted;
 use super::gate::SyncGate;
 use super::messages::*;
-use super::{Core, Role, PEER, WITNESS};
+use super::{Core, Role, PEER};
 use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy, Tail};
 use crate::replicator::{AdminError, SubmitError};
 use crate::state_machine::write_snapshot;
@@ -41,6 +41,7 @@ impl Handler for HaHandler {
             SNAPSHOT_CHUNK => serve_chunk(core, decode(&payload).map_err(bad)?).map(|c| encode(&c)),
             FENCE => Ok(encode(&on_fence(core, decode(&payload).map_err(bad)?).await)),
             FORWARD => Ok(encode(&on_forward(core, decode(&payload).map_err(bad)?).await)),
+            READ_INDEX => Ok(encode(&super::read_index::on_read_index(core, decode(&payload).map_err(bad)?).await)),
             PROMOTE => super::standby::on_promote(core, decode(&payload).map_err(bad)?).await.map(|r| encode(&r)),
             SWITCHOVER => switchover(core)
                 .await
@@ -371,42 +372,22 @@ fn on_ack(core: &Arc<Core>, a: Ack) {
 /// witness, and stop acknowledging if neither could be reached for the lease period.
 pub(crate) async fn tick(core: &Arc<Core>) {
     let epoch = core.epoch();
-    let t = core.transport();
-    let hb = core.cfg.heartbeat;
-    let sent = Instant::now();
-    let fence = encode(&Fence { epoch, from: core.cfg.node_id.clone() });
-    let peer_id = PEER.to_string();
-    let witness_id = WITNESS.to_string();
-    let peer = t.request(&peer_id, FENCE, fence, Some(hb));
-    let witness = async {
-        match &core.cfg.witness_addr {
-            Some(_) => {
-                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone() });
-                Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
-            }
-            None => None,
+    let a = super::read_index::assert_epoch(core, epoch).await;
+    if let Some(r) = a.peer {
+        if r.epoch > epoch {
+            core.step_down(r.epoch, r.leader).await;
+            return;
         }
-    };
-    let (peer, witness) = tokio::join!(peer, witness);
-    if let Ok(b) = peer {
-        if let Ok(r) = decode::<FenceReply>(&b) {
-            if r.epoch > epoch {
-                core.step_down(r.epoch, r.leader).await;
-                return;
-            }
-            *core.last_standby_contact.lock().unwrap() = Some(sent);
-        }
+        *core.last_standby_contact.lock().unwrap() = Some(a.sent);
     }
-    if let Some(Ok(b)) = witness {
-        if let Ok(r) = decode::<WitnessReply>(&b) {
-            if r.epoch > epoch {
-                warn!(witness_epoch = r.epoch, "the witness knows a higher epoch: {}", r.reason);
-                core.step_down(r.epoch, None).await;
-                return;
-            }
-            if r.granted {
-                *core.last_witness_contact.lock().unwrap() = Some(sent);
-            }
+    if let Some(r) = a.witness {
+        if r.epoch > epoch {
+            warn!(witness_epoch = r.epoch, "the witness knows a higher epoch: {}", r.reason);
+            core.step_down(r.epoch, None).await;
+            return;
+        }
+        if r.granted {
+            *core.last_witness_contact.lock().unwrap() = Some(a.sent);
         }
     }
     if core.cfg.witness_addr.is_some() {
