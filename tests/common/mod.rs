@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ha;
+pub mod linearizability;
 pub mod proxy;
 pub mod writers;
 
