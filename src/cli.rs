@@ -75,6 +75,9 @@ enum Cmd {
         key_bytes: usize,
         #[arg(long, default_value_t = 256)]
         value_bytes: usize,
+        /// Benchmark reads instead: GET with this consistency (local or linearizable).
+        #[arg(long, value_parser = ["local", "linearizable"])]
+        reads: Option<String>,
     },
 }
 
@@ -133,10 +136,15 @@ pub fn main() -> i32 {
                 1
             }
         },
-        Cmd::Bench { url, token, clients, duration, key_bytes, value_bytes } => {
-            let opts = crate::bench::BenchOptions { url, token, clients, duration, key_bytes, value_bytes };
-            rt.block_on(crate::bench::run(opts));
-            0
+        Cmd::Bench { url, token, clients, duration, key_bytes, value_bytes, reads } => {
+            let opts = crate::bench::BenchOptions { url, token, clients, duration, key_bytes, value_bytes, reads };
+            match rt.block_on(crate::bench::run(opts)) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("meridian bench: {e}");
+                    1
+                }
+            }
         }
     }
 }
