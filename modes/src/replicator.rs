@@ -49,7 +49,7 @@ pub enum SubmitError {
     Unavailable(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("bookmark position {wanted} not applied within {waited:?} (applied: {applied})")]
     BookmarkTimeout { wanted: u64, applied: u64, waited: Duration },

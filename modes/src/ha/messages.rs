@@ -134,8 +134,8 @@ pub struct PromoteReply {
     pub leader: LeaderHint,
 }
 
-/// Standby → primary, for a `consistency=linearizable` read on the standby: "what must I
-/// have applied to serve a read that sees every acknowledged write?"
+/// Standby → primary, for a `consistency=linearizable` read on the standby: "how far must I
+/// have applied to serve a linearizable read?"
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReadIndex {
     pub epoch: u64,
@@ -147,7 +147,8 @@ pub struct ReadIndexReply {
     pub epoch: u64,
     /// The receiver was the primary of `epoch` when it answered.
     pub primary: bool,
-    /// The receiver's applied index then (a primary applies a write before acknowledging it).
+    /// The receiver's last logged index then: every acknowledged write, and everything
+    /// either node may have applied, is at or below it.
     pub index: u64,
     pub leader: Option<LeaderHint>,
 }

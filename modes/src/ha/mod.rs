@@ -130,6 +130,10 @@ pub struct Core {
     pub(crate) applying: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
     /// Batches handed to the background apply and not yet applied.
     pub(crate) apply_backlog: AtomicUsize,
+    /// Linearizable reads: the primary's epoch confirmations and the standby's read-index
+    /// requests, each shared by the reads that wait for them.
+    pub(crate) confirm_rounds: Arc<read_index::SharedRounds<Result<u64, ReadError>>>,
+    pub(crate) index_rounds: Arc<read_index::SharedRounds<Result<u64, ReadError>>>,
 }
 
 pub struct HaStandby {
@@ -231,6 +235,8 @@ impl HaStandby {
             applying: tokio::sync::Mutex::new(None),
             apply_backlog: AtomicUsize::new(0),
             tail: Mutex::new(None),
+            confirm_rounds: read_index::SharedRounds::new(),
+            index_rounds: read_index::SharedRounds::new(),
         });
         Arc::new(HaStandby { core, driver: Mutex::new(None) })
     }
