@@ -4,7 +4,7 @@
 //! Clients write unique values and read with `consistency=linearizable` on both nodes
 //! (writes on the standby are forwarded) while (1, `sync`) the primary is paused with SIGSTOP
 //! past the failover timeout and woken, then the new primary is killed with kill -9 and
-//! restarted; (2, `semi_sync` with a witness) the primary is partitioned from both while it
+//! restarted, then a switchover hands the role back; (2, `semi_sync` with a witness) the primary is partitioned from both while it
 //! keeps serving clients, then healed.
 
 mod common;
@@ -151,7 +151,7 @@ impl Clients {
 }
 
 #[test]
-fn sync_ha_histories_stay_linearizable_through_sigstop_and_kill_9() {
+fn sync_ha_histories_stay_linearizable_through_sigstop_kill_9_and_switchover() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
     let t0 = Instant::now();
@@ -174,6 +174,12 @@ fn sync_ha_histories_stay_linearizable_through_sigstop_and_kill_9() {
     pair.b.restart();
     wait_role(&pair.b, "standby", Duration::from_secs(15));
     std::thread::sleep(Duration::from_millis(1500));
+
+    // A planned switchover back to B under the same traffic.
+    let (s, body) = common::http("POST", &pair.a.url("/admin/switchover"), None);
+    assert_eq!(s, 200, "switchover failed: {}", String::from_utf8_lossy(&body));
+    wait_role(&pair.b, "primary", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1000));
 
     let history = clients.finish();
     wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
