@@ -106,6 +106,8 @@ pub struct FenceReply {
     /// The receiver is primary (in `epoch`) after handling the fence.
     pub primary: bool,
     pub leader: Option<LeaderHint>,
+    /// The receiver's last logged index: a restarting primary compares it with its own.
+    pub last_index: u64,
 }
 
 /// A write forwarded by the standby to the primary.

@@ -325,7 +325,7 @@ async fn on_fence(core: &Arc<Core>, f: Fence) -> FenceReply {
         // The primary of our epoch is alive and says so: that is contact.
         *core.last_primary_contact.lock().unwrap() = Instant::now();
     }
-    FenceReply { epoch: core.epoch(), primary: core.is_primary(), leader: core.leader.lock().unwrap().clone() }
+    FenceReply { epoch: core.epoch(), primary: core.is_primary(), leader: core.leader.lock().unwrap().clone(), last_index: core.wal.last_index() }
 }
 
 async fn on_forward(core: &Arc<Core>, f: Forward) -> ForwardReply {

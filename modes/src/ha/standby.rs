@@ -103,6 +103,19 @@ async fn decide_role(core: &Arc<Core>) {
             info!(epoch = p.epoch, "following the peer as standby");
             *core.leader.lock().unwrap() = p.leader;
         }
+        // The primary streams records before they are durable on it, so after a crash its
+        // standby may hold records it lost. Resuming as primary would make the standby set
+        // them aside although it has applied (and shown) them; the standby takes over
+        // instead, with its longer log, and this node follows it.
+        Some(p) if owner && epoch > 0 && p.epoch == epoch && !p.primary && p.last_index > core.wal.last_index() => {
+            say("standby: the peer holds records this node lost");
+            warn!(
+                epoch,
+                last_index = core.wal.last_index(),
+                standby_last_index = p.last_index,
+                "this node was the primary, but its standby holds records this node lost in a crash; it stays standby: the peer takes over after MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT (or POST /admin/promote on it) and this node follows"
+            );
+        }
         _ if owner && epoch > 0 => {
             say("primary: this node is the primary of the latest epoch it knows");
             if let Err(e) = core.become_primary(epoch, false).await {
