@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::epochs::HaPersisted;
 use super::gate::SyncGate;
 use super::messages::*;
-use super::{Core, Role, PEER};
+use super::{Core, Role, PEER, WITNESS};
 use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy, Tail};
 use crate::replicator::{AdminError, SubmitError};
 use crate::state_machine::write_snapshot;
@@ -368,11 +368,45 @@ fn on_ack(core: &Arc<Core>, a: Ack) {
     }
 }
 
+/// What the standby and the witness answered when this primary asserted `epoch`.
+pub(crate) struct Assertion {
+    pub sent: Instant,
+    pub peer: Option<FenceReply>,
+    pub witness: Option<WitnessReply>,
+}
+
+/// Asserts `epoch` to the standby (`FENCE`) and renews the lease with the witness, in
+/// parallel, each bounded by one heartbeat interval: the heartbeat, and the confirmation
+/// a linearizable read needs (`read_index`).
+pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
+    let t = core.transport();
+    let hb = core.cfg.heartbeat;
+    let sent = Instant::now();
+    let fence = encode(&Fence { epoch, from: core.cfg.node_id.clone() });
+    let (peer_id, witness_id) = (PEER.to_string(), WITNESS.to_string());
+    let peer = t.request(&peer_id, FENCE, fence, Some(hb));
+    let witness = async {
+        match &core.cfg.witness_addr {
+            Some(_) => {
+                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone() });
+                Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
+            }
+            None => None,
+        }
+    };
+    let (peer, witness) = tokio::join!(peer, witness);
+    Assertion {
+        sent,
+        peer: peer.ok().and_then(|b| decode::<FenceReply>(&b).ok()),
+        witness: witness.and_then(|r| r.ok()).and_then(|b| decode::<WitnessReply>(&b).ok()),
+    }
+}
+
 /// One heartbeat round as primary: assert the epoch to the peer, renew the lease with the
 /// witness, and stop acknowledging if neither could be reached for the lease period.
 pub(crate) async fn tick(core: &Arc<Core>) {
     let epoch = core.epoch();
-    let a = super::read_index::assert_epoch(core, epoch).await;
+    let a = assert_epoch(core, epoch).await;
     if let Some(r) = a.peer {
         if r.epoch > epoch {
             core.step_down(r.epoch, r.leader).await;

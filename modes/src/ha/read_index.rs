@@ -12,8 +12,8 @@
 //! logged index, which bounds everything either node may have applied — establishes that
 //! no newer primary exists, waits until this node has applied up to the read index, and
 //! then serves the local state:
-//! - On the primary: assert the epoch to the standby and the witness at once (the same
-//!   exchange as the heartbeat). The standby answering "standby of this epoch", or the
+//! - On the primary: assert the epoch to the standby and the witness at once (the
+//!   heartbeat's exchange, `primary::assert_epoch`). The standby answering "standby of this epoch", or the
 //!   witness answering "granted in this epoch", proves nobody was promoted before that
 //!   answer — the standby needs the witness's vote (or this node's silence for a whole
 //!   failover timeout, which the exchange itself resets) to promote. A higher epoch in
@@ -32,47 +32,14 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::watch;
 
 use super::messages::*;
-use super::{Core, Role, PEER, WITNESS};
+use super::primary::assert_epoch;
+use super::{Core, Role, PEER};
 use crate::bookmark::wait_for_applied;
 use crate::replicator::ReadError;
-
-/// What the standby and the witness answered when this primary asserted `epoch`.
-pub(crate) struct Assertion {
-    pub sent: Instant,
-    pub peer: Option<FenceReply>,
-    pub witness: Option<WitnessReply>,
-}
-
-/// Asserts `epoch` to the standby (`FENCE`) and renews the lease with the witness, in
-/// parallel, each bounded by one heartbeat interval.
-pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
-    let t = core.transport();
-    let hb = core.cfg.heartbeat;
-    let sent = Instant::now();
-    let fence = encode(&Fence { epoch, from: core.cfg.node_id.clone() });
-    let (peer_id, witness_id) = (PEER.to_string(), WITNESS.to_string());
-    let peer = t.request(&peer_id, FENCE, fence, Some(hb));
-    let witness = async {
-        match &core.cfg.witness_addr {
-            Some(_) => {
-                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone() });
-                Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
-            }
-            None => None,
-        }
-    };
-    let (peer, witness) = tokio::join!(peer, witness);
-    Assertion {
-        sent,
-        peer: peer.ok().and_then(|b| decode::<FenceReply>(&b).ok()),
-        witness: witness.and_then(|r| r.ok()).and_then(|b| decode::<WitnessReply>(&b).ok()),
-    }
-}
 
 /// Waits until a read served from this node's state now would be linearizable.
 pub(crate) async fn linearizable_fence(core: &Arc<Core>, wait: std::time::Duration) -> Result<(), ReadError> {
@@ -239,7 +206,7 @@ impl<T: Clone + Send + Sync + 'static> SharedRounds<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_gets_a_round_that_started_after_it_and_concurrent_reads_share_rounds() {
