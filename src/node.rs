@@ -38,6 +38,8 @@ pub enum NodeError {
     Store(#[from] meridian_modes::state_machine::StateMachineError),
     #[error("recovery failed: {0}")]
     Recovery(#[from] RecoveryError),
+    #[error("cannot start ha_standby: {0}")]
+    Ha(#[from] meridian_modes::ha::HaStartError),
     #[error("cannot start the cluster transport on {addr} (MERIDIAN_CLUSTER_BIND_ADDR): {reason}")]
     Transport { addr: SocketAddr, reason: String },
     #[error("cannot listen on {addr} (MERIDIAN_HTTP_ADDR): {source}")]
@@ -104,7 +106,7 @@ impl Node {
         let sm: Arc<dyn StateMachine> = store;
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
             ClusterMode::HaStandby => {
-                let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone());
+                let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone())?;
                 let transport = start_transport(cfg, tls, ha.handler(), &metrics).await?;
                 ha.start(transport);
                 ha
@@ -226,6 +228,11 @@ fn ha_config(cfg: &Config) -> HaConfig {
         checkpoint_interval: cfg.checkpoint_interval.0,
         data_dir: cfg.data_dir.clone(),
         wal_retention: cfg.cluster_ha_wal_retention,
+        limits: meridian_modes::command::Limits {
+            max_key_bytes: crate::api::kv::MAX_KEY_BYTES,
+            max_value_bytes: cfg.max_value_bytes as usize,
+            max_txn_ops: crate::api::txn::MAX_OPS,
+        },
     }
 }
 

@@ -101,6 +101,91 @@ impl Command {
     }
 }
 
+/// What a client command may contain. The HTTP layer enforces the same numbers; a command
+/// that arrives any other way (forwarded over the cluster port) is checked here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Compares in a txn, and ops in each branch.
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_key_bytes: 1024, max_value_bytes: 1 << 20, max_txn_ops: 256 }
+    }
+}
+
+/// Why a command was refused before it reached the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl Invalid {
+    /// The API error code this maps to.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Invalid::BadRequest(_) => "bad_request",
+            Invalid::TooLarge(_) => "too_large",
+        }
+    }
+}
+
+impl Command {
+    /// Checks a client command against `limits`: keys 1..=max bytes, values up to the value
+    /// limit, txns within the op limit. `Noop` is the log's own and never a client's.
+    pub fn validate(&self, limits: &Limits) -> Result<(), Invalid> {
+        let key = |k: &str| {
+            if k.is_empty() || k.len() > limits.max_key_bytes {
+                return Err(Invalid::BadRequest(format!("keys must be 1 to {} bytes of UTF-8; this one is {} bytes", limits.max_key_bytes, k.len())));
+            }
+            Ok(())
+        };
+        let value = |v: &[u8]| {
+            if v.len() > limits.max_value_bytes {
+                return Err(Invalid::TooLarge(format!("value is {} bytes; the limit is {} (MERIDIAN_MAX_VALUE_BYTES)", v.len(), limits.max_value_bytes)));
+            }
+            Ok(())
+        };
+        match self {
+            Command::Put { key: k, value: v, .. } => {
+                key(k)?;
+                value(v)
+            }
+            Command::Delete { key: k, .. } => key(k),
+            Command::Txn(t) => {
+                for (what, n) in [("compares", t.compare.len()), ("success ops", t.success.len()), ("failure ops", t.failure.len())] {
+                    if n > limits.max_txn_ops {
+                        return Err(Invalid::BadRequest(format!("a txn may have at most {} {what}; this one has {n}", limits.max_txn_ops)));
+                    }
+                }
+                for c in &t.compare {
+                    key(&c.key)?;
+                    if let CompareTarget::Value(v) = &c.target {
+                        value(v)?;
+                    }
+                }
+                for op in t.success.iter().chain(&t.failure) {
+                    match op {
+                        Op::Put { key: k, value: v } => {
+                            key(k)?;
+                            value(v)?;
+                        }
+                        Op::Delete { key: k } | Op::Get { key: k } => key(k)?,
+                    }
+                }
+                Ok(())
+            }
+            Command::Noop => Err(Invalid::BadRequest("a no-op is written by the log itself, never submitted".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +205,21 @@ mod tests {
         for c in cmds {
             assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn validate_applies_the_http_limits() {
+        let l = Limits { max_key_bytes: 1024, max_value_bytes: 1024, max_txn_ops: 2 };
+        let put = |k: &str, n: usize| Command::Put { key: k.into(), value: vec![0; n], if_revision: None };
+        assert!(put("k", 1024).validate(&l).is_ok());
+        assert_eq!(put("", 1).validate(&l).unwrap_err().code(), "bad_request");
+        assert_eq!(put(&"x".repeat(5000), 1).validate(&l).unwrap_err().code(), "bad_request");
+        assert_eq!(put("k", 100_000).validate(&l).unwrap_err().code(), "too_large");
+        assert!(Command::Noop.validate(&l).is_err());
+        let txn = Command::Txn(Txn { compare: vec![], success: vec![Op::Get { key: "a".into() }; 3], failure: vec![] });
+        assert_eq!(txn.validate(&l).unwrap_err().code(), "bad_request");
+        let txn = Command::Txn(Txn { compare: vec![], success: vec![Op::Put { key: "a".into(), value: vec![0; 2000] }], failure: vec![] });
+        assert_eq!(txn.validate(&l).unwrap_err().code(), "too_large");
     }
 
     #[test]

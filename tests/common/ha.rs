@@ -17,11 +17,13 @@ pub struct HaOpts {
     pub extra: Vec<(&'static str, String)>,
     /// Mutual TLS on the cluster port, with certificates from `meridian certs generate`.
     pub tls: bool,
+    /// Start with A and B cut from each other (and do not wait for a primary and a standby).
+    pub partitioned: bool,
 }
 
 impl Default for HaOpts {
     fn default() -> Self {
-        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false }
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false }
     }
 }
 
@@ -89,6 +91,10 @@ impl HaPair {
         let (ca, cb, cw) = (free_port(), free_port(), free_port());
         let a_to_b = Proxy::start(addr(cb));
         let b_to_a = Proxy::start(addr(ca));
+        if o.partitioned {
+            a_to_b.cut();
+            b_to_a.cut();
+        }
         let (mut w, mut a_to_w, mut b_to_w) = (None, None, None);
         if o.witness {
             let mut env = tls("witness");
@@ -109,6 +115,9 @@ impl HaPair {
         let a = Node::start_env(&dir.path().join("a"), a_env);
         let b = Node::start_env(&dir.path().join("b"), b_env);
         let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };
+        if o.partitioned {
+            return pair;
+        }
         wait_role(&pair.a, "primary", Duration::from_secs(20));
         wait_streaming(&pair.b, Duration::from_secs(20));
         pair

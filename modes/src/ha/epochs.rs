@@ -52,7 +52,8 @@ mod tests {
         assert_eq!(h.epoch_at(100), 1);
         assert_eq!(h.epoch_at(101), 2);
         let p = HaPersisted { history: h.clone(), owner: true };
-        assert_eq!(HaPersisted::decode(&p.encode()), p);
+        assert_eq!(HaPersisted::decode(&p.encode()).unwrap(), p);
+        assert!(HaPersisted::decode(&[0xff; 3]).is_err(), "damaged epoch state decoded");
     }
 }
 
@@ -66,11 +67,14 @@ pub struct HaPersisted {
 }
 
 impl HaPersisted {
-    pub fn decode(bytes: &[u8]) -> HaPersisted {
+    /// Empty bytes are a node that never had an epoch; anything else must decode — damaged
+    /// epoch state is refused, never replaced by a default (which would forget the history
+    /// that locates divergence).
+    pub fn decode(bytes: &[u8]) -> Result<HaPersisted, String> {
         if bytes.is_empty() {
-            return HaPersisted::default();
+            return Ok(HaPersisted::default());
         }
-        postcard::from_bytes(bytes).unwrap_or_default()
+        postcard::from_bytes(bytes).map_err(|e| format!("{} bytes do not decode: {e}", bytes.len()))
     }
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("HA state encodes")

@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`messages`]: what the nodes and the witness say to each other (postcard over the
 //!   cluster transport).
+//! - [`epoch`]: epoch numbers carry their owner, so no two nodes start the same one; the one
+//!   rule by which a message may raise a node's epoch.
 //! - [`epochs`]: the epoch history that locates divergence; persisted in the WAL hard state.
 //! - [`gate`]: the sync levels as a commit gate on the primary's write pipeline.
 //! - `primary`: serving fetches, snapshots, forwarded writes; heartbeats, witness lease,
@@ -21,6 +23,7 @@
 //! epoch; a node that sees a higher epoch persists it and stops taking writes at once.
 
 pub mod divergent;
+pub mod epoch;
 pub mod epochs;
 pub mod gate;
 pub mod messages;
@@ -82,6 +85,8 @@ pub struct HaConfig {
     pub data_dir: PathBuf,
     /// Records the primary keeps for a lagging standby before it must re-seed from a snapshot.
     pub wal_retention: u64,
+    /// The limits a client command must respect; forwarded commands are checked against them.
+    pub limits: crate::command::Limits,
 }
 
 pub(crate) enum Role {
@@ -95,6 +100,12 @@ pub(crate) enum Role {
 /// State shared by the primary and standby halves.
 pub struct Core {
     pub(crate) cfg: HaConfig,
+    /// This node's epoch tag ([`epoch::tag_of`] its node id): the epochs it may start.
+    pub(crate) tag: u64,
+    /// Set when safety state could not be persisted: the node serves nothing any more.
+    pub(crate) halted: Mutex<Option<String>>,
+    /// The highest epoch the witness refused a vote for: the next attempt goes above it.
+    pub(crate) witness_epoch: AtomicU64,
     pub(crate) wal: Wal,
     pub(crate) sm: Arc<dyn StateMachine>,
     pub(crate) transport: OnceLock<Transport>,
@@ -166,29 +177,85 @@ impl Core {
         }
     }
 
-    /// Persists `epoch` (and the history) before anything acts on it.
-    pub(crate) fn persist_epoch(&self, epoch: u64, persisted: HaPersisted) -> Result<(), meridian_wal::WalError> {
-        self.wal.save_hard_state(&HardState { epoch, vote: persisted.encode() })?;
-        *self.persisted.lock().unwrap() = persisted;
-        Ok(())
+    /// Persists `epoch` (and the history) before anything acts on it. A node that cannot
+    /// persist its epoch must not act on it either, nor go on as if it had: it halts.
+    pub(crate) fn persist_epoch(&self, epoch: u64, persisted: HaPersisted) -> Result<(), String> {
+        if let Some(why) = self.halted.lock().unwrap().clone() {
+            return Err(why);
+        }
+        match self.wal.save_hard_state(&HardState { epoch, vote: persisted.encode() }) {
+            Ok(()) => {
+                *self.persisted.lock().unwrap() = persisted;
+                Ok(())
+            }
+            Err(e) => Err(self.halt(format!("cannot persist epoch {} in the WAL hard state: {e}", epoch::display(epoch)))),
+        }
+    }
+
+    /// Stops the node for good: no writes, no reads, health `unhealthy`. For safety state
+    /// that could not be persisted — going on would break the epoch invariant.
+    pub(crate) fn halt(&self, why: String) -> String {
+        let mut h = self.halted.lock().unwrap();
+        if h.is_none() {
+            tracing::error!("{why}; this node stops serving (restart it once the cause is fixed)");
+            *h = Some(why.clone());
+            self.stopping.store(true, Ordering::SeqCst);
+            if let Role::Primary { gate, .. } | Role::Switching { gate } = &*self.role.lock().unwrap() {
+                gate.pause(Some(why.clone()));
+            }
+        }
+        why
+    }
+
+    /// The peer names itself in its messages. Two nodes with one name — or whose names share
+    /// an epoch tag (1 in 65,535) — could start the same epoch, which breaks the invariant in
+    /// [`epoch`]: a configuration error this node refuses to run with.
+    pub(crate) fn check_peer_id(&self, peer: &str) {
+        if peer.is_empty() || self.halted.lock().unwrap().is_some() {
+            return;
+        }
+        if peer == self.cfg.node_id {
+            self.halt(format!("the peer has this node's id {peer:?}: every node needs its own MERIDIAN_CLUSTER_NODE_ID"));
+        } else if epoch::tag_of(peer) == self.tag {
+            self.halt(format!(
+                "node ids {peer:?} and {:?} share an epoch tag, so their epochs could collide: rename one (MERIDIAN_CLUSTER_NODE_ID)",
+                self.cfg.node_id
+            ));
+        }
+    }
+
+    /// The one rule for a higher epoch heard from another node (`from` names it, for the
+    /// log): checked ([`epoch::check_raise`]), persisted, then this node stops taking
+    /// writes. Returns whether this node's epoch is now `claimed`.
+    pub(crate) async fn adopt_epoch(self: &Arc<Self>, claimed: u64, leader: Option<LeaderHint>, from: &str) -> bool {
+        let mine = self.epoch();
+        if claimed <= mine {
+            return claimed == mine;
+        }
+        if let Err(e) = epoch::check_raise(mine, claimed, self.tag) {
+            warn!(from, "{e}");
+            return false;
+        }
+        self.step_down(claimed, leader).await;
+        self.epoch() == claimed
     }
 
     /// A higher epoch exists: persist it and stop taking writes at once. Writes waiting for
     /// the standby fail with `fenced`; the node then follows the new primary.
-    pub(crate) async fn step_down(self: &Arc<Self>, epoch: u64, leader: Option<LeaderHint>) {
+    async fn step_down(self: &Arc<Self>, epoch: u64, leader: Option<LeaderHint>) {
         let _t = self.transition.lock().await;
-        if epoch < self.epoch() || (epoch == self.epoch() && !self.is_primary()) {
+        if epoch <= self.epoch() {
             return;
         }
         let mut p = self.persisted.lock().unwrap().clone();
         p.owner = false;
-        if let Err(e) = self.persist_epoch(epoch.max(self.epoch()), p) {
-            warn!("cannot persist epoch {epoch}: {e}; refusing writes anyway");
-        }
+        // On failure the node halts (which also stops the gate); refusing writes is all
+        // that is left to do below.
+        let _ = self.persist_epoch(epoch, p);
         let old = std::mem::replace(&mut *self.role.lock().unwrap(), Role::Standby);
         *self.leader.lock().unwrap() = leader.clone();
         if let Role::Primary { pipeline, gate } = old {
-            warn!(epoch, new_primary = ?leader.as_ref().map(|l| &l.node_id), "fenced: a higher epoch exists; this node stops taking writes and follows");
+            warn!(epoch = %epoch::display(epoch), new_primary = ?leader.as_ref().map(|l| &l.node_id), "fenced: a higher epoch exists; this node stops taking writes and follows");
             gate.fence(epoch, leader);
             let _ = tokio::task::spawn_blocking(move || pipeline.stop_blocking()).await;
             self.leader_changes.fetch_add(1, Ordering::Relaxed);
@@ -197,17 +264,32 @@ impl Core {
     }
 }
 
+/// Why an HA node cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum HaStartError {
+    /// The epoch state in the WAL hard state does not decode: refuse, as the WAL refuses a
+    /// damaged record, rather than start with no epoch history.
+    #[error("the HA epoch state in the WAL hard state ({path}) is damaged: {reason}; restore this node from a backup or re-seed it (empty its data directory) and let it rejoin as standby")]
+    DamagedEpochState { path: String, reason: String },
+}
+
 impl HaStandby {
     /// Builds the HA node. Call [`HaStandby::handler`] to serve the transport, then
     /// [`HaStandby::start`] once the transport is up.
-    pub fn new(cfg: HaConfig, wal: Wal, sm: Arc<dyn StateMachine>) -> Arc<HaStandby> {
-        let persisted = HaPersisted::decode(&wal.hard_state().vote);
+    pub fn new(cfg: HaConfig, wal: Wal, sm: Arc<dyn StateMachine>) -> Result<Arc<HaStandby>, HaStartError> {
+        let persisted = HaPersisted::decode(&wal.hard_state().vote).map_err(|reason| HaStartError::DamagedEpochState {
+            path: cfg.data_dir.join("wal").display().to_string(),
+            reason,
+        })?;
         let divergent = divergent::list(&cfg.data_dir.join("divergent"));
         // Snapshot files are only for a catch-up in progress; one cut short by a restart is
         // useless (the standby asks again).
         let _ = std::fs::remove_dir_all(cfg.data_dir.join("snapshots"));
         let (applied_tx, _) = watch::channel(sm.applied_index());
         let core = Arc::new(Core {
+            tag: epoch::tag_of(&cfg.node_id),
+            halted: Mutex::new(None),
+            witness_epoch: AtomicU64::new(0),
             cfg,
             wal,
             sm,
@@ -238,7 +320,7 @@ impl HaStandby {
             confirm_rounds: read_index::SharedRounds::new(),
             index_rounds: read_index::SharedRounds::new(),
         });
-        Arc::new(HaStandby { core, driver: Mutex::new(None) })
+        Ok(Arc::new(HaStandby { core, driver: Mutex::new(None) }))
     }
 
     pub fn handler(&self) -> Arc<dyn crate::transport::Handler> {

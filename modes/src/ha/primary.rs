@@ -109,9 +109,15 @@ impl Core {
         self.cfg.failover_timeout / 2
     }
 
-    /// Becomes primary of `epoch`: persist the epoch and where it starts, then take writes.
-    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64, new_epoch: bool) -> Result<(), String> {
+    /// Becomes primary of `epoch`, a new epoch this node started ([`super::epoch::next`]):
+    /// persist the epoch and where it starts, then take writes. There is no other way to
+    /// become primary — resuming after a restart starts a new epoch too — so every position
+    /// this node writes carries an (epoch, index) nobody else ever wrote.
+    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64) -> Result<(), String> {
         let _t = self.transition.lock().await;
+        if super::epoch::owner(epoch) != self.tag || epoch <= self.epoch() {
+            return Err(format!("refusing to become primary in epoch {}: not a new epoch of this node's", super::epoch::display(epoch)));
+        }
         // This node's whole log is now the history. A record it logged but never applied (a
         // fenced primary's last writes, an apply that failed) goes into the state before any
         // new write, or the first new write would find a hole.
@@ -124,28 +130,22 @@ impl Core {
         if replayed > 0 {
             info!(records = replayed, "applied logged records before taking writes");
         }
-        if new_epoch {
-            let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
-            p.history.begin(epoch, self.wal.last_index() + 1);
-            p.owner = true;
-            if let Err(e) = self.persist_epoch(epoch, p) {
-                return Err(format!("cannot persist epoch {epoch}: {e}; staying standby"));
-            }
-        }
+        let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
+        p.history.begin(epoch, self.wal.last_index() + 1);
+        p.owner = true;
+        self.persist_epoch(epoch, p).map_err(|e| format!("{e}; staying standby"))?;
         // Whatever this node knew of a standby predates its promotion.
         *self.last_standby_contact.lock().unwrap() = None;
-        let (pipeline, gate) = self.start_pipeline(epoch, new_epoch);
+        let (pipeline, gate) = self.start_pipeline(epoch, true);
         *self.role.lock().unwrap() = Role::Primary { pipeline: pipeline.clone(), gate };
         *self.leader.lock().unwrap() = Some(self.self_hint());
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
         self.note("primary");
-        info!(epoch, "this node is now the primary");
-        if new_epoch {
-            // The first record of the epoch marks where it begins in every log that has it.
-            tokio::spawn(async move {
-                let _ = pipeline.submit(crate::command::Command::Noop).await;
-            });
-        }
+        info!(epoch, round = super::epoch::round(epoch), "this node is now the primary");
+        // The first record of the epoch marks where it begins in every log that has it.
+        tokio::spawn(async move {
+            let _ = pipeline.submit(crate::command::Command::Noop).await;
+        });
         Ok(())
     }
 
@@ -187,9 +187,8 @@ impl Core {
 }
 
 async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
-    if f.epoch > core.epoch() {
-        core.step_down(f.epoch, None).await;
-    }
+    core.check_peer_id(&f.node_id);
+    core.adopt_epoch(f.epoch, None, &f.node_id).await;
     let Some(gate) = core.gate() else { return core.not_primary() };
     let epoch = core.epoch();
     let leader = core.self_hint();
@@ -318,9 +317,10 @@ fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk,
 }
 
 async fn on_fence(core: &Arc<Core>, f: Fence) -> FenceReply {
+    core.check_peer_id(&f.from);
     let mine = core.epoch();
     if f.epoch > mine {
-        core.step_down(f.epoch, None).await;
+        core.adopt_epoch(f.epoch, None, &f.from).await;
     } else if f.epoch == mine && !core.is_primary() {
         // The primary of our epoch is alive and says so: that is contact.
         *core.last_primary_contact.lock().unwrap() = Instant::now();
@@ -329,8 +329,11 @@ async fn on_fence(core: &Arc<Core>, f: Fence) -> FenceReply {
 }
 
 async fn on_forward(core: &Arc<Core>, f: Forward) -> ForwardReply {
-    if f.epoch > core.epoch() {
-        core.step_down(f.epoch, None).await;
+    core.adopt_epoch(f.epoch, None, PEER).await;
+    // A forwarded write passes the same checks as one that came in over HTTP here: the
+    // cluster port is not a way around the limits.
+    if let Err(e) = f.command.validate(&core.cfg.limits) {
+        return ForwardReply::Failed { code: e.code().into(), message: e.to_string(), leader: None };
     }
     let pipeline = match &*core.role.lock().unwrap() {
         Role::Primary { pipeline, .. } => Some(pipeline.clone()),
@@ -409,7 +412,7 @@ pub(crate) async fn tick(core: &Arc<Core>) {
     let a = assert_epoch(core, epoch).await;
     if let Some(r) = a.peer {
         if r.epoch > epoch {
-            core.step_down(r.epoch, r.leader).await;
+            core.adopt_epoch(r.epoch, r.leader, PEER).await;
             return;
         }
         *core.last_standby_contact.lock().unwrap() = Some(a.sent);
@@ -417,7 +420,7 @@ pub(crate) async fn tick(core: &Arc<Core>) {
     if let Some(r) = a.witness {
         if r.epoch > epoch {
             warn!(witness_epoch = r.epoch, "the witness knows a higher epoch: {}", r.reason);
-            core.step_down(r.epoch, None).await;
+            core.adopt_epoch(r.epoch, None, WITNESS).await;
             return;
         }
         if r.granted {
@@ -477,12 +480,17 @@ pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, Ad
         Ok(r) => return restore(core, format!("the standby answered epoch {}", r.epoch)),
         Err(e) => return restore(core, format!("the standby did not promote: {e}")),
     };
+    if let Err(e) = super::epoch::check_raise(epoch, reply.epoch, core.tag) {
+        return restore(core, format!("the standby answered an epoch this node cannot adopt: {e}"));
+    }
     drop(gate);
     // Follow the new primary: persist its epoch, never take another write in ours.
     *core.role.lock().unwrap() = Role::Standby;
     let mut p = core.persisted.lock().unwrap().clone();
     p.owner = false;
-    let _ = core.persist_epoch(reply.epoch, p);
+    if let Err(e) = core.persist_epoch(reply.epoch, p) {
+        return Err(AdminError::Unavailable(e));
+    }
     *core.leader.lock().unwrap() = Some(reply.leader.clone());
     *core.last_primary_contact.lock().unwrap() = Instant::now();
     core.leader_changes.fetch_add(1, Ordering::Relaxed);

@@ -78,7 +78,7 @@ async fn confirm_primary(core: Arc<Core>) -> Result<u64, ReadError> {
     let higher = [a.peer.as_ref().map(|r| r.epoch), a.witness.as_ref().map(|r| r.epoch)].into_iter().flatten().max();
     if let Some(h) = higher.filter(|h| *h > epoch) {
         let leader = a.peer.as_ref().and_then(|r| r.leader.clone());
-        core.step_down(h, leader.clone()).await;
+        core.adopt_epoch(h, leader.clone(), "peer or witness").await;
         return Err(ReadError::NotLeader { leader });
     }
     let by_peer = a.peer.as_ref().is_some_and(|r| r.epoch == epoch && !r.primary);
@@ -117,7 +117,7 @@ async fn read_index_from_primary(core: Arc<Core>) -> Result<u64, ReadError> {
 /// The primary's side of [`READ_INDEX`].
 pub(crate) async fn on_read_index(core: &Arc<Core>, req: ReadIndex) -> ReadIndexReply {
     if req.epoch > core.epoch() {
-        core.step_down(req.epoch, None).await;
+        core.adopt_epoch(req.epoch, None, &req.node_id).await;
     }
     let index = logged_index(core);
     let primary = core.is_primary();

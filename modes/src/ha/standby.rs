@@ -92,13 +92,14 @@ async fn decide_role(core: &Arc<Core>) {
             warn!(configured = ?configured, "configured HA_ROLE disagrees with what this node found: {found}");
         }
     };
+    // A peer that answers with an epoch this node may not adopt is treated as unreachable.
+    if let Some(p) = peer.as_ref().filter(|p| p.epoch > epoch) {
+        if !core.adopt_epoch(p.epoch, p.leader.clone(), PEER).await {
+            peer = None;
+        }
+    }
     match peer {
         Some(p) if p.epoch > epoch || (p.epoch == epoch && p.primary) => {
-            if p.epoch > epoch {
-                let mut persisted = core.persisted.lock().unwrap().clone();
-                persisted.owner = false;
-                let _ = core.persist_epoch(p.epoch, persisted);
-            }
             say("standby: the peer is primary");
             info!(epoch = p.epoch, "following the peer as standby");
             *core.leader.lock().unwrap() = p.leader;
@@ -116,15 +117,19 @@ async fn decide_role(core: &Arc<Core>) {
                 "this node was the primary, but its standby holds records this node lost in a crash; it stays standby: the peer takes over after MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT (or POST /admin/promote on it) and this node follows"
             );
         }
+        // Resuming is a promotion like any other: a new epoch (never the old one: records
+        // this node lost in a crash may live on at the standby under the old epoch, and a
+        // new record at the same index must not look like them), and the witness's vote.
         _ if owner && epoch > 0 => {
             say("primary: this node is the primary of the latest epoch it knows");
-            if let Err(e) = core.become_primary(epoch, false).await {
-                warn!("{e}");
+            match try_promote(core, true).await {
+                Ok(e) => info!(epoch = %super::epoch::display(e), "resumed as primary in a new epoch"),
+                Err(e) => warn!("not resuming as primary: {e}"),
             }
         }
         _ if configured == ConfiguredRole::Primary && epoch == 0 => {
-            if let Err(e) = core.become_primary(1, true).await {
-                warn!("{e}");
+            if let Err(e) = try_promote(core, true).await {
+                warn!("not starting as primary: {e}");
             }
         }
         _ if configured == ConfiguredRole::Primary => {
@@ -198,12 +203,13 @@ async fn follow_step(core: &Arc<Core>) {
                 let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
                 return;
             }
-            if epoch > core.epoch() {
-                let mut p = core.persisted.lock().unwrap().clone();
-                p.owner = false;
-                if core.persist_epoch(epoch, p).is_err() {
-                    return;
-                }
+            core.check_peer_id(&leader.node_id);
+            if epoch > core.epoch() && !core.adopt_epoch(epoch, Some(leader.clone()), PEER).await {
+                return;
+            }
+            if let Some(r) = records.iter().find(|r| r.epoch > epoch) {
+                warn!(index = r.index, "the primary sent a record of an epoch above its own; batch refused");
+                return;
             }
             *core.last_primary_contact.lock().unwrap() = Instant::now();
             *core.leader.lock().unwrap() = Some(leader);
@@ -244,11 +250,9 @@ async fn follow_step(core: &Arc<Core>) {
             }
         }
         FetchReply::NotPrimary { epoch, leader, last_index, node_id } => {
-            if epoch > core.epoch() {
-                let mut p = core.persisted.lock().unwrap().clone();
-                p.owner = false;
-                let _ = core.persist_epoch(epoch, p);
-                *core.leader.lock().unwrap() = leader;
+            core.check_peer_id(&node_id);
+            if epoch > core.epoch() && !core.adopt_epoch(epoch, leader, PEER).await {
+                return;
             }
             *core.peer_standby.lock().unwrap() = Some((epoch, last_index, node_id, Instant::now()));
             core.note("no_primary");
@@ -289,7 +293,7 @@ async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>, ack_receiv
     }
     if hist_changed {
         let epoch = core.epoch().max(p.history.starts.last().map_or(0, |(e, _)| *e));
-        core.persist_epoch(epoch, p).map_err(|e| e.to_string())?;
+        core.persist_epoch(epoch, p)?;
     }
     let mut entries = Vec::with_capacity(records.len());
     let mut wal_records = Vec::with_capacity(records.len());
@@ -414,7 +418,7 @@ async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Res
     .map_err(|e| e.to_string())??;
     let mut p = core.persisted.lock().unwrap().clone();
     p.history.begin(meta.epoch, meta.applied_index);
-    let _ = core.persist_epoch(core.epoch().max(meta.epoch), p);
+    core.persist_epoch(core.epoch().max(meta.epoch), p)?;
     core.want_snapshot.store(false, Ordering::SeqCst);
     core.applied_tx.send_replace(meta.applied_index);
     // The primary was heard from just before the install; the install's own duration (seconds
@@ -431,7 +435,29 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
     if core.is_primary() {
         return Err("already primary".into());
     }
-    let new_epoch = core.epoch() + 1;
+    // Above every epoch this node knows of, including one the witness refused it for.
+    let seen = core.epoch().max(core.witness_epoch.load(Ordering::SeqCst));
+    let new_epoch = super::epoch::next(seen, core.tag).map_err(|e| e.to_string())?;
+    if !manual {
+        // A standby that is not caught up with what the primary acknowledged must not take
+        // over in the sync levels: the writes it lacks were promised to be kept.
+        let sync = matches!(core.cfg.sync_mode, super::SyncMode::Sync | super::SyncMode::RemoteApply);
+        let (have, acked) = (core.wal.durable_index(), core.primary_commit_index.load(Ordering::Relaxed));
+        if core.want_snapshot.load(Ordering::SeqCst) {
+            return Err("this standby is re-seeding from a snapshot; its state is not the primary's".into());
+        }
+        if sync && have < acked {
+            return Err(format!("this standby has index {have}, the primary acknowledged up to {acked}"));
+        }
+    }
+    // Prove this node can serve before it wins a vote or fences anyone: a standby whose log
+    // does not replay would otherwise leave the pair with no primary at all.
+    settle(core).await?;
+    let (wal, sm) = (core.wal.clone(), core.sm.clone());
+    tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("this node cannot bring its state up to its log ({e}); it does not promote"))?;
     // Two standbys (e.g. both nodes restarted): only the one further ahead promotes itself.
     if !manual {
         if let Some((e, last, id, at)) = core.peer_standby.lock().unwrap().clone() {
@@ -450,6 +476,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
             .map_err(|e| format!("the witness cannot be reached: {e}"))?;
         let r: WitnessReply = decode(&b)?;
         if !r.granted {
+            core.witness_epoch.fetch_max(r.epoch, Ordering::SeqCst);
             return Err(format!("the witness refused: {}", r.reason));
         }
     }
@@ -463,7 +490,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
         }
     }
     settle(core).await?;
-    core.become_primary(new_epoch, true).await?;
+    core.become_primary(new_epoch).await?;
     Ok(new_epoch)
 }
 
@@ -491,11 +518,12 @@ pub(crate) async fn manual_promote(core: &Arc<Core>, force: bool) -> Result<serd
 }
 
 async fn force_promote(core: &Arc<Core>) -> Result<u64, String> {
-    let new_epoch = core.epoch() + 1;
+    let seen = core.epoch().max(core.witness_epoch.load(Ordering::SeqCst));
+    let new_epoch = super::epoch::next(seen, core.tag).map_err(|e| e.to_string())?;
     let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
     let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
     settle(core).await?;
-    core.become_primary(new_epoch, true).await?;
+    core.become_primary(new_epoch).await?;
     Ok(new_epoch)
 }
 
@@ -512,7 +540,8 @@ pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteRe
     if core.wal.durable_index() < p.last_index || core.sm.applied_index() < p.last_index {
         return Err(reject(format!("not caught up: have {}, need {}", core.wal.durable_index(), p.last_index)));
     }
-    core.become_primary(p.epoch + 1, true).await.map_err(reject)?;
+    let new_epoch = super::epoch::next(p.epoch, core.tag).map_err(|e| reject(e.to_string()))?;
+    core.become_primary(new_epoch).await.map_err(reject)?;
     Ok(PromoteReply { epoch: core.epoch(), leader: core.self_hint() })
 }
 

@@ -4,9 +4,14 @@
 //! - The primary pings it every heartbeat; the witness remembers when it last heard from the
 //!   primary of the highest epoch and answers with that epoch — a primary whose epoch is
 //!   lower learns it was deposed.
-//! - A standby asks for a vote before promoting. The witness grants epoch `E` only if `E` is
-//!   higher than every epoch it has granted or seen, and the primary has been silent for at
-//!   least the failover timeout. The granted epoch is persisted before the answer.
+//! - A node asks for a vote before it becomes primary. The witness grants epoch `E` only if
+//!   `E` is higher than every epoch it has granted or seen, `E` is an epoch the asking node
+//!   may start (its tag, see [`super::epoch`]), and the primary it knows has been silent for
+//!   at least the failover timeout — or there is none yet, or the asker *is* that primary
+//!   (resuming after a restart in a new epoch: nobody else was elected since). The granted
+//!   epoch is persisted before the answer.
+//! - Damaged `witness.json` refuses to start, naming the file: a witness that forgot the
+//!   epochs it granted could grant one twice.
 //!
 //! Together with the primary's lease (it stops acknowledging writes when it has reached
 //! neither standby nor witness for half the failover timeout), two of three votes are needed
@@ -38,8 +43,14 @@ impl Witness {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("witness.json");
         let persisted = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-            Err(_) => Persisted::default(),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is damaged ({e}); the witness cannot know which epochs it granted. Restore it, or remove it only while both data nodes are up and agree on the primary", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
         };
         // After a restart the witness does not know when the primary last pinged: it counts
         // from now, which can only delay a failover, never allow an early one.
@@ -71,6 +82,9 @@ impl Witness {
         if p.epoch < g.0.epoch {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("epoch {} was superseded by {}", p.epoch, g.0.epoch) };
         }
+        if let Some(why) = Self::not_startable(g.0.epoch, p.epoch, &p.node_id) {
+            return WitnessReply { epoch: g.0.epoch, granted: false, reason: why };
+        }
         if p.epoch > g.0.epoch || g.0.holder != p.node_id {
             let next = Persisted { epoch: p.epoch, holder: p.node_id.clone() };
             if let Err(e) = self.persist(&next) {
@@ -88,8 +102,12 @@ impl Witness {
         if v.epoch <= g.0.epoch {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("epoch {} is not above {}", v.epoch, g.0.epoch) };
         }
+        if let Some(why) = Self::not_startable(g.0.epoch, v.epoch, &v.node_id) {
+            return WitnessReply { epoch: g.0.epoch, granted: false, reason: why };
+        }
         let silent = g.1.elapsed();
-        if silent < self.failover_timeout {
+        let no_primary_yet = g.0.holder.is_empty();
+        if silent < self.failover_timeout && !no_primary_yet && g.0.holder != v.node_id {
             return WitnessReply {
                 epoch: g.0.epoch,
                 granted: false,
@@ -107,6 +125,23 @@ impl Witness {
     }
 }
 
+impl Witness {
+    /// Why `node` cannot be primary of `epoch` (given the witness knows `known`): only the
+    /// node whose tag the epoch carries can start it, and no message moves epochs by more
+    /// than [`super::epoch::MAX_ROUND_STEP`] rounds.
+    fn not_startable(known: u64, epoch: u64, node: &str) -> Option<String> {
+        use super::epoch;
+        if epoch::owner(epoch) != epoch::tag_of(node) {
+            return Some(format!("epoch {} is not one node {node:?} can start", epoch::display(epoch)));
+        }
+        if epoch > known {
+            if let Err(e) = epoch::check_raise(known, epoch, 0) {
+                return Some(e.to_string());
+            }
+        }
+        None
+    }
+}
 
 /// The witness as a node: it answers pings and votes over the transport, serves `/health`,
 /// and refuses data requests (it stores no data).
@@ -177,20 +212,42 @@ mod tests {
 
     #[test]
     fn votes_need_a_silent_primary_and_a_higher_epoch() {
+        use super::super::epoch::{next, tag_of};
         let dir = tempfile::tempdir().unwrap();
         let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
-        assert!(w.ping(&WitnessPing { epoch: 1, node_id: "a".into() }).granted);
-        let v = w.vote(&WitnessVote { epoch: 2, node_id: "b".into() });
+        let (a, b) = (tag_of("a"), tag_of("b"));
+        let e1 = next(0, a).unwrap();
+        // No primary yet: the first one is granted at once.
+        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into() }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into() }).granted);
+        let e2 = next(e1, b).unwrap();
+        let v = w.vote(&WitnessVote { epoch: e2, node_id: "b".into() });
         assert!(!v.granted, "granted while the primary is pinging");
+        // The primary itself may resume in a new epoch at once.
+        let e1b = next(e1, a).unwrap();
+        assert!(w.vote(&WitnessVote { epoch: e1b, node_id: "a".into() }).granted);
         std::thread::sleep(Duration::from_millis(250));
-        assert!(!w.vote(&WitnessVote { epoch: 1, node_id: "b".into() }).granted, "same epoch granted");
-        assert!(w.vote(&WitnessVote { epoch: 2, node_id: "b".into() }).granted);
+        assert!(!w.vote(&WitnessVote { epoch: e1b, node_id: "b".into() }).granted, "same epoch granted");
+        // An epoch carrying another node's tag, or one far in the future, is never granted.
+        let e3 = next(e1b, b).unwrap();
+        assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into() }).granted, "granted an epoch of b to a");
+        assert!(!w.vote(&WitnessVote { epoch: u64::MAX, node_id: "b".into() }).granted, "granted epoch 2^64-1");
+        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into() }).granted);
+        assert!(w.vote(&WitnessVote { epoch: e3, node_id: "b".into() }).granted);
         // The old primary learns it was deposed.
-        let p = w.ping(&WitnessPing { epoch: 1, node_id: "a".into() });
-        assert!(!p.granted && p.epoch == 2);
+        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into() });
+        assert!(!p.granted && p.epoch == e3);
         // Persisted across a restart.
         let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
-        assert_eq!(w.epoch(), 2);
-        assert!(!w.vote(&WitnessVote { epoch: 2, node_id: "a".into() }).granted);
+        assert_eq!(w.epoch(), e3);
+        assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into() }).granted);
+    }
+
+    #[test]
+    fn damaged_witness_state_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("witness.json"), b"{\"epoch\": 3, \"hol").unwrap();
+        let e = Witness::open(dir.path(), Duration::from_millis(200)).err().expect("opened damaged state");
+        assert!(e.to_string().contains("witness.json"), "{e}");
     }
 }
