@@ -346,6 +346,9 @@ impl Replicator for HaStandby {
     }
 
     async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
+        if let Some(why) = self.core.halted.lock().unwrap().clone() {
+            return Err(SubmitError::Unavailable(format!("this node has halted: {why}")));
+        }
         let pipeline = match &*self.core.role.lock().unwrap() {
             Role::Primary { pipeline, .. } => Some(pipeline.clone()),
             Role::Switching { .. } => return Err(SubmitError::Unavailable("switchover in progress; retry shortly".into())),
@@ -358,6 +361,9 @@ impl Replicator for HaStandby {
     }
 
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError> {
+        if let Some(why) = self.core.halted.lock().unwrap().clone() {
+            return Err(ReadError::Unavailable(format!("this node has halted: {why}")));
+        }
         // Reads are served locally on either node by default (`local`); a bookmark makes
         // the read wait until this node has applied the writer's position, and
         // `linearizable` until no newer primary can exist (see `read_index`).
@@ -439,6 +445,10 @@ impl Core {
                     notes.push(format!("no contact with the primary for {:.1}s", since.as_secs_f64()));
                 }
             }
+        }
+        if let Some(why) = self.halted.lock().unwrap().clone() {
+            notes.push(format!("halted: {why}"));
+            health = Health::Unhealthy;
         }
         if health == Health::Healthy && !notes.is_empty() {
             health = Health::Degraded;
