@@ -118,18 +118,7 @@ impl Core {
         if super::epoch::owner(epoch) != self.tag || epoch <= self.epoch() {
             return Err(format!("refusing to become primary in epoch {}: not a new epoch of this node's", super::epoch::display(epoch)));
         }
-        // This node's whole log is now the history. A record it logged but never applied (a
-        // fenced primary's last writes, an apply that failed) goes into the state before any
-        // new write, or the first new write would find a hole.
-        let (wal, sm) = (self.wal.clone(), self.sm.clone());
-        let replayed = tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string()))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|e| format!("cannot bring the state up to the log: {e}; staying standby"))?;
-        if replayed > 0 {
-            info!(records = replayed, "applied logged records before taking writes");
-        }
+        self.replay_log().await.map_err(|e| format!("{e}; staying standby"))?;
         let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
         p.history.begin(epoch, self.wal.last_index() + 1);
         p.owner = true;
@@ -147,6 +136,24 @@ impl Core {
             let _ = pipeline.submit(crate::command::Command::Noop).await;
         });
         Ok(())
+    }
+
+    /// Applies every record in the log that the state does not have yet. Before a node takes
+    /// writes its whole log is the history: a record it logged but never applied (a fenced
+    /// primary's last writes, an apply that failed) goes into the state before any new
+    /// write, or the first new write would find a hole.
+    pub(crate) async fn replay_log(&self) -> Result<u64, String> {
+        let (wal, sm) = (self.wal.clone(), self.sm.clone());
+        let replayed = tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| format!("cannot bring the state up to the log: {e}"))?;
+        if replayed > 0 {
+            info!(records = replayed, "applied logged records before taking writes");
+            self.applied_tx.send_replace(self.sm.applied_index());
+        }
+        Ok(replayed)
     }
 
     /// The gate of the stream this node serves: as primary, and while handing over.

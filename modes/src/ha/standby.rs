@@ -453,11 +453,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
     // Prove this node can serve before it wins a vote or fences anyone: a standby whose log
     // does not replay would otherwise leave the pair with no primary at all.
     settle(core).await?;
-    let (wal, sm) = (core.wal.clone(), core.sm.clone());
-    tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("this node cannot bring its state up to its log ({e}); it does not promote"))?;
+    core.replay_log().await.map_err(|e| format!("{e}; this node does not promote"))?;
     // Two standbys (e.g. both nodes restarted): only the one further ahead promotes itself.
     if !manual {
         if let Some((e, last, id, at)) = core.peer_standby.lock().unwrap().clone() {
