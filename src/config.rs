@@ -39,7 +39,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_ADVERTISE_ADDR", "host:port other nodes use to reach this node's cluster port"),
     ("CLUSTER_HTTP_ADVERTISE_ADDR", "the HTTP base URL clients are redirected to, e.g. http://node1:7474"),
     ("CLUSTER_HA_ROLE", "primary or standby"),
-    ("CLUSTER_HA_PEER_ADDR", "host:port of the other node's cluster port"),
+    ("CLUSTER_HA_PEER_ADDR", "host:port of the other node's cluster port (witness: an optional comma-separated list of the data nodes' host:port)"),
     ("CLUSTER_HA_SYNC_MODE", "one of async, semi_sync, sync, remote_apply"),
     ("CLUSTER_HA_HEARTBEAT_MS", "a positive integer number of milliseconds"),
     ("CLUSTER_HA_FAILOVER_TIMEOUT", "a duration such as 30s"),
@@ -71,6 +71,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_TLS_CA_FILE", "a path to a PEM CA certificate"),
     ("CLUSTER_TLS_VERIFY_CLIENT", "true or false"),
     ("CLUSTER_TLS_MIN_VERSION", "1.2 or 1.3"),
+    ("CLUSTER_SECRET", "a shared secret of at least 16 bytes, the same on every node, that cluster peers prove in the handshake"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +264,7 @@ pub struct Config {
     pub cluster_tls_ca_file: Option<PathBuf>,
     pub cluster_tls_verify_client: bool,
     pub cluster_tls_min_version: TlsMinVersion,
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -319,6 +321,7 @@ impl Default for Config {
             cluster_tls_ca_file: None,
             cluster_tls_verify_client: true,
             cluster_tls_min_version: TlsMinVersion::V12,
+            cluster_secret: None,
         }
     }
 }
@@ -421,8 +424,8 @@ impl Config {
         }
         self.raft_peers()?;
         self.remote_regions()?;
+        let ha_peers = self.ha_peer_addrs()?;
         for (name, v) in [
-            ("CLUSTER_HA_PEER_ADDR", &self.cluster_ha_peer_addr),
             ("CLUSTER_HA_WITNESS_ADDR", &self.cluster_ha_witness_addr),
             ("CLUSTER_ADVERTISE_ADDR", &self.cluster_advertise_addr),
         ] {
@@ -437,6 +440,23 @@ impl Config {
             if self.cluster_ha_peer_addr.is_none() {
                 return Err(ConfigError::new("CLUSTER_HA_PEER_ADDR", "is required when MERIDIAN_CLUSTER_MODE=ha_standby (host:port)"));
             }
+        }
+        if let Some(s) = &self.cluster_secret {
+            if s.len() < meridian_modes::transport::secret::MIN_SECRET_BYTES {
+                return Err(ConfigError::new("CLUSTER_SECRET", "must be at least 16 bytes (e.g. the output of `openssl rand -hex 32`)"));
+            }
+        }
+        // Who may reach the witness: the listed data nodes, or, unlisted, any node proving
+        // membership — which needs a credential; by address alone it would be anyone.
+        if self.cluster_mode == ClusterMode::Witness
+            && ha_peers.is_empty()
+            && !(self.cluster_tls_enabled && self.cluster_tls_verify_client)
+            && self.cluster_secret.is_none()
+        {
+            return Err(ConfigError::new(
+                "CLUSTER_HA_PEER_ADDR",
+                "the witness must list the data nodes' cluster addresses (host:port,host:port) unless cluster peers are authenticated (MERIDIAN_CLUSTER_TLS_ENABLED=true with MERIDIAN_CLUSTER_TLS_VERIFY_CLIENT=true, or MERIDIAN_CLUSTER_SECRET)",
+            ));
         }
         if self.cluster_mode == ClusterMode::MultiRegion && self.cluster_region_id.is_none() {
             return Err(ConfigError::new("CLUSTER_REGION_ID", "is required when MERIDIAN_CLUSTER_MODE=multi_region"));
@@ -453,6 +473,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `CLUSTER_HA_PEER_ADDR` as a list: a data node's one peer, or the data nodes the
+    /// witness admits (comma-separated; none when unset).
+    pub fn ha_peer_addrs(&self) -> Result<Vec<String>, ConfigError> {
+        let Some(v) = &self.cluster_ha_peer_addr else { return Ok(vec![]) };
+        let list: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        if self.cluster_mode != ClusterMode::Witness && list.len() > 1 {
+            return Err(ConfigError::new(
+                "CLUSTER_HA_PEER_ADDR",
+                format!("invalid value {v:?}: only the witness takes a list; a data node names its one peer (host:port)"),
+            ));
+        }
+        for a in &list {
+            check_host_port(a).map_err(|m| ConfigError::new("CLUSTER_HA_PEER_ADDR", m))?;
+        }
+        Ok(list)
     }
 
     pub fn raft_peers(&self) -> Result<Vec<NamedAddr>, ConfigError> {
@@ -594,6 +631,24 @@ mod tests {
             let e = Config::from_vars(vars(&[(k, v)])).unwrap_err();
             assert_eq!(e.variable, format!("{PREFIX}{k}"), "{k}={v} gave {e}");
         }
+    }
+
+    #[test]
+    fn cluster_secret_and_the_witness_peer_list_are_checked() {
+        let e = Config::from_vars(vars(&[("CLUSTER_SECRET", "short")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_SECRET");
+        let e = Config::from_vars(vars(&[("CLUSTER_MODE", "witness")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_HA_PEER_ADDR", "{e}");
+        let w = Config::from_vars(vars(&[("CLUSTER_MODE", "witness"), ("CLUSTER_HA_PEER_ADDR", "a:7688, b:7688")])).unwrap();
+        assert_eq!(w.ha_peer_addrs().unwrap(), ["a:7688", "b:7688"]);
+        Config::from_vars(vars(&[("CLUSTER_MODE", "witness"), ("CLUSTER_SECRET", "0123456789abcdef")])).unwrap();
+        let e = Config::from_vars(vars(&[
+            ("CLUSTER_MODE", "ha_standby"),
+            ("CLUSTER_HA_ROLE", "primary"),
+            ("CLUSTER_HA_PEER_ADDR", "a:7688,b:7688"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_HA_PEER_ADDR");
     }
 
     #[test]

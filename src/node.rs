@@ -14,7 +14,9 @@ use meridian_modes::ha::witness::{Witness, WitnessHandler, WitnessNode};
 use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
 use meridian_modes::recovery::{replay, RecoveryError};
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
-use meridian_modes::transport::{Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig};
+use meridian_modes::transport::{
+    Admission, AllowedPeer, ClusterSecret, Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig,
+};
 use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::{Wal, WalOptions};
 use tokio::net::TcpListener;
@@ -192,12 +194,32 @@ async fn start_transport(
 ) -> Result<Transport, NodeError> {
     let mut tcfg = TransportConfig::new(cfg.cluster_raft_cluster_id.clone(), cfg.cluster_node_id.clone(), cfg.cluster_bind_addr);
     tcfg.tls = tls;
+    tcfg.admission = admission(cfg)?;
+    tcfg.secret = match &cfg.cluster_secret {
+        Some(s) => Some(ClusterSecret::new(s.as_bytes()).map_err(|e| ConfigError::new("CLUSTER_SECRET", e))?),
+        None => None,
+    };
     let mut registry = metrics.take_registry();
     let started = Transport::start(tcfg, handler, &mut registry).await;
     metrics.put_registry(registry);
     let t = started.map_err(|e| NodeError::Transport { addr: cfg.cluster_bind_addr, reason: e.to_string() })?;
     info!(addr = %t.local_addr(), tls = cfg.cluster_tls_enabled, "cluster transport listening");
     Ok(t)
+}
+
+/// Who may connect to this node's cluster port. A data node hears only from the other data
+/// node (the witness answers, it never calls); the witness hears from the data nodes it lists
+/// or, unlisted, from any node proving membership (certificate or secret; `Config` refuses
+/// the witness with neither). Either way their traffic arrives as `from` = `ha::PEER`.
+fn admission(cfg: &Config) -> Result<Admission, NodeError> {
+    let peers = cfg.ha_peer_addrs()?;
+    Ok(match cfg.cluster_mode {
+        ClusterMode::Witness if peers.is_empty() => Admission::Members { label: meridian_modes::ha::PEER.into() },
+        ClusterMode::HaStandby | ClusterMode::Witness if !peers.is_empty() => {
+            Admission::Peers(peers.into_iter().map(|a| AllowedPeer::new(meridian_modes::ha::PEER, a)).collect())
+        }
+        _ => return Err(ConfigError::new("CLUSTER_HA_PEER_ADDR", "no cluster peers are configured; the cluster port admits only configured peers").into()),
+    })
 }
 
 fn ha_config(cfg: &Config) -> HaConfig {

@@ -29,7 +29,7 @@ fn pki() -> Pki {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let nodes: Vec<String> = ["node1", "node2", "node3"].map(String::from).to_vec();
     certs::generate(d1.path(), &nodes).unwrap();
-    let expired = GenerateOptions { validity: Validity::Expired };
+    let expired = GenerateOptions { validity: Validity::Expired, ..Default::default() };
     let written = certs::generate_with(d1.path(), &["node5".to_string()], &expired).unwrap();
     assert_eq!(written.len(), 2, "the existing CA is reused, only node5's files are written");
     certs::generate(d2.path(), &["node4".to_string()]).unwrap();

@@ -103,7 +103,14 @@ impl HaPair {
                 ("MERIDIAN_CLUSTER_NODE_ID".to_string(), "witness".to_string()),
                 ("MERIDIAN_CLUSTER_BIND_ADDR".to_string(), format!("127.0.0.1:{cw}")),
                 ("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT".to_string(), o.failover.to_string()),
+                // The data nodes it admits (they reach it through proxies, from 127.0.0.1).
+                ("MERIDIAN_CLUSTER_HA_PEER_ADDR".to_string(), format!("127.0.0.1:{ca},127.0.0.1:{cb}")),
             ]);
+            for (k, v) in &o.extra {
+                if *k == "MERIDIAN_CLUSTER_SECRET" {
+                    env.push((k.to_string(), v.clone()));
+                }
+            }
             w = Some(Node::start_env(&dir.path().join("w"), env));
             a_to_w = Some(Proxy::start(addr(cw)));
             b_to_w = Some(Proxy::start(addr(cw)));

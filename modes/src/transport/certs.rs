@@ -4,7 +4,9 @@
 //! `<node>-key.pem`. Node certificates carry both the ServerAuth and ClientAuth extended key
 //! usages (a node is a server to its peers and a client of them) and the subject
 //! alternative names `<node>`, `localhost` and `127.0.0.1`: the node name is what the
-//! handshake's identity check looks for.
+//! handshake's identity check looks for. [`GenerateOptions::sans`] replaces `localhost` and
+//! `127.0.0.1` with the node's own host names or addresses, which is what admission by
+//! certificate needs when several nodes share a host (see `admission`).
 //!
 //! An existing CA in `out` (one this module wrote) is reused, so running it again for a new
 //! node extends the cluster rather than replacing its trust root. A certificate from
@@ -37,16 +39,23 @@ pub enum Validity {
     Expired,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerateOptions {
     /// Applies to the node certificates; a CA created by the call is always valid.
     pub validity: Validity,
+    /// Subject alternative names besides the node name (always the first SAN): DNS names or
+    /// IP addresses. `None`: `localhost` and `127.0.0.1`, which every node then shares, so a
+    /// peer cannot be told apart by its host on one machine. Call once per node (the CA in
+    /// `out` is reused) to give each node its own.
+    pub sans: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error("node name {0:?} cannot be used: it must be a non-empty DNS label-like name (letters, digits, '-', '.')")]
     InvalidNodeName(String),
+    #[error("subject alternative name {0:?} cannot be used: it must be a DNS name or an IP address")]
+    InvalidSan(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{} and {} do not form a CA this tool wrote: {reason}", CA_CERT, CA_KEY)]
@@ -64,13 +73,17 @@ pub fn generate(out: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, CertsError
 /// [`generate`] with options (see [`GenerateOptions`]).
 pub fn generate_with(out: &Path, nodes: &[String], opts: &GenerateOptions) -> Result<Vec<PathBuf>, CertsError> {
     for n in nodes {
-        let ok = !n.is_empty()
-            && n.len() <= 253
-            && !n.starts_with(['.', '-'])
-            && !n.contains("..")
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if !ok {
+        if !dns_name_ok(n) {
             return Err(CertsError::InvalidNodeName(n.clone()));
+        }
+    }
+    let extra: Vec<String> = match &opts.sans {
+        None => vec!["localhost".into(), "127.0.0.1".into()],
+        Some(sans) => sans.clone(),
+    };
+    for san in &extra {
+        if san.parse::<std::net::IpAddr>().is_err() && !dns_name_ok(san) {
+            return Err(CertsError::InvalidSan(san.clone()));
         }
     }
     std::fs::create_dir_all(out).map_err(|source| CertsError::Io { path: out.to_owned(), source })?;
@@ -94,7 +107,10 @@ pub fn generate_with(out: &Path, nodes: &[String], opts: &GenerateOptions) -> Re
         Validity::Expired => (-30, -1),
     };
     for node in nodes {
-        let mut params = CertificateParams::new(vec![node.clone(), "localhost".into(), "127.0.0.1".into()])?;
+        // rcgen makes an IP address SAN of every entry that parses as one.
+        let mut sans = vec![node.clone()];
+        sans.extend(extra.iter().filter(|s| *s != node).cloned());
+        let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, node.as_str());
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -108,6 +124,14 @@ pub fn generate_with(out: &Path, nodes: &[String], opts: &GenerateOptions) -> Re
         written.extend([cert_path, key_path]);
     }
     Ok(written)
+}
+
+fn dns_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && !n.starts_with(['.', '-'])
+        && !n.contains("..")
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// The CA's parameters are fixed, so an issuer can be rebuilt from its key alone (rcgen

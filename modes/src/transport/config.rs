@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::admission::Admission;
+use super::secret::ClusterSecret;
 use super::tls::TlsSettings;
 use super::NodeId;
 
@@ -19,6 +21,12 @@ pub struct TransportConfig {
     pub bind_addr: SocketAddr,
     /// `None`: plaintext, and peers are identified only by what they claim in the handshake.
     pub tls: Option<TlsSettings>,
+    /// Who may connect to this node, and the name (`from`) their traffic carries. Default
+    /// [`Admission::Any`]; a node sets the peers its mode talks to.
+    pub admission: Admission,
+    /// A shared secret both ends prove in the handshake (`MERIDIAN_CLUSTER_SECRET`); every
+    /// node of the cluster must have the same one, or none.
+    pub secret: Option<ClusterSecret>,
     /// Limit for frames in both directions. Every node of a cluster should use the same value:
     /// a receiver closes the connection on a frame over its own limit.
     pub max_frame_bytes: usize,
@@ -45,6 +53,8 @@ impl TransportConfig {
             node_id: node_id.into(),
             bind_addr,
             tls: None,
+            admission: Admission::Any,
+            secret: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),

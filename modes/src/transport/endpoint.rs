@@ -9,8 +9,10 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpSocket;
 
+use super::admission::{Admission, Credentials, Gate};
 use super::metrics::TransportMetrics;
 use super::peer::{self, Peer};
+use super::refusals::RefusalLog;
 use super::shutdown::ShutdownController;
 use super::tls::TlsSettings;
 use super::{server, Handler, NodeId, TransportConfig, TransportError};
@@ -24,6 +26,8 @@ pub(crate) struct Shared {
     pub tls: Option<TlsSettings>,
     pub metrics: TransportMetrics,
     pub handler: Arc<dyn Handler>,
+    pub gate: Gate,
+    pub refusals: RefusalLog,
 }
 
 /// One node's cluster endpoint. Cheap to clone; all clones share the same connections.
@@ -64,6 +68,14 @@ impl Transport {
         registry: &mut Registry,
     ) -> Result<Transport, TransportError> {
         cfg.validate().map_err(TransportError::InvalidConfig)?;
+        let creds = Credentials {
+            certificates: cfg.tls.as_ref().is_some_and(|t| t.verify_client),
+            secret: cfg.secret.is_some(),
+        };
+        let gate = Gate::new(cfg.admission.clone(), creds).map_err(TransportError::InvalidConfig)?;
+        if matches!(gate.policy(), Admission::Peers(_)) {
+            gate.resolve().await;
+        }
         let socket = if cfg.bind_addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         // A restarted node must get its port back while old connections sit in TIME_WAIT.
         socket.set_reuseaddr(true)?;
@@ -71,15 +83,25 @@ impl Transport {
         let listener = socket.listen(1024)?;
         let local_addr = listener.local_addr()?;
 
-        let shared =
-            Arc::new(Shared { tls: cfg.tls.clone(), metrics: TransportMetrics::register(registry), handler, cfg });
+        let shared = Arc::new(Shared {
+            tls: cfg.tls.clone(),
+            metrics: TransportMetrics::register(registry),
+            handler,
+            gate,
+            refusals: RefusalLog::default(),
+            cfg,
+        });
         let stop = ShutdownController::new();
         let handle = stop.handle().expect("a new controller hands out handles");
         tokio::spawn(server::accept_loop(listener, shared.clone(), handle));
         tracing::info!(
             node = %shared.cfg.node_id, cluster = %shared.cfg.cluster_id, addr = %local_addr,
-            tls = shared.tls.is_some(), "cluster transport listening"
+            tls = shared.tls.is_some(), client_certificates = creds.certificates, secret = creds.secret,
+            "cluster transport listening"
         );
+        if let Some(w) = shared.gate.start_warning() {
+            tracing::warn!(node = %shared.cfg.node_id, "{w}");
+        }
         Ok(Transport { inner: Arc::new(Inner { shared, local_addr, peers: RwLock::new(HashMap::new()), stop }) })
     }
 

@@ -45,6 +45,10 @@ pub enum FrameKind {
     /// Keep-alive; answered by a `Pong` with the same `request_id`.
     Ping = 8,
     Pong = 9,
+    /// Server → client, with a cluster secret: the server's nonce and its proof.
+    HandshakeChallenge = 10,
+    /// Client → server, after a challenge: the client's proof.
+    HandshakeProof = 11,
 }
 
 impl FrameKind {
@@ -59,6 +63,8 @@ impl FrameKind {
             7 => FrameKind::OneWay,
             8 => FrameKind::Ping,
             9 => FrameKind::Pong,
+            10 => FrameKind::HandshakeChallenge,
+            11 => FrameKind::HandshakeProof,
             _ => return None,
         })
     }

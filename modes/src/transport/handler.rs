@@ -5,8 +5,12 @@ use bytes::Bytes;
 
 use super::{NodeId, RemoteError};
 
-/// Receives everything peers send to this node. `from` is the peer's node id as
-/// established by the handshake (and, with client verification, by its certificate).
+/// Receives everything peers send to this node. `from` names the sender as admission
+/// established it: the label of the configured peer it was admitted as (e.g. `peer`), or the
+/// policy's label for [`Admission::Members`](super::Admission::Members), or — only under
+/// [`Admission::Any`](super::Admission::Any) — the node id it claimed in the handshake
+/// (verified against its certificate with mTLS). A handler can therefore decide which
+/// message types each role may send by `from` alone.
 ///
 /// Requests run concurrently, each in its own task, so a slow request does not hold up
 /// others on the same connection. One-way messages from one connection are delivered one at

@@ -1,33 +1,48 @@
 //! The cluster handshake: the first frames on every connection, after TLS if enabled.
 //!
 //! ```text
-//! client → server  Handshake        payload: "MRDN" | version u16 | cluster id | node id
-//! server → client  HandshakeAck     payload: "MRDN" | version u16 | server node id
-//!               or HandshakeReject  payload: reason u8 | message (UTF-8), then close
+//! client → server  Handshake           "MRDN" | version u16 | cluster id | node id | flags u8 | client nonce [32]
+//! server → client  HandshakeAck        "MRDN" | version u16 | server node id
+//!               or HandshakeReject     reason u8 | message (UTF-8), then close
+//! With a cluster secret (flags bit 0 set by the client, required by the server):
+//! server → client  HandshakeChallenge  "MRDN" | version u16 | server node id | server nonce [32] | server proof [32]
+//! client → server  HandshakeProof      client proof [32]
+//! server → client  HandshakeAck / HandshakeReject, as above
 //! ```
 //! Strings are a u16 BE length and UTF-8 bytes. Handshake frames are limited to
 //! [`HANDSHAKE_MAX_BYTES`], so an unauthenticated peer cannot make the node buffer more.
+//! Proofs are HMAC-SHA256 over both nonces, the cluster id and the prover's node id, with a
+//! label per direction (see `secret`); the server proves first, so a client never proves
+//! anything to an impostor.
 //!
 //! The server refuses ([`RejectReason`]) a frame that is not a handshake, a wrong magic, a
-//! different protocol version, a different cluster id, and — when it verifies client
-//! certificates — a node id that is not a DNS name in the client's certificate. The client
-//! checks that the server is the node it meant to reach: the acknowledged node id must be the
-//! peer id it dialled and, with TLS, a name in the server's certificate. Either way a node
-//! holding a valid certificate cannot pose as another node.
+//! different protocol version, a different cluster id, — when it verifies client
+//! certificates — a node id that is not a DNS name in the client's certificate, and a client
+//! that is not one of the peers its [`Admission`](super::Admission) lists or that fails the
+//! secret (`NotAPeer`). The client checks that the server is the node it meant to reach: the
+//! acknowledged node id must be the peer id it dialled and, with TLS, a name in the server's
+//! certificate; and with a secret, that the server proved it. Either way a node holding a
+//! valid certificate cannot pose as another node.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rustls_pki_types::CertificateDer;
 
+use super::admission::Gate;
 use super::connection::{ReadError, StreamReader, StreamWriter};
 use super::frame::{Frame, FrameError, FrameKind};
+use super::secret::{self, Nonce, Side, Transcript, NONCE_BYTES, PROOF_BYTES};
 use super::tls::certificate_names;
 use super::{NodeId, TransportConfig};
 
 pub const MAGIC: [u8; 4] = *b"MRDN";
 /// Bumped on any incompatible change to frames or handshake; peers must match exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: client nonce and flags in the handshake, the secret's challenge and proof.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Handshake flag: the client holds a cluster secret and expects a challenge.
+const FLAG_SECRET: u8 = 1;
 /// Limit on frames before the handshake completes.
 pub const HANDSHAKE_MAX_BYTES: usize = 4096;
 
@@ -47,6 +62,12 @@ pub enum RejectReason {
     Timeout,
     /// The connection failed or closed during the handshake.
     Io,
+    /// Not a configured peer: source address, certificate or cluster secret (the message says
+    /// which).
+    NotAPeer,
+    /// Refused at accept, before any handshake: too many handshakes pending from that source
+    /// or in all. Never sent; the connection is just closed.
+    Busy,
 }
 
 impl RejectReason {
@@ -59,6 +80,8 @@ impl RejectReason {
             RejectReason::IdentityMismatch => "identity_mismatch",
             RejectReason::Timeout => "timeout",
             RejectReason::Io => "io",
+            RejectReason::NotAPeer => "not_a_peer",
+            RejectReason::Busy => "busy",
         }
     }
 
@@ -71,6 +94,8 @@ impl RejectReason {
             RejectReason::IdentityMismatch => 5,
             RejectReason::Timeout => 6,
             RejectReason::Io => 7,
+            RejectReason::NotAPeer => 8,
+            RejectReason::Busy => 9,
         }
     }
 
@@ -82,6 +107,8 @@ impl RejectReason {
             5 => RejectReason::IdentityMismatch,
             6 => RejectReason::Timeout,
             7 => RejectReason::Io,
+            8 => RejectReason::NotAPeer,
+            9 => RejectReason::Busy,
             _ => RejectReason::BadFrame,
         }
     }
@@ -102,6 +129,9 @@ pub enum HandshakeError {
     WrongNode { expected: NodeId, actual: NodeId },
     #[error("the peer's certificate does not name node {node}")]
     CertificateMismatch { node: NodeId },
+    /// The server did not prove the cluster secret (or wants one this node does not have).
+    #[error("cluster secret: {0}")]
+    Secret(String),
     #[error("malformed handshake: {0}")]
     Malformed(String),
     #[error("connection failed during the handshake: {0}")]
@@ -115,6 +145,7 @@ impl HandshakeError {
             HandshakeError::WrongNode { .. } | HandshakeError::CertificateMismatch { .. } => {
                 RejectReason::IdentityMismatch
             }
+            HandshakeError::Secret(_) => RejectReason::NotAPeer,
             HandshakeError::Malformed(_) => RejectReason::BadFrame,
             HandshakeError::Io(_) => RejectReason::Io,
         }
@@ -127,11 +158,22 @@ pub struct Hello {
     pub version: u16,
     pub cluster_id: String,
     pub node_id: NodeId,
+    /// The client holds a cluster secret: the server must prove it first, then the client.
+    pub secret: bool,
+    /// Fresh per connection; both proofs cover it.
+    pub nonce: Nonce,
 }
 
 impl Hello {
+    /// A hello without a secret, with a fresh nonce.
     pub fn new(cluster_id: impl Into<String>, node_id: impl Into<NodeId>) -> Hello {
-        Hello { version: PROTOCOL_VERSION, cluster_id: cluster_id.into(), node_id: node_id.into() }
+        Hello {
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            node_id: node_id.into(),
+            secret: false,
+            nonce: secret::nonce(),
+        }
     }
 
     pub fn to_frame(&self) -> Frame {
@@ -140,6 +182,8 @@ impl Hello {
         b.put_u16(self.version);
         put_str(&mut b, &self.cluster_id);
         put_str(&mut b, &self.node_id);
+        b.put_u8(if self.secret { FLAG_SECRET } else { 0 });
+        b.put_slice(&self.nonce);
         Frame::new(FrameKind::Handshake, 0, 0, b.freeze())
     }
 
@@ -149,12 +193,51 @@ impl Hello {
         check_magic(&mut b)?;
         let version = get_u16(&mut b)?;
         if version != PROTOCOL_VERSION {
-            return Ok(Hello { version, cluster_id: String::new(), node_id: String::new() });
+            let (cluster_id, node_id) = (String::new(), String::new());
+            return Ok(Hello { version, cluster_id, node_id, secret: false, nonce: [0; NONCE_BYTES] });
         }
         let cluster_id = get_str(&mut b)?;
         let node_id = get_str(&mut b)?;
-        Ok(Hello { version, cluster_id, node_id })
+        let flags = get_u8(&mut b)?;
+        let nonce = get_array(&mut b)?;
+        Ok(Hello { version, cluster_id, node_id, secret: flags & FLAG_SECRET != 0, nonce })
     }
+}
+
+/// The server's half of the secret exchange: who it is, its nonce, its proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub node_id: NodeId,
+    pub nonce: Nonce,
+    pub proof: [u8; PROOF_BYTES],
+}
+
+impl Challenge {
+    pub fn to_frame(&self) -> Frame {
+        let mut b = BytesMut::new();
+        b.put_slice(&MAGIC);
+        b.put_u16(PROTOCOL_VERSION);
+        put_str(&mut b, &self.node_id);
+        b.put_slice(&self.nonce);
+        b.put_slice(&self.proof);
+        Frame::new(FrameKind::HandshakeChallenge, 0, 0, b.freeze())
+    }
+
+    pub fn decode(mut b: Bytes) -> Result<Challenge, String> {
+        let mut parse = || -> Result<Challenge, (RejectReason, String)> {
+            check_magic(&mut b)?;
+            if get_u16(&mut b)? != PROTOCOL_VERSION {
+                return Err(malformed("challenge of another protocol version"));
+            }
+            Ok(Challenge { node_id: get_str(&mut b)?, nonce: get_array(&mut b)?, proof: get_array(&mut b)? })
+        };
+        parse().map_err(|(_, m)| m)
+    }
+}
+
+/// The client's proof, the answer to a [`Challenge`].
+pub fn proof_frame(proof: &[u8; PROOF_BYTES]) -> Frame {
+    Frame::new(FrameKind::HandshakeProof, 0, 0, Bytes::copy_from_slice(proof))
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -183,6 +266,22 @@ fn get_u16(b: &mut Bytes) -> Result<u16, (RejectReason, String)> {
     Ok(b.get_u16())
 }
 
+fn get_u8(b: &mut Bytes) -> Result<u8, (RejectReason, String)> {
+    if b.is_empty() {
+        return Err(malformed("truncated"));
+    }
+    Ok(b.get_u8())
+}
+
+fn get_array<const N: usize>(b: &mut Bytes) -> Result<[u8; N], (RejectReason, String)> {
+    if b.len() < N {
+        return Err(malformed("truncated"));
+    }
+    let mut out = [0u8; N];
+    b.copy_to_slice(&mut out);
+    Ok(out)
+}
+
 fn get_str(b: &mut Bytes) -> Result<String, (RejectReason, String)> {
     let n = get_u16(b)? as usize;
     if b.len() < n {
@@ -199,7 +298,7 @@ fn ack_frame(node_id: &str) -> Frame {
     Frame::new(FrameKind::HandshakeAck, 0, 0, b.freeze())
 }
 
-fn reject_frame(reason: RejectReason, message: &str) -> Frame {
+pub(crate) fn reject_frame(reason: RejectReason, message: &str) -> Frame {
     let mut b = BytesMut::new();
     b.put_u8(reason.code());
     b.put_slice(message.as_bytes());
@@ -239,17 +338,27 @@ impl Refusal {
     }
 }
 
-/// Server side: reads the client's handshake, checks it, and answers. Returns the peer's
-/// node id. `client_cert` is the client's end-entity certificate when the server verified
-/// one; with it, the claimed id must be named by the certificate. On refusal a
-/// `HandshakeReject` is sent (best effort) before returning.
+/// An admitted connection: the name its traffic carries (see [`Gate::admit`]) and the node
+/// id the client claimed (for logs).
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub label: String,
+    pub claimed: NodeId,
+}
+
+/// Server side: reads the client's handshake, checks it and the admission policy, runs the
+/// secret exchange when configured, and answers. `client_cert` is the client's end-entity
+/// certificate when the server verified one; with it, the claimed id must be named by the
+/// certificate. On refusal a `HandshakeReject` is sent (best effort) before returning.
 pub(crate) async fn accept(
     reader: &mut StreamReader,
     writer: &mut StreamWriter,
     cfg: &TransportConfig,
+    gate: &Gate,
+    remote: IpAddr,
     client_cert: Option<&CertificateDer<'static>>,
-) -> Result<NodeId, Refusal> {
-    let result = check_hello(reader, cfg, client_cert).await;
+) -> Result<Admitted, Refusal> {
+    let result = check_client(reader, writer, cfg, gate, remote, client_cert).await;
     let reply = match &result {
         Ok(_) => ack_frame(&cfg.node_id),
         // Nothing can reach the peer when the connection itself failed.
@@ -262,9 +371,9 @@ pub(crate) async fn accept(
     }
     .await;
     match (result, sent) {
-        (Ok(node), Ok(())) => Ok(node),
-        (Ok(node), Err(e)) => Err(Refusal {
-            claimed: Some(node),
+        (Ok(admitted), Ok(())) => Ok(admitted),
+        (Ok(admitted), Err(e)) => Err(Refusal {
+            claimed: Some(admitted.claimed),
             ..Refusal::new(RejectReason::Io, format!("sending the handshake reply: {e}"))
         }),
         (Err(r), _) => {
@@ -274,16 +383,24 @@ pub(crate) async fn accept(
     }
 }
 
-async fn check_hello(
+/// The frame the server waits for next, within the connect timeout.
+async fn next_frame(reader: &mut StreamReader, cfg: &TransportConfig, what: &str) -> Result<Frame, Refusal> {
+    match reader.read_frame(cfg.connect_timeout).await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(Refusal::new(RejectReason::Io, format!("connection closed before the {what}"))),
+        Err(e) => Err(Refusal::from_read(e)),
+    }
+}
+
+async fn check_client(
     reader: &mut StreamReader,
+    writer: &mut StreamWriter,
     cfg: &TransportConfig,
+    gate: &Gate,
+    remote: IpAddr,
     client_cert: Option<&CertificateDer<'static>>,
-) -> Result<NodeId, Refusal> {
-    let frame = match reader.read_frame(cfg.connect_timeout).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err(Refusal::new(RejectReason::Io, "connection closed before the handshake")),
-        Err(e) => return Err(Refusal::from_read(e)),
-    };
+) -> Result<Admitted, Refusal> {
+    let frame = next_frame(reader, cfg, "handshake").await?;
     if frame.kind != FrameKind::Handshake {
         return Err(Refusal::new(
             RejectReason::BadFrame,
@@ -313,13 +430,53 @@ async fn check_hello(
             ));
         }
     }
-    Ok(hello.node_id)
+    // Admission before the secret exchange: a non-peer gets no proof from this node.
+    let label = gate.admit(remote, client_cert, &hello.node_id).map_err(|m| refuse(RejectReason::NotAPeer, m))?;
+    match (&cfg.secret, hello.secret) {
+        (None, false) => {}
+        (None, true) => {
+            return Err(refuse(
+                RejectReason::NotAPeer,
+                "the client uses a cluster secret and this node has none: set the same MERIDIAN_CLUSTER_SECRET on every node".into(),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(refuse(RejectReason::NotAPeer, "this node requires the cluster secret (MERIDIAN_CLUSTER_SECRET)".into()))
+        }
+        (Some(key), true) => {
+            let server_nonce = secret::nonce();
+            let t = Transcript { cluster_id: &cfg.cluster_id, client_nonce: &hello.nonce, server_nonce: &server_nonce };
+            let challenge =
+                Challenge { node_id: cfg.node_id.clone(), nonce: server_nonce, proof: key.prove(Side::Server, &t, &cfg.node_id) };
+            let sent = async {
+                writer.write_frame(&challenge.to_frame()).await?;
+                writer.flush().await
+            };
+            sent.await.map_err(|e| refuse(RejectReason::Io, format!("sending the challenge: {e}")))?;
+            let frame = next_frame(reader, cfg, "secret proof").await.map_err(|mut r| {
+                if r.reason == RejectReason::Io {
+                    // A client that cannot verify our proof hangs up: its secret differs.
+                    r.reason = RejectReason::NotAPeer;
+                    r.message = format!("{}: the client did not prove the cluster secret (a different MERIDIAN_CLUSTER_SECRET?)", r.message);
+                }
+                Refusal { claimed: Some(hello.node_id.clone()), ..r }
+            })?;
+            if frame.kind != FrameKind::HandshakeProof {
+                return Err(refuse(RejectReason::BadFrame, format!("expected the secret proof, got a {:?} frame", frame.kind)));
+            }
+            if !key.verify(Side::Client, &t, &hello.node_id, &frame.payload) {
+                return Err(refuse(RejectReason::NotAPeer, "wrong cluster secret".into()));
+            }
+        }
+    }
+    Ok(Admitted { label, claimed: hello.node_id })
 }
 
 /// Client side: sends our handshake and checks the answer. With `expected`, the server must
 /// be that node; without it (a peer known only by address), any node of the cluster is
 /// accepted. `server_cert` is the server's end-entity certificate under TLS; it must name
-/// the node the server claims to be, so an alias never weakens the identity check.
+/// the node the server claims to be, so an alias never weakens the identity check. With a
+/// secret, the server must prove it before this node proves it in turn.
 pub(crate) async fn initiate(
     reader: &mut StreamReader,
     writer: &mut StreamWriter,
@@ -331,49 +488,86 @@ pub(crate) async fn initiate(
         Some(t) => InitiateError::Tls(t),
         None => InitiateError::Handshake(HandshakeError::Io(e.to_string())),
     };
-    writer.write_frame(&Hello::new(&cfg.cluster_id, &cfg.node_id).to_frame()).await.map_err(io)?;
+    let hello = Hello { secret: cfg.secret.is_some(), ..Hello::new(&cfg.cluster_id, &cfg.node_id) };
+    writer.write_frame(&hello.to_frame()).await.map_err(io)?;
     writer.flush().await.map_err(io)?;
 
-    let frame = match reader.read_frame(cfg.connect_timeout).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err(HandshakeError::Io("the peer closed the connection".into()).into()),
-        Err(ReadError::Frame(e)) => return Err(HandshakeError::Malformed(e.to_string()).into()),
-        Err(e) => {
-            return Err(match e.tls_cause() {
-                Some(t) => InitiateError::Tls(t),
-                None => HandshakeError::Io(e.to_string()).into(),
-            })
+    let check_server = |node: &NodeId| -> Result<(), HandshakeError> {
+        if let Some(expected) = expected {
+            if node != expected {
+                return Err(HandshakeError::WrongNode { expected: expected.clone(), actual: node.clone() });
+            }
         }
+        if let Some(cert) = server_cert {
+            if !certificate_names(cert, node) {
+                return Err(HandshakeError::CertificateMismatch { node: node.clone() });
+            }
+        }
+        Ok(())
     };
-    let mut b = frame.payload;
-    match frame.kind {
-        FrameKind::HandshakeAck => {
-            let parse = |b: &mut Bytes| -> Result<(u16, String), (RejectReason, String)> {
-                check_magic(b)?;
-                let v = get_u16(b)?;
-                Ok((v, get_str(b)?))
-            };
-            let (version, node) = parse(&mut b).map_err(|(_, m)| HandshakeError::Malformed(m))?;
-            if version != PROTOCOL_VERSION {
-                return Err(HandshakeError::Malformed(format!("server acknowledged protocol version {version}")).into());
-            }
-            if let Some(expected) = expected {
-                if &node != expected {
-                    return Err(HandshakeError::WrongNode { expected: expected.clone(), actual: node }.into());
+    let mut proven: Option<NodeId> = None;
+    loop {
+        let frame = read_reply(reader, cfg).await?;
+        let mut b = frame.payload;
+        match frame.kind {
+            FrameKind::HandshakeAck => {
+                let parse = |b: &mut Bytes| -> Result<(u16, String), (RejectReason, String)> {
+                    check_magic(b)?;
+                    let v = get_u16(b)?;
+                    Ok((v, get_str(b)?))
+                };
+                let (version, node) = parse(&mut b).map_err(|(_, m)| HandshakeError::Malformed(m))?;
+                if version != PROTOCOL_VERSION {
+                    return Err(HandshakeError::Malformed(format!("server acknowledged protocol version {version}")).into());
+                }
+                check_server(&node)?;
+                match (&cfg.secret, proven) {
+                    (Some(_), None) => {
+                        return Err(HandshakeError::Secret(
+                            "the peer accepted without proving the cluster secret (it has no MERIDIAN_CLUSTER_SECRET)".into(),
+                        )
+                        .into())
+                    }
+                    (_, Some(p)) if p != node => {
+                        return Err(HandshakeError::Malformed(format!("challenged as {p}, acknowledged as {node}")).into())
+                    }
+                    _ => return Ok(()),
                 }
             }
-            if let Some(cert) = server_cert {
-                if !certificate_names(cert, &node) {
-                    return Err(HandshakeError::CertificateMismatch { node }.into());
+            FrameKind::HandshakeChallenge if proven.is_none() => {
+                let Some(key) = &cfg.secret else {
+                    return Err(HandshakeError::Secret("the peer requires a cluster secret and this node has none (MERIDIAN_CLUSTER_SECRET)".into()).into());
+                };
+                let c = Challenge::decode(b).map_err(HandshakeError::Malformed)?;
+                check_server(&c.node_id)?;
+                let t = Transcript { cluster_id: &cfg.cluster_id, client_nonce: &hello.nonce, server_nonce: &c.nonce };
+                if !key.verify(Side::Server, &t, &c.node_id, &c.proof) {
+                    return Err(HandshakeError::Secret("the peer does not know the cluster secret (a different MERIDIAN_CLUSTER_SECRET?)".into()).into());
                 }
+                writer.write_frame(&proof_frame(&key.prove(Side::Client, &t, &cfg.node_id))).await.map_err(io)?;
+                writer.flush().await.map_err(io)?;
+                proven = Some(c.node_id);
             }
-            Ok(())
+            FrameKind::HandshakeReject if !b.is_empty() => {
+                let reason = RejectReason::from_code(b.get_u8());
+                return Err(HandshakeError::Rejected { reason, message: String::from_utf8_lossy(&b).into_owned() }.into());
+            }
+            other => {
+                return Err(HandshakeError::Malformed(format!("expected a handshake reply, got a {other:?} frame")).into())
+            }
         }
-        FrameKind::HandshakeReject if !b.is_empty() => {
-            let reason = RejectReason::from_code(b.get_u8());
-            Err(HandshakeError::Rejected { reason, message: String::from_utf8_lossy(&b).into_owned() }.into())
-        }
-        other => Err(HandshakeError::Malformed(format!("expected a handshake reply, got a {other:?} frame")).into()),
+    }
+}
+
+async fn read_reply(reader: &mut StreamReader, cfg: &TransportConfig) -> Result<Frame, InitiateError> {
+    match reader.read_frame(cfg.connect_timeout).await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(HandshakeError::Io("the peer closed the connection".into()).into()),
+        Err(ReadError::Frame(e)) => Err(HandshakeError::Malformed(e.to_string()).into()),
+        Err(e) => Err(match e.tls_cause() {
+            Some(t) => InitiateError::Tls(t),
+            None => HandshakeError::Io(e.to_string()).into(),
+        }),
     }
 }
 

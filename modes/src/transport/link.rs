@@ -288,8 +288,9 @@ async fn dial(addr: &str) -> Result<TcpStream, String> {
     Err(last)
 }
 
-/// The host part of `host:port` or `[v6]:port`, for the TLS server name.
-fn host_of(addr: &str) -> &str {
+/// The host part of `host:port` or `[v6]:port`: the TLS server name, and what admission
+/// matches a client certificate against.
+pub(crate) fn host_of(addr: &str) -> &str {
     let host = match addr.rfind(':') {
         Some(i) if !addr[i + 1..].is_empty() && addr[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &addr[..i],
         _ => addr,

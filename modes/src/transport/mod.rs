@@ -11,14 +11,21 @@
 //! - `connection`: buffered frame reading and writing over a TCP or TLS stream, the
 //!   byte-bounded send queue, the per-connection close signal.
 //! - [`handshake`]: the first exchange on every connection (magic, protocol version,
-//!   cluster id, node id) and the check that a TLS peer's certificate names the node it claims.
+//!   cluster id, node id, and the cluster secret's challenge and proof) and the check that a
+//!   TLS peer's certificate names the node it claims.
+//! - [`admission`]: who may connect ([`Admission`]: the configured peers, by certificate,
+//!   secret or source address) and the name (`from`) an admitted connection's traffic carries.
+//! - [`secret`]: the cluster secret's HMAC proofs.
+//! - `pending`, `refusals`: the caps on handshakes pending per source and in all, and the
+//!   rate-limited log of refused connections.
 //! - [`tls`]: loading PEM files into rustls server and client configurations (ring provider).
 //! - [`certs`]: development certificates (a CA and one certificate per node) made with rcgen.
 //! - `link`: the client side of one established connection — request correlation,
 //!   keep-alive pings, round-trip times.
 //! - `peer`: one remote node — lazy connect, reconnect with capped exponential backoff and
 //!   jitter, fail-fast while backing off.
-//! - `server`: the accept loop and the serving side of a connection (a task per request).
+//! - `server`: the accept loop (checks made before any handshake) and the serving side of a
+//!   connection (a task per request).
 //! - `endpoint`: [`Transport`], the handle the rest of the node holds.
 //! - [`config`], [`error`], `metrics`, `handler`, `shutdown`: settings, error enums,
 //!   Prometheus metrics, the [`Handler`] trait, and the stop signal shared by all tasks.
@@ -27,6 +34,7 @@
 //! messages over the connection it opened to a peer, and serves the peer's traffic on the
 //! connection the peer opened to it. So two nodes talking both ways hold two connections.
 
+pub mod admission;
 pub mod certs;
 pub mod config;
 mod connection;
@@ -38,17 +46,23 @@ pub mod handshake;
 mod link;
 mod metrics;
 mod peer;
+mod pending;
+mod refusals;
+pub mod secret;
 mod server;
 mod shutdown;
 pub mod tls;
 
 /// A node's name in the cluster, e.g. `node1`. With TLS it must also be a DNS name in the
-/// node's certificate.
+/// node's certificate. What a [`Handler`] receives as `from` is the admitted peer's label
+/// (see [`Admission`]), which is the node id only under [`Admission::Any`].
 pub type NodeId = String;
 
+pub use admission::{Admission, AllowedPeer};
 pub use config::TransportConfig;
 pub use endpoint::{PeerStatus, Transport};
 pub use error::{RemoteError, TransportError};
 pub use handler::Handler;
 pub use handshake::{HandshakeError, RejectReason};
+pub use secret::ClusterSecret;
 pub use tls::{TlsConfigError, TlsPaths, TlsSettings, TlsVersion};

@@ -1,7 +1,10 @@
 //! The serving side: the accept loop and one task per incoming connection.
 //!
-//! An incoming connection gets `connect_timeout` to finish TLS and the cluster handshake.
-//! After that its reader spawns a task per request (bounded per connection, so a flood
+//! At accept, before any handshake: in the plain set-up a connection from an address that is
+//! not a configured peer's is refused (see `admission`), and the pending-handshake caps apply
+//! (see `pending`); refusals are logged at a bounded rate (see `refusals`). An admitted
+//! connection gets `connect_timeout` to finish TLS and the cluster handshake, whose
+//! admission decides the name (`from`) its traffic carries. After that its reader spawns a task per request (bounded per connection, so a flood
 //! pushes back on the socket instead of growing memory), passes one-way messages to a
 //! per-connection task that delivers them in order, and answers pings itself. Anything that
 //! is not a valid frame of the expected kind closes that connection, with a warning naming
@@ -11,16 +14,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustls_pki_types::CertificateDer;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::connection::{self, BoxStream, CloseReason, CloseSignal, Outbox, StreamReader, StreamWriter};
 use super::endpoint::Shared;
 use super::frame::{self, Frame, FrameKind};
-use super::handshake::{self, Refusal, RejectReason, HANDSHAKE_MAX_BYTES};
+use super::handshake::{self, Admitted, Refusal, RejectReason, HANDSHAKE_MAX_BYTES};
+use super::pending::{PendingHandshakes, Slot};
+use super::refusals::WINDOW;
 use super::shutdown::Shutdown;
 use super::{NodeId, RemoteError};
 
@@ -28,13 +34,15 @@ use super::{NodeId, RemoteError};
 const MAX_REQUESTS_IN_FLIGHT: usize = 1024;
 /// One-way messages buffered per connection ahead of the handler.
 const ONE_WAY_QUEUE: usize = 256;
-/// Connections allowed to be in TLS or the cluster handshake at once. Each costs little and
-/// ends within `connect_timeout`, but without a cap anyone who can reach the port could
-/// hold an unbounded number open.
-const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Refused strangers being told why at once; beyond that they are just closed.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// How long a refused stranger's connection is drained before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_millis(200);
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
-    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = PendingHandshakes::new();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    tokio::spawn(summarise_refusals(shared.clone(), shutdown.clone()));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -42,14 +50,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shut
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, remote)) => match handshakes.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    tokio::spawn(serve(tcp, remote, shared.clone(), shutdown.clone(), slot));
-                }
-                Err(_) => {
-                    tracing::warn!(%remote, "too many cluster connections still in their handshake; refusing this one");
-                }
-            },
+            Ok((tcp, remote)) => admit(tcp, remote, &shared, &pending, &refusing, &shutdown),
             Err(e) => {
                 // E.g. out of file descriptors: pause rather than spin, keep serving.
                 tracing::warn!(error = %e, "accepting a cluster connection failed");
@@ -63,22 +64,96 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shut
     // Dropping the listener here frees the port before `shutdown()` returns.
 }
 
-async fn serve(
+/// The checks made before any handshake: in the plain set-up, the source must be a
+/// configured peer's address (looked up again, at most every few seconds, when it is not:
+/// a peer's name may have moved); then the pending-handshake caps.
+fn admit(
     tcp: TcpStream,
     remote: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-    slot: OwnedSemaphorePermit,
+    shared: &Arc<Shared>,
+    pending: &Arc<PendingHandshakes>,
+    refusing: &Arc<Semaphore>,
+    shutdown: &Shutdown,
 ) {
+    let gate = &shared.gate;
+    let known = gate.is_peer_address(remote.ip());
+    if !gate.by_address() || known {
+        return start_handshake(tcp, remote, known, shared, pending, shutdown);
+    }
+    if !gate.claim_refresh() {
+        return refuse_stranger(tcp, remote, shared, refusing);
+    }
+    let (shared, pending, refusing, shutdown) = (shared.clone(), pending.clone(), refusing.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        shared.gate.resolve().await;
+        if shared.gate.is_peer_address(remote.ip()) {
+            start_handshake(tcp, remote, true, &shared, &pending, &shutdown);
+        } else {
+            refuse_stranger(tcp, remote, &shared, &refusing);
+        }
+    });
+}
+
+fn start_handshake(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    peer_address: bool,
+    shared: &Arc<Shared>,
+    pending: &Arc<PendingHandshakes>,
+    shutdown: &Shutdown,
+) {
+    match pending.try_acquire(remote.ip(), peer_address) {
+        Ok(slot) => {
+            tokio::spawn(serve(tcp, remote, shared.clone(), shutdown.clone(), slot));
+        }
+        Err(full) => refused(shared, remote, Refusal::new(RejectReason::Busy, full.describe())),
+    }
+}
+
+/// Tells a connection from a non-peer address why it is refused, then closes it. Draining
+/// what the client already sent (briefly) lets the close be a FIN rather than a reset that
+/// could destroy the reject frame before the client reads it.
+fn refuse_stranger(tcp: TcpStream, remote: SocketAddr, shared: &Arc<Shared>, refusing: &Arc<Semaphore>) {
+    let message = format!("{} is not an address of a configured peer", remote.ip());
+    refused(shared, remote, Refusal::new(RejectReason::NotAPeer, message.clone()));
+    let Ok(permit) = refusing.clone().try_acquire_owned() else { return };
+    tokio::spawn(async move {
+        let mut tcp = tcp;
+        let mut reject = BytesMut::new();
+        handshake::reject_frame(RejectReason::NotAPeer, &message).encode(&mut reject);
+        if tcp.try_write(&reject).is_ok() {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+        drop(permit);
+    });
+}
+
+async fn summarise_refusals(shared: Arc<Shared>, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(WINDOW);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = every.tick() => shared.refusals.summarise(),
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     let cfg = &shared.cfg;
     let opened = tokio::select! {
         biased;
         _ = shutdown.wait() => return,
-        r = tokio::time::timeout(cfg.connect_timeout, open(tcp, &shared)) => r,
+        r = tokio::time::timeout(cfg.connect_timeout, open(tcp, remote, &shared)) => r,
     };
     drop(slot);
-    let (node, reader, writer) = match opened {
+    let (admitted, reader, writer) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(refusal)) => return refused(&shared, remote, refusal),
         Err(_) => {
@@ -86,21 +161,25 @@ async fn serve(
             return refused(&shared, remote, Refusal::new(RejectReason::Timeout, msg));
         }
     };
-    tracing::debug!(peer = %node, %remote, "cluster peer connected");
-    match run_connection(&node, reader, writer, &shared, &shutdown).await {
-        Some(reason) => tracing::warn!(peer = %node, %remote, %reason, "closing cluster connection"),
-        None => tracing::debug!(peer = %node, %remote, "cluster connection closed"),
+    let peer = &admitted.label;
+    tracing::debug!(%peer, claimed_node = %admitted.claimed, %remote, "cluster peer connected");
+    match run_connection(peer, reader, writer, &shared, &shutdown).await {
+        Some(reason) => tracing::warn!(%peer, %remote, %reason, "closing cluster connection"),
+        None => tracing::debug!(%peer, %remote, "cluster connection closed"),
     }
 }
 
 fn refused(shared: &Shared, remote: SocketAddr, r: Refusal) {
     shared.metrics.handshake_failed(r.reason);
-    let claimed = r.claimed.as_deref().unwrap_or("?");
-    tracing::warn!(%remote, claimed_node = claimed, reason = r.reason.label(), detail = %r.message, "cluster handshake refused; connection closed");
+    shared.refusals.record(remote, r.reason, r.claimed.as_deref(), &r.message);
 }
 
-/// TLS (if configured) and the cluster handshake. Returns the authenticated peer id.
-async fn open(tcp: TcpStream, shared: &Shared) -> Result<(NodeId, StreamReader, StreamWriter), Refusal> {
+/// TLS (if configured), the cluster handshake and admission. Returns the admitted peer.
+async fn open(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    shared: &Shared,
+) -> Result<(Admitted, StreamReader, StreamWriter), Refusal> {
     let (stream, client_cert): (BoxStream, Option<CertificateDer<'static>>) = match &shared.tls {
         None => (Box::new(tcp), None),
         Some(tls) => {
@@ -120,14 +199,16 @@ async fn open(tcp: TcpStream, shared: &Shared) -> Result<(NodeId, StreamReader, 
         }
     };
     let (mut reader, mut writer) = connection::split(stream, HANDSHAKE_MAX_BYTES);
-    let node =
-        handshake::accept(&mut reader, &mut writer, &shared.cfg, client_cert.as_ref()).await.map_err(|mut r| {
-            if r.looks_like_tls && shared.tls.is_none() {
-                r.message.push_str(" (this looks like a TLS client on a plaintext cluster port)");
-            }
-            r
-        })?;
-    Ok((node, reader, writer))
+    let admitted =
+        handshake::accept(&mut reader, &mut writer, &shared.cfg, &shared.gate, remote.ip(), client_cert.as_ref())
+            .await
+            .map_err(|mut r| {
+                if r.looks_like_tls && shared.tls.is_none() {
+                    r.message.push_str(" (this looks like a TLS client on a plaintext cluster port)");
+                }
+                r
+            })?;
+    Ok((admitted, reader, writer))
 }
 
 /// Serves an established connection until it closes. Returns the reason when it was closed

@@ -201,6 +201,23 @@ fn read_roots(path: &Path) -> Result<RootCertStore, TlsConfigError> {
     Ok(roots)
 }
 
+/// Whether the certificate names `host`: an IP SAN equal to it when it is an IP address,
+/// else a DNS SAN (admission matches a peer's configured host this way).
+pub(crate) fn certificate_names_host(cert: &CertificateDer<'_>, host: &str) -> bool {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => certificate_names_ip(cert, ip),
+        Err(_) => certificate_names(cert, host),
+    }
+}
+
+/// Whether the certificate has `ip` as an IP address SAN.
+pub(crate) fn certificate_names_ip(cert: &CertificateDer<'_>, ip: std::net::IpAddr) -> bool {
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(cert) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &ServerName::IpAddress(ip.into())).is_ok()
+}
+
 /// Whether the end-entity certificate names `node` as a DNS subject alternative name.
 /// A node id that is not a valid DNS name can never match.
 pub(crate) fn certificate_names(cert: &CertificateDer<'_>, node: &str) -> bool {
