@@ -159,8 +159,12 @@ impl Gate {
                     }
                     resolved[i] = ips;
                 }
-                Err(e) => {
+                // Only the plain set-up depends on it; otherwise it is a peer not up yet.
+                Err(e) if self.creds.address_only() => {
                     tracing::warn!(peer = %self.peers()[i].addr, error = %e, kept = ?resolved[i], "cannot resolve a configured cluster peer's address")
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peers()[i].addr, error = %e, "cannot resolve a configured cluster peer's address")
                 }
             }
         }
