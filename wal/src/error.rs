@@ -3,11 +3,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::identity::WalId;
+
 /// Everything that can go wrong in the WAL.
 ///
 /// The variants are split by what the caller does next: retry with other
-/// arguments (`IndexGap`, `Purged`, `RecordTooLarge`, `VoteTooLarge`), stop and
-/// page an operator (`Corrupt`), or restart the process (`Io`, `Poisoned`).
+/// arguments (`IndexGap`, `Purged`, `RecordTooLarge`, `VoteTooLarge`), retry the
+/// same call later (`Transient`), stop and page an operator (`Corrupt`, `Missing`,
+/// `Foreign`), or restart the process (`Io`, `Poisoned`).
 #[derive(thiserror::Error, Debug)]
 pub enum WalError {
     /// A system call on `path` failed.
@@ -16,6 +19,31 @@ pub enum WalError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+
+    /// Opening a file failed for want of descriptors or memory (EMFILE, ENFILE,
+    /// ENOMEM, EAGAIN, EINTR) even after a short backoff. Nothing was changed and the
+    /// WAL is not poisoned: the same call may be retried (see `retry`).
+    #[error("WAL could not open {path}: {source}; nothing was changed, retry once descriptors are free")]
+    Transient {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// [`WalOptions::expected_id`](crate::WalOptions::expected_id) was set but `dir`
+    /// holds no WAL at all (no state file, no segment): it was deleted or never copied.
+    /// Nothing was created.
+    #[error("no WAL in {dir}: the data that uses it was written with WAL {expected}, which is missing")]
+    Missing { dir: PathBuf, expected: WalId },
+
+    /// `dir` holds another WAL than [`WalOptions::expected_id`](crate::WalOptions::expected_id)
+    /// (`found` is `None` for a WAL from before identities existed). Nothing was changed.
+    #[error("the WAL in {dir} is {}, not WAL {expected} that the data using it was written with", found.map_or("a WAL without an identity".to_string(), |f| format!("WAL {f}")))]
+    Foreign {
+        dir: PathBuf,
+        expected: WalId,
+        found: Option<WalId>,
     },
 
     /// Bytes on disk that the WAL did not write, or wrote and then lost. The node
@@ -67,6 +95,11 @@ impl WalError {
         matches!(self, WalError::Corrupt { .. })
     }
 
+    /// True when the same call may simply be retried later (see [`WalError::Transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, WalError::Transient { .. })
+    }
+
     pub(crate) fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> WalError {
         WalError::Corrupt {
             file: file.to_path_buf(),
@@ -82,6 +115,23 @@ impl WalError {
             WalError::Io { path, source } => WalError::Io {
                 path: path.clone(),
                 source: io::Error::new(source.kind(), source.to_string()),
+            },
+            WalError::Transient { path, source } => WalError::Transient {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            WalError::Missing { dir, expected } => WalError::Missing {
+                dir: dir.clone(),
+                expected: *expected,
+            },
+            WalError::Foreign {
+                dir,
+                expected,
+                found,
+            } => WalError::Foreign {
+                dir: dir.clone(),
+                expected: *expected,
+                found: *found,
             },
             WalError::Corrupt {
                 file,

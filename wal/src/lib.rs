@@ -14,7 +14,9 @@
 //! | `recovery` | open-time scan: torn tail versus corruption; [`verify`] |
 //! | `record` | the record frame, encoded and decoded in one place |
 //! | `segment` | segment file names, header, creation |
-//! | `state` | `wal.state`: [`HardState`], purge point, pending operations |
+//! | `state` | `wal.state`: identity, [`HardState`], purge point, pending operations, newest segment |
+//! | `identity` | [`WalId`], created with the directory, checked on every open |
+//! | `retry` | EMFILE and friends: short bounded retries, never a storage failure |
 //! | `reader` | the segment table and `pread`-based reads |
 //! | `ticket` | [`AppendTicket`], the future an append returns |
 //! | `dump` | [`dump`], a line per record for operators |
@@ -26,9 +28,13 @@
 //! use meridian_wal::{HardState, Record, Wal, WalOptions};
 //!
 //! # async fn demo() -> Result<(), meridian_wal::WalError> {
-//! // Open: recovery runs here and reports a torn tail it cut.
-//! let (wal, report) = Wal::open(WalOptions::new("/var/lib/meridian/wal"))?;
-//! let next = report.last_index + 1;
+//! // Open: recovery runs here and reports a torn tail it cut. A caller whose data was
+//! // built from this WAL passes its identity, so a deleted or swapped WAL is refused
+//! // instead of silently replaced by a new, empty one.
+//! let mut opts = WalOptions::new("/var/lib/meridian/wal");
+//! opts.expected_id = None; // or Some(id) remembered from an earlier wal.id()
+//! let (wal, report) = Wal::open(opts)?;
+//! let (id, next) = (wal.id(), report.last_index + 1);
 //!
 //! // Append: returns at once (enqueue order = log order); the ticket resolves
 //! // when the records are on disk. Concurrent appends share one fdatasync.
@@ -47,7 +53,7 @@
 //! wal.save_hard_state(&HardState { epoch: 3, vote: b"node-1".to_vec() })?;
 //!
 //! wal.close()?;
-//! # let _ = (records, divergent); Ok(()) }
+//! # let _ = (records, divergent, id); Ok(()) }
 //! ```
 //!
 //! Blocking calls (`open`, `read_from`, `truncate_after`, `purge_before`,
@@ -69,7 +75,8 @@
 //! ```text
 //! 0000000000000001-0000000000000000.wal   segment: {seq:016x}-{first_index:016x}.wal
 //! 0000000000000002-00000000000004d2.wal   next segment, starting at index 0x4d2
-//! wal.state                               hard state + purge point + pending operation
+//! wal.state                               identity + hard state + purge point + pending operation
+//!                                         + newest segment (written first, when the directory is created)
 //! LOCK                                    flock: one Wal per directory
 //! 0000000000000002-00000000000004d2.wal.broken   bytes cut off a torn tail (kept for post-mortems)
 //! ```
@@ -94,7 +101,8 @@
 //! 16  8  seq
 //! 24  8  first_index
 //! 32  8  created_ms   unix milliseconds
-//! 40 20  reserved     0
+//! 40 16  wal_id       the WAL's identity (0: written before identities existed)
+//! 56  4  reserved     0
 //! 60  4  header_crc   crc over bytes [0, 60)
 //! ```
 //!
@@ -135,6 +143,31 @@
 //! [`verify`] runs the same checks without changing anything; [`dump`] prints
 //! every frame.
 //!
+//! # Identity: a missing WAL is not an empty one
+//!
+//! A directory with no WAL in it gets one on open: `wal.state` is written first,
+//! holding a random 128-bit [`WalId`], and every segment header repeats that id.
+//! From then on the directory can tell lost files from a log that was never
+//! longer, and [`Wal::open`] refuses (never creating or changing anything) when:
+//!
+//! | found | error |
+//! |---|---|
+//! | no `wal.state` and no segment, but [`WalOptions::expected_id`] is set | [`WalError::Missing`] |
+//! | a WAL with another id than `expected_id` | [`WalError::Foreign`] |
+//! | segments but no `wal.state` (the hard state is gone with it) | [`WalError::Corrupt`] naming `wal.state` |
+//! | a segment whose header carries another WAL's id | [`WalError::Corrupt`] naming the segment |
+//! | the newest segment `wal.state` recorded, and no later one, is gone, though no reset or truncate removed it | [`WalError::Corrupt`] naming the missing segment |
+//!
+//! The last rule is what catches a deleted segment (often the only one): the
+//! writer records each new segment in `wal.state` once the file is durable, and a
+//! purge that empties the log clears the record in the same write. Records
+//! deleted from the *front* of the log are caught by the purge point when there
+//! is one, and otherwise by the caller, who knows what it has applied. The id is
+//! what a caller remembers ([`Wal::id`]) to pass back as `expected_id`: Meridian
+//! stores it in its state database beside the applied index. A WAL written before
+//! identities existed (a version-1 `wal.state`, zero ids in headers) is given one
+//! on its first open.
+//!
 //! # Group commit
 //!
 //! One thread owns the active segment. It blocks for the first request, drains
@@ -145,13 +178,27 @@
 //! [`WalOptions::on_sync`]. A failed write or fsync poisons the WAL
 //! ([`WalError::Poisoned`]): after a failed fsync the page cache cannot be
 //! trusted, so only a reopen, which reads what is really on disk, may continue.
+//!
+//! # Running short of descriptors
+//!
+//! EMFILE, ENFILE, ENOMEM, EAGAIN and EINTR when opening a file say nothing about
+//! the disk, so they never poison the WAL. Opening is retried for about a quarter
+//! of a second; then an append that needs a new segment keeps waiting (logging a
+//! `WARN` every 10 s) until a descriptor is free, and resumes — failing it would
+//! leave its indexes unwritten under later, already-numbered batches. A
+//! [`Wal::purge_before`] or [`Wal::save_hard_state`] answers
+//! [`WalError::Transient`] instead, having changed nothing: call it again later.
+//! The directory is synced through a descriptor held open for the WAL's life,
+//! so only the new file itself ever needs one.
 
 mod dump;
 mod error;
+mod identity;
 mod options;
 mod reader;
 mod record;
 mod recovery;
+mod retry;
 mod segment;
 mod state;
 mod ticket;
@@ -161,6 +208,7 @@ mod writer;
 
 pub use dump::dump;
 pub use error::WalError;
+pub use identity::WalId;
 pub use options::{SyncInfo, WalOptions};
 pub use record::{Record, MAX_RECORD_BYTES, RECORD_HEADER_BYTES};
 pub use recovery::{verify, RecoveryReport, TailTruncation};

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity::WalId;
+
 /// How to open a WAL. Start from [`WalOptions::new`] and change fields.
 #[derive(Clone)]
 pub struct WalOptions {
@@ -24,6 +26,12 @@ pub struct WalOptions {
     /// Called on the writer thread after every group-commit fdatasync, once the
     /// batch's tickets are resolved (for metrics: keep it cheap and non-blocking).
     pub on_sync: Option<Arc<dyn Fn(SyncInfo) + Send + Sync>>,
+    /// The identity of the WAL the caller's data was built from, if it knows one.
+    /// Then opening refuses, creating and changing nothing, when `dir` holds no WAL
+    /// ([`WalError::Missing`](crate::WalError::Missing)) or another one
+    /// ([`WalError::Foreign`](crate::WalError::Foreign)). `None` (the default): any
+    /// WAL, or a new one if there is none.
+    pub expected_id: Option<WalId>,
 }
 
 impl WalOptions {
@@ -34,6 +42,7 @@ impl WalOptions {
             max_batch_bytes: 8 << 20,
             max_batch_wait: Duration::ZERO,
             on_sync: None,
+            expected_id: None,
         }
     }
 }
@@ -46,6 +55,7 @@ impl fmt::Debug for WalOptions {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_batch_wait", &self.max_batch_wait)
             .field("on_sync", &self.on_sync.as_ref().map(|_| "Fn(SyncInfo)"))
+            .field("expected_id", &self.expected_id)
             .finish()
     }
 }

@@ -16,6 +16,19 @@
 //! 4. Records below the purge point (`floor`) are dead; whole dead segments are
 //!    the leftovers of an interrupted purge and are removed.
 //!
+//! Before those, the directory's identity (see `identity` and `state`):
+//!
+//! 0. A directory with neither `wal.state` nor a segment is a new WAL: it gets a
+//!    fresh [`WalId`] (unless the caller expected an existing one:
+//!    [`WalError::Missing`]). Segments without `wal.state` mean the state file
+//!    was lost, with the hard state in it: corruption. A segment written by
+//!    another WAL is corruption; a whole directory of another WAL than the
+//!    caller expected is [`WalError::Foreign`]. The newest segment `wal.state`
+//!    recorded must still exist (or a later one), unless a reset or an
+//!    interrupted truncate removed it: otherwise the end of the log was deleted,
+//!    which no torn write can do, and the WAL refuses to open rather than come up
+//!    shorter (or empty) as if nothing had happened.
+//!
 //! [`Mode::ReadOnly`] (used by [`verify`]) computes the same answer without
 //! touching a file, so `verify` reports exactly what `Wal::open` would do.
 
@@ -23,10 +36,13 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use crate::error::{io_at, WalError};
+use crate::identity::WalId;
 use crate::record::{self, RECORD_HEADER_BYTES};
-use crate::segment::{self, SegmentHeader, SEGMENT_HEADER_BYTES, TMP_SUFFIX};
-use crate::state::{self, StateStore, STATE_TMP};
+use crate::segment::{self, Dir, SegmentFile, SegmentHeader, SEGMENT_HEADER_BYTES, TMP_SUFFIX};
+use crate::state::{self, PersistedState, StateStore, STATE_FILE, STATE_TMP};
 
 /// What opening (or verifying) the WAL found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +55,11 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Set when the end of the last segment was torn and cut off.
     pub truncated_tail: Option<TailTruncation>,
+    /// The WAL's identity. `None` only from [`verify`] of a directory that has no
+    /// WAL yet or one from before identities (opening assigns one).
+    pub wal_id: Option<WalId>,
+    /// True when this open found no WAL (no `wal.state`, no segment) and created it.
+    pub created: bool,
 }
 
 /// A torn tail that recovery cut (or, for [`verify`], would cut).
@@ -81,6 +102,8 @@ impl LiveSegment {
 }
 
 pub(crate) struct Recovered {
+    pub id: WalId,
+    pub dir: Arc<Dir>,
     pub state: StateStore,
     pub segments: Vec<LiveSegment>,
     pub first: u64,
@@ -96,7 +119,7 @@ pub(crate) struct Recovered {
 /// Returns what [`Wal::open`](crate::Wal::open) would recover, including a torn
 /// tail it would cut, or the `Corrupt` error that would stop it. Modifies nothing.
 pub fn verify(dir: &Path) -> Result<RecoveryReport, WalError> {
-    recover(dir, Mode::ReadOnly).map(|r| r.report)
+    recover(dir, Mode::ReadOnly, None).map(|r| r.report)
 }
 
 /// How the scan of one segment ended.
@@ -117,10 +140,35 @@ struct Scan {
     stop: Stop,
 }
 
-pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
+/// `expected`: the identity the caller's data was written with, if it knows one.
+pub(crate) fn recover(
+    dir: &Path,
+    mode: Mode,
+    expected: Option<WalId>,
+) -> Result<Recovered, WalError> {
     let repair = mode == Mode::Repair;
-    let persisted = state::load(dir)?;
+    let loaded = state::load(dir)?;
     let all = segment::list(dir)?;
+    let created = loaded.is_none() && all.is_empty();
+    if let Some(expected) = expected {
+        if created {
+            return Err(WalError::Missing {
+                dir: dir.to_path_buf(),
+                expected,
+            });
+        }
+        if let Some(found) = loaded.as_ref().and_then(|p| p.id) {
+            if found != expected {
+                return Err(WalError::Foreign {
+                    dir: dir.to_path_buf(),
+                    expected,
+                    found: Some(found),
+                });
+            }
+        }
+    }
+    let persisted = loaded.clone().unwrap_or_default();
+    check_newest_segment(dir, &persisted, &all)?;
     let next_seq = all
         .last()
         .map_or(1, |s| s.seq + 1)
@@ -148,6 +196,9 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
         let is_last = i + 1 == files.len();
         let bytes = fs::read(&f.path).map_err(io_at(&f.path))?;
         let header = SegmentHeader::decode(&bytes).map_err(|r| WalError::corrupt(&f.path, 0, r))?;
+        if let Some(id) = header.wal_id {
+            check_segment_identity(dir, &f.path, id, loaded.as_ref(), expected)?;
+        }
         if header.seq != f.seq || header.first_index != f.first_index {
             return Err(WalError::corrupt(
                 &f.path,
@@ -235,7 +286,17 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
         }
     });
 
-    let mut store = StateStore::new(dir, persisted);
+    // A directory from before identities (or a new one) gets its identity now.
+    let id = persisted.id;
+    if let (Some(expected), None) = (expected, id) {
+        return Err(WalError::Foreign {
+            dir: dir.to_path_buf(),
+            expected,
+            found: None,
+        });
+    }
+    let dir_handle = Arc::new(Dir::open(dir)?);
+    let mut store = StateStore::new(dir_handle.clone(), persisted);
     if repair {
         remove_tmp_files(dir)?;
         if let (Some(t), Some((_, _, _, zero))) = (truncated_tail.as_mut(), tail.as_ref()) {
@@ -264,11 +325,23 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
             fs::remove_file(path).map_err(io_at(path))?;
         }
         if !doomed.is_empty() {
-            segment::sync_dir(dir)?;
+            dir_handle.sync()?;
             tracing::info!(files = doomed.len(), "WAL: removed dead segments");
         }
-        if store.get().pending_truncate.is_some() {
-            store.update(|s| s.pending_truncate = None)?;
+        let newest = segments.last().map(|s| (s.seq, s.first_index));
+        let stale = store.get().pending_truncate.is_some() || store.get().newest != newest;
+        if id.is_none() || stale {
+            let id = id.unwrap_or_else(WalId::generate);
+            store.update(|s| {
+                s.id = Some(id);
+                s.pending_truncate = None;
+                s.newest = newest;
+            })?;
+            if created {
+                tracing::info!(dir = %dir.display(), wal_id = %id, "WAL: created a new WAL");
+            } else if loaded.as_ref().is_none_or(|p| p.id.is_none()) {
+                tracing::info!(dir = %dir.display(), wal_id = %id, "WAL: gave a WAL from before identities its identity");
+            }
         }
     } else {
         segments.drain(..purged);
@@ -282,8 +355,13 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
         last_index: next.saturating_sub(1),
         segments: segments.len(),
         truncated_tail,
+        wal_id: store.get().id,
+        created,
     };
     Ok(Recovered {
+        // Only a read-only verify of an unidentified WAL lacks one, and it uses the report only.
+        id: store.get().id.unwrap_or_else(WalId::generate),
+        dir: dir_handle,
         state: store,
         segments,
         first,
@@ -292,6 +370,68 @@ pub(crate) fn recover(dir: &Path, mode: Mode) -> Result<Recovered, WalError> {
         next_seq,
         report,
     })
+}
+
+/// Rule 0, for the end of the log: see the module docs.
+fn check_newest_segment(
+    dir: &Path,
+    persisted: &PersistedState,
+    all: &[SegmentFile],
+) -> Result<(), WalError> {
+    let Some((seq, first)) = persisted.newest else {
+        return Ok(());
+    };
+    let present = all.iter().any(|s| s.seq >= seq);
+    let removed_by_reset = seq < persisted.live_from_seq;
+    let being_truncated = persisted.pending_truncate.is_some_and(|t| first > t);
+    if present || removed_by_reset || being_truncated {
+        return Ok(());
+    }
+    Err(WalError::corrupt(
+        &dir.join(segment::file_name(seq, first)),
+        0,
+        format!(
+            "this segment is missing: the WAL created it (records from index {first} on) and never removed it, \
+             so records from index {first} on are lost"
+        ),
+    ))
+}
+
+/// Rule 0, for one segment header's identity.
+fn check_segment_identity(
+    dir: &Path,
+    path: &Path,
+    id: WalId,
+    loaded: Option<&PersistedState>,
+    expected: Option<WalId>,
+) -> Result<(), WalError> {
+    match loaded {
+        None => Err(WalError::corrupt(
+            &dir.join(STATE_FILE),
+            0,
+            format!(
+                "wal.state is missing, but {} was written by WAL {id}: the hard state (epoch, vote) and purge point it held are lost",
+                path.display()
+            ),
+        )),
+        Some(p) if p.id != Some(id) => match (expected, p.id) {
+            // The whole directory belongs elsewhere: say that, not "this one file".
+            (Some(expected), None) => Err(WalError::Foreign {
+                dir: dir.to_path_buf(),
+                expected,
+                found: Some(id),
+            }),
+            _ => Err(WalError::corrupt(
+                path,
+                0,
+                format!(
+                    "segment written by WAL {id}, but this directory's WAL is {}",
+                    p.id.map_or("one without an identity".into(), |i| i.to_string())
+                ),
+            )),
+        },
+        Some(_) => Ok(()),
+    }
 }
 
 fn scan_segment(
@@ -588,7 +728,8 @@ mod tests {
     fn a_segment_with_no_record_is_dropped_and_the_next_append_may_start_anywhere() {
         let dir = tempfile::tempdir().unwrap();
         // Crash right after a never-written WAL created its first segment.
-        segment::create(dir.path(), 1, 500).unwrap();
+        let id = open(dir.path()).id();
+        segment::create(&Dir::open(dir.path()).unwrap(), 1, 500, id).unwrap();
         let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
         assert_eq!(
             (report.first_index, report.last_index, report.segments),
@@ -612,5 +753,138 @@ mod tests {
         let (wal, _) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
         assert!(!tmp.exists());
         assert_eq!(wal.last_index(), 2);
+    }
+
+    fn open_expecting(dir: &Path, id: WalId) -> Result<crate::Wal, WalError> {
+        let mut opts = crate::WalOptions::new(dir);
+        opts.segment_bytes = 512;
+        opts.expected_id = Some(id);
+        crate::Wal::open(opts).map(|(w, _)| w)
+    }
+
+    #[test]
+    fn a_new_wal_gets_an_identity_that_survives_reopen_and_marks_its_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
+        assert!(report.created);
+        let id = wal.id();
+        assert_eq!(report.wal_id, Some(id));
+        fill(&wal, 1..=3, 10);
+        wal.close().unwrap();
+        let seg = segments(dir.path()).remove(0);
+        let header = SegmentHeader::decode(&fs::read(&seg).unwrap()).unwrap();
+        assert_eq!(header.wal_id, Some(id));
+        let wal = open_expecting(dir.path(), id).unwrap();
+        assert_eq!((wal.id(), wal.last_index()), (id, 3));
+        assert_eq!(verify(dir.path()).unwrap().wal_id, Some(id));
+    }
+
+    #[test]
+    fn an_expected_wal_that_is_missing_or_foreign_is_refused_and_nothing_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = WalId::generate();
+        match open_expecting(dir.path(), expected) {
+            Err(WalError::Missing { expected: e, .. }) => assert_eq!(e, expected),
+            other => panic!("{:?}", other.map(|w| w.id())),
+        }
+        assert!(!dir.path().join(STATE_FILE).exists());
+        let other = open(dir.path());
+        let found = other.id();
+        other.close().unwrap();
+        match open_expecting(dir.path(), expected) {
+            Err(WalError::Foreign { found: f, .. }) => assert_eq!(f, Some(found)),
+            other => panic!("{:?}", other.map(|w| w.id())),
+        }
+    }
+
+    #[test]
+    fn a_deleted_last_segment_is_corruption_not_an_empty_log() {
+        for keep_older in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = open(dir.path());
+            fill(&wal, 1..=if keep_older { 30 } else { 3 }, 100);
+            wal.close().unwrap();
+            let last = segments(dir.path()).pop().unwrap();
+            fs::remove_file(&last).unwrap();
+            for err in [
+                verify(dir.path()).unwrap_err(),
+                crate::Wal::open(crate::WalOptions::new(dir.path())).err().unwrap(),
+            ] {
+                match err {
+                    WalError::Corrupt { file, reason, .. } => {
+                        assert_eq!(file, last);
+                        assert!(reason.contains("missing"), "{reason}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_state_file_beside_segments_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=3, 10);
+        wal.close().unwrap();
+        fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        let err = crate::Wal::open(crate::WalOptions::new(dir.path())).err().unwrap();
+        assert!(err.is_corruption() && err.to_string().contains("wal.state is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_from_another_wal_is_corruption() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for d in [a.path(), b.path()] {
+            let wal = open(d);
+            fill(&wal, 1..=30, 100);
+            wal.close().unwrap();
+        }
+        let stranger = segments(b.path()).pop().unwrap();
+        let ours = segments(a.path()).pop().unwrap();
+        fs::copy(&stranger, &ours).unwrap();
+        let err = verify(a.path()).unwrap_err();
+        assert!(err.to_string().contains("segment written by WAL"), "{err}");
+    }
+
+    #[test]
+    fn purge_truncate_and_reset_to_empty_are_not_mistaken_for_a_deleted_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=30, 100);
+        wal.purge_before(31).unwrap();
+        assert_eq!(wal.position().segments, 0);
+        wal.close().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 31..=40, 100);
+        wal.truncate_after(30).unwrap();
+        wal.close().unwrap();
+        let wal = open(dir.path());
+        assert_eq!(wal.last_index(), 30);
+        fill(&wal, 31..=35, 100);
+        wal.reset_to(100).unwrap();
+        wal.close().unwrap();
+        let wal = open(dir.path());
+        assert_eq!((wal.first_index(), wal.last_index()), (100, 99));
+    }
+
+    #[test]
+    fn a_wal_from_before_identities_is_given_one_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        fill(&wal, 1..=3, 10);
+        wal.close().unwrap();
+        // Rewrite the segment header with a zero id and drop wal.state: the old layout.
+        let seg = segments(dir.path()).remove(0);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[40..56].fill(0);
+        let crc = crc32fast::hash(&bytes[..60]);
+        bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&seg, bytes).unwrap();
+        fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(verify(dir.path()).unwrap().wal_id, None);
+        let (wal, report) = crate::Wal::open(crate::WalOptions::new(dir.path())).unwrap();
+        assert!(!report.created);
+        assert_eq!((report.wal_id, wal.last_index()), (Some(wal.id()), 3));
     }
 }

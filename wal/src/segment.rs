@@ -12,13 +12,19 @@
 //!     16    8 seq            same as the file name
 //!     24    8 first_index    index of the first record in the file (same as the name)
 //!     32    8 created_ms     unix milliseconds, informational
-//!     40   20 reserved       0
+//!     40   16 wal_id         the WAL's identity (see `identity`); 0 in segments
+//!                            written before WALs had one
+//!     56    4 reserved       0
 //!     60    4 header_crc     CRC-32/ISO-HDLC over bytes [0, 60)
 //! ```
 //!
 //! A segment appears under its final name only complete: the header is written
 //! to `<name>.tmp`, fsynced, renamed, and the directory fsynced. So a damaged
 //! header is never a torn write; it is always corruption.
+//!
+//! The writer syncs the directory through a descriptor opened once ([`Dir`]), so
+//! that rotating a segment or rewriting `wal.state` opens one file, not two, when
+//! descriptors are scarce.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -26,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{io_at, WalError};
+use crate::identity::WalId;
+use crate::retry;
 
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 64;
 const MAGIC: &[u8; 8] = b"MERIDWAL";
@@ -54,6 +62,7 @@ pub(crate) fn parse_name(name: &str) -> Option<(u64, u64)> {
 pub(crate) struct SegmentHeader {
     pub seq: u64,
     pub first_index: u64,
+    pub wal_id: Option<WalId>,
 }
 
 impl SegmentHeader {
@@ -69,6 +78,7 @@ impl SegmentHeader {
         h[16..24].copy_from_slice(&self.seq.to_le_bytes());
         h[24..32].copy_from_slice(&self.first_index.to_le_bytes());
         h[32..40].copy_from_slice(&created_ms.to_le_bytes());
+        h[40..56].copy_from_slice(&self.wal_id.map_or(0, WalId::as_u128).to_le_bytes());
         let crc = crc32fast::hash(&h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         h
@@ -104,6 +114,7 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             seq: u64_at(16),
             first_index: u64_at(24),
+            wal_id: WalId::from_le_bytes(&h[40..56]),
         })
     }
 }
@@ -142,23 +153,59 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
 }
 
 /// Creates segment `seq` starting at `first_index`, durably (file and directory),
-/// and returns it opened for reading and writing.
-pub(crate) fn create(dir: &Path, seq: u64, first_index: u64) -> Result<(File, PathBuf), WalError> {
-    let path = dir.join(file_name(seq, first_index));
-    let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(seq, first_index)));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_at(&tmp))?;
-    let header = SegmentHeader { seq, first_index }.encode();
+/// and returns it opened for reading and writing. A shortage of descriptors is
+/// [`WalError::Transient`] and leaves at most a `.tmp` file; calling again is safe.
+pub(crate) fn create(
+    dir: &Dir,
+    seq: u64,
+    first_index: u64,
+    wal_id: WalId,
+) -> Result<(File, PathBuf), WalError> {
+    let path = dir.path.join(file_name(seq, first_index));
+    let tmp = dir
+        .path
+        .join(format!("{}{TMP_SUFFIX}", file_name(seq, first_index)));
+    let mut file = retry::open(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+        &tmp,
+    )?;
+    let header = SegmentHeader {
+        seq,
+        first_index,
+        wal_id: Some(wal_id),
+    }
+    .encode();
     file.write_all(&header).map_err(io_at(&tmp))?;
     file.sync_all().map_err(io_at(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_at(&path))?;
-    sync_dir(dir)?;
+    dir.sync()?;
     Ok((file, path))
+}
+
+/// The WAL directory and a descriptor on it, held for the WAL's lifetime so that
+/// making renames and unlinks durable never needs a new descriptor.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    pub path: PathBuf,
+    handle: File,
+}
+
+impl Dir {
+    pub(crate) fn open(path: &Path) -> Result<Dir, WalError> {
+        Ok(Dir {
+            path: path.to_path_buf(),
+            handle: File::open(path).map_err(io_at(path))?,
+        })
+    }
+
+    /// Makes creations, renames and unlinks in the directory durable.
+    pub(crate) fn sync(&self) -> Result<(), WalError> {
+        self.handle.sync_all().map_err(io_at(&self.path))
+    }
 }
 
 /// Cuts `path` to `len` bytes, durably.
@@ -170,13 +217,6 @@ pub(crate) fn cut(path: &Path, len: u64) -> Result<(), WalError> {
     f.set_len(len).map_err(io_at(path))?;
     // set_len changes the size, which is metadata: sync_all, not sync_data.
     f.sync_all().map_err(io_at(path))
-}
-
-/// Makes creations, renames and unlinks in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
 }
 
 #[cfg(test)]
@@ -201,14 +241,16 @@ mod tests {
     #[test]
     fn created_segment_has_a_valid_header_and_no_tmp_left() {
         let dir = tempfile::tempdir().unwrap();
-        let (_f, path) = create(dir.path(), 3, 100).unwrap();
+        let id = WalId::generate();
+        let (_f, path) = create(&Dir::open(dir.path()).unwrap(), 3, 100, id).unwrap();
         let bytes = fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, SEGMENT_HEADER_BYTES);
         assert_eq!(
             SegmentHeader::decode(&bytes).unwrap(),
             SegmentHeader {
                 seq: 3,
-                first_index: 100
+                first_index: 100,
+                wal_id: Some(id),
             }
         );
         let listed = list(dir.path()).unwrap();
@@ -220,7 +262,7 @@ mod tests {
     #[test]
     fn damaged_header_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let (_f, path) = create(dir.path(), 1, 1).unwrap();
+        let (_f, path) = create(&Dir::open(dir.path()).unwrap(), 1, 1, WalId::generate()).unwrap();
         let good = fs::read(&path).unwrap();
         for byte in [0, 9, 20, 40, 61] {
             let mut bad = good.clone();

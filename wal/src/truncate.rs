@@ -68,26 +68,43 @@ impl Writer {
         if let Some((path, at)) = &cut {
             segment::cut(path, *at)?;
         }
-        segment::sync_dir(&self.shared.dir)?;
+        self.shared.dir.sync()?;
         self.failpoint("truncate:tail-cut")?;
 
         // Cleared before any later append can write past `after` again.
-        self.shared
-            .state
-            .lock()
-            .unwrap()
-            .update(|s| s.pending_truncate = None)?;
+        let newest = {
+            let table = self.shared.table.read().unwrap();
+            table.segments.last().map(|s| {
+                let (seq, _) = segment::parse_name(&s.name).expect("own segment name");
+                (seq, s.first_index)
+            })
+        };
+        self.shared.state.lock().unwrap().update(|s| {
+            s.pending_truncate = None;
+            s.newest = newest;
+        })?;
         tracing::info!(after, removed = removed.len(), "WAL: truncated the log");
         Ok(removed)
     }
 
     /// Forgets records below `before`. The handle has checked `before > first`.
     pub(crate) fn purge_before(&mut self, before: u64) -> Result<(), WalError> {
-        self.shared
-            .state
-            .lock()
+        // Emptying the log removes the newest segment too: say so in the same write,
+        // or recovery would take the purged segment for a deleted one.
+        let empties = self
+            .shared
+            .table
+            .read()
             .unwrap()
-            .update(|s| s.floor = Some(s.floor.map_or(before, |f| f.max(before))))?;
+            .segments
+            .iter()
+            .all(|s| s.next_index() <= before && !s.offsets.is_empty());
+        self.shared.state.lock().unwrap().update(|s| {
+            s.floor = Some(s.floor.map_or(before, |f| f.max(before)));
+            if empties {
+                s.newest = None;
+            }
+        })?;
         self.failpoint("purge:floor-saved")?;
 
         let doomed: Vec<PathBuf> = {
@@ -107,7 +124,7 @@ impl Writer {
             fs::remove_file(path).map_err(io_at(path))?;
         }
         if !doomed.is_empty() {
-            segment::sync_dir(&self.shared.dir)?;
+            self.shared.dir.sync()?;
         }
         tracing::debug!(before, segments = doomed.len(), "WAL: purged");
         Ok(())
@@ -120,6 +137,7 @@ impl Writer {
             s.floor = Some(next);
             s.live_from_seq = live_from_seq;
             s.pending_truncate = None;
+            s.newest = None;
         })?;
         self.failpoint("reset:state-saved")?;
 
@@ -133,7 +151,7 @@ impl Writer {
         for path in &doomed {
             fs::remove_file(path).map_err(io_at(path))?;
         }
-        segment::sync_dir(&self.shared.dir)?;
+        self.shared.dir.sync()?;
         tracing::info!(next, segments = doomed.len(), "WAL: reset");
         Ok(())
     }

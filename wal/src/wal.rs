@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{io_at, WalError};
+use crate::identity::WalId;
 use crate::options::WalOptions;
 use crate::reader::{self, SegmentTable, TableSegment};
 use crate::record::{self, Record, MAX_RECORD_BYTES};
@@ -80,7 +81,7 @@ impl Wal {
         let dir = opts.dir.clone();
         fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         let lock = lock_dir(&dir)?;
-        let rec = recovery::recover(&dir, Mode::Repair)?;
+        let rec = recovery::recover(&dir, Mode::Repair, opts.expected_id)?;
 
         let mut table = SegmentTable::default();
         let mut active = None;
@@ -112,7 +113,8 @@ impl Wal {
         }
 
         let shared = Arc::new(Shared::new(
-            dir.clone(),
+            rec.id,
+            rec.dir,
             table,
             rec.state,
             rec.next.saturating_sub(1),
@@ -127,6 +129,7 @@ impl Wal {
         let report = rec.report;
         tracing::info!(
             dir = %dir.display(),
+            wal_id = %rec.id,
             first_index = report.first_index,
             last_index = report.last_index,
             segments = report.segments,
@@ -231,6 +234,11 @@ impl Wal {
         AppendTicket::waiting(rx)
     }
 
+    /// This WAL's identity, created with the directory (see `identity`).
+    pub fn id(&self) -> WalId {
+        self.inner.shared.id
+    }
+
     /// First readable index. When the log is empty this is the index the next
     /// append starts at (`last_index() + 1`, or the `reset_to` / purge point).
     pub fn first_index(&self) -> u64 {
@@ -313,8 +321,11 @@ impl Wal {
     /// `first_index()` becomes `before` at once (and survives restarts); segment
     /// files whose records are all below it are deleted. If `before` is past the
     /// end, the log becomes empty and the next append must start at `before`.
+    ///
+    /// A [`WalError::Transient`] answer (no descriptor to rewrite `wal.state`)
+    /// changed nothing, `first_index()` included: call again later.
     pub fn purge_before(&self, before: u64) -> Result<(), WalError> {
-        let rx = {
+        let (rx, old_first) = {
             let mut order = self.inner.order.lock().unwrap();
             let tx = order.sender(&self.inner.shared)?;
             if before <= order.first {
@@ -323,12 +334,22 @@ impl Wal {
             let (done, rx) = oneshot::channel();
             tx.send(Request::Purge { before, done })
                 .map_err(|_| WalError::Closed)?;
+            let old_first = order.first;
             order.first = before;
             order.next = order.next.max(before);
             order.pinned = true;
-            rx
+            (rx, old_first)
         };
-        wait_reply(rx)
+        let result = wait_reply(rx);
+        if result.as_ref().is_err_and(WalError::is_transient) {
+            // The writer refused it only while `before` was inside the log, so `next`
+            // did not move; give `first` back unless a later purge moved it on.
+            let mut order = self.inner.order.lock().unwrap();
+            if order.first == before {
+                order.first = old_first;
+            }
+        }
+        result
     }
 
     /// Drops every record; the next append must start at `next_index` (after a
@@ -418,6 +439,7 @@ impl Inner {
         let Some(tx) = self.order.lock().unwrap().tx.take() else {
             return Ok(());
         };
+        self.shared.set_closing();
         let (done, rx) = oneshot::channel();
         let result = match tx.send(Request::Close { done }) {
             Ok(()) => wait_reply(rx),

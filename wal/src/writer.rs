@@ -3,50 +3,70 @@
 //! rotates segments, and runs truncate / purge / reset / hard-state saves in
 //! queue order, so every change to the log is serialized with the appends
 //! around it.
+//!
+//! Failures poison the WAL (see [`WalError::Poisoned`]), except a shortage of
+//! descriptors or memory ([`WalError::Transient`]): an append that needs a new
+//! segment waits it out, because failing that batch would leave its indexes
+//! unwritten while later batches, already numbered after it, follow; and a
+//! caller that retried with other records at those indexes would contradict
+//! records a replication stream may already have shipped. A purge or hard-state
+//! save that meets it changed nothing and answers `Transient` (see `run`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{io_at, WalError};
+use crate::identity::WalId;
 use crate::options::{SyncInfo, WalOptions};
 use crate::reader::{SegmentTable, TableSegment};
 use crate::record::{self, Record};
-use crate::segment::{self, SEGMENT_HEADER_BYTES};
+use crate::segment::{self, Dir, SEGMENT_HEADER_BYTES};
 use crate::state::{HardState, StateStore};
 
 /// fdatasyncs slower than this are logged: the disk is in trouble (etcd warns at 1 s too).
 const SLOW_SYNC: Duration = Duration::from_secs(1);
+/// While descriptors are short: pause between attempts, and how often to say so again.
+const SHORTAGE_PAUSE: Duration = Duration::from_millis(50);
+const SHORTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the writer thread shares with the `Wal` handles.
 pub(crate) struct Shared {
-    pub dir: PathBuf,
+    pub id: WalId,
+    pub dir: Arc<Dir>,
     pub table: RwLock<SegmentTable>,
     pub state: Mutex<StateStore>,
     durable: watch::Sender<u64>,
     poisoned: OnceLock<String>,
+    /// Set by `close`: the writer stops waiting out shortages.
+    closing: AtomicBool,
     #[cfg(test)]
     pub failpoint: Mutex<Option<&'static str>>,
 }
 
 impl Shared {
     pub(crate) fn new(
-        dir: PathBuf,
+        id: WalId,
+        dir: Arc<Dir>,
         table: SegmentTable,
         state: StateStore,
         durable: u64,
     ) -> Shared {
         Shared {
+            id,
             dir,
             table: RwLock::new(table),
             state: Mutex::new(state),
             durable: watch::Sender::new(durable),
             poisoned: OnceLock::new(),
+            closing: AtomicBool::new(false),
             #[cfg(test)]
             failpoint: Mutex::new(None),
         }
@@ -72,6 +92,10 @@ impl Shared {
             }),
             None => Ok(()),
         }
+    }
+
+    pub(crate) fn set_closing(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     fn poison(&self, cause: &WalError) {
@@ -166,7 +190,19 @@ impl Writer {
                     let _ = done.send(r);
                 }
                 Request::Purge { before, done } => {
-                    let r = self.guarded(|w| w.purge_before(before));
+                    // A purge that could not write its new floor changed nothing on disk;
+                    // the handles' first index moved ahead, which only hides records
+                    // already covered by a checkpoint, so it need not poison — unless the
+                    // purge went past the end and so moved the next index too.
+                    let within = self
+                        .shared
+                        .table
+                        .read()
+                        .unwrap()
+                        .segments
+                        .last()
+                        .is_some_and(|s| s.next_index() >= before);
+                    let r = self.guarded_unless(within, |w| w.purge_before(before));
                     let _ = done.send(r);
                 }
                 Request::Reset { next, done } => {
@@ -174,8 +210,9 @@ impl Writer {
                     let _ = done.send(r);
                 }
                 Request::SaveHardState { hard, done } => {
-                    let r =
-                        self.guarded(|w| w.shared.state.lock().unwrap().update(|s| s.hard = hard));
+                    let r = self.guarded_unless(true, |w| {
+                        w.shared.state.lock().unwrap().update(|s| s.hard = hard)
+                    });
                     let _ = done.send(r);
                 }
                 Request::Close { done } => {
@@ -195,8 +232,61 @@ impl Writer {
         &mut self,
         op: impl FnOnce(&mut Self) -> Result<T, WalError>,
     ) -> Result<T, WalError> {
+        self.guarded_unless(false, op)
+    }
+
+    /// `guarded`, except that with `transient_is_safe` a [`WalError::Transient`]
+    /// failure is returned without poisoning: the operation has said it changed
+    /// nothing, and the caller may retry it.
+    fn guarded_unless<T>(
+        &mut self,
+        transient_is_safe: bool,
+        op: impl FnOnce(&mut Self) -> Result<T, WalError>,
+    ) -> Result<T, WalError> {
         self.shared.check_poisoned()?;
-        op(self).inspect_err(|e| self.shared.poison(e))
+        op(self).inspect_err(|e| {
+            if e.is_transient() && transient_is_safe {
+                tracing::warn!(error = %e, "WAL: a purge or hard-state save must be retried");
+            } else {
+                self.shared.poison(e)
+            }
+        })
+    }
+
+    /// Runs `op` again and again while it fails for want of descriptors or memory,
+    /// so that a shortage pauses appends instead of failing them (see the module
+    /// docs). Gives up only when the WAL is being closed.
+    fn wait_out_shortage<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut Self) -> Result<T, WalError>,
+    ) -> Result<T, WalError> {
+        let mut since: Option<(Instant, Instant)> = None; // (first failure, last log line)
+        loop {
+            match op(self) {
+                Err(e) if e.is_transient() && !self.shared.closing.load(Ordering::Acquire) => {
+                    let now = Instant::now();
+                    match &mut since {
+                        None => {
+                            tracing::warn!(error = %e, "WAL cannot {what}: appends wait until it can (not a storage failure)");
+                            since = Some((now, now));
+                        }
+                        Some((first, logged)) if now - *logged >= SHORTAGE_LOG_EVERY => {
+                            tracing::warn!(error = %e, waited = ?(now - *first), "WAL still cannot {what}: appends are waiting");
+                            *logged = now;
+                        }
+                        Some(_) => {}
+                    }
+                    thread::sleep(SHORTAGE_PAUSE);
+                }
+                r => {
+                    if let (Some((first, _)), Ok(_)) = (since, &r) {
+                        tracing::info!(waited = ?first.elapsed(), "WAL can {what} again: appends resume");
+                    }
+                    return r;
+                }
+            }
+        }
     }
 
     /// Takes more queued appends to share one fsync with `first`.
@@ -279,7 +369,16 @@ impl Writer {
             &joined
         };
 
-        self.ensure_segment(first)?;
+        let created = self.wait_out_shortage("open a new segment", |w| w.ensure_segment(first))?;
+        if let Some(newest) = created {
+            self.wait_out_shortage("record its new segment in wal.state", |w| {
+                w.shared
+                    .state
+                    .lock()
+                    .unwrap()
+                    .update(|s| s.newest = Some(newest))
+            })?;
+        }
         let active = self
             .active
             .as_mut()
@@ -327,16 +426,17 @@ impl Writer {
 
     /// Opens a new segment when there is none, the current one is full, or
     /// (after recovery or a truncation) it does not end where this batch starts.
-    fn ensure_segment(&mut self, first_index: u64) -> Result<(), WalError> {
+    /// Returns the new segment's `(seq, first_index)` if it made one.
+    fn ensure_segment(&mut self, first_index: u64) -> Result<Option<(u64, u64)>, WalError> {
         let reuse = self
             .active
             .as_ref()
             .is_some_and(|a| a.len < self.opts.segment_bytes && a.next_index == first_index);
         if reuse {
-            return Ok(());
+            return Ok(None);
         }
         let seq = self.next_seq;
-        let (file, path) = segment::create(&self.shared.dir, seq, first_index)?;
+        let (file, path) = segment::create(&self.shared.dir, seq, first_index, self.shared.id)?;
         self.next_seq += 1;
         let file = Arc::new(file);
         tracing::debug!(path = %path.display(), "WAL: new segment");
@@ -359,7 +459,7 @@ impl Writer {
             len: SEGMENT_HEADER_BYTES,
             next_index: first_index,
         });
-        Ok(())
+        Ok(Some((seq, first_index)))
     }
 
     pub(crate) fn publish_durable(&self, index: u64) {
@@ -372,7 +472,7 @@ impl Writer {
     pub(crate) fn failpoint(&self, name: &'static str) -> Result<(), WalError> {
         if *self.shared.failpoint.lock().unwrap() == Some(name) {
             return Err(WalError::Io {
-                path: self.shared.dir.clone(),
+                path: self.shared.dir.path.clone(),
                 source: std::io::Error::other(format!("failpoint {name}")),
             });
         }
