@@ -20,6 +20,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub const PREFIX: &str = "MERIDIAN_";
 
+/// The slowest HA heartbeat accepted, in milliseconds.
+pub const MAX_HA_HEARTBEAT_MS: u64 = 60_000;
+
 /// Every variable, without the prefix, and what it accepts.
 pub const VARIABLES: &[(&str, &str)] = &[
     ("CONFIG_FILE", "a path to a TOML file with the same keys (lowercase, no prefix)"),
@@ -33,6 +36,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("API_TOKEN", "a bearer token string"),
     ("WAL_SEGMENT_BYTES", "a WAL segment size in bytes, at least 4096 (default 67108864)"),
     ("CHECKPOINT_INTERVAL", "a duration such as 1s or 500ms"),
+    ("HTTP_MAX_CONNECTIONS", "a positive integer: most HTTP connections open at once (default 4096)"),
+    ("HTTP_HEADER_TIMEOUT", "a duration such as 10s: time to send a request's head once it has begun"),
+    ("HTTP_BODY_TIMEOUT", "a duration such as 30s: time to send a request's whole body"),
+    ("HTTP_IDLE_TIMEOUT", "a duration such as 60s: how long a connection may wait for its next request"),
     ("CLUSTER_MODE", "one of standalone, ha_standby, raft, multi_region, witness"),
     ("CLUSTER_NODE_ID", "a node name of letters, digits, '-', '_' or '.'"),
     ("CLUSTER_BIND_ADDR", "a socket address such as 0.0.0.0:7688"),
@@ -41,7 +48,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_HA_ROLE", "primary or standby"),
     ("CLUSTER_HA_PEER_ADDR", "host:port of the other node's cluster port (witness: an optional comma-separated list of the data nodes' host:port)"),
     ("CLUSTER_HA_SYNC_MODE", "one of async, semi_sync, sync, remote_apply"),
-    ("CLUSTER_HA_HEARTBEAT_MS", "a positive integer number of milliseconds"),
+    ("CLUSTER_HA_HEARTBEAT_MS", "an integer number of milliseconds, 1 to 60000, at most half of CLUSTER_HA_FAILOVER_TIMEOUT"),
     ("CLUSTER_HA_FAILOVER_TIMEOUT", "a duration such as 30s"),
     ("CLUSTER_HA_AUTO_FAILOVER", "true or false"),
     ("CLUSTER_HA_WAL_BATCH_SIZE", "a positive integer number of records"),
@@ -221,6 +228,10 @@ pub struct Config {
     pub api_token: Option<String>,
     pub wal_segment_bytes: u64,
     pub checkpoint_interval: HumanDuration,
+    pub http_max_connections: u64,
+    pub http_header_timeout: HumanDuration,
+    pub http_body_timeout: HumanDuration,
+    pub http_idle_timeout: HumanDuration,
 
     pub cluster_mode: ClusterMode,
     pub cluster_node_id: String,
@@ -283,6 +294,10 @@ impl Default for Config {
             api_token: None,
             wal_segment_bytes: 64 << 20,
             checkpoint_interval: secs(1),
+            http_max_connections: 4096,
+            http_header_timeout: secs(10),
+            http_body_timeout: secs(30),
+            http_idle_timeout: secs(60),
             cluster_mode: ClusterMode::Standalone,
             cluster_node_id: "node1".into(),
             cluster_bind_addr: "0.0.0.0:7688".parse().unwrap(),
@@ -399,6 +414,19 @@ impl Config {
         if self.wal_segment_bytes < 4096 {
             return Err(ConfigError::new("WAL_SEGMENT_BYTES", accepts("WAL_SEGMENT_BYTES")));
         }
+        for (name, d) in [
+            ("CHECKPOINT_INTERVAL", self.checkpoint_interval),
+            ("HTTP_HEADER_TIMEOUT", self.http_header_timeout),
+            ("HTTP_BODY_TIMEOUT", self.http_body_timeout),
+            ("HTTP_IDLE_TIMEOUT", self.http_idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(ConfigError::new(name, format!("must be longer than zero: expected {}", accepts(name))));
+            }
+        }
+        if self.http_max_connections == 0 {
+            return Err(ConfigError::new("HTTP_MAX_CONNECTIONS", "must be at least 1"));
+        }
         let id_ok = !self.cluster_node_id.is_empty()
             && self.cluster_node_id.len() <= 64
             && self.cluster_node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
@@ -408,6 +436,11 @@ impl Config {
         if self.cluster_ha_wal_batch_size == 0 {
             return Err(ConfigError::new("CLUSTER_HA_WAL_BATCH_SIZE", "must be at least 1"));
         }
+        // A standby judges its primary by the heartbeat: one slower than a minute would let a
+        // silent primary look healthy for that long (and an absurd one overflowed below).
+        if self.cluster_ha_heartbeat_ms == 0 || self.cluster_ha_heartbeat_ms > MAX_HA_HEARTBEAT_MS {
+            return Err(ConfigError::new("CLUSTER_HA_HEARTBEAT_MS", format!("must be 1 to {MAX_HA_HEARTBEAT_MS} milliseconds")));
+        }
         if self.cluster_mode == ClusterMode::HaStandby
             && Duration::from_millis(self.cluster_ha_heartbeat_ms) * 2 > self.cluster_ha_failover_timeout.0
         {
@@ -415,9 +448,6 @@ impl Config {
                 "CLUSTER_HA_FAILOVER_TIMEOUT",
                 "must be at least twice MERIDIAN_CLUSTER_HA_HEARTBEAT_MS, or a slow heartbeat would trigger failovers",
             ));
-        }
-        if self.cluster_ha_heartbeat_ms == 0 {
-            return Err(ConfigError::new("CLUSTER_HA_HEARTBEAT_MS", "must be at least 1"));
         }
         if self.cluster_raft_heartbeat_timeout.0 >= self.cluster_raft_election_timeout.0 {
             return Err(ConfigError::new("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "must be shorter than MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT"));

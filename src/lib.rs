@@ -11,6 +11,7 @@
 //! - [`node`]: opens the data directory (lock, WAL, store, recovery), starts the mode and
 //!   the HTTP server, and shuts them down in order.
 //! - [`lock`]: the data-directory lock that keeps a second process out.
+//! - [`cert_check`]: warns at start when the node's own cluster certificate is out of date.
 //! - [`api`]: the HTTP data and admin API (axum), errors, auth.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`cli`]: the `meridian` command line (serve, healthcheck, kv, restore, wal, bench, certs).
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod cert_check;
 pub mod cli;
 pub mod client;
 pub mod config;

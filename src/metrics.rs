@@ -18,11 +18,29 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+/// Every label has a bounded set of values: `method` from [`method_label`], `route` the
+/// matched route template (or `unmatched`), never the raw path.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     pub route: String,
     pub status: u16,
+}
+
+/// The `method` label: a known method's name, or `other`. Any token is a valid HTTP method,
+/// so taking the request's own would let each made-up one add a histogram (2,000 requests
+/// with 4 KB methods grew `/metrics` from 107 KB to 189 MB).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
 }
 
 pub struct Metrics {

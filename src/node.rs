@@ -22,6 +22,7 @@ use meridian_wal::{Wal, WalOptions};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::api::server::HttpLimits;
 use crate::api::{self, AppState};
 use crate::config::{ClusterMode, Config, ConfigError, HaRole, HaSyncMode, TlsMinVersion};
 use crate::lock::{DirLock, LockError};
@@ -55,6 +56,7 @@ impl NodeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             NodeError::Config(_) | NodeError::Bind { .. } | NodeError::Transport { .. } => 2,
+            NodeError::Lock(LockError::NotADirectory { .. }) => 2,
             _ => 1,
         }
     }
@@ -64,6 +66,7 @@ impl NodeError {
 pub struct Node {
     pub state: Arc<AppState>,
     listener: TcpListener,
+    limits: HttpLimits,
     _lock: DirLock,
 }
 
@@ -145,7 +148,7 @@ impl Node {
             api_token: cfg.api_token.clone(),
             admin_token: cfg.admin_token.clone(),
         });
-        Ok(Node { state, listener, _lock: lock })
+        Ok(Node { state, listener, limits: HttpLimits::from_config(cfg), _lock: lock })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -157,7 +160,7 @@ impl Node {
         let addr = self.http_addr();
         info!(%addr, mode = self.state.replicator.mode(), "meridian is serving HTTP");
         let app = api::router(self.state.clone());
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(stop).await;
+        let served = api::server::serve(self.listener, app, self.limits, stop).await;
         // In-flight requests have finished; drain the write pipeline and make state durable.
         info!("shutting down: finishing queued writes and checkpointing");
         self.state.replicator.shutdown().await;
@@ -180,10 +183,14 @@ fn load_tls(cfg: &Config) -> Result<Option<TlsSettings>, NodeError> {
             TlsMinVersion::V13 => TlsVersion::V1_3,
         },
     };
-    TlsSettings::load(&paths).map(Some).map_err(|e| {
+    let settings = TlsSettings::load(&paths).map_err(|e| {
         let var = e.variable().trim_start_matches(crate::config::PREFIX);
         NodeError::Config(ConfigError::new(var, e.to_string()))
-    })
+    })?;
+    if let Some(cert) = &cfg.cluster_tls_cert_file {
+        crate::cert_check::warn_if_not_valid(cert);
+    }
+    Ok(Some(settings))
 }
 
 async fn start_transport(

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::timeouts::BodyTimeout;
 use super::AppState;
 
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -40,7 +41,9 @@ pub fn key_from(path: Result<Path<String>, PathRejection>) -> Result<String, Api
 
 pub fn body_from(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Bytes, ApiError> {
     let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(t) = BodyTimeout::in_chain(&e) {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", t.to_string())
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!("request body is larger than {max} bytes"))
         } else {
             ApiError::bad_request(format!("cannot read request body: {e}"))

@@ -1,13 +1,18 @@
 //! The HTTP API (axum): `/v1/*` data, `/health`, `/metrics`, `/admin/*`.
 //!
 //! Module map: [`kv`] (one key and ranges), [`txn`], [`admin`] (health, metrics, backup,
-//! digest, mode admin calls), [`error`] (one status and code per failure). Handlers validate
-//! input, then talk only to the [`Replicator`] (writes, read fences, status) and the
-//! [`StateMachine`] (local reads) — never to a mode's internals.
+//! digest, mode admin calls), [`error`] (one status and code per failure), [`guard`] (tokens,
+//! declared body length, query encoding), [`server`] (the connection loop: cap, graceful
+//! stop) and [`timeouts`] (head, body and idle clocks). Handlers validate input, then talk
+//! only to the [`Replicator`] (writes, read fences, status) and the [`StateMachine`] (local
+//! reads) — never to a mode's internals.
 
 pub mod admin;
 pub mod error;
+pub mod guard;
 pub mod kv;
+pub mod server;
+pub mod timeouts;
 pub mod txn;
 
 use std::sync::Arc;
@@ -15,9 +20,8 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use meridian_modes::replicator::AdminRequest;
@@ -25,7 +29,7 @@ use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::Wal;
 use serde::Deserialize;
 
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::{method_label, HttpLabels, Metrics};
 use error::ApiError;
 
 pub struct AppState {
@@ -47,13 +51,18 @@ impl AppState {
 
 pub fn router(st: Arc<AppState>) -> Router {
     let kv_limit = st.max_value_bytes + 1;
+    let txn = Router::new()
+        .route("/v1/txn", post(txn::txn))
+        .layer(DefaultBodyLimit::max(st.txn_body_limit()))
+        .route_layer(middleware::from_fn_with_state(st.txn_body_limit(), guard::refuse_declared_length));
     let data = Router::new()
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
         .route("/v1/kv", get(kv::list))
         .layer(DefaultBodyLimit::max(kv_limit))
-        .merge(Router::new().route("/v1/txn", post(txn::txn)).layer(DefaultBodyLimit::max(st.txn_body_limit())))
-        .route_layer(middleware::from_fn_with_state(st.clone(), require_api_token));
+        .route_layer(middleware::from_fn_with_state(st.max_value_bytes, guard::refuse_declared_length))
+        .merge(txn)
+        .route_layer(middleware::from_fn_with_state(st.clone(), guard::require_api_token));
     let admin = Router::new()
         .route("/admin/wal/position", get(admin::wal_position))
         .route("/admin/backup", get(admin::backup))
@@ -70,7 +79,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/admin/cluster/add", post(cluster_add))
         .route("/admin/cluster/remove", post(cluster_remove))
         .route("/admin/raft/transfer-leadership", post(transfer_leadership))
-        .route_layer(middleware::from_fn_with_state(st.clone(), require_admin_token));
+        .route_layer(middleware::from_fn_with_state(st.clone(), guard::require_admin_token));
     Router::new()
         .route("/health", get(admin::health))
         .route("/metrics", get(admin::metrics))
@@ -80,6 +89,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed on this endpoint")
         })
+        .layer(middleware::from_fn(guard::require_utf8_query))
         .layer(middleware::from_fn_with_state(st.clone(), record_latency))
         .with_state(st)
 }
@@ -131,30 +141,9 @@ async fn transfer_leadership(State(st): State<Arc<AppState>>, body: Bytes) -> Re
     admin::admin_call(&st, AdminRequest::TransferLeadership { target: b.target }).await
 }
 
-/// Compares in time independent of where the first difference is.
-fn token_matches(req: &Request, token: &str) -> bool {
-    let Some(got) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some(got) = got.strip_prefix("Bearer ") else { return false };
-    got.len() == token.len() && got.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-async fn require_api_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match &st.api_token {
-        Some(t) if !token_matches(&req, t) => ApiError::unauthorized().into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-async fn require_admin_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match &st.admin_token {
-        Some(t) if !token_matches(&req, t) => ApiError::unauthorized().into_response(),
-        _ => next.run(req).await,
-    }
-}
-
 async fn record_latency(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_owned();
     // The route template, not the raw path, so keys do not explode the label set.
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let resp = next.run(req).await;
