@@ -71,6 +71,19 @@ impl AllowedPeer {
     }
 }
 
+/// Why a connection was not admitted; the message goes to the client and the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdmitted {
+    #[error("no client certificate")]
+    NoCertificate,
+    #[error("the client certificate names none of the configured peers ({hosts})")]
+    CertificateNamesNoPeer { hosts: String },
+    #[error("{0} is not an address of a configured peer")]
+    NotAPeerAddress(IpAddr),
+    #[error("cannot tell which configured peer this is ({addrs}): give each node a certificate naming only its own host")]
+    Ambiguous { addrs: String },
+}
+
 /// How connecting nodes prove who they are, from the transport's credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Credentials {
@@ -185,7 +198,7 @@ impl Gate {
     /// The name the handler sees for an admitted connection, or why it is refused. Called in
     /// the handshake, after TLS verified `cert` (when there is one) and after the claimed
     /// node id was checked against it; the secret is checked separately.
-    pub fn admit(&self, remote: IpAddr, cert: Option<&CertificateDer<'_>>, claimed: &NodeId) -> Result<String, String> {
+    pub fn admit(&self, remote: IpAddr, cert: Option<&CertificateDer<'_>>, claimed: &NodeId) -> Result<String, NotAdmitted> {
         let peers = match &self.policy {
             Admission::Any => return Ok(claimed.clone()),
             Admission::Members { label } => return Ok(label.clone()),
@@ -196,7 +209,7 @@ impl Gate {
         let from_address = |i: usize| resolved[i].contains(&remote);
         let mut candidates: Vec<usize> = (0..peers.len()).collect();
         if self.creds.certificates {
-            let cert = cert.ok_or("no client certificate")?;
+            let cert = cert.ok_or(NotAdmitted::NoCertificate)?;
             candidates.retain(|&i| {
                 let p = &peers[i];
                 certificate_names_host(cert, p.host())
@@ -204,15 +217,13 @@ impl Gate {
                     || resolved[i].iter().any(|ip| certificate_names_ip(cert, *ip))
             });
             if candidates.is_empty() {
-                return Err(format!(
-                    "the client certificate names none of the configured peers ({})",
-                    peers.iter().map(|p| p.host()).collect::<Vec<_>>().join(", ")
-                ));
+                let hosts = peers.iter().map(|p| p.host()).collect::<Vec<_>>().join(", ");
+                return Err(NotAdmitted::CertificateNamesNoPeer { hosts });
             }
         } else if self.creds.address_only() {
             candidates.retain(|&i| from_address(i));
             if candidates.is_empty() {
-                return Err(format!("{remote} is not an address of a configured peer"));
+                return Err(NotAdmitted::NotAPeerAddress(remote));
             }
         }
         // Several peers fit (one certificate for several hosts, or only the secret): the
@@ -228,10 +239,8 @@ impl Gate {
             }
         }
         if distinct_labels(peers, &candidates) > 1 {
-            return Err(format!(
-                "cannot tell which configured peer this is ({}): give each node a certificate naming only its own host",
-                candidates.iter().map(|&i| peers[i].addr.as_str()).collect::<Vec<_>>().join(", ")
-            ));
+            let addrs = candidates.iter().map(|&i| peers[i].addr.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(NotAdmitted::Ambiguous { addrs });
         }
         Ok(peers[candidates[0]].label.clone())
     }

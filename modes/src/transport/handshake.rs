@@ -431,7 +431,8 @@ async fn check_client(
         }
     }
     // Admission before the secret exchange: a non-peer gets no proof from this node.
-    let label = gate.admit(remote, client_cert, &hello.node_id).map_err(|m| refuse(RejectReason::NotAPeer, m))?;
+    let label =
+        gate.admit(remote, client_cert, &hello.node_id).map_err(|e| refuse(RejectReason::NotAPeer, e.to_string()))?;
     match (&cfg.secret, hello.secret) {
         (None, false) => {}
         (None, true) => {

@@ -5,12 +5,13 @@
 //! | `meridian_transport_bytes_sent_total` | counter | `peer` |
 //! | `meridian_transport_bytes_received_total` | counter | `peer` |
 //! | `meridian_transport_connection_failures_total` | counter | `peer` (failed connect attempts) |
-//! | `meridian_transport_handshake_failures_total` | counter | `reason` (tls, wrong_cluster, bad_version, identity_mismatch, bad_frame, timeout, io) |
+//! | `meridian_transport_handshake_failures_total` | counter | `reason` (tls, wrong_cluster, bad_version, identity_mismatch, bad_frame, timeout, io, not_a_peer, busy) |
 //! | `meridian_transport_rtt_seconds` | histogram | `peer` (handshake and ping round trips) |
 //! | `meridian_transport_peer_connected` | gauge | `peer` (1 while an outgoing connection is up) |
 //!
 //! Bytes are counted per frame (length prefix included) once the peer is known, i.e. after
-//! the handshake; TLS record overhead is not included.
+//! the handshake, under its admitted label (so strangers cannot add series); TLS record
+//! overhead is not included.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

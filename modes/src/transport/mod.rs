@@ -58,7 +58,7 @@ pub mod tls;
 /// (see [`Admission`]), which is the node id only under [`Admission::Any`].
 pub type NodeId = String;
 
-pub use admission::{Admission, AllowedPeer};
+pub use admission::{Admission, AllowedPeer, NotAdmitted};
 pub use config::TransportConfig;
 pub use endpoint::{PeerStatus, Transport};
 pub use error::{RemoteError, TransportError};

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::admission::NotAdmitted;
 use super::connection::{self, BoxStream, CloseReason, CloseSignal, Outbox, StreamReader, StreamWriter};
 use super::endpoint::Shared;
 use super::frame::{self, Frame, FrameKind};
@@ -114,7 +115,7 @@ fn start_handshake(
 /// what the client already sent (briefly) lets the close be a FIN rather than a reset that
 /// could destroy the reject frame before the client reads it.
 fn refuse_stranger(tcp: TcpStream, remote: SocketAddr, shared: &Arc<Shared>, refusing: &Arc<Semaphore>) {
-    let message = format!("{} is not an address of a configured peer", remote.ip());
+    let message = NotAdmitted::NotAPeerAddress(remote.ip().to_canonical()).to_string();
     refused(shared, remote, Refusal::new(RejectReason::NotAPeer, message.clone()));
     let Ok(permit) = refusing.clone().try_acquire_owned() else { return };
     tokio::spawn(async move {
