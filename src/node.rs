@@ -12,13 +12,13 @@ use std::sync::Arc;
 use meridian_modes::ha::gate::SyncMode;
 use meridian_modes::ha::witness::{Witness, WitnessHandler, WitnessNode};
 use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
-use meridian_modes::recovery::{replay, RecoveryError};
+use meridian_modes::recovery::RecoveryError;
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
 use meridian_modes::transport::{
     Admission, AllowedPeer, ClusterSecret, Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig,
 };
 use meridian_modes::{Replicator, StateMachine};
-use meridian_wal::{Wal, WalOptions};
+use meridian_wal::WalOptions;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -41,6 +41,8 @@ pub enum NodeError {
     Store(#[from] meridian_modes::state_machine::StateMachineError),
     #[error("recovery failed: {0}")]
     Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    WalUnusable(#[from] crate::storage::WalUnusable),
     #[error("cannot start ha_standby: {0}")]
     Ha(#[from] meridian_modes::ha::HaStartError),
     #[error("cannot start the cluster transport on {addr} (MERIDIAN_CLUSTER_BIND_ADDR): {reason}")]
@@ -95,18 +97,10 @@ impl Node {
             }));
         }
         let data_dir = cfg.data_dir.clone();
-        let (wal, store) = tokio::task::spawn_blocking(move || -> Result<(Wal, Arc<RedbStore>), NodeError> {
-            let (wal, report) = Wal::open(opts)?;
-            if let Some(t) = &report.truncated_tail {
-                warn!(?t, "the WAL had a torn tail from an unclean stop; it was truncated");
-            }
-            let store = Arc::new(RedbStore::open(&data_dir.join("state.redb"))?);
-            let replayed = replay(&wal, &*store)?;
-            info!(first = report.first_index, last = report.last_index, replayed, applied = store.applied_index(), "storage recovered");
-            Ok((wal, store))
-        })
-        .await
-        .expect("recovery task panicked")?;
+        // The state first: it names the WAL it was built from, and the WAL must be that one.
+        let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts))
+            .await
+            .expect("recovery task panicked")?;
 
         let sm: Arc<dyn StateMachine> = store;
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
@@ -262,6 +256,8 @@ fn ha_config(cfg: &Config) -> HaConfig {
             max_value_bytes: cfg.max_value_bytes as usize,
             max_txn_ops: crate::api::txn::MAX_OPS,
         },
+        sync_strict: cfg.cluster_ha_sync_strict,
+        max_lag_on_failover: cfg.cluster_ha_max_lag_on_failover,
     }
 }
 

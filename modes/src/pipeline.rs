@@ -30,9 +30,27 @@ use crate::state_machine::{LogEntry, StateMachine};
 
 /// Decides when a durable entry is committed and may be acknowledged.
 pub trait CommitGate: Send + Sync + 'static {
-    /// Blocks until entries up to `index` are committed. An error fails the batch: its
-    /// writers get the error and are *not* acknowledged (the entries stay in the log).
-    fn wait_committed(&self, index: u64) -> Result<(), SubmitError>;
+    /// Blocks until entries up to `index` are committed, or says why they are not.
+    fn wait_committed(&self, index: u64) -> Result<(), GateRefusal>;
+
+    /// Why a new write would be refused right now, so it is refused before it is logged
+    /// (e.g. a primary whose lease is out answers at once instead of queueing).
+    fn refusal(&self) -> Option<SubmitError> {
+        None
+    }
+}
+
+/// Why a gate did not let a batch through.
+#[derive(Debug)]
+pub enum GateRefusal {
+    /// These entries will never be committed by this pipeline (fenced, shutting down): the
+    /// writers get the error and the pipeline stops taking writes.
+    Final(SubmitError),
+    /// Not committed *yet* (the primary's lease is out): the writers get the error — their
+    /// writes may still commit later, as any unanswered write may — and the pipeline keeps
+    /// asking the gate before it applies anything after these entries, so it resumes by
+    /// itself once the gate opens instead of staying stopped while the node stays primary.
+    NotYet(SubmitError),
 }
 
 /// Where the WAL may be purged once the state machine is durable up to `checkpoint`.
@@ -130,6 +148,7 @@ struct Batch {
 
 pub struct Pipeline {
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    gate: Option<Arc<dyn CommitGate>>,
     applied: watch::Receiver<u64>,
     failed: Arc<Mutex<Option<String>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -144,6 +163,7 @@ impl Pipeline {
         let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Batch>(64);
         let (applied_tx, applied_rx) = watch::channel(sm.applied_index());
         let failed = Arc::new(Mutex::new(None));
+        let gate = cfg.gate.clone();
 
         let sequencer = {
             let (wal, failed, epoch, max, tail) = (wal.clone(), failed.clone(), cfg.epoch, cfg.max_batch, cfg.tail.clone());
@@ -159,12 +179,15 @@ impl Pipeline {
                 .spawn(move || apply_loop(batch_rx, sm, wal, applied_tx, failed, cfg))
                 .expect("spawn applier")
         };
-        Pipeline { queue: Mutex::new(Some(tx)), applied: applied_rx, failed, threads: Mutex::new(vec![sequencer, applier]) }
+        Pipeline { queue: Mutex::new(Some(tx)), gate, applied: applied_rx, failed, threads: Mutex::new(vec![sequencer, applier]) }
     }
 
     pub async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
         let gone = || SubmitError::Unavailable("node is shutting down".into());
         let queue = self.queue.lock().unwrap().clone().ok_or_else(gone)?;
+        if let Some(e) = self.gate.as_ref().and_then(|g| g.refusal()) {
+            return Err(e);
+        }
         let (reply, answer) = oneshot::channel();
         queue.send(Pending { cmd, reply }).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -255,7 +278,7 @@ fn apply_loop(
         }
     };
     let purge = cfg.purge.clone().unwrap_or_else(|| Arc::new(|checkpoint| checkpoint + 1));
-    for batch in rx {
+    'batches: for mut batch in rx {
         let stopped = failed.lock().unwrap().clone();
         if let Some(why) = stopped {
             fail(why, batch.replies);
@@ -267,18 +290,29 @@ fn apply_loop(
         }
         let last = batch.entries.last().map_or(0, |e| e.index);
         if let Some(gate) = &cfg.gate {
-            if let Err(e) = gate.wait_committed(last) {
-                // Not committed: the writers learn it, nothing is applied or acknowledged.
-                // The gate decides whether the pipeline can continue (e.g. fenced: it cannot).
-                let why = e.to_string();
-                for r in batch.replies {
-                    let _ = r.send(Err(match &e {
-                        SubmitError::Fenced { epoch, leader } => SubmitError::Fenced { epoch: *epoch, leader: leader.clone() },
-                        _ => SubmitError::Unavailable(why.clone()),
-                    }));
+            let mut told = false;
+            loop {
+                match gate.wait_committed(last) {
+                    Ok(()) => break,
+                    Err(GateRefusal::Final(e)) => {
+                        // Never committed here: the writers learn it, nothing is applied.
+                        let why = e.to_string();
+                        for r in std::mem::take(&mut batch.replies) {
+                            let _ = r.send(Err(e.clone()));
+                        }
+                        failed.lock().unwrap().get_or_insert(why);
+                        continue 'batches;
+                    }
+                    Err(GateRefusal::NotYet(e)) => {
+                        if !told {
+                            for r in std::mem::take(&mut batch.replies) {
+                                let _ = r.send(Err(e.clone()));
+                            }
+                            told = true;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
-                failed.lock().unwrap().get_or_insert(why);
-                continue;
             }
         }
         match sm.apply(&batch.entries) {

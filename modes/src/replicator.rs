@@ -35,7 +35,7 @@ pub struct LeaderHint {
     pub http_addr: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("this node is not the leader")]
     NotLeader { leader: Option<LeaderHint> },
@@ -134,6 +134,8 @@ pub enum AdminRequest {
     Switchover,
     ClusterStatus,
     ReplicationLag,
+    /// HA without a witness: the primary records its standby out of sync and goes on alone.
+    ReleaseStandby,
     AddNode { node_id: String, address: String, voter: bool },
     RemoveNode { node_id: String },
     StepDown,

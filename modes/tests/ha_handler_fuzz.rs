@@ -53,6 +53,8 @@ fn subject(role: ConfiguredRole) -> Subject {
             data_dir: dir.path().to_path_buf(),
             wal_retention: 1000,
             limits: Limits { max_key_bytes: 1024, max_value_bytes: 1024, max_txn_ops: 4 },
+            sync_strict: false,
+            max_lag_on_failover: None,
         };
         let ha = HaStandby::new(cfg, wal, Arc::new(MemStateMachine::default())).unwrap();
         let handler = ha.handler();
@@ -123,7 +125,7 @@ fn payload(msg_type: u16, e: u64, cmd: Command, garbage: &[u8], shape: u8) -> By
         FORWARD => encode(&Forward { epoch: e, command: cmd }),
         PROMOTE => encode(&Promote { epoch: e, last_index: u64::from(shape) }),
         READ_INDEX => encode(&ReadIndex { epoch: e, node_id: PEER_ID.into() }),
-        WITNESS_PING => encode(&WitnessPing { epoch: e, node_id: PEER_ID.into() }),
+        WITNESS_PING => encode(&WitnessPing { epoch: e, node_id: PEER_ID.into(), standby_in_sync: shape % 2 == 1 }),
         WITNESS_VOTE => encode(&WitnessVote { epoch: e, node_id: PEER_ID.into() }),
         _ => {
             let _ = leader;

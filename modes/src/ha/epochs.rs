@@ -51,7 +51,7 @@ mod tests {
         assert_eq!(h.agreed_until(2, 150), 150);
         assert_eq!(h.epoch_at(100), 1);
         assert_eq!(h.epoch_at(101), 2);
-        let p = HaPersisted { history: h.clone(), owner: true };
+        let p = HaPersisted { history: h.clone(), owner: true, in_sync: true, peer_in_sync: false };
         assert_eq!(HaPersisted::decode(&p.encode()).unwrap(), p);
         assert!(HaPersisted::decode(&[0xff; 3]).is_err(), "damaged epoch state decoded");
     }
@@ -64,6 +64,13 @@ pub struct HaPersisted {
     /// True when this node became primary of the current epoch (it promoted itself);
     /// false when it adopted the epoch from another node.
     pub owner: bool,
+    /// As a standby: the primary recorded this node in sync (it has every acknowledged
+    /// write), so it may promote itself in the sync levels. Cleared when it falls out of
+    /// sync, diverges, re-seeds or becomes primary.
+    pub in_sync: bool,
+    /// As a primary: this node recorded its standby in sync (acknowledgements wait for it).
+    /// A primary resuming after a restart starts as recorded here.
+    pub peer_in_sync: bool,
 }
 
 impl HaPersisted {

@@ -61,7 +61,8 @@ pub enum FetchReply {
     /// `ack_received`: the primary waits for receipt (semi_sync), so ack it before the fsync.
     /// `ack_applied`: the primary waits for the apply (remote_apply), so ack it when done.
     /// Otherwise the positions ride on the next fetch: fewer messages per batch.
-    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool, ack_applied: bool },
+    /// `in_sync`: the primary has recorded this standby in sync (see `gate`).
+    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool, ack_applied: bool, in_sync: bool },
     /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a
@@ -155,11 +156,13 @@ pub struct ReadIndexReply {
     pub leader: Option<LeaderHint>,
 }
 
-/// Primary → witness: "I am primary in `epoch`" (renews the primary's lease there).
+/// Primary → witness: "I am primary in `epoch`" (renews the primary's lease there), and
+/// whether its standby is in sync — the witness votes only for an in-sync standby.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WitnessPing {
     pub epoch: u64,
     pub node_id: String,
+    pub standby_in_sync: bool,
 }
 
 /// Standby → witness: "may I become primary in `epoch`?"

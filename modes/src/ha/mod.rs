@@ -87,6 +87,22 @@ pub struct HaConfig {
     pub wal_retention: u64,
     /// The limits a client command must respect; forwarded commands are checked against them.
     pub limits: crate::command::Limits,
+    /// `HA_SYNC_STRICT`: a sync primary never acknowledges alone.
+    pub sync_strict: bool,
+    /// `HA_MAX_LAG_ON_FAILOVER`: records an async standby may be behind and still promote
+    /// itself (`None`: unlimited).
+    pub max_lag_on_failover: Option<u64>,
+}
+
+/// How a node became primary: decides whether its standby starts in sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Promotion {
+    /// A standby took over: the old primary cannot have this epoch's writes (out of sync).
+    Takeover,
+    /// The primary of the last epoch, resuming: as it had recorded.
+    Resume,
+    /// A switchover: the old primary has everything (in sync).
+    Handover,
 }
 
 pub(crate) enum Role {
@@ -249,6 +265,8 @@ impl Core {
         }
         let mut p = self.persisted.lock().unwrap().clone();
         p.owner = false;
+        p.in_sync = false;
+        p.peer_in_sync = false;
         // On failure the node halts (which also stops the gate); refusing writes is all
         // that is left to do below.
         let _ = self.persist_epoch(epoch, p);
@@ -387,6 +405,7 @@ impl Replicator for HaStandby {
             AdminRequest::Switchover => primary::switchover(&self.core).await,
             AdminRequest::ClusterStatus => Ok(serde_json::to_value(self.core.status()).unwrap_or_default()),
             AdminRequest::ReplicationLag => Ok(self.core.lag()),
+            AdminRequest::ReleaseStandby => primary::release_standby(&self.core).await,
             _ => Err(AdminError::NotSupported { mode: "ha_standby" }),
         }
     }
@@ -515,6 +534,7 @@ impl Core {
             let last = self.wal.last_index();
             serde_json::json!({
                 "role": "primary", "last_index": last, "standby": p,
+                "standby_in_sync": self.persisted.lock().unwrap().peer_in_sync && self.gate().is_some_and(|g| g.in_sync()),
                 "records": last.saturating_sub(p.applied),
                 "bytes": self.bytes_of(last.saturating_sub(p.applied)),
                 "seconds": seconds,
@@ -524,6 +544,7 @@ impl Core {
             let applied = self.sm.applied_index();
             serde_json::json!({
                 "role": "standby", "primary_last_index": target, "applied_index": applied,
+                "in_sync": self.persisted.lock().unwrap().in_sync,
                 "records": target.saturating_sub(applied), "bytes": self.bytes_of(target.saturating_sub(applied)), "seconds": seconds,
             })
         }

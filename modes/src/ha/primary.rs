@@ -12,9 +12,9 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::epochs::HaPersisted;
-use super::gate::SyncGate;
+use super::gate::{OutOfSync, SyncGate, SyncMode};
 use super::messages::*;
-use super::{Core, Role, PEER, WITNESS};
+use super::{Core, Promotion, Role, PEER, WITNESS};
 use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy, Tail};
 use crate::replicator::{AdminError, SubmitError};
 use crate::state_machine::write_snapshot;
@@ -61,12 +61,51 @@ impl Handler for HaHandler {
 }
 
 impl Core {
+    /// How the gate treats a standby that stops confirming (see `gate`).
+    fn out_of_sync_policy(&self) -> OutOfSync {
+        let witness = self.cfg.witness_addr.is_some();
+        match self.cfg.sync_mode {
+            SyncMode::Async => OutOfSync::Never,
+            _ if self.cfg.sync_strict => OutOfSync::Never,
+            _ if witness => OutOfSync::Recorded,
+            SyncMode::SemiSync => OutOfSync::Automatic,
+            SyncMode::Sync | SyncMode::RemoteApply => OutOfSync::Operator,
+        }
+    }
+
     /// Starts taking writes in `epoch` (already persisted). `in_contact`: this node has just
     /// heard from the witness or the standby (a won vote, an aborted switchover), which
-    /// grants a first lease; a primary resuming after a restart must earn it first.
+    /// grants a first lease. The standby starts in sync as persisted (`peer_in_sync`).
     pub(crate) fn start_pipeline(self: &Arc<Self>, epoch: u64, in_contact: bool) -> (Arc<Pipeline>, Arc<SyncGate>) {
         let seen = *self.last_standby_contact.lock().unwrap();
-        let gate = Arc::new(SyncGate::new(self.cfg.sync_mode, self.cfg.sync_timeout, *self.standby_positions.lock().unwrap(), seen));
+        let in_sync = self.persisted.lock().unwrap().peer_in_sync;
+        let gate = Arc::new(SyncGate::new(
+            self.cfg.sync_mode,
+            self.cfg.sync_timeout,
+            *self.standby_positions.lock().unwrap(),
+            seen,
+            in_sync,
+            self.out_of_sync_policy(),
+        ));
+        // The standby is told it is in sync only once that is persisted here: a primary that
+        // restarts must not acknowledge alone what an in-sync standby lacks.
+        let mut rx = gate.subscribe_in_sync();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let now = *rx.borrow_and_update();
+                let Some(core) = weak.upgrade() else { return };
+                let mut p = core.persisted.lock().unwrap().clone();
+                if p.peer_in_sync != now && core.epoch() == epoch {
+                    p.peer_in_sync = now;
+                    let _ = core.persist_epoch(epoch, p);
+                }
+                drop(core);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         if self.cfg.witness_addr.is_some() {
             // With a witness the primary must hold a lease to acknowledge.
             let until = if in_contact { Instant::now() + self.lease() } else { Instant::now() };
@@ -113,7 +152,7 @@ impl Core {
     /// persist the epoch and where it starts, then take writes. There is no other way to
     /// become primary — resuming after a restart starts a new epoch too — so every position
     /// this node writes carries an (epoch, index) nobody else ever wrote.
-    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64) -> Result<(), String> {
+    pub(crate) async fn become_primary(self: &Arc<Self>, epoch: u64, how: Promotion) -> Result<(), String> {
         let _t = self.transition.lock().await;
         if super::epoch::owner(epoch) != self.tag || epoch <= self.epoch() {
             return Err(format!("refusing to become primary in epoch {}: not a new epoch of this node's", super::epoch::display(epoch)));
@@ -122,6 +161,12 @@ impl Core {
         let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
         p.history.begin(epoch, self.wal.last_index() + 1);
         p.owner = true;
+        p.in_sync = false;
+        p.peer_in_sync = match how {
+            Promotion::Takeover => false,
+            Promotion::Resume => p.peer_in_sync,
+            Promotion::Handover => true,
+        };
         self.persist_epoch(epoch, p).map_err(|e| format!("{e}; staying standby"))?;
         // Whatever this node knew of a standby predates its promotion.
         *self.last_standby_contact.lock().unwrap() = None;
@@ -157,7 +202,7 @@ impl Core {
     }
 
     /// The gate of the stream this node serves: as primary, and while handing over.
-    fn gate(&self) -> Option<Arc<SyncGate>> {
+    pub(crate) fn gate(&self) -> Option<Arc<SyncGate>> {
         match &*self.role.lock().unwrap() {
             Role::Primary { gate, .. } | Role::Switching { gate } => Some(gate.clone()),
             Role::Standby => None,
@@ -232,7 +277,7 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
             Ok((snapshot_id, size)) => FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader },
             Err(e) => {
                 warn!("cannot prepare a snapshot for the standby: {e}");
-                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false, ack_applied: false }
+                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false, ack_applied: false, in_sync: false }
             }
         };
     }
@@ -267,7 +312,8 @@ async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     let records = records.into_iter().map(|r| WireRecord { index: r.index, epoch: r.epoch, payload: r.payload }).collect();
     let ack_received = core.cfg.sync_mode == super::SyncMode::SemiSync;
     let ack_applied = core.cfg.sync_mode == super::SyncMode::RemoteApply;
-    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied }
+    let in_sync = core.standby_in_sync();
+    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied, in_sync }
 }
 
 /// Snapshots for re-seeding a standby live in files under `DATA_DIR/snapshots/`, written
@@ -388,6 +434,52 @@ pub(crate) struct Assertion {
 /// Asserts `epoch` to the standby (`FENCE`) and renews the lease with the witness, in
 /// parallel, each bounded by one heartbeat interval: the heartbeat, and the confirmation
 /// a linearizable read needs (`read_index`).
+impl Core {
+    /// Whether this primary's standby is recorded in sync: persisted here and the gate
+    /// agreeing. Always true in `async`, where there is nothing to be in sync with.
+    pub(crate) fn standby_in_sync(&self) -> bool {
+        if self.cfg.sync_mode == SyncMode::Async {
+            return true;
+        }
+        self.persisted.lock().unwrap().peer_in_sync && self.gate().is_some_and(|g| g.in_sync() && !g.wants_solo())
+    }
+
+    /// Records the standby out of sync, then lets the gate acknowledge alone. With a witness
+    /// the record is at the witness (which then refuses the standby's vote) — if it cannot
+    /// be made there, nothing is acknowledged alone.
+    async fn record_out_of_sync(self: &Arc<Self>, why: &str) -> Result<(), String> {
+        let Some(gate) = self.gate() else { return Err("not the primary".into()) };
+        let epoch = self.epoch();
+        if self.cfg.witness_addr.is_some() {
+            let ping = encode(&WitnessPing { epoch, node_id: self.cfg.node_id.clone(), standby_in_sync: false });
+            let b = self
+                .transport()
+                .request(&WITNESS.to_string(), WITNESS_PING, ping, Some(self.cfg.heartbeat))
+                .await
+                .map_err(|e| format!("the witness cannot be reached to record the standby out of sync: {e}"))?;
+            let r: WitnessReply = decode(&b)?;
+            if !r.granted || r.epoch != epoch {
+                return Err(format!("the witness did not record the standby out of sync: {}", r.reason));
+            }
+        }
+        let mut p = self.persisted.lock().unwrap().clone();
+        p.peer_in_sync = false;
+        self.persist_epoch(epoch, p)?;
+        gate.go_solo(why);
+        Ok(())
+    }
+}
+
+/// `POST /admin/standby/release` on the primary: the operator lets it go on alone.
+pub(crate) async fn release_standby(core: &Arc<Core>) -> Result<serde_json::Value, AdminError> {
+    if !core.is_primary() {
+        return Err(AdminError::Rejected("run this on the primary".into()));
+    }
+    core.record_out_of_sync("released by the operator").await.map_err(AdminError::Unavailable)?;
+    warn!("the operator released the standby: this primary acknowledges alone until the standby has caught up; the standby may not promote itself meanwhile");
+    Ok(serde_json::json!({"released": true, "epoch": core.epoch()}))
+}
+
 pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
     let t = core.transport();
     let hb = core.cfg.heartbeat;
@@ -398,7 +490,7 @@ pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
     let witness = async {
         match &core.cfg.witness_addr {
             Some(_) => {
-                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone() });
+                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone(), standby_in_sync: core.standby_in_sync() });
                 Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
             }
             None => None,
@@ -417,12 +509,16 @@ pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
 pub(crate) async fn tick(core: &Arc<Core>) {
     let epoch = core.epoch();
     let a = assert_epoch(core, epoch).await;
+    let mut lease_from: Option<Instant> = None;
     if let Some(r) = a.peer {
         if r.epoch > epoch {
             core.adopt_epoch(r.epoch, r.leader, PEER).await;
             return;
         }
         *core.last_standby_contact.lock().unwrap() = Some(a.sent);
+        if r.epoch == epoch && !r.primary {
+            lease_from = lease_from.max(Some(a.sent));
+        }
     }
     if let Some(r) = a.witness {
         if r.epoch > epoch {
@@ -432,12 +528,27 @@ pub(crate) async fn tick(core: &Arc<Core>) {
         }
         if r.granted {
             *core.last_witness_contact.lock().unwrap() = Some(a.sent);
+            lease_from = lease_from.max(Some(a.sent));
         }
     }
+    // Writes have waited the sync timeout for the standby: record it out of sync (at the
+    // witness) before acknowledging alone.
+    if let Some(gate) = core.gate().filter(|g| g.wants_solo()) {
+        match core.record_out_of_sync("it did not confirm within the sync timeout; recorded at the witness").await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = gate;
+                warn!("writes stay blocked: {e}");
+            }
+        }
+    }
+    // The lease runs from when this round's confirmed exchange was *sent*: the standby or
+    // the witness confirmed no newer primary existed at some moment after that. A fetch that
+    // merely arrived (it may have been sent long ago, before the standby gave up on this
+    // node) proves nothing and never extends the lease.
     if core.cfg.witness_addr.is_some() {
-        let last = [*core.last_standby_contact.lock().unwrap(), *core.last_witness_contact.lock().unwrap()].into_iter().flatten().max();
-        if let (Some(gate), Some(last)) = (core.gate(), last) {
-            gate.extend_lease(last + core.lease());
+        if let (Some(gate), Some(from)) = (core.gate(), lease_from) {
+            gate.extend_lease(from + core.lease());
         }
     }
 }
@@ -460,6 +571,10 @@ pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, Ad
         *core.role.lock().unwrap() = old;
         return Err(AdminError::Rejected("not the primary".into()));
     };
+    if let Some(e) = crate::pipeline::CommitGate::refusal(&*gate) {
+        *core.role.lock().unwrap() = Role::Primary { pipeline, gate };
+        return Err(AdminError::Unavailable(format!("no switchover now: {e}")));
+    }
     *core.role.lock().unwrap() = Role::Switching { gate: gate.clone() };
     core.note("switching");
     let p2 = pipeline.clone();
@@ -469,7 +584,8 @@ pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, Ad
     let deadline = Instant::now() + Duration::from_secs(30);
     let restore = |core: &Arc<Core>, why: String| {
         warn!("switchover aborted: {why}; staying primary");
-        let (pipeline, gate) = core.start_pipeline(epoch, true);
+        // No lease from a restore: the next heartbeat round must earn it.
+        let (pipeline, gate) = core.start_pipeline(epoch, false);
         *core.role.lock().unwrap() = Role::Primary { pipeline, gate };
         core.note("primary");
         Err(AdminError::Unavailable(why))
@@ -491,10 +607,13 @@ pub(crate) async fn switchover(core: &Arc<Core>) -> Result<serde_json::Value, Ad
         return restore(core, format!("the standby answered an epoch this node cannot adopt: {e}"));
     }
     drop(gate);
-    // Follow the new primary: persist its epoch, never take another write in ours.
+    // Follow the new primary: persist its epoch, never take another write in ours. This node
+    // has every write of the old epoch, and the new primary waits for it: in sync.
     *core.role.lock().unwrap() = Role::Standby;
     let mut p = core.persisted.lock().unwrap().clone();
     p.owner = false;
+    p.in_sync = true;
+    p.peer_in_sync = false;
     if let Err(e) = core.persist_epoch(reply.epoch, p) {
         return Err(AdminError::Unavailable(e));
     }

