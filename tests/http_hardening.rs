@@ -97,7 +97,7 @@ fn slow_request_head_is_cut_after_the_header_timeout() {
     let (answer, took) = read_until_closed(&mut s);
     stop.store(true, Ordering::Relaxed);
     assert!(took < Duration::from_secs(4), "a head trickled for {took:?}");
-    assert!(answer.is_empty() || status_of(&answer) == Some(408), "{answer:?}");
+    assert_eq!(status_of(&answer), Some(408), "{answer:?}");
 }
 
 #[test]
@@ -401,8 +401,9 @@ fn open_files_limit() -> u64 {
 
 /// Writers and slow heads against one node for `secs`, a plain GET timed during it, then
 /// kill -9 under load and a check of every acknowledged write after restart.
-fn overload(writers: usize, slow: usize, secs: u64, value_len: usize) {
-    let needed = (writers + slow) as u64 * 2 + 256;
+fn overload(writers: usize, slow: usize, secs: u64, value_len: usize, max_rss_mib: u64) {
+    // This process holds one descriptor per connection; the node as many plus its storage.
+    let needed = (writers + slow) as u64 + 256;
     assert!(open_files_limit() >= needed, "this test needs `ulimit -n` of at least {needed} (it is {})", open_files_limit());
     let dir = tempfile::tempdir().unwrap();
     let max_value = value_len.to_string();
@@ -430,6 +431,7 @@ fn overload(writers: usize, slow: usize, secs: u64, value_len: usize) {
     // kill -9 while the writers are still going: every write acknowledged so far must survive.
     let hwm = vm_hwm_kib(node.pid());
     let acked: HashMap<usize, u64> = tally.acked.lock().unwrap().clone();
+    let dropped = tally.dropped.load(Ordering::Relaxed);
     node.kill9();
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
@@ -438,15 +440,16 @@ fn overload(writers: usize, slow: usize, secs: u64, value_len: usize) {
     let total: u64 = answers.values().sum();
     println!(
         "overload: {writers} writers x {value_len} B + {slow} slow heads for {:.1}s: answers {answers:?} ({:.0}/s), \
-         dropped connections {}, slow heads cut {}, peak RSS (VmHWM) {} MiB, GET during load {:?} in {probe_latency:?}",
+         connections closed without an answer before the kill {dropped}, slow heads cut {}, peak RSS (VmHWM) {} MiB, \
+         GET during load {:?} in {probe_latency:?}",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
-        tally.dropped.load(Ordering::Relaxed),
         cuts.load(Ordering::Relaxed),
         hwm / 1024,
         probe,
     );
     assert!(answers.keys().all(|s| [200, 503, 408].contains(s)), "unexpected answers: {answers:?}");
+    assert!(hwm / 1024 < max_rss_mib, "peak RSS {} MiB is over the stated {max_rss_mib} MiB", hwm / 1024);
     assert!(answers.get(&200).copied().unwrap_or(0) > 0, "no write was acknowledged: {answers:?}");
     assert_eq!(probe.ok(), Some(200), "the plain GET during the load did not answer");
 
@@ -472,12 +475,15 @@ fn overload(writers: usize, slow: usize, secs: u64, value_len: usize) {
 
 #[test]
 fn overload_small_keeps_answers_bounded_and_acknowledged_writes_durable() {
-    overload(200, 50, 5, 64 << 10);
+    // Measured 181 MiB.
+    overload(200, 50, 5, 64 << 10, 768);
 }
 
-/// The issue's figure: 2,000 writers of 64 KiB values for 60 s plus 500 slow heads.
+/// The issue's figure: 2,000 writers of 64 KiB values for 60 s plus 500 slow heads. The
+/// stated bound: redb's page cache (1 GiB by default, most of the measured 1,266 MiB) plus
+/// what the connections hold (each at most one value in flight).
 #[test]
 #[ignore = "about 90 s and 2,500 connections; run with --ignored"]
 fn overload_full_2000_writers_and_500_slow_heads_for_60s() {
-    overload(2000, 500, 60, 64 << 10);
+    overload(2000, 500, 60, 64 << 10, 2048);
 }
