@@ -116,8 +116,17 @@ fn fenced_primary_with_logged_unapplied_records(promote_it: bool) {
     assert!(acked > 50, "only {acked} writes acknowledged");
 
     if promote_it {
-        // B dies before sending A anything new; A takes over with its unapplied records.
+        // B dies before sending A anything new. A is not recorded in sync with B (B may have
+        // acknowledged writes A lacks), so it does not promote itself; the operator forces it
+        // and A takes over with its unapplied records.
         pair.b.kill9();
+        assert!(pair.a.log_shows("this standby is not in sync", Duration::from_secs(15)), "an out-of-sync standby tried to take over:\n{}", pair.a.log_text());
+        assert_eq!(role(&pair.a), "standby", "an out-of-sync standby promoted itself");
+        let (s, body) = http("POST", &pair.a.url("/admin/promote"), None);
+        assert_ne!(s, 200, "promote without force accepted an out-of-sync standby: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("not in sync"), "{}", String::from_utf8_lossy(&body));
+        let (s, body) = http("POST", &pair.a.url("/admin/promote?force=true"), None);
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
         wait_role(&pair.a, "primary", Duration::from_secs(15));
         pair.b.set_env("MERIDIAN_CLUSTER_HA_ROLE", "standby");
         pair.b.restart();

@@ -126,3 +126,30 @@ fn two_nodes_both_configured_primary_never_share_an_epoch_and_one_steps_down() {
     let divergent = loser.data_dir.as_ref().unwrap().join("divergent");
     assert!(std::fs::read_dir(&divergent).map(|d| d.count() > 0).unwrap_or(false), "the loser's own write was not kept in {}", divergent.display());
 }
+
+/// A former primary's divergent tail is written to `divergent/` *before* its WAL is cut: if
+/// writing it fails (here `divergent` is a file, not a directory), the records stay in the
+/// WAL and are set aside on a later attempt — never lost from both places.
+#[test]
+fn a_divergent_tail_that_cannot_be_written_stays_in_the_wal_until_it_can() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "async", failover: "2s", ..HaOpts::default() });
+    pair.partition();
+    for i in 0..20 {
+        assert_eq!(http("PUT", &pair.a.url(&format!("/v1/kv/lonely-{i}")), Some(b"x".to_vec())).0, 200);
+    }
+    wait_role(&pair.b, "primary", Duration::from_secs(15));
+    let blocker = pair.a.data_dir.as_ref().unwrap().join("divergent");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    pair.heal();
+    assert!(pair.a.log_shows("cannot set the divergent tail aside", Duration::from_secs(15)), "the failure was not hit:\n{}", pair.a.log_text());
+    std::fs::remove_file(&blocker).unwrap();
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
+    let mut text = String::new();
+    for e in std::fs::read_dir(&blocker).expect("a divergent directory") {
+        text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    for i in 0..20 {
+        assert!(text.contains(&format!("lonely-{i}\"")), "write lonely-{i}, acknowledged by the old primary, is in neither its WAL nor divergent/:\n{text}");
+    }
+}

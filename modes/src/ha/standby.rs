@@ -388,11 +388,26 @@ async fn apply_after(core: &Arc<Core>, prev: Option<JoinHandle<Result<(), String
 
 async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<(), String> {
     settle(core).await?;
-    let wal = core.wal.clone();
-    let removed = tokio::task::spawn_blocking(move || wal.truncate_after(after)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    if !removed.is_empty() {
-        let dir = core.cfg.data_dir.join("divergent");
-        let tail = super::divergent::save(&dir, after, &removed).map_err(|e| e.to_string())?;
+    // The tail is written (and fsynced) to `divergent/` *before* the log is truncated: a
+    // crash or a failed write in between leaves the records in the WAL, to be set aside on
+    // the next attempt — never in neither place.
+    let (wal, dir) = (core.wal.clone(), core.cfg.data_dir.join("divergent"));
+    let saved = tokio::task::spawn_blocking(move || -> Result<Option<super::divergent::DivergentTail>, String> {
+        if wal.last_index() <= after {
+            return Ok(None);
+        }
+        let tail = wal.read_from(after + 1, usize::MAX, usize::MAX).map_err(|e| e.to_string())?;
+        let saved = if tail.is_empty() {
+            None
+        } else {
+            Some(super::divergent::save(&dir, after, &tail).map_err(|e| format!("cannot write the divergent tail to {}: {e}; the WAL keeps it", dir.display()))?)
+        };
+        wal.truncate_after(after).map_err(|e| e.to_string())?;
+        Ok(saved)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if let Some(tail) = saved {
         warn!(records = tail.records, after, file = %tail.file, "this node's log diverged from the primary's; its divergent tail was moved aside (not applied anywhere)");
         core.divergent.lock().unwrap().push(tail);
     }
