@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Inspect a WAL directory offline (read-only).
+    /// Inspect a WAL directory offline (read-only), or replace a lost one (`reset`).
     Wal {
         #[command(subcommand)]
         op: WalOp,
@@ -113,6 +113,13 @@ enum WalOp {
     Verify { dir: PathBuf },
     /// Print one line per record.
     Dump { dir: PathBuf },
+    /// Accept the loss of a missing, foreign or damaged WAL: keep state.redb, move the old WAL
+    /// aside (DATA_DIR/wal.lost-*), and start a new one above every revision handed out. Says
+    /// what was lost. Refuses while a node runs on DATA_DIR, or when the WAL is fine.
+    Reset {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 pub fn main() -> i32 {
@@ -258,6 +265,18 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> i32 {
 
 fn wal(op: WalOp) -> i32 {
     let result = match op {
+        WalOp::Reset { data_dir } => {
+            return match crate::storage::reset(&data_dir) {
+                Ok(report) => {
+                    println!("{report}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("meridian wal reset: {e}");
+                    1
+                }
+            }
+        }
         WalOp::Verify { dir } => meridian_wal::verify(&dir).map(|r| {
             println!("WAL {}: records {}..={} in {} segment(s)", dir.display(), r.first_index, r.last_index, r.segments);
             if let Some(t) = r.truncated_tail {

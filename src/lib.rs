@@ -8,6 +8,8 @@
 //! Module map:
 //! - [`config`]: `MERIDIAN_*` variables and the TOML file → [`config::Config`]; exit 2 on error.
 //! - [`store`]: the redb state machine.
+//! - [`storage`]: the state and the WAL it was built from, kept together: the check at
+//!   start, `meridian wal reset`.
 //! - [`node`]: opens the data directory (lock, WAL, store, recovery), starts the mode and
 //!   the HTTP server, and shuts them down in order.
 //! - [`lock`]: the data-directory lock that keeps a second process out.
@@ -27,4 +29,5 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod node;
+pub mod storage;
 pub mod store;

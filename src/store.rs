@@ -6,9 +6,35 @@
 //! only then does the applied index it records become the point WAL replay restarts from.
 //! After a crash redb reopens at its last durable commit and the WAL replays the rest.
 //!
-//! Tables: `kv` (`&str → [create u64 LE | mod u64 LE | value]`) and `meta` (`&str → u64`:
-//! `applied_index`, `applied_epoch`). Reads use redb read transactions (MVCC), so a backup or
-//! snapshot sees one consistent state while writes go on.
+//! Tables: `kv` (`&str → value record`, below) and `meta` (`&str → u64`: `applied_index`,
+//! `applied_epoch`, `value_format`, `wal_id_hi`/`wal_id_lo`, `revision_ceiling`). Reads use
+//! redb read transactions (MVCC), so a backup or snapshot sees one consistent state while
+//! writes go on.
+//!
+//! A value record (format 2) carries its own checksum, because redb does not check page
+//! checksums on reads: bytes damaged on disk would otherwise be served as data.
+//!
+//! ```text
+//! offset size field
+//!      0    1 format        2
+//!      1    4 crc           CRC-32/ISO-HDLC (crc32fast) over: format byte, key bytes, bytes [5..)
+//!      5    8 create_revision   u64 LE
+//!     13    8 mod_revision      u64 LE
+//!     21    n value
+//! ```
+//!
+//! Covering the key means a record found under the wrong key fails too. A mismatch is
+//! [`StateMachineError::Corrupt`] (logged, noted for `/health`, a 500 to the client), never
+//! data. Format 1 (the same without the first five bytes) is what stores from before checksums
+//! hold; opening such a store adds checksums to every value once, in one transaction (it
+//! cannot tell damage that happened before that).
+//!
+//! Two more facts protect against losing the WAL (see [`crate::storage`]): the identity of
+//! the WAL the state was built from (`wal_id_*`, bound when a node opens the pair), and a
+//! revision ceiling: a durable upper bound on every index this node has applied, raised
+//! [`REVISION_RESERVE`] at a time in the apply transaction that first goes past it. A WAL lost
+//! before a checkpoint takes the newest writes with it; `meridian wal reset` continues above
+//! the ceiling, so no revision or bookmark is ever handed out twice.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,36 +43,86 @@ use std::sync::Mutex;
 use meridian_modes::apply::{apply_command, KvAccess};
 use meridian_modes::state_machine::{should_apply, LogEntry, ScanEvent, StateMachineError};
 use meridian_modes::{CommandResult, KeyValue, StateMachine};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use meridian_wal::WalId;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use tracing::{error, info};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED: &str = "applied_index";
 const EPOCH: &str = "applied_epoch";
+const FORMAT: &str = "value_format";
+const WAL_ID_HI: &str = "wal_id_hi";
+const WAL_ID_LO: &str = "wal_id_lo";
+const CEILING: &str = "revision_ceiling";
+
+/// The value record layout this build writes (see the module docs).
+const VALUE_FORMAT: u8 = 2;
+const RECORD_HEADER: usize = 21;
+/// Indexes reserved per durable raise of the revision ceiling: one fsync'd apply per this many
+/// writes, and at most this many revisions skipped after a `meridian wal reset`.
+pub const REVISION_RESERVE: u64 = 100_000;
 
 pub struct RedbStore {
     db: Database,
     applied: AtomicU64,
     durable: AtomicU64,
+    ceiling: AtomicU64,
     /// Serializes apply, checkpoint and replace so `durable` is read and set consistently.
     write: Mutex<()>,
+    /// The latest damaged record found, for `/health`.
+    damage: Mutex<Option<String>>,
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> StateMachineError {
     StateMachineError::Storage(e.to_string())
 }
 
+fn checksum(key: &str, format: u8, rest: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[format]);
+    h.update(key.as_bytes());
+    h.update(rest);
+    h.finalize()
+}
+
 fn encode(kv: &KeyValue) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + kv.value.len());
+    let mut v = Vec::with_capacity(RECORD_HEADER + kv.value.len());
+    v.push(VALUE_FORMAT);
+    v.extend_from_slice(&[0; 4]);
     v.extend_from_slice(&kv.create_revision.to_le_bytes());
     v.extend_from_slice(&kv.mod_revision.to_le_bytes());
     v.extend_from_slice(&kv.value);
+    let crc = checksum(&kv.key, VALUE_FORMAT, &v[5..]);
+    v[1..5].copy_from_slice(&crc.to_le_bytes());
     v
 }
 
 fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError> {
+    let corrupt = |reason: String| StateMachineError::Corrupt { key: key.to_owned(), reason };
+    if raw.len() < RECORD_HEADER {
+        return Err(corrupt(format!("the record is {} bytes, shorter than its {RECORD_HEADER}-byte header", raw.len())));
+    }
+    if raw[0] != VALUE_FORMAT {
+        return Err(corrupt(format!("unknown record format {}", raw[0])));
+    }
+    let stored = u32::from_le_bytes(raw[1..5].try_into().unwrap());
+    let computed = checksum(key, raw[0], &raw[5..]);
+    if stored != computed {
+        return Err(corrupt(format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")));
+    }
+    Ok(KeyValue {
+        key: key.to_owned(),
+        create_revision: u64::from_le_bytes(raw[5..13].try_into().unwrap()),
+        mod_revision: u64::from_le_bytes(raw[13..21].try_into().unwrap()),
+        value: raw[RECORD_HEADER..].to_vec(),
+    })
+}
+
+/// A format-1 record (no format byte, no checksum), from a store written before checksums.
+fn decode_format_1(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError> {
     if raw.len() < 16 {
-        return Err(StateMachineError::Storage(format!("stored value for {key:?} is {} bytes, shorter than its header", raw.len())));
+        return Err(StateMachineError::Corrupt { key: key.to_owned(), reason: format!("format-1 record of {} bytes is shorter than its header", raw.len()) });
     }
     Ok(KeyValue {
         key: key.to_owned(),
@@ -56,12 +132,12 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError> {
     })
 }
 
-struct TableKv<'a, 't>(&'a mut Table<'t, &'static str, &'static [u8]>);
+struct TableKv<'a, 't>(&'a mut Table<'t, &'static str, &'static [u8]>, &'a RedbStore);
 
 impl KvAccess for TableKv<'_, '_> {
     fn get(&mut self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
         match self.0.get(key).map_err(storage)? {
-            Some(g) => Ok(Some(decode(key, g.value())?)),
+            Some(g) => Ok(Some(self.1.checked(decode(key, g.value()))?)),
             None => Ok(None),
         }
     }
@@ -76,17 +152,121 @@ impl KvAccess for TableKv<'_, '_> {
 
 impl RedbStore {
     /// Opens or creates the store at `path`; redb repairs itself after an unclean shutdown.
+    /// A store from before value checksums gets them here, once.
     pub fn open(path: &Path) -> Result<RedbStore, StateMachineError> {
         let db = Database::create(path).map_err(|e| StateMachineError::Storage(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
-        let applied = {
-            txn.open_table(KV).map_err(storage)?;
-            let meta = txn.open_table(META).map_err(storage)?;
-            let applied = meta.get(APPLIED).map_err(storage)?.map_or(0, |g| g.value());
-            applied
+        let (applied, ceiling) = {
+            let mut kv = txn.open_table(KV).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let read = |meta: &Table<&str, u64>, k| meta.get(k).map_err(storage).map(|g| g.map(|g| g.value()));
+            match read(&meta, FORMAT)? {
+                Some(f) if f == VALUE_FORMAT as u64 => {}
+                Some(f) => {
+                    return Err(StateMachineError::Storage(format!(
+                        "{} holds values in format {f}, which this build does not know (it writes format {VALUE_FORMAT}); run a newer meridian",
+                        path.display()
+                    )))
+                }
+                None => {
+                    let old: Vec<(String, Vec<u8>)> = kv
+                        .iter()
+                        .map_err(storage)?
+                        .map(|item| item.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+                        .collect::<Result<_, _>>()
+                        .map_err(storage)?;
+                    for (key, raw) in &old {
+                        kv.insert(key.as_str(), encode(&decode_format_1(key, raw)?).as_slice()).map_err(storage)?;
+                    }
+                    meta.insert(FORMAT, VALUE_FORMAT as u64).map_err(storage)?;
+                    if !old.is_empty() {
+                        info!(path = %path.display(), values = old.len(), "state store: added checksums to every value (value format 1 → 2)");
+                    }
+                }
+            }
+            let applied = read(&meta, APPLIED)?.unwrap_or(0);
+            (applied, read(&meta, CEILING)?.unwrap_or(0).max(applied))
         };
         txn.commit().map_err(storage)?;
-        Ok(RedbStore { db, applied: AtomicU64::new(applied), durable: AtomicU64::new(applied), write: Mutex::new(()) })
+        Ok(RedbStore {
+            db,
+            applied: AtomicU64::new(applied),
+            durable: AtomicU64::new(applied),
+            ceiling: AtomicU64::new(ceiling),
+            write: Mutex::new(()),
+            damage: Mutex::new(None),
+        })
+    }
+
+    /// The WAL this state was built from, once a node has opened the two together.
+    pub fn wal_binding(&self) -> Result<Option<WalId>, StateMachineError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let part = |k| meta.get(k).map_err(storage).map(|g| g.map_or(0, |g| g.value()) as u128);
+        Ok(WalId::from_u128(part(WAL_ID_HI)? << 64 | part(WAL_ID_LO)?))
+    }
+
+    /// Records, durably, that this state is built from WAL `id`. A no-op when it already is.
+    pub fn bind_wal(&self, id: WalId) -> Result<(), StateMachineError> {
+        if self.wal_binding()? == Some(id) {
+            return Ok(());
+        }
+        let _w = self.write.lock().unwrap();
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(WAL_ID_HI, (id.as_u128() >> 64) as u64).map_err(storage)?;
+            meta.insert(WAL_ID_LO, id.as_u128() as u64).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// `meridian wal reset`: the state goes on with WAL `id` whose first index is `applied + 1`.
+    /// The applied index jumps to `applied` (over indexes lost with the old WAL), durably, in
+    /// the same transaction as the new binding.
+    pub fn continue_with_new_wal(&self, id: WalId, applied: u64) -> Result<(), StateMachineError> {
+        let _w = self.write.lock().unwrap();
+        let applied = applied.max(self.applied.load(Ordering::Acquire));
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(APPLIED, applied).map_err(storage)?;
+            meta.insert(CEILING, self.ceiling.load(Ordering::Acquire).max(applied)).map_err(storage)?;
+            meta.insert(WAL_ID_HI, (id.as_u128() >> 64) as u64).map_err(storage)?;
+            meta.insert(WAL_ID_LO, id.as_u128() as u64).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.applied.store(applied, Ordering::Release);
+        self.durable.store(applied, Ordering::Release);
+        self.ceiling.fetch_max(applied, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// No index above this was ever applied here (see the module docs).
+    pub fn revision_ceiling(&self) -> u64 {
+        self.ceiling.load(Ordering::Acquire)
+    }
+
+    /// The epoch of the last applied entry.
+    pub fn applied_epoch(&self) -> Result<u64, StateMachineError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        Ok(meta.get(EPOCH).map_err(storage)?.map_or(0, |g| g.value()))
+    }
+
+    pub fn key_count(&self) -> Result<u64, StateMachineError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        txn.open_table(KV).map_err(storage)?.len().map_err(storage)
+    }
+
+    /// Passes `r` through; damage is logged and remembered for `/health` on the way.
+    fn checked<T>(&self, r: Result<T, StateMachineError>) -> Result<T, StateMachineError> {
+        if let Err(StateMachineError::Corrupt { key, reason }) = &r {
+            error!(key = %key, %reason, "state store: a stored value is damaged; it is not served");
+            *self.damage.lock().unwrap() =
+                Some(format!("state.redb: the stored value of key {key:?} is damaged ({reason}); it is not served: restore from a backup or rewrite the key"));
+        }
+        r
     }
 }
 
@@ -95,7 +275,12 @@ impl StateMachine for RedbStore {
         let _w = self.write.lock().unwrap();
         let mut applied = self.applied.load(Ordering::Acquire);
         let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::None).map_err(storage)?;
+        // Past the ceiling, this commit raises it and is made durable before anyone is answered.
+        let last = entries.last().map_or(0, |e| e.index);
+        let raise = (last > self.ceiling.load(Ordering::Acquire)).then(|| last + REVISION_RESERVE);
+        if raise.is_none() {
+            txn.set_durability(Durability::None).map_err(storage)?;
+        }
         let mut results = Vec::with_capacity(entries.len());
         {
             let mut kv = txn.open_table(KV).map_err(storage)?;
@@ -105,7 +290,7 @@ impl StateMachine for RedbStore {
                 if !should_apply(applied, e.index)? {
                     continue;
                 }
-                results.push(apply_command(&mut TableKv(&mut kv), e.index, &e.command)?);
+                results.push(apply_command(&mut TableKv(&mut kv, self), e.index, &e.command)?);
                 applied = e.index;
                 last_epoch = Some(e.epoch);
             }
@@ -113,9 +298,16 @@ impl StateMachine for RedbStore {
             if let Some(ep) = last_epoch {
                 meta.insert(EPOCH, ep).map_err(storage)?;
             }
+            if let Some(c) = raise {
+                meta.insert(CEILING, c).map_err(storage)?;
+            }
         }
         txn.commit().map_err(storage)?;
         self.applied.store(applied, Ordering::Release);
+        if let Some(c) = raise {
+            self.ceiling.store(c, Ordering::Release);
+            self.durable.store(applied, Ordering::Release);
+        }
         Ok(results)
     }
 
@@ -145,7 +337,7 @@ impl StateMachine for RedbStore {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV).map_err(storage)?;
         match table.get(key).map_err(storage)? {
-            Some(g) => Ok(Some(decode(key, g.value())?)),
+            Some(g) => Ok(Some(self.checked(decode(key, g.value()))?)),
             None => Ok(None),
         }
     }
@@ -165,7 +357,7 @@ impl StateMachine for RedbStore {
             if !key.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            out.push(decode(key, v.value())?);
+            out.push(self.checked(decode(key, v.value()))?);
         }
         Ok(out)
     }
@@ -179,7 +371,7 @@ impl StateMachine for RedbStore {
         let table = txn.open_table(KV).map_err(storage)?;
         for item in table.iter().map_err(storage)? {
             let (k, v) = item.map_err(storage)?;
-            visit(ScanEvent::Entry(decode(k.value(), v.value())?))?;
+            visit(ScanEvent::Entry(self.checked(decode(k.value(), v.value()))?))?;
         }
         Ok(())
     }
@@ -202,11 +394,17 @@ impl StateMachine for RedbStore {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(APPLIED, applied_index).map_err(storage)?;
             meta.insert(EPOCH, epoch).map_err(storage)?;
+            meta.insert(CEILING, self.ceiling.load(Ordering::Acquire).max(applied_index)).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         self.applied.store(applied_index, Ordering::Release);
         self.durable.store(applied_index, Ordering::Release);
+        self.ceiling.fetch_max(applied_index, Ordering::AcqRel);
         Ok(())
+    }
+
+    fn damage(&self) -> Option<String> {
+        self.damage.lock().unwrap().clone()
     }
 }
 
@@ -281,5 +479,71 @@ mod tests {
         bad[n / 2] ^= 1;
         assert!(install_snapshot(&b, &bad[..]).is_err());
         assert_eq!(digest(&a).unwrap(), digest(&b).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_value_is_corrupt_not_data_and_shows_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        s.apply(&[put(1, "k", "hello")]).unwrap();
+        let good = encode(&s.get("k").unwrap().unwrap());
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x20;
+            assert!(matches!(decode("k", &bad), Err(StateMachineError::Corrupt { .. })), "byte {i}");
+        }
+        // The checksum covers the key: a record under another key does not decode.
+        assert!(matches!(decode("other", &good), Err(StateMachineError::Corrupt { .. })));
+        assert!(s.damage().is_none());
+        let _ = s.checked(decode("k", &good[..10]));
+        assert!(s.damage().unwrap().contains("\"k\""));
+    }
+
+    #[test]
+    fn a_store_from_before_checksums_gets_them_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            // Format 1, as the previous build wrote it: no format marker, no checksum.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut kv = txn.open_table(KV).unwrap();
+                let mut old = Vec::new();
+                old.extend_from_slice(&3u64.to_le_bytes());
+                old.extend_from_slice(&4u64.to_le_bytes());
+                old.extend_from_slice(b"v1");
+                kv.insert("a", old.as_slice()).unwrap();
+                txn.open_table(META).unwrap().insert(APPLIED, 4).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        let kv = s.get("a").unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.value.as_slice(), s.applied_index()), (3, 4, &b"v1"[..], 4));
+        drop(s);
+        assert_eq!(RedbStore::open(&path).unwrap().get("a").unwrap().unwrap().value, b"v1");
+    }
+
+    #[test]
+    fn the_revision_ceiling_is_durable_before_an_index_above_it_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            assert_eq!(s.revision_ceiling(), 0);
+            s.apply(&[put(1, "a", "1")]).unwrap();
+            assert_eq!(s.revision_ceiling(), 1 + REVISION_RESERVE);
+            s.apply(&[put(2, "b", "2")]).unwrap(); // below the ceiling: not made durable
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.revision_ceiling(), 1 + REVISION_RESERVE);
+        let id = WalId::from_u128(7).unwrap();
+        assert_eq!(s.wal_binding().unwrap(), None);
+        s.bind_wal(id).unwrap();
+        s.continue_with_new_wal(id, s.revision_ceiling()).unwrap();
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!((s.wal_binding().unwrap(), s.applied_index()), (Some(id), 1 + REVISION_RESERVE));
     }
 }

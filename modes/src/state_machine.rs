@@ -31,6 +31,10 @@ pub enum StateMachineError {
     Storage(String),
     #[error("entry {got} applied out of order (applied index is {applied})")]
     OutOfOrder { applied: u64, got: u64 },
+    /// Stored bytes fail their checksum: the data on disk was damaged after it was
+    /// written. Never served as data; the HTTP layer answers 500 `internal`.
+    #[error("stored value of key {key:?} is damaged: {reason}")]
+    Corrupt { key: String, reason: String },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
 }
@@ -59,6 +63,10 @@ pub trait StateMachine: Send + Sync + 'static {
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError>;
     /// Visits one consistent view: first [`ScanEvent::View`], then every key in key order.
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError>;
+    /// The latest damage found in stored data, for `/health` (see [`StateMachineError::Corrupt`]).
+    fn damage(&self) -> Option<String> {
+        None
+    }
     /// Replaces the whole state with `entries` at (`applied_index`, `epoch`), durably.
     fn replace_all(
         &self,

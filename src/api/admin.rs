@@ -17,7 +17,13 @@ use super::error::ApiError;
 use super::AppState;
 
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
-    let s = st.replicator.status();
+    let mut s = st.replicator.status();
+    if let Some(damage) = st.sm.damage() {
+        s.notes.push(damage);
+        if s.health == Health::Healthy {
+            s.health = Health::Degraded;
+        }
+    }
     let status = match s.health {
         Health::Healthy => "healthy",
         Health::Degraded => "degraded",

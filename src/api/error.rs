@@ -79,7 +79,13 @@ impl From<AdminError> for ApiError {
 
 impl From<meridian_modes::state_machine::StateMachineError> for ApiError {
     fn from(e: meridian_modes::state_machine::StateMachineError) -> Self {
-        ApiError::internal(format!("storage: {e}"))
+        match e {
+            // Damaged bytes on disk: not a passing unavailability, and never served as data.
+            meridian_modes::state_machine::StateMachineError::Corrupt { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("storage: {e}"))
+            }
+            _ => ApiError::internal(format!("storage: {e}")),
+        }
     }
 }
 

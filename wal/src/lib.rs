@@ -212,7 +212,7 @@ pub use identity::WalId;
 pub use options::{SyncInfo, WalOptions};
 pub use record::{Record, MAX_RECORD_BYTES, RECORD_HEADER_BYTES};
 pub use recovery::{verify, RecoveryReport, TailTruncation};
-pub use state::{HardState, MAX_VOTE_BYTES};
+pub use state::{read_state_file, HardState, StateFile, MAX_VOTE_BYTES};
 pub use ticket::AppendTicket;
 pub use wal::{Position, Wal};
 

@@ -122,6 +122,14 @@ pub fn verify(dir: &Path) -> Result<RecoveryReport, WalError> {
     recover(dir, Mode::ReadOnly, None).map(|r| r.report)
 }
 
+/// Whether `dir` holds a WAL at all (a state file or a segment), without changing anything.
+pub(crate) fn holds_a_wal(dir: &Path) -> Result<bool, WalError> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    Ok(dir.join(STATE_FILE).exists() || !segment::list(dir)?.is_empty())
+}
+
 /// How the scan of one segment ended.
 enum Stop {
     /// Clean end of file.
@@ -787,7 +795,10 @@ mod tests {
             Err(WalError::Missing { expected: e, .. }) => assert_eq!(e, expected),
             other => panic!("{:?}", other.map(|w| w.id())),
         }
-        assert!(!dir.path().join(STATE_FILE).exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may be created");
+        let gone = dir.path().join("gone");
+        assert!(matches!(open_expecting(&gone, expected), Err(WalError::Missing { .. })));
+        assert!(!gone.exists());
         let other = open(dir.path());
         let found = other.id();
         other.close().unwrap();

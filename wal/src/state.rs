@@ -168,6 +168,23 @@ pub(crate) fn load(dir: &Path) -> Result<Option<PersistedState>, WalError> {
     }
 }
 
+/// What `wal.state` holds that a tool may want without opening the WAL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateFile {
+    /// `None` in a state file from before identities.
+    pub wal_id: Option<WalId>,
+    pub hard: HardState,
+}
+
+/// Reads `dir/wal.state` offline, changing nothing (`meridian wal reset` keeps the epoch and
+/// vote of a WAL it sets aside); `None` when there is no state file.
+pub fn read_state_file(dir: &Path) -> Result<Option<StateFile>, WalError> {
+    Ok(load(dir)?.map(|p| StateFile {
+        wal_id: p.id,
+        hard: p.hard,
+    }))
+}
+
 /// The state file and its last durable contents. Lives behind a mutex so that
 /// `save_hard_state` (caller thread) and the writer thread never interleave.
 pub(crate) struct StateStore {

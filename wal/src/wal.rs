@@ -79,6 +79,13 @@ impl Wal {
     /// docs), and starts the writer thread. Blocking.
     pub fn open(opts: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
         let dir = opts.dir.clone();
+        if let Some(expected) = opts.expected_id {
+            // Checked again under the lock; this first look keeps a missing WAL from being
+            // replaced even by an empty directory.
+            if !recovery::holds_a_wal(&dir)? {
+                return Err(WalError::Missing { dir, expected });
+            }
+        }
         fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         let lock = lock_dir(&dir)?;
         let rec = recovery::recover(&dir, Mode::Repair, opts.expected_id)?;
