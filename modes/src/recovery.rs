@@ -3,6 +3,11 @@
 //! The state machine may commit with relaxed durability, so after a crash its durable applied
 //! index can trail the WAL. Replaying `(durable_index, wal.last_index()]` brings it back to
 //! everything the WAL made durable — which includes every write that was acknowledged.
+//!
+//! Replay trusts that `wal` is the WAL the state was built from. The caller makes sure of it
+//! before: the state remembers that WAL's identity and opens it with
+//! `WalOptions::expected_id`, so a deleted or swapped WAL never reaches this function as an
+//! empty log (`meridian`'s `storage` module). What is left to check here is the indexes.
 
 use meridian_wal::Wal;
 use tracing::info;
@@ -14,7 +19,7 @@ use crate::state_machine::{LogEntry, StateMachine};
 pub enum RecoveryError {
     #[error("the WAL starts at index {first} but the state needs index {needed}: the entries between were purged; restore from a backup")]
     Gap { first: u64, needed: u64 },
-    #[error("the WAL ends at index {wal_last} but the state has applied {applied}: the WAL directory does not belong to this state")]
+    #[error("the WAL ends at index {wal_last} but the state has applied {applied}: records {}..={applied} are missing from the WAL's end", .wal_last + 1)]
     WalBehindState { wal_last: u64, applied: u64 },
     #[error("WAL record {index} does not decode as a command: {reason}")]
     BadPayload { index: u64, reason: String },
