@@ -85,7 +85,7 @@ pub enum ResetError {
     Lock(#[from] LockError),
     #[error("{0} has no state.redb: there is nothing to continue from; restore a backup instead (meridian restore)")]
     NoState(String),
-    #[error("the WAL in {wal} belongs to this state and holds everything after index {applied}: nothing to reset")]
+    #[error("the WAL in {wal} can be used with this state as it is (the state holds every write up to index {applied}): nothing to reset")]
     NothingToReset { wal: String, applied: u64 },
     #[error("state store: {0}")]
     Store(#[from] StateMachineError),
