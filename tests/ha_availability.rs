@@ -116,3 +116,37 @@ fn wait_in_sync(primary: &Node, within: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A switchover whose HTTP request is dropped half-way (the client gave up) must still end —
+/// done or aborted — and never leave the primary stuck `Switching` with nobody taking writes.
+#[test]
+fn a_switchover_whose_request_is_dropped_still_ends_with_one_primary() {
+    use std::io::Write;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "async", failover: "30s", ..HaOpts::default() });
+    // The standby cannot fetch, so the switchover waits for it to catch up.
+    pair.b_to_a.cut();
+    for i in 0..10 {
+        assert_eq!(put(&pair.a, &format!("pre-{i}")), 200);
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pair.a.port)).unwrap();
+    s.write_all(b"POST /admin/switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(health(&pair.a)["replication"]["state"], "switching", "the switchover did not start");
+    drop(s); // the client gives up
+    std::thread::sleep(Duration::from_millis(500));
+    pair.b_to_a.heal();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let (ra, rb) = (role(&pair.a), role(&pair.b));
+        let sa = health(&pair.a)["replication"]["state"].as_str().unwrap_or("").to_owned();
+        if sa != "switching" && ((ra == "primary") ^ (rb == "primary")) {
+            eprintln!("after the dropped request: a={ra} ({sa}), b={rb}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck: a={ra} ({sa}), b={rb}\nlog a:\n{}", pair.a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let primary = if role(&pair.a) == "primary" { &pair.a } else { &pair.b };
+    assert_eq!(wait_writable(primary, Duration::from_secs(10)) < Duration::from_secs(10), true);
+}

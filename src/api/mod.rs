@@ -71,6 +71,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/admin/replication/lag", get(admin::replication_lag))
         .route("/admin/promote", post(admin::promote))
         .route("/admin/switchover", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::Switchover)))
+        .route("/admin/standby/release", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::ReleaseStandby)))
         .route("/admin/raft/step-down", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::StepDown)))
         .route("/admin/raft/state", get(|s: State<Arc<AppState>>| simple(s, AdminRequest::RaftState)))
         .route("/admin/raft/snapshot", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::RaftSnapshot)))

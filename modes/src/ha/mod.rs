@@ -272,6 +272,9 @@ impl Core {
         let _ = self.persist_epoch(epoch, p);
         let old = std::mem::replace(&mut *self.role.lock().unwrap(), Role::Standby);
         *self.leader.lock().unwrap() = leader.clone();
+        if let Role::Switching { gate } = &old {
+            gate.fence(epoch, leader.clone());
+        }
         if let Role::Primary { pipeline, gate } = old {
             warn!(epoch = %epoch::display(epoch), new_primary = ?leader.as_ref().map(|l| &l.node_id), "fenced: a higher epoch exists; this node stops taking writes and follows");
             gate.fence(epoch, leader);
