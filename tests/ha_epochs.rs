@@ -153,3 +153,22 @@ fn a_divergent_tail_that_cannot_be_written_stays_in_the_wal_until_it_can() {
         assert!(text.contains(&format!("lonely-{i}\"")), "write lonely-{i}, acknowledged by the old primary, is in neither its WAL nor divergent/:\n{text}");
     }
 }
+
+/// A bookmark is a position in one history, (epoch, index): a node waits for its epoch and
+/// index, and refuses one its history does not hold — it used to compare the index only, so
+/// `mb1.5.1` (epoch 5, which no node ever had) was served.
+#[test]
+fn a_bookmark_from_another_history_is_refused_and_a_real_one_is_served() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
+    let (s, body) = http("PUT", &pair.a.url("/v1/kv/bm"), Some(b"1".to_vec()));
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let bookmark = v["bookmark"].as_str().unwrap().to_owned();
+    let (s, got) = http("GET", &pair.b.url(&format!("/v1/kv/bm?bookmark={bookmark}")), None);
+    assert_eq!((s, got), (200, b"1".to_vec()), "a real bookmark was not served on the standby");
+    for n in [&pair.a, &pair.b] {
+        let (s, body) = http("GET", &n.url("/v1/kv/bm?bookmark=mb1.5.1&wait_ms=500"), None);
+        assert_eq!(s, 400, "a bookmark of an epoch that never existed was served: {}", String::from_utf8_lossy(&body));
+    }
+}

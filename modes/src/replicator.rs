@@ -57,6 +57,10 @@ pub enum ReadError {
     NotLeader { leader: Option<LeaderHint> },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The bookmark names a position this node's history does not hold (a write from a
+    /// history that was set aside, or a made-up token).
+    #[error("{0}")]
+    UnknownBookmark(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -63,6 +63,7 @@ impl From<ReadError> for ApiError {
             ReadError::BookmarkTimeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
             ReadError::NotLeader { leader } => ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", msg).with_leader(leader),
             ReadError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg),
+            ReadError::UnknownBookmark(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg),
         }
     }
 }

@@ -392,8 +392,29 @@ impl Replicator for HaStandby {
             read_index::linearizable_fence(&self.core, req.wait).await?;
         }
         if let Some(b) = req.bookmark {
+            // A bookmark is a position in one history: (epoch, index), not an index alone.
+            // Wait for its epoch, then for its index, then check this node's history has
+            // that epoch there — a node serves only state it knows is agreed.
+            let deadline = Instant::now() + req.wait;
+            while self.core.epoch() < b.epoch {
+                if Instant::now() >= deadline {
+                    return Err(ReadError::BookmarkTimeout { wanted: b.index, applied: self.core.sm.applied_index(), waited: req.wait });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let mut rx = self.core.applied_tx.subscribe();
-            wait_for_applied(&mut rx, b.index, req.wait).await?;
+            wait_for_applied(&mut rx, b.index, deadline.saturating_duration_since(Instant::now())).await?;
+            let history = self.core.persisted.lock().unwrap().history.clone();
+            let covered = history.starts.first().is_some_and(|(_, first)| *first <= b.index);
+            let here = history.epoch_at(b.index);
+            if covered && here != b.epoch {
+                return Err(ReadError::UnknownBookmark(format!(
+                    "the bookmark names epoch {} at index {}, but this node's history has epoch {} there: the position is not in the agreed history",
+                    epoch::display(b.epoch),
+                    b.index,
+                    epoch::display(here)
+                )));
+            }
         }
         Ok(())
     }
