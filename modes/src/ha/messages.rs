@@ -163,6 +163,9 @@ pub struct WitnessPing {
     pub epoch: u64,
     pub node_id: String,
     pub standby_in_sync: bool,
+    /// The sender's `HA_FAILOVER_TIMEOUT`: the lease and the vote windows are safe only when
+    /// the data nodes and the witness use the same one, so the witness refuses another.
+    pub failover_timeout_ms: u64,
 }
 
 /// Standby → witness: "may I become primary in `epoch`?"
@@ -170,6 +173,8 @@ pub struct WitnessPing {
 pub struct WitnessVote {
     pub epoch: u64,
     pub node_id: String,
+    /// As in [`WitnessPing`].
+    pub failover_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

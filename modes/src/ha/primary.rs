@@ -451,7 +451,7 @@ impl Core {
         let Some(gate) = self.gate() else { return Err("not the primary".into()) };
         let epoch = self.epoch();
         if self.cfg.witness_addr.is_some() {
-            let ping = encode(&WitnessPing { epoch, node_id: self.cfg.node_id.clone(), standby_in_sync: false });
+            let ping = encode(&WitnessPing { epoch, node_id: self.cfg.node_id.clone(), standby_in_sync: false, failover_timeout_ms: self.cfg.failover_timeout.as_millis() as u64 });
             let b = self
                 .transport()
                 .request(&WITNESS.to_string(), WITNESS_PING, ping, Some(self.cfg.heartbeat))
@@ -490,7 +490,7 @@ pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
     let witness = async {
         match &core.cfg.witness_addr {
             Some(_) => {
-                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone(), standby_in_sync: core.standby_in_sync() });
+                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone(), standby_in_sync: core.standby_in_sync(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64 });
                 Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
             }
             None => None,
@@ -529,6 +529,14 @@ pub(crate) async fn tick(core: &Arc<Core>) {
         if r.granted {
             *core.last_witness_contact.lock().unwrap() = Some(a.sent);
             lease_from = lease_from.max(Some(a.sent));
+        } else {
+            // E.g. a different failover timeout: say why, but not every heartbeat.
+            static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+            let mut last = LAST.lock().unwrap();
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                warn!("the witness refused this primary's ping: {}", r.reason);
+                *last = Some(Instant::now());
+            }
         }
     }
     // Writes have waited the sync timeout for the standby: record it out of sync (at the

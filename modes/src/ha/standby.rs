@@ -503,7 +503,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool, how: Promotion) 
         }
     }
     if core.cfg.witness_addr.is_some() {
-        let vote = encode(&WitnessVote { epoch: new_epoch, node_id: core.cfg.node_id.clone() });
+        let vote = encode(&WitnessVote { epoch: new_epoch, node_id: core.cfg.node_id.clone(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64 });
         let b = core
             .transport()
             .request(&WITNESS.to_string(), WITNESS_VOTE, vote, Some(core.cfg.heartbeat))

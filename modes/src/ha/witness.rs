@@ -81,8 +81,25 @@ impl Witness {
         self.state.lock().unwrap().0.holder.clone()
     }
 
+    /// The failover timeout must be the same on the data nodes and the witness: the primary's
+    /// lease (half of its timeout) ends before the witness grants a vote (after its own).
+    fn timeout_mismatch(&self, epoch: u64, ms: u64) -> Option<WitnessReply> {
+        let mine = self.failover_timeout.as_millis() as u64;
+        (ms != mine).then(|| {
+            warn!(witness_ms = mine, node_ms = ms, "a data node uses another MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT than this witness; refused");
+            WitnessReply {
+                epoch,
+                granted: false,
+                reason: format!("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT differs: the witness has {mine} ms, this node {ms} ms; set the same value on all three"),
+            }
+        })
+    }
+
     pub fn ping(&self, p: &WitnessPing) -> WitnessReply {
         let mut g = self.state.lock().unwrap();
+        if let Some(r) = self.timeout_mismatch(g.0.epoch, p.failover_timeout_ms) {
+            return r;
+        }
         if p.epoch < g.0.epoch {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("epoch {} was superseded by {}", p.epoch, g.0.epoch) };
         }
@@ -103,6 +120,9 @@ impl Witness {
 
     pub fn vote(&self, v: &WitnessVote) -> WitnessReply {
         let mut g = self.state.lock().unwrap();
+        if let Some(r) = self.timeout_mismatch(g.0.epoch, v.failover_timeout_ms) {
+            return r;
+        }
         if v.epoch <= g.0.epoch {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("epoch {} is not above {}", v.epoch, g.0.epoch) };
         }
@@ -230,30 +250,30 @@ mod tests {
         let (a, b) = (tag_of("a"), tag_of("b"));
         let e1 = next(0, a).unwrap();
         // No primary yet: the first one is granted at once.
-        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into() }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true }).granted);
+        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200 }).granted);
         let e2 = next(e1, b).unwrap();
-        let v = w.vote(&WitnessVote { epoch: e2, node_id: "b".into() });
+        let v = w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 200 });
         assert!(!v.granted, "granted while the primary is pinging");
         // The primary itself may resume in a new epoch at once.
         let e1b = next(e1, a).unwrap();
-        assert!(w.vote(&WitnessVote { epoch: e1b, node_id: "a".into() }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true }).granted);
+        assert!(w.vote(&WitnessVote { epoch: e1b, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200 }).granted);
         std::thread::sleep(Duration::from_millis(250));
-        assert!(!w.vote(&WitnessVote { epoch: e1b, node_id: "b".into() }).granted, "same epoch granted");
+        assert!(!w.vote(&WitnessVote { epoch: e1b, node_id: "b".into(), failover_timeout_ms: 200 }).granted, "same epoch granted");
         // An epoch carrying another node's tag, or one far in the future, is never granted.
         let e3 = next(e1b, b).unwrap();
-        assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into() }).granted, "granted an epoch of b to a");
-        assert!(!w.vote(&WitnessVote { epoch: u64::MAX, node_id: "b".into() }).granted, "granted epoch 2^64-1");
-        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into(), standby_in_sync: true }).granted);
-        assert!(w.vote(&WitnessVote { epoch: e3, node_id: "b".into() }).granted);
+        assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into(), failover_timeout_ms: 200 }).granted, "granted an epoch of b to a");
+        assert!(!w.vote(&WitnessVote { epoch: u64::MAX, node_id: "b".into(), failover_timeout_ms: 200 }).granted, "granted epoch 2^64-1");
+        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into(), standby_in_sync: true, failover_timeout_ms: 200 }).granted);
+        assert!(w.vote(&WitnessVote { epoch: e3, node_id: "b".into(), failover_timeout_ms: 200 }).granted);
         // The old primary learns it was deposed.
-        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true });
+        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200 });
         assert!(!p.granted && p.epoch == e3);
         // Persisted across a restart.
         let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
         assert_eq!(w.epoch(), e3);
-        assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into() }).granted);
+        assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
     }
 
     /// The witness never votes for a standby its primary recorded out of sync.
@@ -263,15 +283,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = Witness::open(dir.path(), Duration::from_millis(100)).unwrap();
         let e1 = next(0, tag_of("a")).unwrap();
-        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into() }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: false }).granted);
+        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 100 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: false, failover_timeout_ms: 100 }).granted);
         std::thread::sleep(Duration::from_millis(150));
         let e2 = next(e1, tag_of("b")).unwrap();
-        let r = w.vote(&WitnessVote { epoch: e2, node_id: "b".into() });
+        let r = w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 100 });
         assert!(!r.granted && r.reason.contains("out of sync"), "{}", r.reason);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 100 }).granted);
         std::thread::sleep(Duration::from_millis(150));
-        assert!(w.vote(&WitnessVote { epoch: e2, node_id: "b".into() }).granted);
+        assert!(w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 100 }).granted);
+    }
+
+    #[test]
+    fn a_node_with_another_failover_timeout_is_refused_naming_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
+        let e1 = super::super::epoch::next(0, super::super::epoch::tag_of("a")).unwrap();
+        let r = w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 300 });
+        assert!(!r.granted && r.reason.contains("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT"), "{}", r.reason);
+        let r = w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 300 });
+        assert!(!r.granted, "a ping with another failover timeout renewed a lease");
+        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
     }
 
     #[test]
