@@ -7,7 +7,7 @@
 //! high bits count rounds. A node only ever starts epochs carrying its own tag ([`next`]),
 //! so two nodes can never both write in the same epoch — not two nodes both configured
 //! `HA_ROLE=primary`, not a manual promote racing an automatic one, not a primary resuming
-//! alone after a crash (which always starts a new epoch: `standby::decide_role`). Epochs
+//! alone after a crash (which always starts a new epoch: `driver::decide_role`). Epochs
 //! stay totally ordered `u64`s, so every comparison (fencing, the witness, log matching on
 //! (epoch, index)) is unchanged.
 //!

@@ -8,10 +8,15 @@
 //!   rule by which a message may raise a node's epoch.
 //! - [`epochs`]: the epoch history that locates divergence; persisted in the WAL hard state.
 //! - [`gate`]: the sync levels as a commit gate on the primary's write pipeline.
-//! - `primary`: serving fetches, snapshots, forwarded writes; heartbeats, witness lease,
-//!   switchover.
-//! - `standby`: the fetch loop (append, apply, ack), divergence and snapshot catch-up,
-//!   failure detection and promotion.
+//! - `driver`: the main loop — the starting role, a heartbeat or fetch round, failover.
+//! - `handler`: what each cluster message does, and which sender may send it (a table).
+//! - `stream`: the replication stream, both ends (serve and follow a fetch, append, apply,
+//!   acknowledge, set a divergent tail aside).
+//! - `heartbeat`: the primary asserting its epoch, its lease, recording the standby out of
+//!   sync; answering fences.
+//! - `promotion`: who may become primary and how; starting the write pipeline.
+//! - `switchover`, `forward`, `snapshot_transfer`: the planned role swap, writes reaching the
+//!   standby, re-seeding a standby from a snapshot.
 //! - `read_index`: `consistency=linearizable` reads on either node.
 //! - [`divergent`]: keeping a former primary's divergent tail in `DATA_DIR/divergent/`.
 //! - [`witness`]: the tie-breaker process.
@@ -27,9 +32,15 @@ pub mod epoch;
 pub mod epochs;
 pub mod gate;
 pub mod messages;
-mod primary;
+mod driver;
+mod forward;
+mod handler;
+mod heartbeat;
+mod promotion;
 mod read_index;
-mod standby;
+mod snapshot_transfer;
+mod stream;
+mod switchover;
 pub mod witness;
 
 use std::path::PathBuf;
@@ -345,10 +356,10 @@ impl HaStandby {
     }
 
     pub fn handler(&self) -> Arc<dyn crate::transport::Handler> {
-        Arc::new(primary::HaHandler { core: self.core.clone() })
+        Arc::new(handler::HaHandler { core: self.core.clone() })
     }
 
-    /// Decides the starting role (see `standby::decide_role`) and runs the node.
+    /// Decides the starting role (see `driver::decide_role`) and runs the node.
     pub fn start(&self, transport: Transport) {
         transport.add_peer_alias(PEER.into(), self.core.cfg.peer_addr.clone());
         if let Some(w) = &self.core.cfg.witness_addr {
@@ -356,7 +367,7 @@ impl HaStandby {
         }
         let _ = self.core.transport.set(transport);
         let core = self.core.clone();
-        *self.driver.lock().unwrap() = Some(tokio::spawn(async move { standby::drive(core).await }));
+        *self.driver.lock().unwrap() = Some(tokio::spawn(async move { driver::drive(core).await }));
     }
 }
 
@@ -377,7 +388,7 @@ impl Replicator for HaStandby {
         };
         match pipeline {
             Some(p) => p.submit(cmd).await,
-            None => standby::forward(&self.core, cmd).await,
+            None => forward::forward(&self.core, cmd).await,
         }
     }
 
@@ -425,11 +436,11 @@ impl Replicator for HaStandby {
 
     async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {
         match req {
-            AdminRequest::Promote { force } => standby::manual_promote(&self.core, force).await,
-            AdminRequest::Switchover => primary::switchover(&self.core).await,
+            AdminRequest::Promote { force } => promotion::manual_promote(&self.core, force).await,
+            AdminRequest::Switchover => switchover::switchover(&self.core).await,
             AdminRequest::ClusterStatus => Ok(serde_json::to_value(self.core.status()).unwrap_or_default()),
             AdminRequest::ReplicationLag => Ok(self.core.lag()),
-            AdminRequest::ReleaseStandby => primary::release_standby(&self.core).await,
+            AdminRequest::ReleaseStandby => heartbeat::release_standby(&self.core).await,
             _ => Err(AdminError::NotSupported { mode: "ha_standby" }),
         }
     }

@@ -13,7 +13,7 @@
 //! no newer primary exists, waits until this node has applied up to the read index, and
 //! then serves the local state:
 //! - On the primary: assert the epoch to the standby and the witness at once (the
-//!   heartbeat's exchange, `primary::assert_epoch`). The standby answering "standby of this epoch", or the
+//!   heartbeat's exchange, `heartbeat::assert_epoch`). The standby answering "standby of this epoch", or the
 //!   witness answering "granted in this epoch", proves nobody was promoted before that
 //!   answer — the standby needs the witness's vote (or this node's silence for a whole
 //!   failover timeout, which the exchange itself resets) to promote. A higher epoch in
@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::messages::*;
-use super::primary::assert_epoch;
+use super::heartbeat::assert_epoch;
 use super::{Core, Role, PEER};
 use crate::bookmark::wait_for_applied;
 use crate::replicator::ReadError;
