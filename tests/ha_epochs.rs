@@ -172,3 +172,60 @@ fn a_bookmark_from_another_history_is_refused_and_a_real_one_is_served() {
         assert_eq!(s, 400, "a bookmark of an epoch that never existed was served: {}", String::from_utf8_lossy(&body));
     }
 }
+
+/// A node serves only state it knows is agreed. The primary streams records before they are
+/// durable on it (so the two fsyncs overlap); if its own WAL write then fails (here: its WAL
+/// file reaches the process's file size limit), those records were never committed — the
+/// standby must not apply and show them. It applies only up to the primary's durable index,
+/// which every fetch answer carries. Writers overwrite a few keys, so the WAL (not the state
+/// file) is the file that fills up.
+#[test]
+fn a_standby_never_shows_records_the_primary_failed_to_make_durable() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts {
+        sync_mode: "async",
+        failover: "60s",
+        extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES", (1u64 << 30).to_string())],
+        ..HaOpts::default()
+    });
+    pair.a.kill9();
+    pair.a.file_size_limit_blocks = Some(16384); // 8 MiB per file
+    pair.a.restart();
+    wait_role(&pair.a, "primary", Duration::from_secs(30));
+    common::ha::wait_streaming(&pair.b, Duration::from_secs(30));
+    // (key, value, HTTP status) of every write; values are unique.
+    let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (url, results) = (pair.a.url(""), results.clone());
+            std::thread::spawn(move || {
+                for seq in 0..5000 {
+                    let value = format!("{t}-{seq}-{}", "x".repeat(4096));
+                    let (s, _) = http("PUT", &format!("{url}/v1/kv/k{t}"), Some(value.clone().into_bytes()));
+                    results.lock().unwrap().push((format!("k{t}"), value, s));
+                    if s != 200 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let results = results.lock().unwrap().clone();
+    assert!(pair.a.log_text().contains("WAL append failed"), "the primary's WAL did not fail:\n{}", pair.a.log_text());
+    let refused: std::collections::HashSet<_> = results.iter().filter(|r| r.2 != 200).map(|r| r.1.clone()).collect();
+    assert!(!refused.is_empty(), "no write was refused by the full primary");
+    std::thread::sleep(Duration::from_millis(1000)); // the standby's background applies
+    let mut shown = vec![];
+    for t in 0..4 {
+        let (s, v) = http("GET", &pair.b.url(&format!("/v1/kv/k{t}")), None);
+        let v = String::from_utf8_lossy(&v).to_string();
+        if s == 200 && refused.contains(&v) {
+            shown.push(v[..v.find('-').map_or(0, |i| i + 6).min(v.len())].to_owned());
+        }
+    }
+    eprintln!("{} writes refused by the primary; the standby shows {} of them", refused.len(), shown.len());
+    assert!(shown.is_empty(), "the standby shows write(s) the primary never made durable: {shown:?}");
+}

@@ -31,8 +31,17 @@ pub enum RecoveryError {
 
 /// Replays the WAL into `sm`; returns how many entries were applied.
 pub fn replay(wal: &Wal, sm: &dyn StateMachine) -> Result<u64, RecoveryError> {
+    replay_to(wal, sm, u64::MAX)
+}
+
+/// Replays the WAL into `sm` up to index `upto` only (an HA standby applies only what its
+/// primary has made durable); returns how many entries were applied.
+pub fn replay_to(wal: &Wal, sm: &dyn StateMachine, upto: u64) -> Result<u64, RecoveryError> {
     let applied = sm.applied_index();
     let (first, last) = (wal.first_index(), wal.last_index());
+    if upto <= applied {
+        return Ok(0);
+    }
     if last < applied {
         if first > last {
             // An empty WAL under a restored or snapshot-installed state: continue after it.
@@ -44,6 +53,7 @@ pub fn replay(wal: &Wal, sm: &dyn StateMachine) -> Result<u64, RecoveryError> {
     if first > applied + 1 {
         return Err(RecoveryError::Gap { first, needed: applied + 1 });
     }
+    let last = last.min(upto);
     let mut next = applied + 1;
     let mut replayed = 0;
     while next <= last {
@@ -52,7 +62,7 @@ pub fn replay(wal: &Wal, sm: &dyn StateMachine) -> Result<u64, RecoveryError> {
             break;
         }
         let mut entries = Vec::with_capacity(records.len());
-        for r in records {
+        for r in records.into_iter().take_while(|r| r.index <= last) {
             let command = Command::decode(&r.payload)
                 .map_err(|e| RecoveryError::BadPayload { index: r.index, reason: e.to_string() })?;
             entries.push(LogEntry { index: r.index, epoch: r.epoch, command });

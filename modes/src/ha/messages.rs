@@ -38,6 +38,9 @@ pub struct Fetch {
     pub http_addr: Option<String>,
     /// The standby's state includes records it had to discard: re-seed it from a snapshot.
     pub want_snapshot: bool,
+    /// The primary's durable index as the standby last heard it: the primary answers early
+    /// once it is higher and the standby holds records above it (waiting to apply them).
+    pub agreed: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +65,11 @@ pub enum FetchReply {
     /// `ack_applied`: the primary waits for the apply (remote_apply), so ack it when done.
     /// Otherwise the positions ride on the next fetch: fewer messages per batch.
     /// `in_sync`: the primary has recorded this standby in sync (see `gate`).
-    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool, ack_applied: bool, in_sync: bool },
+    /// `durable_index`: the primary's WAL is durable up to here. Records are shipped before
+    /// they are durable on the primary (the fsyncs overlap); the standby applies — and so
+    /// shows — only records up to this index, which are agreed: a record the primary then
+    /// fails to make durable was never committed.
+    Records { epoch: u64, records: Vec<WireRecord>, commit_index: u64, last_index: u64, leader: LeaderHint, ack_received: bool, ack_applied: bool, in_sync: bool, durable_index: u64 },
     /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a

@@ -168,6 +168,11 @@ pub struct Core {
     pub(crate) applying: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
     /// Batches handed to the background apply and not yet applied.
     pub(crate) apply_backlog: AtomicUsize,
+    /// Standby: the primary's durable index as last heard — records up to it are agreed.
+    pub(crate) agreed: AtomicU64,
+    /// Standby: records stored here but not yet known durable on the primary, in index
+    /// order; applied once `agreed` reaches them (see `stream::release_agreed`).
+    pub(crate) held: Mutex<Vec<crate::state_machine::LogEntry>>,
     /// Linearizable reads: the primary's epoch confirmations and the standby's read-index
     /// requests, each shared by the reads that wait for them.
     pub(crate) confirm_rounds: Arc<read_index::SharedRounds<Result<u64, ReadError>>>,
@@ -348,6 +353,8 @@ impl HaStandby {
             stopping: AtomicBool::new(false),
             applying: tokio::sync::Mutex::new(None),
             apply_backlog: AtomicUsize::new(0),
+            agreed: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
             tail: Mutex::new(None),
             confirm_rounds: read_index::SharedRounds::new(),
             index_rounds: read_index::SharedRounds::new(),

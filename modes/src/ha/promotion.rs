@@ -107,7 +107,9 @@ impl Core {
         if super::epoch::owner(epoch) != self.tag || epoch <= self.epoch() {
             return Err(format!("refusing to become primary in epoch {}: not a new epoch of this node's", super::epoch::display(epoch)));
         }
-        self.replay_log().await.map_err(|e| format!("{e}; staying standby"))?;
+        self.replay_log(u64::MAX).await.map_err(|e| format!("{e}; staying standby"))?;
+        // The whole log is now the history (just replayed): nothing is held back any more.
+        self.held.lock().unwrap().clear();
         let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
         p.history.begin(epoch, self.wal.last_index() + 1);
         p.owner = true;
@@ -133,13 +135,13 @@ impl Core {
         Ok(())
     }
 
-    /// Applies every record in the log that the state does not have yet. Before a node takes
+    /// Applies the records up to `upto` in the log that the state does not have yet. Before a node takes
     /// writes its whole log is the history: a record it logged but never applied (a fenced
     /// primary's last writes, an apply that failed) goes into the state before any new
     /// write, or the first new write would find a hole.
-    pub(crate) async fn replay_log(&self) -> Result<u64, String> {
+    pub(crate) async fn replay_log(&self, upto: u64) -> Result<u64, String> {
         let (wal, sm) = (self.wal.clone(), self.sm.clone());
-        let replayed = tokio::task::spawn_blocking(move || crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string()))
+        let replayed = tokio::task::spawn_blocking(move || crate::recovery::replay_to(&wal, &*sm, upto).map_err(|e| e.to_string()))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r)
@@ -179,7 +181,9 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool, how: Promotion) 
     // Prove this node can serve before it wins a vote or fences anyone: a standby whose log
     // does not replay would otherwise leave the pair with no primary at all.
     settle(core).await?;
-    core.replay_log().await.map_err(|e| format!("{e}; this node does not promote"))?;
+    // Only what is agreed: if this node does not win, it must not show the rest.
+    let agreed = core.agreed.load(Ordering::SeqCst);
+    core.replay_log(agreed).await.map_err(|e| format!("{e}; this node does not promote"))?;
     // Two standbys (e.g. both nodes restarted): only the one further ahead promotes itself.
     if !manual {
         if let Some((e, last, id, at)) = core.peer_standby.lock().unwrap().clone() {

@@ -118,6 +118,9 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
     p.history.begin(meta.epoch, meta.applied_index);
     core.persist_epoch(core.epoch().max(meta.epoch), p)?;
     core.want_snapshot.store(false, Ordering::SeqCst);
+    // The installed state is the primary's applied (so durable, agreed) state.
+    core.held.lock().unwrap().clear();
+    core.agreed.fetch_max(meta.applied_index, Ordering::SeqCst);
     core.applied_tx.send_replace(meta.applied_index);
     // The primary was heard from just before the install; the install's own duration (seconds
     // for a large state) is not the primary's silence and must not trigger a failover.

@@ -90,7 +90,7 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
             Ok((snapshot_id, size)) => FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader },
             Err(e) => {
                 warn!("cannot prepare a snapshot for the standby: {e}");
-                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false, ack_applied: false, in_sync: false }
+                FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false, ack_applied: false, in_sync: false, durable_index: core.wal.durable_index() }
             }
         };
     }
@@ -101,10 +101,28 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     let max = (f.max_records.max(1) as usize).min(100_000);
     let from = f.from;
     let tail = core.tail.lock().unwrap().clone();
+    // A standby holding records above what it knows is durable here waits to apply them:
+    // answer as soon as this node's durable index passes what it knows, too.
+    let known = f.agreed;
+    let holds = f.positions.received > known;
+    let mut durable = core.wal.subscribe_durable();
+    let newly_durable = async move {
+        if holds {
+            let _ = durable.wait_for(|d| *d > known).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let records = match tail {
         Some(tail) => {
             let mut last = tail.subscribe();
-            let _ = tokio::time::timeout(wait, last.wait_for(|l| *l >= from)).await;
+            let _ = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    _ = last.wait_for(|l| *l >= from) => {}
+                    _ = newly_durable => {}
+                }
+            })
+            .await;
             match tail.read(from, max, MAX_FETCH_BYTES) {
                 Some(r) => r,
                 None => tokio::task::block_in_place(|| core.wal.read_from(from, max, MAX_FETCH_BYTES)).unwrap_or_default(),
@@ -126,7 +144,8 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     let ack_received = core.cfg.sync_mode == super::SyncMode::SemiSync;
     let ack_applied = core.cfg.sync_mode == super::SyncMode::RemoteApply;
     let in_sync = core.standby_in_sync();
-    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied, in_sync }
+    let durable_index = core.wal.durable_index();
+    FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied, in_sync, durable_index }
 }
 
 pub(super) fn on_ack(core: &Arc<Core>, a: Ack) {
@@ -171,6 +190,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
         max_records: core.cfg.batch_records as u32,
         http_addr: core.cfg.http_addr.clone(),
         want_snapshot: core.want_snapshot.load(Ordering::SeqCst),
+        agreed: core.agreed.load(Ordering::SeqCst),
     };
     let deadline = core.cfg.heartbeat * 2 + Duration::from_secs(1);
     let reply = core.transport().request(&PEER.to_string(), FETCH, encode(&fetch), Some(deadline)).await;
@@ -192,7 +212,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
         }
     };
     match reply {
-        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received, ack_applied, in_sync } => {
+        FetchReply::Records { epoch, records, commit_index, last_index, leader, ack_received, ack_applied, in_sync, durable_index } => {
             if epoch < core.epoch() {
                 // A stale primary: tell it, and do not take its records.
                 let f = encode(&Fence { epoch: core.epoch(), from: core.cfg.node_id.clone() });
@@ -215,7 +235,14 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                 warn!("{e}");
                 return;
             }
+            // Agreed up to the primary's durable index — but only over records this node's log
+            // shares with it (the fetch's prefix check), i.e. up to what it stores.
+            let stored = records.last().map_or(core.wal.last_index(), |r| r.index);
+            core.agreed.fetch_max(durable_index.min(stored), Ordering::SeqCst);
             if records.is_empty() {
+                if let Err(e) = release_agreed(core, ack_applied).await {
+                    warn!("standby cannot apply records: {e}");
+                }
                 core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
                 return;
             }
@@ -340,6 +367,23 @@ pub(super) async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>,
     }
     core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    core.held.lock().unwrap().extend(entries);
+    release_agreed(core, ack_applied).await
+}
+
+/// Hands the held records that are now agreed (at or below the primary's durable index) to
+/// the background apply. The rest wait for a later fetch answer: a record the primary ships
+/// but then fails to make durable is never applied here, so never shown.
+pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Result<(), String> {
+    let agreed = core.agreed.load(Ordering::SeqCst);
+    let entries: Vec<LogEntry> = {
+        let mut held = core.held.lock().unwrap();
+        let n = held.partition_point(|e| e.index <= agreed);
+        held.drain(..n).collect()
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
     // Applies run one after another in the background, each after its predecessor, so the
     // next fetch (carrying the flushed position `sync` waits for) never waits for an apply.
     // A failed apply fails every later one (no entry is skipped) and surfaces here.
@@ -376,8 +420,8 @@ pub(super) async fn apply_after(core: &Arc<Core>, prev: Option<JoinHandle<Result
         // A former primary steps down with records in its log that it never applied (their
         // commit failed when it was fenced). The primary has just confirmed the log up to
         // this batch, so those records are agreed: apply them from the local WAL first.
-        if entries.first().is_some_and(|e| e.index > sm.applied_index() + 1) {
-            let n = crate::recovery::replay(&wal, &*sm).map_err(|e| e.to_string())?;
+        if let Some(first) = entries.first().filter(|e| e.index > sm.applied_index() + 1) {
+            let n = crate::recovery::replay_to(&wal, &*sm, first.index - 1).map_err(|e| e.to_string())?;
             info!(records = n, "applied agreed records from the local WAL that were logged but not applied");
         }
         sm.apply(&entries).map_err(|e| e.to_string())
@@ -416,6 +460,9 @@ pub(super) async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<
         warn!(records = tail.records, after, file = %tail.file, "this node's log diverged from the primary's; its divergent tail was moved aside (not applied anywhere)");
         core.divergent.lock().unwrap().push(tail);
     }
+    // Held records past the fork are gone with the tail; what is agreed cannot be past it.
+    core.held.lock().unwrap().retain(|e| e.index <= after);
+    core.agreed.fetch_min(after, Ordering::SeqCst);
     if core.sm.applied_index() > after {
         // The state already includes discarded records: it must be re-seeded.
         core.want_snapshot.store(true, Ordering::SeqCst);
