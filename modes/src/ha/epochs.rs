@@ -34,6 +34,35 @@ impl EpochHistory {
     pub fn epoch_at(&self, index: u64) -> u64 {
         self.starts.iter().rev().find(|(_, i)| *i <= index).map_or(0, |(e, _)| *e)
     }
+
+    /// The last index at or below `upto` where a log with this history and one with `other`
+    /// agree. Every (epoch, index) has one writer (see `epoch`), so two logs agree up to the
+    /// highest index whose epoch is the same in both — found from the two histories in one
+    /// step, instead of walking back a record per round trip. Below both histories' first
+    /// start (a snapshot-installed prefix) the logs are taken to agree.
+    pub fn fork_point(&self, other: &EpochHistory, upto: u64) -> u64 {
+        let mut bounds: Vec<u64> = self.starts.iter().chain(&other.starts).map(|(_, i)| *i).filter(|i| *i <= upto).collect();
+        bounds.push(0);
+        bounds.sort_unstable();
+        bounds.dedup();
+        // Intervals [lo, hi] on which both histories are constant, from the top down.
+        let mut hi = upto;
+        for &lo in bounds.iter().rev() {
+            if self.epoch_at(lo) == other.epoch_at(lo) {
+                return hi;
+            }
+            if lo == 0 {
+                break;
+            }
+            hi = lo - 1;
+        }
+        0
+    }
+
+    /// The history up to `index` (for a standby that installs a snapshot of that index).
+    pub fn up_to(&self, index: u64) -> EpochHistory {
+        EpochHistory { starts: self.starts.iter().copied().filter(|(_, i)| *i <= index).collect() }
+    }
 }
 
 #[cfg(test)]
@@ -51,6 +80,18 @@ mod tests {
         assert_eq!(h.agreed_until(2, 150), 150);
         assert_eq!(h.epoch_at(100), 1);
         assert_eq!(h.epoch_at(101), 2);
+        // The fork point from both histories at once: a standby that wrote epoch 5 from 95 on
+        // (never seen by this node) agrees with it only up to 94, wherever its log ends.
+        let mut s = EpochHistory::default();
+        s.begin(1, 1);
+        s.begin(5, 95);
+        assert_eq!(h.fork_point(&s, 130), 94);
+        assert_eq!(s.fork_point(&h, 130), 94);
+        assert_eq!(h.fork_point(&h.clone(), 130), 130);
+        let mut t = EpochHistory::default();
+        t.begin(7, 1);
+        assert_eq!(h.fork_point(&t, 50), 0, "no common epoch: nothing agreed");
+        assert_eq!(h.up_to(100).starts, vec![(1, 1)]);
         let p = HaPersisted { history: h.clone(), owner: true, in_sync: true, peer_in_sync: false };
         assert_eq!(HaPersisted::decode(&p.encode()).unwrap(), p);
         assert!(HaPersisted::decode(&[0xff; 3]).is_err(), "damaged epoch state decoded");

@@ -41,6 +41,9 @@ pub struct Fetch {
     /// The primary's durable index as the standby last heard it: the primary answers early
     /// once it is higher and the standby holds records above it (waiting to apply them).
     pub agreed: u64,
+    /// The standby's epoch history (`(epoch, first index)`, at most the last 64): where its
+    /// log parts from the primary's is found in one exchange.
+    pub history: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +77,9 @@ pub enum FetchReply {
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a
     /// snapshot first. `snapshot_id` names the prepared snapshot of `size` bytes.
-    NeedSnapshot { epoch: u64, snapshot_id: u64, size: u64, leader: LeaderHint },
+    /// `history`: the primary's epoch history up to the snapshot, which the standby takes
+    /// as its own with the snapshot.
+    NeedSnapshot { epoch: u64, snapshot_id: u64, size: u64, leader: LeaderHint, history: Vec<(u64, u64)> },
     /// The receiver is not a primary (anymore); `epoch` is its epoch. Two standbys use
     /// `last_index` and `node_id` to agree which of them may promote.
     NotPrimary { epoch: u64, leader: Option<LeaderHint>, last_index: u64, node_id: String },

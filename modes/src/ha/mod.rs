@@ -131,6 +131,8 @@ pub struct Core {
     pub(crate) tag: u64,
     /// Set when safety state could not be persisted: the node serves nothing any more.
     pub(crate) halted: Mutex<Option<String>>,
+    /// Serializes saves of the epoch state.
+    pub(crate) persist_lock: Mutex<()>,
     /// The highest epoch the witness refused a vote for: the next attempt goes above it.
     pub(crate) witness_epoch: AtomicU64,
     pub(crate) wal: Wal,
@@ -211,10 +213,15 @@ impl Core {
 
     /// Persists `epoch` (and the history) before anything acts on it. A node that cannot
     /// persist its epoch must not act on it either, nor go on as if it had: it halts.
+    ///
+    /// The epoch never goes back, whatever a caller read earlier: the save is serialized and
+    /// keeps the higher of the given and the current epoch.
     pub(crate) fn persist_epoch(&self, epoch: u64, persisted: HaPersisted) -> Result<(), String> {
         if let Some(why) = self.halted.lock().unwrap().clone() {
             return Err(why);
         }
+        let _serial = self.persist_lock.lock().unwrap();
+        let epoch = epoch.max(self.epoch());
         match self.wal.save_hard_state(&HardState { epoch, vote: persisted.encode() }) {
             Ok(()) => {
                 *self.persisted.lock().unwrap() = persisted;
@@ -326,6 +333,7 @@ impl HaStandby {
         let core = Arc::new(Core {
             tag: epoch::tag_of(&cfg.node_id),
             halted: Mutex::new(None),
+            persist_lock: Mutex::new(()),
             witness_epoch: AtomicU64::new(0),
             cfg,
             wal,

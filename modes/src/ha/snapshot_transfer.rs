@@ -73,7 +73,7 @@ pub(super) fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<Sna
 
 /// Streams the primary's snapshot `id` into a file and installs it. The caller has settled
 /// the background applies first and acknowledges the new positions after.
-pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64) -> Result<(), String> {
+pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64, history: Vec<(u64, u64)>) -> Result<(), String> {
     // Streamed to a file, then installed from it: the state is never whole in memory.
     let dir = snapshot_dir(core);
     let path = dir.join("incoming.snap");
@@ -114,8 +114,13 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
     })
     .await
     .map_err(|e| e.to_string())??;
+    // The state is now the primary's, so the history is too (whatever this node's own was).
     let mut p = core.persisted.lock().unwrap().clone();
-    p.history.begin(meta.epoch, meta.applied_index);
+    p.history = super::epochs::EpochHistory { starts: history };
+    p.history = p.history.up_to(meta.applied_index);
+    if p.history.starts.is_empty() {
+        p.history.begin(meta.epoch, meta.applied_index);
+    }
     core.persist_epoch(core.epoch().max(meta.epoch), p)?;
     core.want_snapshot.store(false, Ordering::SeqCst);
     // The installed state is the primary's applied (so durable, agreed) state.

@@ -65,7 +65,11 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
         let history = core.persisted.lock().unwrap().history.clone();
         let mine = if prev <= my_last { Some(core.record_epoch(prev)) } else { None };
         if mine != Some(f.prev_epoch) {
+            let theirs = super::epochs::EpochHistory { starts: f.history.clone() };
             let mut after = history.agreed_until(f.prev_epoch, prev.min(my_last));
+            if !theirs.starts.is_empty() {
+                after = after.min(history.fork_point(&theirs, prev.min(my_last)));
+            }
             if after >= prev {
                 after = prev - 1;
             }
@@ -87,7 +91,10 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
 
     if f.want_snapshot || f.from < core.wal.first_index() {
         return match prepare_snapshot(core).await {
-            Ok((snapshot_id, size)) => FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader },
+            Ok((snapshot_id, size)) => {
+                let history = core.persisted.lock().unwrap().history.up_to(snapshot_id).starts;
+                FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader, history }
+            }
             Err(e) => {
                 warn!("cannot prepare a snapshot for the standby: {e}");
                 FetchReply::Records { epoch, records: vec![], commit_index: *core.applied_tx.borrow(), last_index: my_last, leader, ack_received: false, ack_applied: false, in_sync: false, durable_index: core.wal.durable_index() }
@@ -191,6 +198,10 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
         http_addr: core.cfg.http_addr.clone(),
         want_snapshot: core.want_snapshot.load(Ordering::SeqCst),
         agreed: core.agreed.load(Ordering::SeqCst),
+        history: {
+            let starts = &core.persisted.lock().unwrap().history.starts;
+            starts[starts.len().saturating_sub(64)..].to_vec()
+        },
     };
     let deadline = core.cfg.heartbeat * 2 + Duration::from_secs(1);
     let reply = core.transport().request(&PEER.to_string(), FETCH, encode(&fetch), Some(deadline)).await;
@@ -269,7 +280,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                 tokio::time::sleep(core.cfg.heartbeat).await;
             }
         }
-        FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader } => {
+        FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader, history } => {
             if epoch < core.epoch() {
                 return;
             }
@@ -282,7 +293,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
             // Background applies settle first (the snapshot replaces the state); the new
             // positions go to the primary at once after the install.
             let installed = match settle(core).await {
-                Ok(()) => fetch_and_install_snapshot(core, snapshot_id, size).await,
+                Ok(()) => fetch_and_install_snapshot(core, snapshot_id, size, history).await,
                 Err(e) => Err(e),
             };
             match installed {
