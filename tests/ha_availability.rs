@@ -203,3 +203,24 @@ fn with_the_witness_dead_first_the_standby_waits_for_the_operator_and_loses_noth
     let lost = missing_at(&pair.b.url(""), &writes);
     assert!(lost.is_empty(), "{} acknowledged writes missing, e.g. {:?}", lost.len(), lost.first().map(|w| &w.key));
 }
+
+/// A switchover with a witness goes through the witness like any other promotion: the
+/// primary records the handover there, the standby asks for (and gets) the vote at once.
+/// It used to promote without asking, leaving the witness to learn of the new primary from
+/// its first ping.
+#[test]
+fn a_switchover_with_a_witness_goes_through_its_vote() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "sync", witness: true, failover: "3s", ..HaOpts::default() });
+    wait_in_sync(&pair.a, Duration::from_secs(10));
+    assert_eq!(put(&pair.a, "before-switch"), 200);
+    let (s, body) = http("POST", &pair.a.url("/admin/switchover"), None);
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    wait_role(&pair.b, "primary", Duration::from_secs(10));
+    wait_role(&pair.a, "standby", Duration::from_secs(10));
+    let w = pair.w.as_ref().unwrap();
+    assert!(w.log_shows("witness granted promotion", Duration::from_secs(5)) && w.log_text().lines().any(|l| l.contains("witness granted promotion") && l.contains("node-b")),
+        "the switchover did not ask the witness:\n{}", w.log_text());
+    assert_eq!(put(&pair.b, "after-switch"), 200);
+    wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
+}

@@ -127,7 +127,7 @@ fn payload(msg_type: u16, e: u64, cmd: Command, garbage: &[u8], shape: u8) -> By
         FORWARD => encode(&Forward { epoch: e, command: cmd }),
         PROMOTE => encode(&Promote { epoch: e, last_index: u64::from(shape) }),
         READ_INDEX => encode(&ReadIndex { epoch: e, node_id: PEER_ID.into() }),
-        WITNESS_PING => encode(&WitnessPing { epoch: e, node_id: PEER_ID.into(), standby_in_sync: shape % 2 == 1, failover_timeout_ms: e }),
+        WITNESS_PING => encode(&WitnessPing { epoch: e, node_id: PEER_ID.into(), standby_in_sync: shape % 2 == 1, failover_timeout_ms: e, handover_to: None }),
         WITNESS_VOTE => encode(&WitnessVote { epoch: e, node_id: PEER_ID.into(), failover_timeout_ms: e }),
         _ => {
             let _ = leader;

@@ -36,7 +36,7 @@ impl Core {
         let Some(gate) = self.gate() else { return Err("not the primary".into()) };
         let epoch = self.epoch();
         if self.cfg.witness_addr.is_some() {
-            let ping = encode(&WitnessPing { epoch, node_id: self.cfg.node_id.clone(), standby_in_sync: false, failover_timeout_ms: self.cfg.failover_timeout.as_millis() as u64 });
+            let ping = encode(&WitnessPing { epoch, node_id: self.cfg.node_id.clone(), standby_in_sync: false, failover_timeout_ms: self.cfg.failover_timeout.as_millis() as u64, handover_to: None });
             let b = self
                 .transport()
                 .request(&WITNESS.to_string(), WITNESS_PING, ping, Some(self.cfg.heartbeat))
@@ -72,7 +72,7 @@ pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
     let witness = async {
         match &core.cfg.witness_addr {
             Some(_) => {
-                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone(), standby_in_sync: core.standby_in_sync(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64 });
+                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone(), standby_in_sync: core.standby_in_sync(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64, handover_to: None });
                 Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
             }
             None => None,

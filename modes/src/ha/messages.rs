@@ -178,6 +178,9 @@ pub struct WitnessPing {
     /// The sender's `HA_FAILOVER_TIMEOUT`: the lease and the vote windows are safe only when
     /// the data nodes and the witness use the same one, so the witness refuses another.
     pub failover_timeout_ms: u64,
+    /// A switchover: the primary has stopped taking writes and hands over to this node, which
+    /// the witness may then vote for at once.
+    pub handover_to: Option<String>,
 }
 
 /// Standby → witness: "may I become primary in `epoch`?"

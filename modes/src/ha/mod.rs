@@ -133,6 +133,8 @@ pub struct Core {
     pub(crate) halted: Mutex<Option<String>>,
     /// Serializes saves of the epoch state.
     pub(crate) persist_lock: Mutex<()>,
+    /// The other data node's id, as it names itself in its messages.
+    pub(crate) peer_node_id: Mutex<Option<String>>,
     /// The highest epoch the witness refused a vote for: the next attempt goes above it.
     pub(crate) witness_epoch: AtomicU64,
     pub(crate) wal: Wal,
@@ -260,6 +262,8 @@ impl Core {
                 "node ids {peer:?} and {:?} share an epoch tag, so their epochs could collide: rename one (MERIDIAN_CLUSTER_NODE_ID)",
                 self.cfg.node_id
             ));
+        } else {
+            *self.peer_node_id.lock().unwrap() = Some(peer.to_owned());
         }
     }
 
@@ -334,6 +338,7 @@ impl HaStandby {
             tag: epoch::tag_of(&cfg.node_id),
             halted: Mutex::new(None),
             persist_lock: Mutex::new(()),
+            peer_node_id: Mutex::new(None),
             witness_epoch: AtomicU64::new(0),
             cfg,
             wal,

@@ -294,6 +294,19 @@ pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteRe
         return Err(reject(format!("not caught up: have {}, need {}", core.wal.durable_index(), p.last_index)));
     }
     let new_epoch = super::epoch::next(p.epoch, core.tag).map_err(|e| reject(e.to_string()))?;
+    if core.cfg.witness_addr.is_some() {
+        // Like any promotion: the witness's vote (granted at once for a recorded handover).
+        let vote = encode(&WitnessVote { epoch: new_epoch, node_id: core.cfg.node_id.clone(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64 });
+        let b = core
+            .transport()
+            .request(&WITNESS.to_string(), WITNESS_VOTE, vote, Some(core.cfg.heartbeat * 2))
+            .await
+            .map_err(|e| reject(format!("the witness cannot be reached: {e}")))?;
+        let r: WitnessReply = decode(&b).map_err(reject)?;
+        if !r.granted {
+            return Err(reject(format!("the witness refused: {}", r.reason)));
+        }
+    }
     core.become_primary(new_epoch, Promotion::Handover).await.map_err(reject)?;
     Ok(PromoteReply { epoch: core.epoch(), leader: core.self_hint() })
 }

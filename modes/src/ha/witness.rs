@@ -34,6 +34,9 @@ struct Persisted {
     /// primary. Reset by every vote (the new primary's standby is the old primary).
     #[serde(default)]
     standby_in_sync: bool,
+    /// The holder is handing over to this node (a switchover): its vote needs no silence.
+    #[serde(default)]
+    handover_to: String,
 }
 
 pub struct Witness {
@@ -106,8 +109,9 @@ impl Witness {
         if let Some(why) = Self::not_startable(g.0.epoch, p.epoch, &p.node_id) {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: why };
         }
-        if p.epoch > g.0.epoch || g.0.holder != p.node_id || g.0.standby_in_sync != p.standby_in_sync {
-            let next = Persisted { epoch: p.epoch, holder: p.node_id.clone(), standby_in_sync: p.standby_in_sync };
+        let handover = p.handover_to.clone().unwrap_or_default();
+        if p.epoch > g.0.epoch || g.0.holder != p.node_id || g.0.standby_in_sync != p.standby_in_sync || g.0.handover_to != handover {
+            let next = Persisted { epoch: p.epoch, holder: p.node_id.clone(), standby_in_sync: p.standby_in_sync, handover_to: handover };
             if let Err(e) = self.persist(&next) {
                 warn!("witness cannot persist its state: {e}");
                 return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("witness storage error: {e}") };
@@ -132,21 +136,22 @@ impl Witness {
         let silent = g.1.elapsed();
         let no_primary_yet = g.0.holder.is_empty();
         let resuming = g.0.holder == v.node_id;
-        if !no_primary_yet && !resuming && !g.0.standby_in_sync {
+        let handed_over = !g.0.handover_to.is_empty() && g.0.handover_to == v.node_id;
+        if !no_primary_yet && !resuming && !handed_over && !g.0.standby_in_sync {
             return WitnessReply {
                 epoch: g.0.epoch,
                 granted: false,
                 reason: format!("{} recorded its standby out of sync: it may lack acknowledged writes", g.0.holder),
             };
         }
-        if silent < self.failover_timeout && !no_primary_yet && !resuming {
+        if silent < self.failover_timeout && !no_primary_yet && !resuming && !handed_over {
             return WitnessReply {
                 epoch: g.0.epoch,
                 granted: false,
                 reason: format!("the primary ({}) pinged {:.1}s ago", g.0.holder, silent.as_secs_f64()),
             };
         }
-        let next = Persisted { epoch: v.epoch, holder: v.node_id.clone(), standby_in_sync: false };
+        let next = Persisted { epoch: v.epoch, holder: v.node_id.clone(), standby_in_sync: false, handover_to: String::new() };
         if let Err(e) = self.persist(&next) {
             return WitnessReply { epoch: g.0.epoch, granted: false, reason: format!("witness storage error: {e}") };
         }
@@ -251,24 +256,24 @@ mod tests {
         let e1 = next(0, a).unwrap();
         // No primary yet: the first one is granted at once.
         assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200, handover_to: None }).granted);
         let e2 = next(e1, b).unwrap();
         let v = w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 200 });
         assert!(!v.granted, "granted while the primary is pinging");
         // The primary itself may resume in a new epoch at once.
         let e1b = next(e1, a).unwrap();
         assert!(w.vote(&WitnessVote { epoch: e1b, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200, handover_to: None }).granted);
         std::thread::sleep(Duration::from_millis(250));
         assert!(!w.vote(&WitnessVote { epoch: e1b, node_id: "b".into(), failover_timeout_ms: 200 }).granted, "same epoch granted");
         // An epoch carrying another node's tag, or one far in the future, is never granted.
         let e3 = next(e1b, b).unwrap();
         assert!(!w.vote(&WitnessVote { epoch: e3, node_id: "a".into(), failover_timeout_ms: 200 }).granted, "granted an epoch of b to a");
         assert!(!w.vote(&WitnessVote { epoch: u64::MAX, node_id: "b".into(), failover_timeout_ms: 200 }).granted, "granted epoch 2^64-1");
-        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into(), standby_in_sync: true, failover_timeout_ms: 200 }).granted);
+        assert!(!w.ping(&WitnessPing { epoch: next(e3, a).unwrap(), node_id: "b".into(), standby_in_sync: true, failover_timeout_ms: 200, handover_to: None }).granted);
         assert!(w.vote(&WitnessVote { epoch: e3, node_id: "b".into(), failover_timeout_ms: 200 }).granted);
         // The old primary learns it was deposed.
-        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200 });
+        let p = w.ping(&WitnessPing { epoch: e1b, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 200, handover_to: None });
         assert!(!p.granted && p.epoch == e3);
         // Persisted across a restart.
         let w = Witness::open(dir.path(), Duration::from_millis(200)).unwrap();
@@ -284,14 +289,32 @@ mod tests {
         let w = Witness::open(dir.path(), Duration::from_millis(100)).unwrap();
         let e1 = next(0, tag_of("a")).unwrap();
         assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 100 }).granted);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: false, failover_timeout_ms: 100 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: false, failover_timeout_ms: 100, handover_to: None }).granted);
         std::thread::sleep(Duration::from_millis(150));
         let e2 = next(e1, tag_of("b")).unwrap();
         let r = w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 100 });
         assert!(!r.granted && r.reason.contains("out of sync"), "{}", r.reason);
-        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 100 }).granted);
+        assert!(w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 100, handover_to: None }).granted);
         std::thread::sleep(Duration::from_millis(150));
         assert!(w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 100 }).granted);
+    }
+
+    /// A switchover goes through the witness: the holder names the node it hands over to,
+    /// whose vote is then granted at once; nobody else's is.
+    #[test]
+    fn a_handover_is_voted_at_once_for_the_named_node_only() {
+        use super::super::epoch::{next, tag_of};
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let e1 = next(0, tag_of("a")).unwrap();
+        assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 60_000 }).granted);
+        let ping = |to: Option<&str>| WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 60_000, handover_to: to.map(String::from) };
+        assert!(w.ping(&ping(None)).granted);
+        let e2 = next(e1, tag_of("b")).unwrap();
+        assert!(!w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 60_000 }).granted, "voted while the primary pings");
+        assert!(w.ping(&ping(Some("b"))).granted);
+        assert!(!w.vote(&WitnessVote { epoch: next(e1, tag_of("c")).unwrap(), node_id: "c".into(), failover_timeout_ms: 60_000 }).granted, "voted for a node not handed over to");
+        assert!(w.vote(&WitnessVote { epoch: e2, node_id: "b".into(), failover_timeout_ms: 60_000 }).granted, "the handover was not voted");
     }
 
     #[test]
@@ -301,7 +324,7 @@ mod tests {
         let e1 = super::super::epoch::next(0, super::super::epoch::tag_of("a")).unwrap();
         let r = w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 300 });
         assert!(!r.granted && r.reason.contains("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT"), "{}", r.reason);
-        let r = w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 300 });
+        let r = w.ping(&WitnessPing { epoch: e1, node_id: "a".into(), standby_in_sync: true, failover_timeout_ms: 300, handover_to: None });
         assert!(!r.granted, "a ping with another failover timeout renewed a lease");
         assert!(w.vote(&WitnessVote { epoch: e1, node_id: "a".into(), failover_timeout_ms: 200 }).granted);
     }
