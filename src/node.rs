@@ -98,7 +98,9 @@ impl Node {
         }
         let data_dir = cfg.data_dir.clone();
         // The state first: it names the WAL it was built from, and the WAL must be that one.
-        let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts))
+        // In ha_standby the mode replays (only what is agreed, or everything once primary).
+        let replay_all = cfg.cluster_mode != ClusterMode::HaStandby;
+        let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts, replay_all))
             .await
             .expect("recovery task panicked")?;
 

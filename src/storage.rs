@@ -24,7 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use meridian_modes::recovery::replay;
+use meridian_modes::recovery::replay_to;
 use meridian_modes::state_machine::StateMachineError;
 use meridian_modes::StateMachine;
 use meridian_wal::{HardState, Wal, WalError, WalId, WalOptions};
@@ -46,8 +46,10 @@ pub struct WalUnusable {
 }
 
 /// Opens the state, then the WAL it is bound to, replays, and binds a state not bound yet.
-/// Blocking.
-pub fn open(data_dir: &Path, mut opts: WalOptions) -> Result<(Wal, Arc<RedbStore>), NodeError> {
+/// Blocking. `replay_all: false` checks the WAL against the state but applies nothing past
+/// what the state already holds: a mode that applies only agreed records (`ha_standby`)
+/// replays the rest itself once it knows what is agreed.
+pub fn open(data_dir: &Path, mut opts: WalOptions, replay_all: bool) -> Result<(Wal, Arc<RedbStore>), NodeError> {
     let store = Arc::new(RedbStore::open(&data_dir.join(STATE_FILE))?);
     opts.expected_id = store.wal_binding()?;
     let (wal, report) = Wal::open(opts).map_err(|e| match e {
@@ -59,7 +61,8 @@ pub fn open(data_dir: &Path, mut opts: WalOptions) -> Result<(Wal, Arc<RedbStore
     if let Some(t) = &report.truncated_tail {
         warn!(?t, "the WAL had a torn tail from an unclean stop; it was truncated");
     }
-    let replayed = replay(&wal, &*store)?;
+    let upto = if replay_all { u64::MAX } else { store.applied_index() };
+    let replayed = replay_to(&wal, &*store, upto)?;
     store.bind_wal(wal.id())?;
     info!(first = report.first_index, last = report.last_index, replayed, applied = store.applied_index(), wal_id = %wal.id(), "storage recovered");
     Ok((wal, store))

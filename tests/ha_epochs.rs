@@ -228,4 +228,17 @@ fn a_standby_never_shows_records_the_primary_failed_to_make_durable() {
     }
     eprintln!("{} writes refused by the primary; the standby shows {} of them", refused.len(), shown.len());
     assert!(shown.is_empty(), "the standby shows write(s) the primary never made durable: {shown:?}");
+    // Nor after a restart: start-up must not replay them from the standby's own WAL (cut
+    // from the primary, so that nothing it learns from it can hide them again).
+    pair.b.kill9();
+    pair.b_to_a.cut();
+    pair.b.restart();
+    let mut shown = vec![];
+    for t in 0..4 {
+        let (s, v) = http("GET", &pair.b.url(&format!("/v1/kv/k{t}")), None);
+        if s == 200 && refused.contains(&String::from_utf8_lossy(&v).to_string()) {
+            shown.push(format!("k{t}"));
+        }
+    }
+    assert!(shown.is_empty(), "after a restart the standby shows write(s) the primary never made durable: {shown:?}\nlog:\n{}", pair.b.log_text());
 }

@@ -39,9 +39,6 @@ pub fn replay(wal: &Wal, sm: &dyn StateMachine) -> Result<u64, RecoveryError> {
 pub fn replay_to(wal: &Wal, sm: &dyn StateMachine, upto: u64) -> Result<u64, RecoveryError> {
     let applied = sm.applied_index();
     let (first, last) = (wal.first_index(), wal.last_index());
-    if upto <= applied {
-        return Ok(0);
-    }
     if last < applied {
         if first > last {
             // An empty WAL under a restored or snapshot-installed state: continue after it.
@@ -52,6 +49,9 @@ pub fn replay_to(wal: &Wal, sm: &dyn StateMachine, upto: u64) -> Result<u64, Rec
     }
     if first > applied + 1 {
         return Err(RecoveryError::Gap { first, needed: applied + 1 });
+    }
+    if upto <= applied {
+        return Ok(0);
     }
     let last = last.min(upto);
     let mut next = applied + 1;

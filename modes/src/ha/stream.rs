@@ -392,7 +392,10 @@ pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Resul
         let n = held.partition_point(|e| e.index <= agreed);
         held.drain(..n).collect()
     };
-    if entries.is_empty() {
+    // Records logged before this run (start-up applies only what the state held) are read
+    // back from the local WAL once agreed.
+    let from_wal = agreed.min(core.wal.last_index());
+    if entries.is_empty() && core.sm.applied_index() >= from_wal {
         return Ok(());
     }
     // Applies run one after another in the background, each after its predecessor, so the
@@ -411,7 +414,7 @@ pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Resul
     core.apply_backlog.fetch_add(1, Ordering::SeqCst);
     let c = core.clone();
     let handle = tokio::spawn(async move {
-        let result = apply_after(&c, prev, entries, ack_applied).await;
+        let result = apply_after(&c, prev, entries, ack_applied, from_wal).await;
         c.apply_backlog.fetch_sub(1, Ordering::SeqCst);
         result
     });
@@ -422,7 +425,15 @@ pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Resul
 /// Batches applied in the background but not yet done, at most; then the standby waits.
 pub(super) const MAX_APPLY_BACKLOG: usize = 4;
 
-pub(super) async fn apply_after(core: &Arc<Core>, prev: Option<JoinHandle<Result<(), String>>>, entries: Vec<LogEntry>, ack_applied: bool) -> Result<(), String> {
+/// Applies `entries` after the batch before them; records between the state and the first
+/// entry (or up to `from_wal` when there are none) come from the local WAL — they are agreed.
+pub(super) async fn apply_after(
+    core: &Arc<Core>,
+    prev: Option<JoinHandle<Result<(), String>>>,
+    entries: Vec<LogEntry>,
+    ack_applied: bool,
+    from_wal: u64,
+) -> Result<(), String> {
     if let Some(prev) = prev {
         prev.await.map_err(|e| e.to_string())??;
     }
@@ -431,11 +442,15 @@ pub(super) async fn apply_after(core: &Arc<Core>, prev: Option<JoinHandle<Result
         // A former primary steps down with records in its log that it never applied (their
         // commit failed when it was fenced). The primary has just confirmed the log up to
         // this batch, so those records are agreed: apply them from the local WAL first.
-        if let Some(first) = entries.first().filter(|e| e.index > sm.applied_index() + 1) {
-            let n = crate::recovery::replay_to(&wal, &*sm, first.index - 1).map_err(|e| e.to_string())?;
+        let target = entries.first().map_or(from_wal, |e| e.index - 1);
+        if target > sm.applied_index() {
+            let n = crate::recovery::replay_to(&wal, &*sm, target).map_err(|e| e.to_string())?;
             info!(records = n, "applied agreed records from the local WAL that were logged but not applied");
         }
-        sm.apply(&entries).map_err(|e| e.to_string())
+        if entries.is_empty() {
+            return Ok(());
+        }
+        sm.apply(&entries).map(|_| ()).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())??;
