@@ -47,9 +47,10 @@ impl Core {
                 return Err(format!("the witness did not record the standby out of sync: {}", r.reason));
             }
         }
-        let mut p = self.persisted.lock().unwrap().clone();
-        p.peer_in_sync = false;
-        self.persist_epoch(epoch, p)?;
+        self.update_persisted(epoch, |p, _| {
+            p.peer_in_sync = false;
+            true
+        })?;
         gate.go_solo(why);
         Ok(())
     }

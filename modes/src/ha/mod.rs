@@ -213,20 +213,28 @@ impl Core {
         }
     }
 
-    /// Persists `epoch` (and the history) before anything acts on it. A node that cannot
-    /// persist its epoch must not act on it either, nor go on as if it had: it halts.
-    ///
-    /// The epoch never goes back, whatever a caller read earlier: the save is serialized and
-    /// keeps the higher of the given and the current epoch.
-    pub(crate) fn persist_epoch(&self, epoch: u64, persisted: HaPersisted) -> Result<(), String> {
+    /// Changes what is persisted of the epoch state and saves it, raising the epoch to at
+    /// least `epoch`, before anything acts on it. One read-modify-write under one lock, so
+    /// concurrent changes (a history extension, an in-sync flag, an adoption) never lose each
+    /// other, and the epoch never goes back whatever a caller read earlier. `change` gets the
+    /// state and the current epoch and says whether it changed anything (nothing is saved if
+    /// not). A node that cannot persist its epoch state must not act on it, nor go on as if
+    /// it had: it halts.
+    pub(crate) fn update_persisted(&self, epoch: u64, change: impl FnOnce(&mut HaPersisted, u64) -> bool) -> Result<(), String> {
         if let Some(why) = self.halted.lock().unwrap().clone() {
             return Err(why);
         }
         let _serial = self.persist_lock.lock().unwrap();
-        let epoch = epoch.max(self.epoch());
-        match self.wal.save_hard_state(&HardState { epoch, vote: persisted.encode() }) {
+        let current = self.epoch();
+        let mut p = self.persisted.lock().unwrap().clone();
+        let changed = change(&mut p, current);
+        let epoch = epoch.max(current);
+        if !changed && epoch == current {
+            return Ok(());
+        }
+        match self.wal.save_hard_state(&HardState { epoch, vote: p.encode() }) {
             Ok(()) => {
-                *self.persisted.lock().unwrap() = persisted;
+                *self.persisted.lock().unwrap() = p;
                 Ok(())
             }
             Err(e) => Err(self.halt(format!("cannot persist epoch {} in the WAL hard state: {e}", epoch::display(epoch)))),
@@ -290,13 +298,14 @@ impl Core {
         if epoch <= self.epoch() {
             return;
         }
-        let mut p = self.persisted.lock().unwrap().clone();
-        p.owner = false;
-        p.in_sync = false;
-        p.peer_in_sync = false;
         // On failure the node halts (which also stops the gate); refusing writes is all
         // that is left to do below.
-        let _ = self.persist_epoch(epoch, p);
+        let _ = self.update_persisted(epoch, |p, _| {
+            p.owner = false;
+            p.in_sync = false;
+            p.peer_in_sync = false;
+            true
+        });
         let old = std::mem::replace(&mut *self.role.lock().unwrap(), Role::Standby);
         *self.leader.lock().unwrap() = leader.clone();
         if let Role::Switching { gate } = &old {

@@ -52,11 +52,14 @@ impl Core {
             loop {
                 let now = *rx.borrow_and_update();
                 let Some(core) = weak.upgrade() else { return };
-                let mut p = core.persisted.lock().unwrap().clone();
-                if p.peer_in_sync != now && core.epoch() == epoch {
-                    p.peer_in_sync = now;
-                    let _ = core.persist_epoch(epoch, p);
-                }
+                // Only for this primary's own epoch: a later epoch's state is not ours to change.
+                let _ = core.update_persisted(epoch, |p, current| {
+                    let change = current == epoch && p.peer_in_sync != now;
+                    if change {
+                        p.peer_in_sync = now;
+                    }
+                    change
+                });
                 drop(core);
                 if rx.changed().await.is_err() {
                     return;
@@ -110,16 +113,19 @@ impl Core {
         self.replay_log(u64::MAX).await.map_err(|e| format!("{e}; staying standby"))?;
         // The whole log is now the history (just replayed): nothing is held back any more.
         self.held.lock().unwrap().clear();
-        let mut p: HaPersisted = self.persisted.lock().unwrap().clone();
-        p.history.begin(epoch, self.wal.last_index() + 1);
-        p.owner = true;
-        p.in_sync = false;
-        p.peer_in_sync = match how {
-            Promotion::Takeover => false,
-            Promotion::Resume => p.peer_in_sync,
-            Promotion::Handover => true,
-        };
-        self.persist_epoch(epoch, p).map_err(|e| format!("{e}; staying standby"))?;
+        let first = self.wal.last_index() + 1;
+        self.update_persisted(epoch, |p: &mut HaPersisted, _| {
+            p.history.begin(epoch, first);
+            p.owner = true;
+            p.in_sync = false;
+            p.peer_in_sync = match how {
+                Promotion::Takeover => false,
+                Promotion::Resume => p.peer_in_sync,
+                Promotion::Handover => true,
+            };
+            true
+        })
+        .map_err(|e| format!("{e}; staying standby"))?;
         // Whatever this node knew of a standby predates its promotion.
         *self.last_standby_contact.lock().unwrap() = None;
         let (pipeline, gate) = self.start_pipeline(epoch, true);

@@ -115,13 +115,13 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
     .await
     .map_err(|e| e.to_string())??;
     // The state is now the primary's, so the history is too (whatever this node's own was).
-    let mut p = core.persisted.lock().unwrap().clone();
-    p.history = super::epochs::EpochHistory { starts: history };
-    p.history = p.history.up_to(meta.applied_index);
-    if p.history.starts.is_empty() {
-        p.history.begin(meta.epoch, meta.applied_index);
-    }
-    core.persist_epoch(core.epoch().max(meta.epoch), p)?;
+    core.update_persisted(meta.epoch, |p, _| {
+        p.history = super::epochs::EpochHistory { starts: history }.up_to(meta.applied_index);
+        if p.history.starts.is_empty() {
+            p.history.begin(meta.epoch, meta.applied_index);
+        }
+        true
+    })?;
     core.want_snapshot.store(false, Ordering::SeqCst);
     // The installed state is the primary's applied (so durable, agreed) state.
     core.held.lock().unwrap().clear();

@@ -319,12 +319,15 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
 /// Persists what the primary recorded about this standby (see `gate`): whether it may
 /// promote itself.
 pub(super) fn set_in_sync(core: &Arc<Core>, in_sync: bool) -> Result<(), String> {
-    let mut p = core.persisted.lock().unwrap().clone();
-    if p.in_sync == in_sync {
+    let mut changed = false;
+    core.update_persisted(0, |p, _| {
+        changed = p.in_sync != in_sync;
+        p.in_sync = in_sync;
+        changed
+    })?;
+    if !changed {
         return Ok(());
     }
-    p.in_sync = in_sync;
-    core.persist_epoch(core.epoch(), p)?;
     if in_sync {
         info!("the primary recorded this standby in sync: it has every acknowledged write and may take over");
     } else {
@@ -354,19 +357,17 @@ pub(super) async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>,
         send_ack(core, Positions { received: last, ..positions(core) }).await;
     }
     // A record of a newer epoch extends the history before it is stored.
-    let newest = core.persisted.lock().unwrap().history.starts.last().map_or(0, |(e, _)| *e);
-    let mut hist_changed = false;
-    let mut p = core.persisted.lock().unwrap().clone();
-    for r in &records {
-        if r.epoch > newest && p.history.starts.last().is_none_or(|(e, _)| *e < r.epoch) {
-            p.history.begin(r.epoch, r.index);
-            hist_changed = true;
+    let highest = records.iter().map(|r| r.epoch).max().unwrap_or(0);
+    core.update_persisted(highest, |p, _| {
+        let mut changed = false;
+        for r in &records {
+            if p.history.starts.last().is_none_or(|(e, _)| *e < r.epoch) {
+                p.history.begin(r.epoch, r.index);
+                changed = true;
+            }
         }
-    }
-    if hist_changed {
-        let epoch = core.epoch().max(p.history.starts.last().map_or(0, |(e, _)| *e));
-        core.persist_epoch(epoch, p)?;
-    }
+        changed
+    })?;
     let mut entries = Vec::with_capacity(records.len());
     let mut wal_records = Vec::with_capacity(records.len());
     let mut bytes = 0;

@@ -101,11 +101,13 @@ pub(super) async fn switchover_task(core: &Arc<Core>) -> Result<serde_json::Valu
     // Follow the new primary: persist its epoch, never take another write in ours. This node
     // has every write of the old epoch, and the new primary waits for it: in sync.
     *core.role.lock().unwrap() = Role::Standby;
-    let mut p = core.persisted.lock().unwrap().clone();
-    p.owner = false;
-    p.in_sync = true;
-    p.peer_in_sync = false;
-    if let Err(e) = core.persist_epoch(reply.epoch, p) {
+    let persisted = core.update_persisted(reply.epoch, |p, _| {
+        p.owner = false;
+        p.in_sync = true;
+        p.peer_in_sync = false;
+        true
+    });
+    if let Err(e) = persisted {
         return Err(AdminError::Unavailable(e));
     }
     *core.leader.lock().unwrap() = Some(reply.leader.clone());
