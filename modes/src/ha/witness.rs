@@ -12,6 +12,10 @@
 //!   epoch is persisted before the answer.
 //! - Damaged `witness.json` refuses to start, naming the file: a witness that forgot the
 //!   epochs it granted could grant one twice.
+//! - A ping at a higher epoch than any granted here (a primary the operator forced with
+//!   `?force=true`, which skips the witness) is accepted, provided the pinging node may
+//!   start that epoch: refusing it would leave the witness backing the *old* primary, which
+//!   could then resume past the forced one.
 //!
 //! Together with the primary's lease (it stops acknowledging writes when it has reached
 //! neither standby nor witness for half the failover timeout), two of three votes are needed
