@@ -65,7 +65,7 @@ fi
 
 echo
 echo "== failover time (heartbeat 1s, failover timeout 3s)"
-for mode in async semi_sync; do
+for mode in async semi_sync sync remote_apply; do
   ha_pair "fo-$mode" "$mode" 1000 3s
   curl -sf -X PUT localhost:18101/v1/kv/before -d 1 >/dev/null
   t0=$(date +%s%N)
@@ -75,4 +75,4 @@ for mode in async semi_sync; do
   printf "%-10s primary killed -> first write on the new primary: %.2f s\n" "$mode" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b-a)/1e9 }')"
   stop_all
 done
-echo "(sync / remote_apply: the new primary acknowledges nothing until a standby is back — by design.)"
+echo "(sync / remote_apply: the new primary acknowledges alone — degraded — until the old primary has rejoined and caught up; docs/ha.md, In sync.)"
