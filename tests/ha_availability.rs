@@ -224,3 +224,29 @@ fn a_switchover_with_a_witness_goes_through_its_vote() {
     assert_eq!(put(&pair.b, "after-switch"), 200);
     wait_converged(&pair.a, &pair.b, Duration::from_secs(20));
 }
+
+/// `sync` without a witness: a lost standby blocks writes (nothing is acknowledged alone
+/// until the standby is recorded out of sync) until the operator releases it with
+/// `POST /admin/standby/release`; then the primary goes on alone, visibly, and takes the
+/// standby back in sync once it has returned and caught up.
+#[test]
+fn sync_without_a_witness_goes_on_alone_only_when_the_operator_releases_the_standby() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", failover: "30s", ..HaOpts::default() });
+    wait_in_sync(&pair.a, Duration::from_secs(10));
+    pair.b.kill9();
+    let url = pair.a.url("/v1/kv/while-released");
+    let put = std::thread::spawn(move || http("PUT", &url, Some(b"x".to_vec())));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!put.is_finished(), "sync acknowledged without the standby before it was released");
+    let (s, body) = http("POST", &pair.a.url("/admin/standby/release"), None);
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(put.join().unwrap().0, 200, "the waiting write did not go through after the release");
+    let h = health(&pair.a);
+    assert_eq!(h["status"], "degraded", "acknowledging alone must be visible: {h}");
+    assert!(pair.a.log_text().contains("released the standby"), "the release is not logged");
+    pair.b.restart();
+    wait_in_sync(&pair.a, Duration::from_secs(20));
+    let (s, v) = http("GET", &pair.b.url("/v1/kv/while-released"), None);
+    assert_eq!((s, v), (200, b"x".to_vec()), "the write acknowledged alone did not reach the returning standby");
+}
