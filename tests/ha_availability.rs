@@ -250,3 +250,25 @@ fn sync_without_a_witness_goes_on_alone_only_when_the_operator_releases_the_stan
     let (s, v) = http("GET", &pair.b.url("/v1/kv/while-released"), None);
     assert_eq!((s, v), (200, b"x".to_vec()), "the write acknowledged alone did not reach the returning standby");
 }
+
+/// The two data nodes must use the same failover timeout; a difference is not silent: the
+/// primary's `/health` names the setting and both values.
+#[test]
+fn different_failover_timeouts_on_the_pair_are_reported() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = HaPair::start(HaOpts { sync_mode: "async", failover: "30s", ..HaOpts::default() });
+    assert!(!health(&pair.a).to_string().contains("FAILOVER_TIMEOUT"));
+    pair.b.kill9();
+    pair.b.set_env("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT", "20s");
+    pair.b.restart();
+    let start = Instant::now();
+    loop {
+        let h = health(&pair.a);
+        if h.to_string().contains("MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT differs") {
+            assert_eq!(h["status"], "degraded", "{h}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the difference was not reported: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

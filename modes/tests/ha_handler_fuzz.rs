@@ -120,6 +120,7 @@ fn payload(msg_type: u16, e: u64, cmd: Command, garbage: &[u8], shape: u8) -> By
             want_snapshot: shape % 2 == 0,
             agreed: e,
             history: vec![(e, 1), (e.wrapping_add(1), u64::from(shape))],
+            failover_timeout_ms: e,
         }),
         ACK => encode(&Ack { epoch: e, node_id: PEER_ID.into(), positions: Positions { received: e, flushed: e, applied: e } }),
         SNAPSHOT_CHUNK => encode(&SnapshotChunkReq { snapshot_id: e, offset: e, max_bytes: u32::MAX }),

@@ -44,6 +44,8 @@ pub struct Fetch {
     /// The standby's epoch history (`(epoch, first index)`, at most the last 64): where its
     /// log parts from the primary's is found in one exchange.
     pub history: Vec<(u64, u64)>,
+    /// The standby's `HA_FAILOVER_TIMEOUT`: the primary reports a difference (health note).
+    pub failover_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -135,6 +135,8 @@ pub struct Core {
     pub(crate) persist_lock: Mutex<()>,
     /// The other data node's id, as it names itself in its messages.
     pub(crate) peer_node_id: Mutex<Option<String>>,
+    /// The standby's failover timeout when it differs from this node's (a health note).
+    pub(crate) peer_timeout_mismatch: Mutex<Option<u64>>,
     /// The highest epoch the witness refused a vote for: the next attempt goes above it.
     pub(crate) witness_epoch: AtomicU64,
     pub(crate) wal: Wal,
@@ -275,6 +277,19 @@ impl Core {
         }
     }
 
+    /// The two data nodes should agree on the failover timeout (the standby's decides when it
+    /// takes over, this node's sets its lease): a difference is reported, once in the log and
+    /// for as long as it lasts in `/health`.
+    pub(crate) fn check_peer_failover_timeout(&self, peer_ms: u64) {
+        let mine = self.cfg.failover_timeout.as_millis() as u64;
+        let mut m = self.peer_timeout_mismatch.lock().unwrap();
+        let now = (peer_ms != mine).then_some(peer_ms);
+        if now.is_some() && *m != now {
+            warn!(this_node_ms = mine, standby_ms = peer_ms, "MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT differs between the data nodes; set the same value on both (and the witness)");
+        }
+        *m = now;
+    }
+
     /// The one rule for a higher epoch heard from another node (`from` names it, for the
     /// log): checked ([`epoch::check_raise`]), persisted, then this node stops taking
     /// writes. Returns whether this node's epoch is now `claimed`.
@@ -348,6 +363,7 @@ impl HaStandby {
             halted: Mutex::new(None),
             persist_lock: Mutex::new(()),
             peer_node_id: Mutex::new(None),
+            peer_timeout_mismatch: Mutex::new(None),
             witness_epoch: AtomicU64::new(0),
             cfg,
             wal,
@@ -515,6 +531,12 @@ impl Core {
                 let standby_ok = self.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < failover);
                 if !standby_ok {
                     notes.push("the standby is not connected".into());
+                }
+                if let Some(ms) = *self.peer_timeout_mismatch.lock().unwrap() {
+                    notes.push(format!(
+                        "MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT differs: the standby has {ms} ms, this node {} ms",
+                        self.cfg.failover_timeout.as_millis()
+                    ));
                 }
             }
             Role::Switching { .. } => {

@@ -53,6 +53,7 @@ impl Core {
 
 pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     core.check_peer_id(&f.node_id);
+    core.check_peer_failover_timeout(f.failover_timeout_ms);
     core.adopt_epoch(f.epoch, None, &f.node_id).await;
     let Some(gate) = core.gate() else { return core.not_primary() };
     let epoch = core.epoch();
@@ -198,6 +199,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
         http_addr: core.cfg.http_addr.clone(),
         want_snapshot: core.want_snapshot.load(Ordering::SeqCst),
         agreed: core.agreed.load(Ordering::SeqCst),
+        failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64,
         history: {
             let starts = &core.persisted.lock().unwrap().history.starts;
             starts[starts.len().saturating_sub(64)..].to_vec()
