@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use common::ha::{wait_role, wait_streaming, HaOpts, HaPair};
+use common::ha::{tls_env, wait_role, wait_streaming, HaOpts, HaPair};
 use common::{free_port, http, http_json, Node};
 use meridian_modes::command::Command;
 use meridian_modes::ha::messages::{encode, Fence, Forward, FENCE, FORWARD};
@@ -100,7 +100,11 @@ async fn write_frame(s: &mut TcpStream, f: &Frame) -> std::io::Result<()> {
 struct Attempt {
     handshake: String,
     admitted: bool,
+    /// What the node answered to the FENCE and FORWARD sent after the handshake; only
+    /// printed (with `{:?}`), to show what a stranger got.
+    #[allow(dead_code)]
     fence: String,
+    #[allow(dead_code)]
     forward: String,
 }
 
@@ -211,18 +215,6 @@ fn distinct_certs(dir: &Path) {
         certs::generate_with(dir, &[node.to_string()], &GenerateOptions { sans: Some(vec![ip.into()]), ..Default::default() })
             .unwrap();
     }
-}
-
-fn tls_env(certs: &Path, id: &str) -> Vec<(String, String)> {
-    let f = |name: String| certs.join(name).display().to_string();
-    vec![
-        ("MERIDIAN_CLUSTER_TLS_ENABLED".into(), "true".into()),
-        ("MERIDIAN_CLUSTER_TLS_CERT_FILE".into(), f(format!("{id}.pem"))),
-        ("MERIDIAN_CLUSTER_TLS_KEY_FILE".into(), f(format!("{id}-key.pem"))),
-        ("MERIDIAN_CLUSTER_TLS_CA_FILE".into(), f("ca.pem".into())),
-        ("MERIDIAN_CLUSTER_TLS_VERIFY_CLIENT".into(), "true".into()),
-        ("MERIDIAN_CLUSTER_TLS_MIN_VERSION".into(), "1.3".into()),
-    ]
 }
 
 fn direct_node(dir: &Path, id: &str, role: &str, bind: SocketAddr, peer: SocketAddr, certs: &Path) -> Node {

@@ -42,7 +42,8 @@ fn addr(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
-fn tls_env(certs: &std::path::Path, id: &str) -> Vec<(String, String)> {
+/// The environment for mutual TLS on the cluster port with `id`'s certificate in `certs`.
+pub fn tls_env(certs: &std::path::Path, id: &str) -> Vec<(String, String)> {
     let f = |name: String| certs.join(name).display().to_string();
     vec![
         ("MERIDIAN_CLUSTER_TLS_ENABLED".into(), "true".into()),

@@ -36,13 +36,10 @@ impl Core {
         let Some(gate) = self.gate() else { return Err("not the primary".into()) };
         let epoch = self.epoch();
         if self.cfg.witness_addr.is_some() {
-            let ping = encode(&WitnessPing { epoch, node_id: self.cfg.node_id.clone(), standby_in_sync: false, failover_timeout_ms: self.cfg.failover_timeout.as_millis() as u64, handover_to: None });
-            let b = self
-                .transport()
-                .request(&WITNESS.to_string(), WITNESS_PING, ping, Some(self.cfg.heartbeat))
+            let r = self
+                .ping_witness(&self.witness_ping(epoch, false, None), self.cfg.heartbeat)
                 .await
                 .map_err(|e| format!("the witness cannot be reached to record the standby out of sync: {e}"))?;
-            let r: WitnessReply = decode(&b)?;
             if !r.granted || r.epoch != epoch {
                 return Err(format!("the witness did not record the standby out of sync: {}", r.reason));
             }
@@ -68,14 +65,11 @@ pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
     let hb = core.cfg.heartbeat;
     let sent = Instant::now();
     let fence = encode(&Fence { epoch, from: core.cfg.node_id.clone() });
-    let (peer_id, witness_id) = (PEER.to_string(), WITNESS.to_string());
+    let peer_id = PEER.to_string();
     let peer = t.request(&peer_id, FENCE, fence, Some(hb));
     let witness = async {
         match &core.cfg.witness_addr {
-            Some(_) => {
-                let ping = encode(&WitnessPing { epoch, node_id: core.cfg.node_id.clone(), standby_in_sync: core.standby_in_sync(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64, handover_to: None });
-                Some(t.request(&witness_id, WITNESS_PING, ping, Some(hb)).await)
-            }
+            Some(_) => Some(core.ping_witness(&core.witness_ping(epoch, core.standby_in_sync(), None), hb).await),
             None => None,
         }
     };
@@ -83,7 +77,7 @@ pub(crate) async fn assert_epoch(core: &Arc<Core>, epoch: u64) -> Assertion {
     Assertion {
         sent,
         peer: peer.ok().and_then(|b| decode::<FenceReply>(&b).ok()),
-        witness: witness.and_then(|r| r.ok()).and_then(|b| decode::<WitnessReply>(&b).ok()),
+        witness: witness.and_then(|r| r.ok()),
     }
 }
 

@@ -18,6 +18,7 @@
 //! - `switchover`, `forward`, `snapshot_transfer`: the planned role swap, writes reaching the
 //!   standby, re-seeding a standby from a snapshot.
 //! - `read_index`: `consistency=linearizable` reads on either node.
+//! - `witness_calls`: the ping and the vote a data node sends the witness.
 //! - [`divergent`]: keeping a former primary's divergent tail in `DATA_DIR/divergent/`.
 //! - [`witness`]: the tie-breaker process.
 //!
@@ -42,6 +43,7 @@ mod snapshot_transfer;
 mod stream;
 mod switchover;
 pub mod witness;
+mod witness_calls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -12,7 +12,7 @@ use tracing::info;
 use super::epochs::HaPersisted;
 use super::gate::{OutOfSync, SyncGate, SyncMode};
 use super::messages::*;
-use super::{Core, Promotion, Role, PEER, WITNESS};
+use super::{Core, Promotion, Role, PEER};
 use crate::pipeline::{Pipeline, PipelineConfig, PurgePolicy, Tail};
 use crate::replicator::AdminError;
 use super::stream::{settle};
@@ -200,17 +200,7 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool, how: Promotion) 
         }
     }
     if core.cfg.witness_addr.is_some() {
-        let vote = encode(&WitnessVote { epoch: new_epoch, node_id: core.cfg.node_id.clone(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64 });
-        let b = core
-            .transport()
-            .request(&WITNESS.to_string(), WITNESS_VOTE, vote, Some(core.cfg.heartbeat))
-            .await
-            .map_err(|e| format!("the witness cannot be reached: {e}"))?;
-        let r: WitnessReply = decode(&b)?;
-        if !r.granted {
-            core.witness_epoch.fetch_max(r.epoch, Ordering::SeqCst);
-            return Err(format!("the witness refused: {}", r.reason));
-        }
+        core.witness_vote(new_epoch, core.cfg.heartbeat).await?;
     }
     // Fence the old primary if it is reachable at all (best effort: it may be dead).
     let f = encode(&Fence { epoch: new_epoch, from: core.cfg.node_id.clone() });
@@ -302,16 +292,7 @@ pub(crate) async fn on_promote(core: &Arc<Core>, p: Promote) -> Result<PromoteRe
     let new_epoch = super::epoch::next(p.epoch, core.tag).map_err(|e| reject(e.to_string()))?;
     if core.cfg.witness_addr.is_some() {
         // Like any promotion: the witness's vote (granted at once for a recorded handover).
-        let vote = encode(&WitnessVote { epoch: new_epoch, node_id: core.cfg.node_id.clone(), failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64 });
-        let b = core
-            .transport()
-            .request(&WITNESS.to_string(), WITNESS_VOTE, vote, Some(core.cfg.heartbeat * 2))
-            .await
-            .map_err(|e| reject(format!("the witness cannot be reached: {e}")))?;
-        let r: WitnessReply = decode(&b).map_err(reject)?;
-        if !r.granted {
-            return Err(reject(format!("the witness refused: {}", r.reason)));
-        }
+        core.witness_vote(new_epoch, core.cfg.heartbeat * 2).await.map_err(reject)?;
     }
     core.become_primary(new_epoch, Promotion::Handover).await.map_err(reject)?;
     Ok(PromoteReply { epoch: core.epoch(), leader: core.self_hint() })

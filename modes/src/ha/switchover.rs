@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::messages::*;
-use super::{Core, Role, PEER, WITNESS};
+use super::{Core, Role, PEER};
 use crate::replicator::AdminError;
 
 /// A planned role swap with zero loss: stop taking writes, let queued ones commit, wait for
@@ -68,15 +68,8 @@ pub(super) async fn switchover_task(core: &Arc<Core>) -> Result<serde_json::Valu
         let Some(to) = core.peer_node_id.lock().unwrap().clone() else {
             return restore_after_switchover(core, epoch, "the standby has not named itself yet".into()).await;
         };
-        let ping = encode(&WitnessPing {
-            epoch,
-            node_id: core.cfg.node_id.clone(),
-            standby_in_sync: true,
-            failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64,
-            handover_to: Some(to),
-        });
-        let r = core.transport().request(&WITNESS.to_string(), WITNESS_PING, ping, Some(core.cfg.heartbeat * 2)).await;
-        match r.map_err(|e| e.to_string()).and_then(|b| decode::<WitnessReply>(&b)) {
+        let r = core.ping_witness(&core.witness_ping(epoch, true, Some(to)), core.cfg.heartbeat * 2).await;
+        match r {
             Ok(r) if r.granted && r.epoch == epoch => {}
             Ok(r) => return restore_after_switchover(core, epoch, format!("the witness did not record the handover: {}", r.reason)).await,
             Err(e) => return restore_after_switchover(core, epoch, format!("the witness cannot be reached for the handover: {e}")).await,
