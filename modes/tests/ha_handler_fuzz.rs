@@ -166,8 +166,10 @@ fn run(s: &Subject, cases: u32) {
             prop_assert!(after >= before, "epoch went back: {before} -> {after}");
             if after != before {
                 // Promotion by PROMOTE starts this node's own next epoch; anything else must be the claimed epoch, allowed by the rule.
+                // Random bytes (`shape == 0`) can decode as a valid message carrying an epoch of their own:
+                // then only the rule applies, not the claimed value.
                 let own = epoch::owner(after) == tag_of(ME) && msg_type == PROMOTE;
-                prop_assert!(own || after == claimed, "epoch moved to {after}, claimed {claimed} ({msg_type:#x})");
+                prop_assert!(own || after == claimed || shape == 0, "epoch moved to {after}, claimed {claimed} ({msg_type:#x})");
                 if !own {
                     prop_assert!(epoch::check_raise(before, after, tag_of(ME)).is_ok(), "epoch raised against the rule: {before} -> {after}");
                 }
