@@ -18,6 +18,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc; `None`
+/// where /proc cannot tell).
+pub fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")).then(|| f.get(9).map(|s| s.to_string())).flatten()
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == wanted)))
+}
+
 pub struct Node {
     pub child: Option<Child>,
     pub port: u16,
@@ -59,8 +73,7 @@ impl Node {
             log: data_dir.with_extension("log"),
             file_size_limit_blocks: None,
         };
-        node.spawn();
-        node.wait_ready();
+        node.spawn_ready();
         node
     }
 
@@ -75,8 +88,7 @@ impl Node {
             log: data_dir.with_extension("log"),
             file_size_limit_blocks: None,
         };
-        node.spawn();
-        node.wait_ready();
+        node.spawn_ready();
         node
     }
 
@@ -120,17 +132,42 @@ impl Node {
     }
 
     pub fn wait_ready(&mut self) {
+        if let Err(e) = self.try_ready() {
+            panic!("{e}");
+        }
+    }
+
+    /// Spawns, and if another process took the port between [`free_port`] and the bind
+    /// (tests run in parallel), tries again on a fresh port.
+    fn spawn_ready(&mut self) {
+        for attempt in 1.. {
+            self.spawn();
+            match self.try_ready() {
+                Ok(()) => return,
+                Err(e) if attempt < 4 && e.contains("(MERIDIAN_HTTP_ADDR)") && e.contains("in use") => self.port = free_port(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Waits until this node's own process answers `/health` with 200. A 200 alone is not
+    /// enough: while a node that lost the race for its port is exiting, another test's node
+    /// on that port answers.
+    fn try_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("meridian exited with {status} before becoming ready; log:\n{}", self.log_text());
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("meridian exited with {status} before becoming ready; log:\n{}", self.log_text()));
             }
             if let Ok(200) = http_get_status(&self.url("/health")) {
-                return;
+                if listens_on(self.child.as_ref().unwrap().id(), self.port) != Some(false) {
+                    return Ok(());
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("meridian did not become ready in 30 s; log:\n{}", self.log_text());
+        Err(format!("meridian did not become ready in 30 s; log:\n{}", self.log_text()))
     }
 
     pub fn log_text(&self) -> String {
