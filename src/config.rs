@@ -458,7 +458,22 @@ impl Config {
         if self.cluster_raft_heartbeat_timeout.0 >= self.cluster_raft_election_timeout.0 {
             return Err(ConfigError::new("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "must be shorter than MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT"));
         }
-        self.raft_peers()?;
+        let raft_peers = self.raft_peers()?;
+        if self.cluster_mode == ClusterMode::Raft {
+            if raft_peers.is_empty() {
+                return Err(ConfigError::new("CLUSTER_RAFT_PEERS", "raft mode needs the cluster's voters as id:host:port,... (this node included)"));
+            }
+            let listed = raft_peers.iter().any(|p| p.id == self.cluster_node_id);
+            if self.cluster_raft_role == RaftRole::Voter && !listed {
+                return Err(ConfigError::new(
+                    "CLUSTER_RAFT_PEERS",
+                    format!("a voter must list itself: add {}:<its cluster host:port> (MERIDIAN_CLUSTER_NODE_ID={})", self.cluster_node_id, self.cluster_node_id),
+                ));
+            }
+            if self.cluster_raft_role == RaftRole::Replica && self.cluster_raft_bootstrap {
+                return Err(ConfigError::new("CLUSTER_RAFT_BOOTSTRAP", "a read replica (CLUSTER_RAFT_ROLE=replica) cannot bootstrap a cluster"));
+            }
+        }
         self.remote_regions()?;
         let ha_peers = self.ha_peer_addrs()?;
         for (name, v) in [

@@ -12,10 +12,13 @@ use std::sync::Arc;
 use meridian_modes::ha::gate::SyncMode;
 use meridian_modes::ha::witness::{Witness, WitnessHandler, WitnessNode};
 use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
+use meridian_modes::raft::handler::RaftHandler;
+use meridian_modes::raft::sm_store::SmStore;
+use meridian_modes::raft::{RaftConfig, RaftNode};
 use meridian_modes::recovery::RecoveryError;
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
 use meridian_modes::transport::{
-    Admission, AllowedPeer, ClusterSecret, Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig,
+    Admission, AllowedPeer, ClusterSecret, Families, Family, Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig,
 };
 use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::WalOptions;
@@ -76,10 +79,10 @@ impl Node {
     /// Opens storage, recovers and starts the replication mode. Blocking I/O happens here,
     /// before the node accepts any request.
     pub async fn open(cfg: &Config) -> Result<Node, NodeError> {
-        if matches!(cfg.cluster_mode, ClusterMode::Raft | ClusterMode::MultiRegion) {
+        if matches!(cfg.cluster_mode, ClusterMode::MultiRegion) {
             return Err(ConfigError::new(
                 "CLUSTER_MODE",
-                format!("mode {} is not available in this build yet; standalone, ha_standby and witness are (see the README's status table)", cfg.cluster_mode.as_str()),
+                format!("mode {} is not available in this build yet; standalone, ha_standby, raft and witness are (see the README's status table)", cfg.cluster_mode.as_str()),
             )
             .into());
         }
@@ -98,8 +101,9 @@ impl Node {
         }
         let data_dir = cfg.data_dir.clone();
         // The state first: it names the WAL it was built from, and the WAL must be that one.
-        // In ha_standby the mode replays (only what is agreed, or everything once primary).
-        let replay_all = cfg.cluster_mode != ClusterMode::HaStandby;
+        // In ha_standby the mode replays (only what is agreed, or everything once primary); in
+        // raft openraft does (only what is committed).
+        let replay_all = !matches!(cfg.cluster_mode, ClusterMode::HaStandby | ClusterMode::Raft);
         let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts, replay_all))
             .await
             .expect("recovery task panicked")?;
@@ -120,7 +124,17 @@ impl Node {
                 let transport = start_transport(cfg, tls, handler, &metrics).await?;
                 Arc::new(WitnessNode { node_id: cfg.cluster_node_id.clone(), witness, transport })
             }
-            _ => Standalone::start(
+            ClusterMode::Raft => {
+                let store = SmStore::new(sm.clone(), &cfg.data_dir).map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(format!("Raft snapshots: {e}"))))?;
+                let handler = RaftHandler::new(cfg.cluster_raft_cluster_id.clone(), store.clone());
+                let families = Families::new().with(Family::Raft, handler.clone());
+                let transport = start_transport(cfg, tls, Arc::new(families), &metrics).await?;
+                let node = RaftNode::start(raft_config(cfg)?, wal.clone(), sm.clone(), store, handler, transport)
+                    .await
+                    .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
+                node
+            }
+            ClusterMode::Standalone | ClusterMode::MultiRegion => Standalone::start(
                 StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
                 wal.clone(),
                 sm.clone(),
@@ -215,6 +229,17 @@ async fn start_transport(
 /// or, unlisted, from any node proving membership (certificate or secret; `Config` refuses
 /// the witness with neither). Either way their traffic arrives as `from` = `ha::PEER`.
 fn admission(cfg: &Config) -> Result<Admission, NodeError> {
+    if cfg.cluster_mode == ClusterMode::Raft {
+        // Raft members, each admitted under its own name (certificate node id or host).
+        let peers = cfg.raft_peers()?;
+        return Ok(Admission::Peers(
+            peers
+                .into_iter()
+                .filter(|p| p.id != cfg.cluster_node_id)
+                .map(|p| AllowedPeer { label: p.id.clone(), addr: p.addr, node_id: Some(p.id) })
+                .collect(),
+        ));
+    }
     let peers = cfg.ha_peer_addrs()?;
     Ok(match cfg.cluster_mode {
         ClusterMode::Witness if peers.is_empty() => Admission::Members { label: meridian_modes::ha::PEER.into() },
@@ -222,6 +247,36 @@ fn admission(cfg: &Config) -> Result<Admission, NodeError> {
             Admission::Peers(peers.into_iter().map(|a| AllowedPeer::new(meridian_modes::ha::PEER, a)).collect())
         }
         _ => return Err(ConfigError::new("CLUSTER_HA_PEER_ADDR", "no cluster peers are configured; the cluster port admits only configured peers").into()),
+    })
+}
+
+fn raft_config(cfg: &Config) -> Result<RaftConfig, NodeError> {
+    let http_addr = cfg.cluster_http_advertise_addr.clone().or_else(|| (!cfg.http_addr.ip().is_unspecified()).then(|| format!("http://{}", cfg.http_addr)));
+    let peers: Vec<(String, String)> = cfg.raft_peers()?.into_iter().map(|p| (p.id, p.addr)).collect();
+    Ok(RaftConfig {
+        cluster_id: cfg.cluster_raft_cluster_id.clone(),
+        node_name: cfg.cluster_node_id.clone(),
+        peers,
+        bootstrap: cfg.cluster_raft_bootstrap,
+        role: match cfg.cluster_raft_role {
+            crate::config::RaftRole::Voter => meridian_modes::raft::RaftRole::Voter,
+            crate::config::RaftRole::Replica => meridian_modes::raft::RaftRole::Replica,
+        },
+        election_timeout: cfg.cluster_raft_election_timeout.0,
+        heartbeat: cfg.cluster_raft_heartbeat_timeout.0,
+        max_append_entries: cfg.cluster_raft_max_append_entries,
+        snapshot_threshold: cfg.cluster_raft_snapshot_threshold,
+        trailing_logs: cfg.cluster_raft_trailing_logs,
+        snapshot_interval: cfg.cluster_raft_snapshot_interval.0,
+        checkpoint_interval: cfg.checkpoint_interval.0,
+        forward_writes: cfg.forward_writes,
+        http_addr,
+        data_dir: cfg.data_dir.clone(),
+        limits: meridian_modes::command::Limits {
+            max_key_bytes: crate::api::kv::MAX_KEY_BYTES,
+            max_value_bytes: cfg.max_value_bytes as usize,
+            max_txn_ops: crate::api::txn::MAX_OPS,
+        },
     })
 }
 

@@ -41,6 +41,7 @@ pub mod apply;
 pub mod bookmark;
 pub mod command;
 pub mod ha;
+pub mod raft;
 pub mod recovery;
 pub mod replicator;
 pub mod snapshot;
