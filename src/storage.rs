@@ -151,7 +151,7 @@ pub fn reset(data_dir: &Path) -> Result<ResetReport, ResetError> {
     let kept_hard_state = own_hard.is_some();
     let hard = match own_hard {
         Some(h) => h,
-        None => HardState { epoch: store.applied_epoch()?, vote: Vec::new() },
+        None => HardState { epoch: store.applied_state()?.epoch, vote: Vec::new() },
     };
     let old_last = match old {
         OldWal::Gap { last, .. } | OldWal::Behind { last } => last,

@@ -6,8 +6,11 @@
 //! only then does the applied index it records become the point WAL replay restarts from.
 //! After a crash redb reopens at its last durable commit and the WAL replays the rest.
 //!
-//! Tables: `kv` (`&str → value record`, below) and `meta` (`&str → u64`: `applied_index`,
-//! `applied_epoch`, `value_format`, `wal_id_hi`/`wal_id_lo`, `revision_ceiling`). Reads use
+//! Tables: `kv` (`&str → value record`, below), `meta` (`&str → u64`: `applied_index`,
+//! `applied_epoch`, `value_format`, `wal_id_hi`/`wal_id_lo`, `revision_ceiling`) and
+//! `meta_bytes` (`&str → &[u8]`: `replication_meta`, the opaque
+//! [`LogEntry::meta`] current at the applied index, written in the transaction that applies
+//! or installs it; a separate table because a redb table has one value type). Reads use
 //! redb read transactions (MVCC), so a backup or snapshot sees one consistent state while
 //! writes go on.
 //!
@@ -41,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use meridian_modes::apply::{apply_command, KvAccess};
-use meridian_modes::state_machine::{should_apply, LogEntry, ScanEvent, StateMachineError};
+use meridian_modes::state_machine::{should_apply, AppliedState, LogEntry, ScanEvent, StateMachineError};
 use meridian_modes::{CommandResult, KeyValue, StateMachine};
 use meridian_wal::WalId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
@@ -49,12 +52,14 @@ use tracing::{error, info};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_bytes");
 const APPLIED: &str = "applied_index";
 const EPOCH: &str = "applied_epoch";
 const FORMAT: &str = "value_format";
 const WAL_ID_HI: &str = "wal_id_hi";
 const WAL_ID_LO: &str = "wal_id_lo";
 const CEILING: &str = "revision_ceiling";
+const REPLICATION_META: &str = "replication_meta";
 
 /// The value record layout this build writes (see the module docs).
 const VALUE_FORMAT: u8 = 2;
@@ -247,11 +252,17 @@ impl RedbStore {
         self.ceiling.load(Ordering::Acquire)
     }
 
-    /// The epoch of the last applied entry.
-    pub fn applied_epoch(&self) -> Result<u64, StateMachineError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+    /// The applied state as `txn` sees it; a store from before `meta_bytes` has no metadata.
+    fn applied_state_in(txn: &redb::ReadTransaction) -> Result<AppliedState, StateMachineError> {
         let meta = txn.open_table(META).map_err(storage)?;
-        Ok(meta.get(EPOCH).map_err(storage)?.map_or(0, |g| g.value()))
+        let index = meta.get(APPLIED).map_err(storage)?.map_or(0, |g| g.value());
+        let epoch = meta.get(EPOCH).map_err(storage)?.map_or(0, |g| g.value());
+        let meta = match txn.open_table(META_BYTES) {
+            Ok(t) => t.get(REPLICATION_META).map_err(storage)?.map(|g| g.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(storage(e)),
+        };
+        Ok(AppliedState { index, epoch, meta })
     }
 
     pub fn key_count(&self) -> Result<u64, StateMachineError> {
@@ -286,6 +297,7 @@ impl StateMachine for RedbStore {
             let mut kv = txn.open_table(KV).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
             let mut last_epoch = None;
+            let mut last_meta = None;
             for e in entries {
                 if !should_apply(applied, e.index)? {
                     continue;
@@ -293,6 +305,10 @@ impl StateMachine for RedbStore {
                 results.push(apply_command(&mut TableKv(&mut kv, self), e.index, &e.command)?);
                 applied = e.index;
                 last_epoch = Some(e.epoch);
+                last_meta = e.meta.as_deref().or(last_meta);
+            }
+            if let Some(m) = last_meta {
+                txn.open_table(META_BYTES).map_err(storage)?.insert(REPLICATION_META, m).map_err(storage)?;
             }
             meta.insert(APPLIED, applied).map_err(storage)?;
             if let Some(ep) = last_epoch {
@@ -313,6 +329,10 @@ impl StateMachine for RedbStore {
 
     fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    fn applied_state(&self) -> Result<AppliedState, StateMachineError> {
+        Self::applied_state_in(&self.db.begin_read().map_err(storage)?)
     }
 
     fn durable_index(&self) -> u64 {
@@ -364,10 +384,8 @@ impl StateMachine for RedbStore {
 
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        let applied_index = meta.get(APPLIED).map_err(storage)?.map_or(0, |g| g.value());
-        let epoch = meta.get(EPOCH).map_err(storage)?.map_or(0, |g| g.value());
-        visit(ScanEvent::View { applied_index, epoch })?;
+        let AppliedState { index, epoch, meta } = Self::applied_state_in(&txn)?;
+        visit(ScanEvent::View { applied_index: index, epoch, meta })?;
         let table = txn.open_table(KV).map_err(storage)?;
         for item in table.iter().map_err(storage)? {
             let (k, v) = item.map_err(storage)?;
@@ -380,6 +398,7 @@ impl StateMachine for RedbStore {
         &self,
         applied_index: u64,
         epoch: u64,
+        replication_meta: Option<Vec<u8>>,
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError> {
         let _w = self.write.lock().unwrap();
@@ -395,6 +414,12 @@ impl StateMachine for RedbStore {
             meta.insert(APPLIED, applied_index).map_err(storage)?;
             meta.insert(EPOCH, epoch).map_err(storage)?;
             meta.insert(CEILING, self.ceiling.load(Ordering::Acquire).max(applied_index)).map_err(storage)?;
+            let mut bytes = txn.open_table(META_BYTES).map_err(storage)?;
+            match &replication_meta {
+                Some(m) => bytes.insert(REPLICATION_META, m.as_slice()).map(drop),
+                None => bytes.remove(REPLICATION_META).map(drop),
+            }
+            .map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         self.applied.store(applied_index, Ordering::Release);
@@ -415,7 +440,7 @@ mod tests {
     use meridian_modes::state_machine::{digest, install_snapshot, write_snapshot};
 
     fn put(index: u64, key: &str, value: &str) -> LogEntry {
-        LogEntry { index, epoch: 1, command: Command::Put { key: key.into(), value: value.into(), if_revision: None } }
+        LogEntry { index, epoch: 1, command: Command::Put { key: key.into(), value: value.into(), if_revision: None }, meta: None }
     }
 
     #[test]
@@ -426,7 +451,7 @@ mod tests {
         let kv = s.get("a").unwrap().unwrap();
         assert_eq!((kv.create_revision, kv.mod_revision, kv.value.as_slice()), (1, 2, &b"y"[..]));
         let r = s
-            .apply(&[LogEntry { index: 3, epoch: 1, command: Command::Put { key: "a".into(), value: vec![], if_revision: Some(1) } }])
+            .apply(&[LogEntry { index: 3, epoch: 1, command: Command::Put { key: "a".into(), value: vec![], if_revision: Some(1) }, meta: None }])
             .unwrap();
         assert_eq!(r[0].outcome, Outcome::PreconditionFailed { current_revision: 2 });
         assert!(s.apply(&[put(5, "b", "z")]).is_err(), "a gap in indexes must be refused");
@@ -447,6 +472,52 @@ mod tests {
         // The second apply was never made durable by a checkpoint; the WAL would replay it.
         assert!(s.applied_index() >= 1);
         assert_eq!(s.get("a").unwrap().unwrap().value, b"1");
+    }
+
+    #[test]
+    fn applied_meta_survives_a_checkpoint_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let with_meta = |index: u64, epoch: u64, m: &[u8]| LogEntry { epoch, meta: Some(m.to_vec()), ..put(index, "k", "v") };
+        {
+            let s = RedbStore::open(&path).unwrap();
+            assert_eq!(s.applied_state().unwrap(), AppliedState::default());
+            s.apply(&[with_meta(1, 1, b"m1"), put(2, "a", "x")]).unwrap();
+            s.apply(&[with_meta(3, 2, b"m3"), with_meta(4, 2, b"m4"), put(5, "b", "y")]).unwrap();
+            assert_eq!(s.applied_state().unwrap(), AppliedState { index: 5, epoch: 1, meta: Some(b"m4".to_vec()) });
+            assert_eq!(s.checkpoint().unwrap(), 5);
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.applied_state().unwrap(), AppliedState { index: 5, epoch: 1, meta: Some(b"m4".to_vec()) });
+        let (buf, meta) = write_snapshot(&s, Vec::new()).unwrap();
+        assert_eq!(meta.meta, Some(b"m4".to_vec()));
+
+        // An installed snapshot's meta replaces the stored one, durably.
+        let other = dir.path().join("o.redb");
+        {
+            let o = RedbStore::open(&other).unwrap();
+            o.apply(&[with_meta(1, 1, b"mine")]).unwrap();
+            install_snapshot(&o, &buf[..]).unwrap();
+        }
+        assert_eq!(RedbStore::open(&other).unwrap().applied_state().unwrap(), s.applied_state().unwrap());
+    }
+
+    #[test]
+    fn replace_all_stores_or_clears_the_meta_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let kv = KeyValue { key: "a".into(), value: b"1".to_vec(), create_revision: 3, mod_revision: 3 };
+        {
+            let s = RedbStore::open(&path).unwrap();
+            let mut one = Some(kv.clone());
+            s.replace_all(7, 2, Some(b"cfg".to_vec()), &mut || Ok(one.take())).unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.applied_state().unwrap(), AppliedState { index: 7, epoch: 2, meta: Some(b"cfg".to_vec()) });
+        assert_eq!(s.get("a").unwrap(), Some(kv));
+        s.replace_all(8, 2, None, &mut || Ok(None)).unwrap();
+        drop(s);
+        assert_eq!(RedbStore::open(&path).unwrap().applied_state().unwrap(), AppliedState { index: 8, epoch: 2, meta: None });
     }
 
     #[test]

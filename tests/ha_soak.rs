@@ -55,6 +55,7 @@ use common::ha::{HaOpts, HaPair};
 use common::linearizability::{check, Event, Op};
 use common::{unsafe_kill, Node};
 use meridian_modes::command::Command;
+use meridian_modes::payload::LogPayload;
 
 /// The soak measures timeouts; run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -540,13 +541,13 @@ fn cut_unprotected_tail(n: &Node, protected: &HashSet<String>, floor: u64, want:
             why = format!("{n_free} unacknowledged record(s), then applied index {floor}");
             break;
         }
-        match Command::decode(payload) {
-            Ok(Command::Put { value, .. }) if !protected.contains(String::from_utf8_lossy(&value).as_ref()) => {
+        match LogPayload::decode(payload) {
+            Ok(LogPayload::Normal(Command::Put { value, .. })) if !protected.contains(String::from_utf8_lossy(&value).as_ref()) => {
                 keep_to = start;
                 n_free += 1;
                 why = format!("{n_free} unacknowledged record(s)");
             }
-            Ok(Command::Put { .. }) => {
+            Ok(LogPayload::Normal(Command::Put { .. })) => {
                 why = format!("{n_free} unacknowledged record(s), then an acknowledged or read one");
                 break;
             }
@@ -903,7 +904,7 @@ fn the_power_cut_takes_only_unacknowledged_puts_above_the_floor() {
     let wal_dir = dir.path().join("d").join("wal");
     std::fs::create_dir_all(&wal_dir).unwrap();
     let frame = |index: u64, cmd: &Command| {
-        let p = cmd.encode();
+        let p = LogPayload::Normal(cmd.clone()).encode();
         let mut f = vec![0u8; 4];
         f.extend_from_slice(&(p.len() as u32).to_le_bytes());
         f.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);

@@ -1,7 +1,7 @@
 //! Commands a client submits and the results of applying them.
 //!
-//! A [`Command`] is what a WAL record (or a Raft entry) carries: it is encoded with postcard
-//! into the record payload. Preconditions (`if_revision`, txn compares) are part of the
+//! A [`Command`] is what a WAL record (or a Raft entry) carries, inside a
+//! [`LogPayload`](crate::payload::LogPayload) that alone turns it into payload bytes. Preconditions (`if_revision`, txn compares) are part of the
 //! command and are evaluated when the entry is *applied*, so every replica reaches the same
 //! verdict from the same log — the etcd model. A failed precondition still consumes its index.
 
@@ -85,15 +85,6 @@ pub enum OpResult {
 }
 
 impl Command {
-    pub fn encode(&self) -> Vec<u8> {
-        // postcard cannot fail for these plain types with an in-memory Vec.
-        postcard::to_allocvec(self).expect("command encodes")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Command, postcard::Error> {
-        postcard::from_bytes(bytes)
-    }
-
     /// True when the command cannot change state (a txn of only gets still takes an index,
     /// so that its reads are serialized with writes).
     pub fn is_noop(&self) -> bool {
@@ -191,23 +182,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_round_trips_through_postcard() {
-        let cmds = vec![
-            Command::Put { key: "a/b".into(), value: vec![0, 1, 255], if_revision: Some(0) },
-            Command::Delete { key: "k".into(), if_revision: None },
-            Command::Txn(Txn {
-                compare: vec![Compare { key: "x".into(), target: CompareTarget::Value(b"v".to_vec()) }],
-                success: vec![Op::Put { key: "x".into(), value: b"w".to_vec() }],
-                failure: vec![Op::Get { key: "x".into() }],
-            }),
-            Command::Noop,
-        ];
-        for c in cmds {
-            assert_eq!(Command::decode(&c.encode()).unwrap(), c);
-        }
-    }
-
-    #[test]
     fn validate_applies_the_http_limits() {
         let l = Limits { max_key_bytes: 1024, max_value_bytes: 1024, max_txn_ops: 2 };
         let put = |k: &str, n: usize| Command::Put { key: k.into(), value: vec![0; n], if_revision: None };
@@ -220,10 +194,5 @@ mod tests {
         assert_eq!(txn.validate(&l).unwrap_err().code(), "bad_request");
         let txn = Command::Txn(Txn { compare: vec![], success: vec![Op::Put { key: "a".into(), value: vec![0; 2000] }], failure: vec![] });
         assert_eq!(txn.validate(&l).unwrap_err().code(), "too_large");
-    }
-
-    #[test]
-    fn garbage_payload_is_an_error_not_a_panic() {
-        assert!(Command::decode(&[0xff, 0xff, 0xff]).is_err());
     }
 }

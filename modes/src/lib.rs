@@ -1,8 +1,9 @@
 //! # meridian-modes — replication modes and the cluster transport
 //!
 //! Module map:
-//! - [`command`]: the commands a client can submit (put, delete, txn) and their results;
-//!   the bytes stored in each WAL record payload.
+//! - [`command`]: the commands a client can submit (put, delete, txn) and their results.
+//! - [`payload`]: [`payload::LogPayload`], what a WAL record's payload holds (a command, a
+//!   blank entry or a membership change), versioned; the only way to payload bytes and back.
 //! - [`state_machine`]: the [`StateMachine`] trait — apply committed entries, take and install
 //!   snapshots. Defined here where it is consumed, implemented on redb in the `meridian`
 //!   package; [`state_machine::MemStateMachine`] serves this crate's tests.
@@ -45,6 +46,7 @@ pub mod raft;
 pub mod recovery;
 pub mod replicator;
 pub mod snapshot;
+pub mod payload;
 pub mod pipeline;
 pub mod standalone;
 pub mod state_machine;

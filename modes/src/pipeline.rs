@@ -25,6 +25,7 @@ use tracing::{error, warn};
 
 use crate::bookmark::Bookmark;
 use crate::command::Command;
+use crate::payload::LogPayload;
 use crate::replicator::{Committed, SubmitError};
 use crate::state_machine::{LogEntry, StateMachine};
 
@@ -241,8 +242,9 @@ fn sequence(
         let mut entries = Vec::with_capacity(pending.len());
         let mut replies = Vec::with_capacity(pending.len());
         for p in pending {
-            records.push(Record { index: next, epoch, payload: p.cmd.encode() });
-            entries.push(LogEntry { index: next, epoch, command: p.cmd });
+            let payload = LogPayload::Normal(p.cmd);
+            records.push(Record { index: next, epoch, payload: payload.encode() });
+            entries.push(LogEntry::from_payload(next, epoch, payload));
             replies.push(p.reply);
             next += 1;
         }

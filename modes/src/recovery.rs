@@ -12,7 +12,7 @@
 use meridian_wal::Wal;
 use tracing::info;
 
-use crate::command::Command;
+use crate::payload::{LogPayload, PayloadError};
 use crate::state_machine::{LogEntry, StateMachine};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +21,8 @@ pub enum RecoveryError {
     Gap { first: u64, needed: u64 },
     #[error("the WAL ends at index {wal_last} but the state has applied {applied}: records {}..={applied} are missing from the WAL's end", .wal_last + 1)]
     WalBehindState { wal_last: u64, applied: u64 },
-    #[error("WAL record {index} does not decode as a command: {reason}")]
-    BadPayload { index: u64, reason: String },
+    #[error("WAL record {index} does not decode: {source}")]
+    BadPayload { index: u64, source: PayloadError },
     #[error(transparent)]
     Wal(#[from] meridian_wal::WalError),
     #[error(transparent)]
@@ -63,9 +63,8 @@ pub fn replay_to(wal: &Wal, sm: &dyn StateMachine, upto: u64) -> Result<u64, Rec
         }
         let mut entries = Vec::with_capacity(records.len());
         for r in records.into_iter().take_while(|r| r.index <= last) {
-            let command = Command::decode(&r.payload)
-                .map_err(|e| RecoveryError::BadPayload { index: r.index, reason: e.to_string() })?;
-            entries.push(LogEntry { index: r.index, epoch: r.epoch, command });
+            let payload = LogPayload::decode(&r.payload).map_err(|source| RecoveryError::BadPayload { index: r.index, source })?;
+            entries.push(LogEntry::from_payload(r.index, r.epoch, payload));
         }
         next = entries.last().map_or(next, |e| e.index + 1);
         replayed += entries.len() as u64;

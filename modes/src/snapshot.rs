@@ -2,29 +2,42 @@
 //! standby re-seeding and Raft snapshots.
 //!
 //! ```text
-//! header   "MERIDSNP" | version u32 = 1 | applied_index u64 | epoch u64
+//! header   "MERIDSNP" | version u32 = 2 | applied_index u64 | epoch u64
+//!          | meta_len u32 (u32::MAX = no metadata) | meta (meta_len bytes)
 //! entry*   key_len u32 (!= u32::MAX) | key | create_revision u64 | mod_revision u64 | value_len u32 | value
 //! trailer  u32::MAX | entry_count u64 | crc32 u32 (crc32fast/IEEE over every byte before it)
 //! ```
 //! All integers little-endian. A stream that ends early or fails the checksum is rejected
-//! as a whole, so a half-received snapshot is never installed.
+//! as a whole, so a half-received snapshot is never installed. The checksum covers the
+//! header and its metadata too, so metadata read from the header is trusted only once the
+//! stream verified (installing stores it in the transaction that aborts otherwise).
+//!
+//! `meta` is the replication metadata current at `applied_index` (Raft: the membership
+//! config), opaque here. Version 1 is version 2 without `meta_len`/`meta`; it is still read,
+//! as a snapshot without metadata.
 
 use std::io::{self, Read, Write};
 
 use crate::command::KeyValue;
 
 const MAGIC: &[u8; 8] = b"MERIDSNP";
-const VERSION: u32 = 1;
+/// The version written; [`VERSION_1`] is still read.
+const VERSION: u32 = 2;
+const VERSION_1: u32 = 1;
+/// `meta_len` of a snapshot without metadata (an empty blob is `Some(vec![])`, length 0).
+const NO_META: u32 = u32::MAX;
 const END: u32 = u32::MAX;
 /// Keys are at most 1 KiB and values are bounded by configuration; anything larger than this
 /// in a snapshot is damage, not data.
 const MAX_FIELD: u32 = 256 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotMeta {
     pub applied_index: u64,
     pub epoch: u64,
     pub keys: u64,
+    /// The replication metadata current at `applied_index`; `None` in a version 1 snapshot.
+    pub meta: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +59,28 @@ pub struct SnapshotWriter<W: Write> {
     count: u64,
     applied_index: u64,
     epoch: u64,
+    meta: Option<Vec<u8>>,
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    pub fn new(out: W, applied_index: u64, epoch: u64) -> io::Result<Self> {
-        let mut w = SnapshotWriter { out, crc: crc32fast::Hasher::new(), count: 0, applied_index, epoch };
+    /// Starts a snapshot of the state at (`applied_index`, `epoch`) with replication metadata `meta`.
+    pub fn new(out: W, applied_index: u64, epoch: u64, meta: Option<Vec<u8>>) -> io::Result<Self> {
+        let mut w = SnapshotWriter { out, crc: crc32fast::Hasher::new(), count: 0, applied_index, epoch, meta: None };
         w.put(MAGIC)?;
         w.put(&VERSION.to_le_bytes())?;
         w.put(&applied_index.to_le_bytes())?;
         w.put(&epoch.to_le_bytes())?;
+        match &meta {
+            Some(m) => {
+                let len = u32::try_from(m.len()).ok().filter(|&l| l <= MAX_FIELD).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("snapshot metadata of {} bytes is over the limit", m.len()))
+                })?;
+                w.put(&len.to_le_bytes())?;
+                w.put(m)?;
+            }
+            None => w.put(&NO_META.to_le_bytes())?,
+        }
+        w.meta = meta;
         Ok(w)
     }
 
@@ -81,7 +107,7 @@ impl<W: Write> SnapshotWriter<W> {
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.flush()?;
-        Ok((self.out, SnapshotMeta { applied_index: self.applied_index, epoch: self.epoch, keys: count }))
+        Ok((self.out, SnapshotMeta { applied_index: self.applied_index, epoch: self.epoch, keys: count, meta: self.meta }))
     }
 }
 
@@ -93,22 +119,34 @@ pub struct SnapshotReader<R: Read> {
     done: bool,
     pub applied_index: u64,
     pub epoch: u64,
+    /// The header's replication metadata; verified only with the rest, at the stream's end.
+    pub replication_meta: Option<Vec<u8>>,
 }
 
 impl<R: Read> SnapshotReader<R> {
     pub fn new(input: R) -> Result<Self, SnapshotError> {
-        let mut r = SnapshotReader { input, crc: crc32fast::Hasher::new(), count: 0, done: false, applied_index: 0, epoch: 0 };
+        let mut r =
+            SnapshotReader { input, crc: crc32fast::Hasher::new(), count: 0, done: false, applied_index: 0, epoch: 0, replication_meta: None };
         let mut magic = [0u8; 8];
         r.take(&mut magic)?;
         if &magic != MAGIC {
             return Err(SnapshotError::BadMagic);
         }
         let v = r.u32()?;
-        if v != VERSION {
+        if v != VERSION && v != VERSION_1 {
             return Err(SnapshotError::BadVersion(v));
         }
         r.applied_index = r.u64()?;
         r.epoch = r.u64()?;
+        if v == VERSION {
+            r.replication_meta = match r.u32()? {
+                NO_META => None,
+                len => Some(r.bytes(len).map_err(|e| match e {
+                    SnapshotError::Damaged(why) => SnapshotError::Damaged(format!("metadata: {why}")),
+                    e => e,
+                })?),
+            };
+        }
         Ok(r)
     }
 
@@ -169,24 +207,57 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     pub fn meta(&self) -> SnapshotMeta {
-        SnapshotMeta { applied_index: self.applied_index, epoch: self.epoch, keys: self.count }
+        SnapshotMeta { applied_index: self.applied_index, epoch: self.epoch, keys: self.count, meta: self.replication_meta.clone() }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state_machine::{install_snapshot, AppliedState, MemStateMachine, StateMachine};
 
-    fn sample() -> Vec<u8> {
-        let mut w = SnapshotWriter::new(Vec::new(), 42, 3).unwrap();
+    const META: &[u8] = b"membership{1,2,3}";
+
+    fn sample_with(meta: Option<Vec<u8>>) -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new(), 42, 3, meta).unwrap();
         for i in 0..10u64 {
             w.write(&KeyValue { key: format!("k{i}"), value: vec![i as u8; i as usize], create_revision: i, mod_revision: i + 1 }).unwrap();
         }
         w.finish().unwrap().0
     }
 
+    fn sample() -> Vec<u8> {
+        sample_with(Some(META.to_vec()))
+    }
+
+    fn read_all(b: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
+        let mut r = SnapshotReader::new(b)?;
+        while r.next_entry()?.is_some() {}
+        Ok(r.meta())
+    }
+
+    /// A version 1 stream as the previous build wrote it, assembled by hand: one key.
+    fn version_1() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"MERIDSNP");
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(b"a");
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(&6u64.to_le_bytes());
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(b"v1");
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
     #[test]
-    fn snapshot_round_trips() {
+    fn snapshot_round_trips_with_its_metadata() {
         let buf = sample();
         let mut r = SnapshotReader::new(&buf[..]).unwrap();
         let mut n = 0;
@@ -195,17 +266,28 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 10);
-        assert_eq!(r.meta(), SnapshotMeta { applied_index: 42, epoch: 3, keys: 10 });
+        assert_eq!(r.meta(), SnapshotMeta { applied_index: 42, epoch: 3, keys: 10, meta: Some(META.to_vec()) });
+        for meta in [None, Some(vec![])] {
+            assert_eq!(read_all(&sample_with(meta.clone())).unwrap().meta, meta);
+        }
+    }
+
+    #[test]
+    fn a_version_1_snapshot_still_installs_without_metadata() {
+        let sm = MemStateMachine::default();
+        let meta = install_snapshot(&sm, &version_1()[..]).unwrap();
+        assert_eq!(meta, SnapshotMeta { applied_index: 7, epoch: 2, keys: 1, meta: None });
+        assert_eq!(sm.applied_state().unwrap(), AppliedState { index: 7, epoch: 2, meta: None });
+        let kv = sm.get("a").unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.value.as_slice()), (5, 6, &b"v1"[..]));
+        let mut bad = version_1();
+        bad[30] ^= 1;
+        assert!(read_all(&bad).is_err());
     }
 
     #[test]
     fn truncated_or_flipped_snapshot_is_rejected() {
         let buf = sample();
-        let read_all = |b: &[u8]| -> Result<(), SnapshotError> {
-            let mut r = SnapshotReader::new(b)?;
-            while r.next_entry()?.is_some() {}
-            Ok(())
-        };
         for cut in [10, buf.len() / 2, buf.len() - 1] {
             assert!(read_all(&buf[..cut]).is_err(), "cut at {cut} accepted");
         }
@@ -214,5 +296,24 @@ mod tests {
             b[pos] ^= 0x10;
             assert!(read_all(&b).is_err(), "flip at {pos} accepted");
         }
+    }
+
+    #[test]
+    fn damaged_metadata_is_refused_and_installs_nothing() {
+        let buf = sample();
+        let meta_at = 8 + 4 + 8 + 8;
+        // The stream ends inside the metadata.
+        assert!(matches!(SnapshotReader::new(&buf[..meta_at + 4 + 3]), Err(SnapshotError::Damaged(_))));
+        // An implausible length is refused before anything is allocated.
+        let mut huge = buf.clone();
+        huge[meta_at..meta_at + 4].copy_from_slice(&(MAX_FIELD + 1).to_le_bytes());
+        assert!(matches!(SnapshotReader::new(&huge[..]), Err(SnapshotError::Damaged(_))));
+        // A flipped metadata byte reads, but the stream fails its checksum: nothing changes.
+        let sm = MemStateMachine::default();
+        install_snapshot(&sm, &sample_with(Some(b"old".to_vec()))[..]).unwrap();
+        let mut flipped = buf.clone();
+        flipped[meta_at + 4] ^= 0x01;
+        assert!(install_snapshot(&sm, &flipped[..]).is_err());
+        assert_eq!(sm.applied_state().unwrap().meta, Some(b"old".to_vec()));
     }
 }

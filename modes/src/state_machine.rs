@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::apply::{apply_command, KvAccess};
 use crate::command::{Command, CommandResult, KeyValue};
+use crate::payload::LogPayload;
 use crate::snapshot::{SnapshotError, SnapshotMeta, SnapshotReader, SnapshotWriter};
 
 /// A committed entry handed to [`StateMachine::apply`].
@@ -23,6 +24,35 @@ pub struct LogEntry {
     pub index: u64,
     pub epoch: u64,
     pub command: Command,
+    /// Replication metadata that becomes current when this entry is applied, stored in the
+    /// same transaction (Raft: the membership config of a Membership entry). The state
+    /// machine keeps it opaque; `None` leaves the stored metadata as it was.
+    pub meta: Option<Vec<u8>>,
+}
+
+impl LogEntry {
+    /// The entry a logged payload stands for, the same on the writing node, on replay and on a
+    /// replica: a command applies as itself; a membership change applies as a no-op whose
+    /// bytes become the current metadata, so replaying the log restores them too.
+    pub fn from_payload(index: u64, epoch: u64, payload: LogPayload) -> LogEntry {
+        let (command, meta) = match payload {
+            LogPayload::Normal(c) => (c, None),
+            LogPayload::Blank => (Command::Noop, None),
+            LogPayload::Membership(m) => (Command::Noop, Some(m)),
+        };
+        LogEntry { index, epoch, command, meta }
+    }
+}
+
+/// The last applied entry's position and the metadata current there, from one read view, so
+/// a mode never pairs an index with metadata from another point in time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedState {
+    pub index: u64,
+    pub epoch: u64,
+    /// The latest metadata stored, by an entry's [`LogEntry::meta`] or by
+    /// [`StateMachine::replace_all`]; `None` if there never was any.
+    pub meta: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +71,9 @@ pub enum StateMachineError {
 
 /// What [`StateMachine::scan`] reports, in order.
 pub enum ScanEvent {
-    /// The view's applied index and the epoch of the last applied entry; comes first, once.
-    View { applied_index: u64, epoch: u64 },
+    /// The view's applied index, the epoch of the last applied entry and the metadata current
+    /// there (see [`AppliedState`]); comes first, once.
+    View { applied_index: u64, epoch: u64, meta: Option<Vec<u8>> },
     Entry(KeyValue),
 }
 
@@ -54,6 +85,8 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError>;
     /// Highest applied index visible to readers.
     fn applied_index(&self) -> u64;
+    /// Index, epoch and metadata of the applied state, read from one consistent view.
+    fn applied_state(&self) -> Result<AppliedState, StateMachineError>;
     /// Highest applied index that survives a crash; WAL replay starts after it.
     fn durable_index(&self) -> u64;
     /// Makes everything applied durable; returns the new durable index.
@@ -67,11 +100,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn damage(&self) -> Option<String> {
         None
     }
-    /// Replaces the whole state with `entries` at (`applied_index`, `epoch`), durably.
+    /// Replaces the whole state with `entries` at (`applied_index`, `epoch`) with metadata
+    /// `meta` (replacing whatever was stored), durably.
     fn replace_all(
         &self,
         applied_index: u64,
         epoch: u64,
+        meta: Option<Vec<u8>>,
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError>;
 }
@@ -95,9 +130,9 @@ pub fn write_snapshot<W: Write>(sm: &dyn StateMachine, out: W) -> Result<(W, Sna
     let mut writer: Option<SnapshotWriter<W>> = None;
     sm.scan(&mut |ev| {
         match ev {
-            ScanEvent::View { applied_index, epoch } => {
+            ScanEvent::View { applied_index, epoch, meta } => {
                 let o = out.take().expect("scan announces its view once");
-                writer = Some(SnapshotWriter::new(o, applied_index, epoch).map_err(SnapshotError::from)?);
+                writer = Some(SnapshotWriter::new(o, applied_index, epoch, meta).map_err(SnapshotError::from)?);
             }
             ScanEvent::Entry(kv) => writer.as_mut().expect("view comes first").write(&kv).map_err(SnapshotError::from)?,
         }
@@ -111,8 +146,10 @@ pub fn write_snapshot<W: Write>(sm: &dyn StateMachine, out: W) -> Result<(W, Sna
 /// whole stream verifies (the implementation's `replace_all` is one transaction).
 pub fn install_snapshot<R: Read>(sm: &dyn StateMachine, input: R) -> Result<SnapshotMeta, StateMachineError> {
     let mut reader = SnapshotReader::new(input)?;
-    let (applied, epoch) = (reader.applied_index, reader.epoch);
-    sm.replace_all(applied, epoch, &mut || Ok(reader.next_entry()?))?;
+    // The metadata is trusted only because the whole stream must verify before the
+    // transaction that stores it commits.
+    let (applied, epoch, meta) = (reader.applied_index, reader.epoch, reader.replication_meta.clone());
+    sm.replace_all(applied, epoch, meta, &mut || Ok(reader.next_entry()?))?;
     Ok(reader.meta())
 }
 
@@ -159,6 +196,7 @@ struct MemInner {
     kv: BTreeMap<String, KeyValue>,
     applied: u64,
     epoch: u64,
+    meta: Option<Vec<u8>>,
 }
 
 impl KvAccess for BTreeMap<String, KeyValue> {
@@ -185,12 +223,19 @@ impl StateMachine for MemStateMachine {
             out.push(apply_command(&mut g.kv, e.index, &e.command)?);
             g.applied = e.index;
             g.epoch = e.epoch;
+            if e.meta.is_some() {
+                g.meta = e.meta.clone();
+            }
         }
         self.applied.store(g.applied, Ordering::Release);
         Ok(out)
     }
     fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+    fn applied_state(&self) -> Result<AppliedState, StateMachineError> {
+        let g = self.inner.lock().unwrap();
+        Ok(AppliedState { index: g.applied, epoch: g.epoch, meta: g.meta.clone() })
     }
     fn durable_index(&self) -> u64 {
         self.applied_index()
@@ -216,7 +261,7 @@ impl StateMachine for MemStateMachine {
     }
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
         let g = self.inner.lock().unwrap();
-        visit(ScanEvent::View { applied_index: g.applied, epoch: g.epoch })?;
+        visit(ScanEvent::View { applied_index: g.applied, epoch: g.epoch, meta: g.meta.clone() })?;
         for kv in g.kv.values() {
             visit(ScanEvent::Entry(kv.clone()))?;
         }
@@ -226,6 +271,7 @@ impl StateMachine for MemStateMachine {
         &self,
         applied_index: u64,
         epoch: u64,
+        meta: Option<Vec<u8>>,
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError> {
         let mut kv = BTreeMap::new();
@@ -233,8 +279,57 @@ impl StateMachine for MemStateMachine {
             kv.insert(e.key.clone(), e);
         }
         let mut g = self.inner.lock().unwrap();
-        *g = MemInner { kv, applied: applied_index, epoch };
+        *g = MemInner { kv, applied: applied_index, epoch, meta };
         self.applied.store(applied_index, Ordering::Release);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(index: u64, epoch: u64, meta: Option<&[u8]>) -> LogEntry {
+        LogEntry { index, epoch, command: Command::Put { key: format!("k{index}"), value: vec![1], if_revision: None }, meta: meta.map(<[u8]>::to_vec) }
+    }
+
+    #[test]
+    fn a_membership_payload_applies_as_a_noop_carrying_its_meta() {
+        let e = LogEntry::from_payload(4, 2, LogPayload::Membership(vec![9]));
+        assert_eq!((e.command, e.meta), (Command::Noop, Some(vec![9])));
+        let e = LogEntry::from_payload(4, 2, LogPayload::Blank);
+        assert_eq!((e.command, e.meta), (Command::Noop, None));
+        let c = Command::Delete { key: "k".into(), if_revision: None };
+        let e = LogEntry::from_payload(4, 2, LogPayload::Normal(c.clone()));
+        assert_eq!((e.index, e.epoch, e.command, e.meta), (4, 2, c, None));
+    }
+
+    #[test]
+    fn applied_state_keeps_the_latest_meta_until_another_replaces_it() {
+        let sm = MemStateMachine::default();
+        assert_eq!(sm.applied_state().unwrap(), AppliedState::default());
+        sm.apply(&[put(1, 1, Some(b"m1")), put(2, 1, None)]).unwrap();
+        assert_eq!(sm.applied_state().unwrap(), AppliedState { index: 2, epoch: 1, meta: Some(b"m1".to_vec()) });
+        sm.apply(&[put(3, 2, Some(b"m3")), put(4, 2, None)]).unwrap();
+        assert_eq!(sm.applied_state().unwrap(), AppliedState { index: 4, epoch: 2, meta: Some(b"m3".to_vec()) });
+        // Replay of an applied entry is skipped, its meta with it.
+        sm.apply(&[put(3, 2, Some(b"stale"))]).unwrap();
+        assert_eq!(sm.applied_state().unwrap().meta, Some(b"m3".to_vec()));
+        sm.replace_all(9, 3, None, &mut || Ok(None)).unwrap();
+        assert_eq!(sm.applied_state().unwrap(), AppliedState { index: 9, epoch: 3, meta: None });
+    }
+
+    #[test]
+    fn a_snapshot_carries_meta_but_the_digest_ignores_it() {
+        let (a, b) = (MemStateMachine::default(), MemStateMachine::default());
+        a.apply(&[put(1, 1, None), put(2, 1, Some(b"cfg"))]).unwrap();
+        b.apply(&[put(1, 1, None), put(2, 1, None)]).unwrap();
+        assert_eq!(digest(&a).unwrap(), digest(&b).unwrap());
+        let (buf, meta) = write_snapshot(&a, Vec::new()).unwrap();
+        assert_eq!(meta.meta, Some(b"cfg".to_vec()));
+        let c = MemStateMachine::default();
+        assert_eq!(install_snapshot(&c, &buf[..]).unwrap(), meta);
+        assert_eq!(c.applied_state().unwrap(), a.applied_state().unwrap());
+        assert_eq!(digest(&c).unwrap(), digest(&a).unwrap());
     }
 }

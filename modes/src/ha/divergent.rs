@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use meridian_wal::Record;
 use serde::Serialize;
 
-use crate::command::Command;
+use crate::payload::LogPayload;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DivergentTail {
@@ -26,9 +26,9 @@ pub fn save(dir: &Path, after: u64, records: &[Record]) -> std::io::Result<Diver
     let path: PathBuf = dir.join(format!("{ms}-after-{after}.jsonl"));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
     for r in records {
-        let command = Command::decode(&r.payload).map_or_else(
+        let command = LogPayload::decode(&r.payload).map_or_else(
             |e| serde_json::json!({"undecodable": e.to_string(), "payload_len": r.payload.len()}),
-            |c| serde_json::to_value(c).unwrap_or(serde_json::Value::Null),
+            |p| serde_json::to_value(p.command()).unwrap_or(serde_json::Value::Null),
         );
         serde_json::to_writer(&mut f, &serde_json::json!({"index": r.index, "epoch": r.epoch, "command": command}))?;
         f.write_all(b"\n")?;

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::messages::*;
 use super::{Core, PEER};
-use crate::command::Command;
+use crate::payload::LogPayload;
 use crate::state_machine::LogEntry;
 use crate::transport::TransportError;
 use super::snapshot_transfer::{prepare_snapshot, fetch_and_install_snapshot};
@@ -374,9 +374,9 @@ pub(super) async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>,
     let mut wal_records = Vec::with_capacity(records.len());
     let mut bytes = 0;
     for r in records {
-        let command = Command::decode(&r.payload).map_err(|e| format!("record {} does not decode: {e}", r.index))?;
+        let payload = LogPayload::decode(&r.payload).map_err(|e| format!("record {} does not decode: {e}", r.index))?;
         bytes += r.payload.len() + 32;
-        entries.push(LogEntry { index: r.index, epoch: r.epoch, command });
+        entries.push(LogEntry::from_payload(r.index, r.epoch, payload));
         wal_records.push(Record { index: r.index, epoch: r.epoch, payload: r.payload });
     }
     core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
