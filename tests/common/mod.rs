@@ -4,6 +4,7 @@
 pub mod ha;
 pub mod linearizability;
 pub mod proxy;
+pub mod raft;
 pub mod writers;
 
 use std::net::TcpListener;
