@@ -141,7 +141,7 @@ impl RaftNode {
                 transport.add_peer(name.clone(), addr.clone());
             }
         }
-        let network = Network { transport: transport.clone() };
+        let network = Network { transport: transport.clone(), configured: cfg.peers.iter().cloned().collect() };
         let raft = openraft::Raft::new(id, rcfg, network, log, store).await.map_err(|e| format!("openraft did not start: {e}"))?;
         let node = Arc::new(RaftNode {
             cfg,

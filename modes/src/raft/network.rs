@@ -2,6 +2,7 @@
 //! the Raft family ([`super::rpc`]). The transport connects lazily and reconnects with
 //! backoff; a failure here is `Unreachable`, and openraft backs off and retries.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
 use std::time::Duration;
@@ -27,13 +28,18 @@ type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 #[derive(Clone)]
 pub struct Network {
     pub transport: Transport,
+    /// This node's own view of the members' addresses (`CLUSTER_RAFT_PEERS`). It wins over
+    /// the address in the membership, which is how the member that added a node saw it
+    /// (behind NAT, a proxy or another network the two can differ).
+    pub configured: HashMap<String, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, _target: u64, node: &MeridianNode) -> PeerClient {
-        self.transport.add_peer(node.name.clone(), node.addr.clone());
+        let addr = self.configured.get(&node.name).unwrap_or(&node.addr);
+        self.transport.add_peer(node.name.clone(), addr.clone());
         PeerClient { transport: self.transport.clone(), peer: node.name.clone() }
     }
 }

@@ -124,7 +124,7 @@ impl SmStore {
         let r = SnapshotReader::new(BufReader::new(File::open(path)?)).map_err(other)?;
         Ok(SnapshotMeta {
             last_log_id: log_id(r.epoch, r.applied_index),
-            last_membership: membership_of(r.meta.as_deref())?,
+            last_membership: membership_of(r.replication_meta.as_deref())?,
         })
     }
 
