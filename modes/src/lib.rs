@@ -9,7 +9,14 @@
 //! - [`replicator`]: the [`Replicator`] trait the HTTP layer talks to, its errors and status types.
 //! - [`bookmark`]: the opaque causal-consistency token handed to clients.
 //! - [`standalone`]: one node, durable: WAL group commit then apply.
-//! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes.
+//! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes;
+//!   message families (HA, Raft, …) share one port, each with its own handler.
+//! - [`wire`]: the payload encoding of cluster messages (postcard).
+//! - [`forward`]: a write relayed to the node that can take it, and its answer relayed back.
+//! - [`read_round`]: linearizable reads — concurrent reads sharing one confirmation round,
+//!   then waiting for the read index to be applied here.
+//! - [`snapshot_stream`]: a state-machine snapshot sent between nodes as a file, in chunks.
+//! - [`ha`]: the `ha_standby` mode (primary, standby, witness).
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
 //!
@@ -40,14 +47,18 @@
 pub mod apply;
 pub mod bookmark;
 pub mod command;
+pub mod forward;
 pub mod ha;
 pub mod recovery;
 pub mod replicator;
 pub mod snapshot;
+pub mod snapshot_stream;
 pub mod pipeline;
+pub mod read_round;
 pub mod standalone;
 pub mod state_machine;
 pub mod transport;
+pub mod wire;
 
 pub use bookmark::Bookmark;
 pub use command::{Command, CommandResult, KeyValue};
