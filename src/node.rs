@@ -112,7 +112,8 @@ impl Node {
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
             ClusterMode::HaStandby => {
                 let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone())?;
-                let transport = start_transport(cfg, tls, ha.handler(), &metrics).await?;
+                let handler = Arc::new(Families::new().with(Family::Ha, ha.handler()));
+                let transport = start_transport(cfg, tls, handler, &metrics).await?;
                 ha.start(transport);
                 ha
             }
@@ -120,7 +121,7 @@ impl Node {
                 let witness = Arc::new(Witness::open(&cfg.data_dir, cfg.cluster_ha_failover_timeout.0).map_err(|e| {
                     NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(format!("witness state: {e}")))
                 })?);
-                let handler = Arc::new(WitnessHandler(witness.clone()));
+                let handler = Arc::new(Families::new().with(Family::Ha, Arc::new(WitnessHandler(witness.clone()))));
                 let transport = start_transport(cfg, tls, handler, &metrics).await?;
                 Arc::new(WitnessNode { node_id: cfg.cluster_node_id.clone(), witness, transport })
             }

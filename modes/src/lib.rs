@@ -10,9 +10,27 @@
 //! - [`replicator`]: the [`Replicator`] trait the HTTP layer talks to, its errors and status types.
 //! - [`bookmark`]: the opaque causal-consistency token handed to clients.
 //! - [`standalone`]: one node, durable: WAL group commit then apply.
-//! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes.
+//! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes;
+//!   message families (HA, Raft, …) share one port, each with its own handler.
+//! - [`raft`]: the `raft` mode on openraft — log storage on the WAL, state machine on the
+//!   [`StateMachine`], network on the [`transport`].
+//! - [`wire`]: the payload encoding of cluster messages (postcard).
+//! - [`forward`]: a write relayed to the node that can take it, and its answer relayed back.
+//! - [`read_round`]: linearizable reads — concurrent reads sharing one confirmation round,
+//!   then waiting for the read index to be applied here.
+//! - [`snapshot_stream`]: a state-machine snapshot sent between nodes as a file, in chunks.
+//! - [`ha`]: the `ha_standby` mode (primary, standby, witness).
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
+//!
+//! ## Positions: 0 is "nothing"
+//!
+//! A WAL index, a state machine's applied index, a bookmark and a revision are *positions*,
+//! and position 0 means "nothing yet" everywhere (`applied_index() == 0` is an empty store;
+//! [`state_machine::should_apply`] starts at 1). openraft numbers its log from 0, so the Raft
+//! adapter maps openraft index `i` to position `i + 1` in one place
+//! ([`raft::types::position`]) and openraft never sees a position. Epoch (HA) and term
+//! (Raft) are stored unchanged in each record, so (epoch, position) identifies a write.
 //!
 //! ## The seams every mode plugs into
 //!
@@ -41,16 +59,20 @@
 pub mod apply;
 pub mod bookmark;
 pub mod command;
+pub mod forward;
 pub mod ha;
 pub mod raft;
 pub mod recovery;
 pub mod replicator;
 pub mod snapshot;
 pub mod payload;
+pub mod snapshot_stream;
 pub mod pipeline;
+pub mod read_round;
 pub mod standalone;
 pub mod state_machine;
 pub mod transport;
+pub mod wire;
 
 pub use bookmark::Bookmark;
 pub use command::{Command, CommandResult, KeyValue};

@@ -7,20 +7,27 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::Command;
 use crate::replicator::LeaderHint;
+use crate::transport::Family;
 
-/// Transport message types (u16 on the wire).
-pub const FETCH: u16 = 0x0101;
-pub const ACK: u16 = 0x0102;
-pub const SNAPSHOT_CHUNK: u16 = 0x0103;
-pub const FENCE: u16 = 0x0104;
-pub const FORWARD: u16 = 0x0105;
-pub const PROMOTE: u16 = 0x0106;
-pub const SWITCHOVER: u16 = 0x0107;
-pub const READ_INDEX: u16 = 0x0108;
-pub const WITNESS_PING: u16 = 0x0110;
-pub const WITNESS_VOTE: u16 = 0x0111;
+/// A write forwarded by the standby to the primary, and the answer: the shared
+/// [`crate::forward`] messages.
+pub use crate::forward::{ForwardReply, ForwardRequest as Forward};
+/// Standby → primary: a chunk of the snapshot announced in `NeedSnapshot`, and the answer:
+/// the shared [`crate::snapshot_stream`] messages.
+pub use crate::snapshot_stream::{Chunk as SnapshotChunk, ChunkRequest as SnapshotChunkReq};
+
+/// Transport message types (u16 on the wire), all in the HA family (`0x01xx`).
+pub const FETCH: u16 = Family::Ha.msg(0x01);
+pub const ACK: u16 = Family::Ha.msg(0x02);
+pub const SNAPSHOT_CHUNK: u16 = Family::Ha.msg(0x03);
+pub const FENCE: u16 = Family::Ha.msg(0x04);
+pub const FORWARD: u16 = Family::Ha.msg(0x05);
+pub const PROMOTE: u16 = Family::Ha.msg(0x06);
+pub const SWITCHOVER: u16 = Family::Ha.msg(0x07);
+pub const READ_INDEX: u16 = Family::Ha.msg(0x08);
+pub const WITNESS_PING: u16 = Family::Ha.msg(0x10);
+pub const WITNESS_VOTE: u16 = Family::Ha.msg(0x11);
 
 /// Standby → primary: "send me records from `from`"; also reports the standby's positions.
 /// The primary answers as soon as it has records, or after `wait_ms` with none (which is the
@@ -95,19 +102,6 @@ pub struct Ack {
     pub positions: Positions,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SnapshotChunkReq {
-    pub snapshot_id: u64,
-    pub offset: u64,
-    pub max_bytes: u32,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SnapshotChunk {
-    pub data: Vec<u8>,
-    pub done: bool,
-}
-
 /// "Epoch `epoch` exists; stop taking writes." Answered with the receiver's state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fence {
@@ -123,19 +117,6 @@ pub struct FenceReply {
     pub leader: Option<LeaderHint>,
     /// The receiver's last logged index: a restarting primary compares it with its own.
     pub last_index: u64,
-}
-
-/// A write forwarded by the standby to the primary.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Forward {
-    pub epoch: u64,
-    pub command: Command,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum ForwardReply {
-    Committed { result: crate::command::CommandResult, bookmark_epoch: u64, bookmark_index: u64 },
-    Failed { code: String, message: String, leader: Option<LeaderHint> },
 }
 
 /// Primary → standby during a switchover: "you are caught up to `last_index`; promote".
@@ -203,9 +184,9 @@ pub struct WitnessReply {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> bytes::Bytes {
-    bytes::Bytes::from(postcard::to_allocvec(v).expect("HA messages encode"))
+    crate::wire::encode(v)
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
-    postcard::from_bytes(b).map_err(|e| format!("malformed HA message: {e}"))
+    crate::wire::decode("HA", b)
 }

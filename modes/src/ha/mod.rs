@@ -16,8 +16,10 @@
 //!   sync; answering fences.
 //! - `promotion`: who may become primary and how; starting the write pipeline.
 //! - `switchover`, `forward`, `snapshot_transfer`: the planned role swap, writes reaching the
-//!   standby, re-seeding a standby from a snapshot.
-//! - `read_index`: `consistency=linearizable` reads on either node.
+//!   standby, re-seeding a standby from a snapshot (HA's rules around the shared
+//!   [`crate::forward`] and [`crate::snapshot_stream`]).
+//! - `read_index`: `consistency=linearizable` reads on either node (HA's rounds, shared
+//!   through [`crate::read_round`]).
 //! - `witness_calls`: the ping and the vote a data node sends the witness.
 //! - [`divergent`]: keeping a former primary's divergent tail in `DATA_DIR/divergent/`.
 //! - [`witness`]: the tie-breaker process.
@@ -167,8 +169,8 @@ pub struct Core {
     pub(crate) divergent: Mutex<Vec<DivergentTail>>,
     pub(crate) state_note: Mutex<String>,
     pub(crate) want_snapshot: AtomicBool,
-    /// The snapshot prepared for the standby: (id = its applied index, file, size in bytes).
-    pub(crate) snapshot_cache: Mutex<Option<(u64, PathBuf, u64)>>,
+    /// The snapshot prepared for the standby, in `DATA_DIR/snapshots/`.
+    pub(crate) snapshots: crate::snapshot_stream::Outgoing,
     pub(crate) stopping: AtomicBool,
     /// The primary pipeline's in-memory tail, streamed before it is durable locally.
     pub(crate) tail: Mutex<Option<Arc<crate::pipeline::Tail>>>,
@@ -183,8 +185,8 @@ pub struct Core {
     pub(crate) held: Mutex<Vec<crate::state_machine::LogEntry>>,
     /// Linearizable reads: the primary's epoch confirmations and the standby's read-index
     /// requests, each shared by the reads that wait for them.
-    pub(crate) confirm_rounds: Arc<read_index::SharedRounds<Result<u64, ReadError>>>,
-    pub(crate) index_rounds: Arc<read_index::SharedRounds<Result<u64, ReadError>>>,
+    pub(crate) confirm_rounds: Arc<crate::read_round::IndexRounds>,
+    pub(crate) index_rounds: Arc<crate::read_round::IndexRounds>,
 }
 
 pub struct HaStandby {
@@ -359,6 +361,7 @@ impl HaStandby {
         // Snapshot files are only for a catch-up in progress; one cut short by a restart is
         // useless (the standby asks again).
         let _ = std::fs::remove_dir_all(cfg.data_dir.join("snapshots"));
+        let snapshots = crate::snapshot_stream::Outgoing::new(cfg.data_dir.join("snapshots"));
         let (applied_tx, _) = watch::channel(sm.applied_index());
         let core = Arc::new(Core {
             tag: epoch::tag_of(&cfg.node_id),
@@ -389,15 +392,15 @@ impl HaStandby {
             divergent: Mutex::new(divergent),
             state_note: Mutex::new("starting".into()),
             want_snapshot: AtomicBool::new(false),
-            snapshot_cache: Mutex::new(None),
+            snapshots,
             stopping: AtomicBool::new(false),
             applying: tokio::sync::Mutex::new(None),
             apply_backlog: AtomicUsize::new(0),
             agreed: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
             tail: Mutex::new(None),
-            confirm_rounds: read_index::SharedRounds::new(),
-            index_rounds: read_index::SharedRounds::new(),
+            confirm_rounds: crate::read_round::SharedRounds::new(),
+            index_rounds: crate::read_round::SharedRounds::new(),
         });
         Ok(Arc::new(HaStandby { core, driver: Mutex::new(None) }))
     }

@@ -25,20 +25,15 @@
 //!   when it arrived (one write's latency under write load); if they cannot commit (a
 //!   `sync` primary without its standby) the read answers 504 after `wait_ms`.
 //! - Raft's ReadIndex is the model (Ongaro's thesis, §6.4); no clock is trusted.
-//! - Concurrent reads share rounds ([`SharedRounds`]): a read waits for the first round
-//!   that *started* after it arrived — a round already under way may have been answered
-//!   before the read began, so it proves nothing about it. Under load a round serves every
-//!   read that arrived during the previous one (etcd batches its ReadIndex the same way).
+//! - Concurrent reads share rounds, and wait for the read index, through the mode-independent
+//!   [`crate::read_round`]: a read waits for the first round that *started* after it arrived.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
+use std::sync::Arc;
 
 use super::messages::*;
 use super::heartbeat::assert_epoch;
 use super::{Core, Role, PEER};
-use crate::bookmark::wait_for_applied;
+use crate::read_round::read_at;
 use crate::replicator::ReadError;
 
 /// Waits until a read served from this node's state now would be linearizable.
@@ -53,14 +48,12 @@ pub(crate) async fn linearizable_fence(core: &Arc<Core>, wait: std::time::Durati
         Role::Switching { .. } => Now::Switching,
         Role::Standby => Now::Standby,
     };
-    let c = core.clone();
-    let index = match now {
-        Now::Primary => SharedRounds::join(&core.confirm_rounds, move || confirm_primary(c.clone())).await?,
-        Now::Switching => return Err(ReadError::Unavailable("switchover in progress; retry shortly".into())),
-        Now::Standby => SharedRounds::join(&core.index_rounds, move || read_index_from_primary(c.clone())).await?,
-    };
-    let mut rx = core.applied_tx.subscribe();
-    wait_for_applied(&mut rx, index, wait).await
+    let (c, applied) = (core.clone(), core.applied_tx.subscribe());
+    match now {
+        Now::Primary => read_at(&core.confirm_rounds, move || confirm_primary(c.clone()), applied, wait).await,
+        Now::Switching => Err(ReadError::Unavailable("switchover in progress; retry shortly".into())),
+        Now::Standby => read_at(&core.index_rounds, move || read_index_from_primary(c.clone()), applied, wait).await,
+    }
 }
 
 /// The primary's last logged index: no node can have applied a record beyond it.
@@ -122,122 +115,4 @@ pub(crate) async fn on_read_index(core: &Arc<Core>, req: ReadIndex) -> ReadIndex
     let index = logged_index(core);
     let primary = core.is_primary();
     ReadIndexReply { epoch: core.epoch(), primary, index, leader: core.leader.lock().unwrap().clone() }
-}
-
-/// One kind of round (a primary's confirmation, a standby's read index) shared by the
-/// reads waiting for it. Rounds run one at a time, in spawned tasks, so a read whose
-/// client goes away never leaves the others waiting.
-pub(crate) struct SharedRounds<T> {
-    state: Mutex<RoundState>,
-    /// The newest finished round: (its number, its result).
-    done: watch::Sender<(u64, Option<T>)>,
-}
-
-#[derive(Default)]
-struct RoundState {
-    /// The number of the newest round started.
-    started: u64,
-    running: bool,
-    /// The highest round number a read waits for.
-    wanted: u64,
-}
-
-impl<T: Clone + Send + Sync + 'static> SharedRounds<T> {
-    pub(crate) fn new() -> Arc<SharedRounds<T>> {
-        Arc::new(SharedRounds { state: Mutex::new(RoundState::default()), done: watch::channel((0, None)).0 })
-    }
-
-    /// The result of the first round that starts after this call.
-    pub(crate) async fn join<F, Fut>(rounds: &Arc<Self>, round: F) -> T
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        let mut rx = rounds.done.subscribe();
-        let need = {
-            let mut s = rounds.state.lock().unwrap();
-            let need = s.started + 1;
-            s.wanted = s.wanted.max(need);
-            if !s.running {
-                s.running = true;
-                s.started = need;
-                Self::spawn(rounds.clone(), need, Arc::new(round));
-            }
-            need
-        };
-        loop {
-            {
-                let v = rx.borrow_and_update();
-                if v.0 >= need {
-                    if let Some(t) = &v.1 {
-                        return t.clone();
-                    }
-                }
-            }
-            // The sender lives as long as `rounds`, which this call holds.
-            let _ = rx.changed().await;
-        }
-    }
-
-    fn spawn<F, Fut>(rounds: Arc<Self>, number: u64, round: Arc<F>)
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        tokio::spawn(async move {
-            let result = round().await;
-            rounds.done.send_replace((number, Some(result)));
-            let next = {
-                let mut s = rounds.state.lock().unwrap();
-                s.running = s.wanted > number;
-                if s.running {
-                    s.started = number + 1;
-                }
-                s.running
-            };
-            if next {
-                Self::spawn(rounds, number + 1, round);
-            }
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_read_gets_a_round_that_started_after_it_and_concurrent_reads_share_rounds() {
-        let rounds: Arc<SharedRounds<Instant>> = SharedRounds::new();
-        let count = Arc::new(AtomicU64::new(0));
-        let mut joins = Vec::new();
-        for i in 0..200u64 {
-            let (rounds, count) = (rounds.clone(), count.clone());
-            joins.push(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i % 40)).await;
-                let called = Instant::now();
-                let started = SharedRounds::join(&rounds, move || {
-                    let count = count.clone();
-                    async move {
-                        let started = Instant::now();
-                        count.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        started
-                    }
-                })
-                .await;
-                (called, started)
-            }));
-        }
-        for j in joins {
-            let (called, started) = j.await.unwrap();
-            assert!(started >= called, "a read was answered by a round that had started before it arrived");
-        }
-        let n = count.load(Ordering::SeqCst);
-        // 200 reads spread over ~40 ms, rounds of ≥10 ms: a handful of rounds (more only if
-        // the machine stalls the reads' arrival), never one per read.
-        assert!((2..=40).contains(&n), "{n} rounds for 200 reads");
-    }
 }

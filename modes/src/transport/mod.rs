@@ -3,7 +3,8 @@
 //! Every mode talks to other nodes through one [`Transport`]: Raft RPCs and forwarded
 //! writes as [`Transport::request`] (one reply per request, many in flight on one
 //! connection), WAL streaming and fencing notices as [`Transport::send`] (one-way, in order
-//! per connection). Incoming traffic goes to the mode's [`Handler`].
+//! per connection). Incoming traffic goes to the mode's [`Handler`] — on a node that speaks
+//! several protocols, a [`Families`] that passes each message to the handler of its family.
 //!
 //! Module map (one concept per file):
 //! - [`frame`]: the wire format — a 4-byte big-endian length, an 11-byte header (kind,
@@ -27,6 +28,8 @@
 //! - `server`: the accept loop (checks made before any handshake) and the serving side of a
 //!   connection (a task per request).
 //! - `endpoint`: [`Transport`], the handle the rest of the node holds.
+//! - [`families`]: message types as family (high byte) and message (low byte), and
+//!   [`Families`], the handler that routes each message to its family's handler.
 //! - [`config`], [`error`], `metrics`, `handler`, `shutdown`: settings, error enums,
 //!   Prometheus metrics, the [`Handler`] trait, and the stop signal shared by all tasks.
 //!
@@ -40,6 +43,7 @@ pub mod config;
 mod connection;
 mod endpoint;
 pub mod error;
+pub mod families;
 pub mod frame;
 mod handler;
 pub mod handshake;
@@ -62,6 +66,7 @@ pub use admission::{Admission, AllowedPeer, NotAdmitted};
 pub use config::TransportConfig;
 pub use endpoint::{PeerStatus, Transport};
 pub use error::{RemoteError, TransportError};
+pub use families::{Families, Family};
 pub use handler::Handler;
 pub use handshake::{HandshakeError, RejectReason};
 pub use secret::ClusterSecret;

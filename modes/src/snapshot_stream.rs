@@ -1,0 +1,293 @@
+//! Snapshot streaming: a state-machine snapshot sent from one node to another as a file, in
+//! chunks, so neither side ever holds a whole state in memory. Used to re-seed an HA
+//! standby; a Raft leader can send its snapshot to a lagging follower the same way.
+//!
+//! The receiver pulls. The sender writes a snapshot file from one consistent view and offers
+//! it under an id; the receiver, told the id by the mode's own protocol (HA's `NeedSnapshot`
+//! fetch reply; in Raft e.g. an "install snapshot" request), asks for chunks until the
+//! last one and streams them into a file, from which the mode installs:
+//!
+//! ```text
+//! sender:   let p = outgoing.prepare(sm).await?;            // tell the receiver p.id, p.size
+//!           handler for MY_CHUNK: outgoing.serve(&decode(payload)?)   // each ChunkRequest
+//! receiver: receive(transport, sender, MY_CHUNK, id, &path, |_| {}).await?;
+//!           state_machine::install_snapshot(sm, BufReader::new(File::open(&path)?))  // + the mode's log reset
+//! ```
+//!
+//! A sender offers one snapshot at a time: preparing a new one deletes the old file, and a
+//! receiver still fetching the old id is answered `snapshot_expired` and starts over. Chunks
+//! are at most [`CHUNK_BYTES`], well under the transport's frame limit. Messages are
+//! [`crate::wire`]-encoded; the mode picks the message type in its family.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::snapshot::SnapshotMeta;
+use crate::state_machine::{write_snapshot, StateMachine, StateMachineError};
+use crate::transport::{NodeId, RemoteError, Transport, TransportError};
+use crate::wire::{decode, encode};
+
+/// The most a chunk holds, whatever the receiver asks for.
+pub const CHUNK_BYTES: u32 = 4 << 20;
+
+/// How long the receiver waits for one chunk.
+pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Receiver → sender: "bytes of snapshot `snapshot_id` from `offset`".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub snapshot_id: u64,
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
+/// `done`: this chunk ends the file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Chunk {
+    pub data: Vec<u8>,
+    pub done: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A file under the snapshot directory could not be created, written, read or renamed.
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// The state machine could not produce the snapshot.
+    #[error("cannot write the snapshot: {0}")]
+    Snapshot(#[from] StateMachineError),
+    /// A chunk could not be fetched (the sender's `snapshot_expired` arrives as `Remote`): the
+    /// receiver should ask the mode for a snapshot again.
+    #[error("cannot fetch a snapshot chunk: {0}")]
+    Transport(#[from] TransportError),
+    /// The sender answered with something that is not a chunk, or an empty chunk before the end.
+    #[error("bad snapshot chunk: {0}")]
+    Malformed(String),
+    /// The blocking task writing the file panicked or was cancelled.
+    #[error("snapshot task failed: {0}")]
+    Task(String),
+}
+
+/// A snapshot prepared for sending.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepared {
+    /// What the receiver asks for in [`ChunkRequest::snapshot_id`]: the snapshot's applied index.
+    pub id: u64,
+    pub size: u64,
+    pub meta: SnapshotMeta,
+}
+
+/// The snapshot this node offers to peers: at most one file, in `dir`, as
+/// `outgoing-<applied index>.snap`.
+pub struct Outgoing {
+    dir: PathBuf,
+    /// (id, file, size) of the snapshot on offer.
+    held: Mutex<Option<(u64, PathBuf, u64)>>,
+}
+
+impl Outgoing {
+    pub fn new(dir: PathBuf) -> Outgoing {
+        Outgoing { dir, held: Mutex::new(None) }
+    }
+
+    /// Writes a snapshot of `sm` from one read view to a new file and offers it in place of
+    /// the previous one, whose file is deleted.
+    pub async fn prepare(&self, sm: Arc<dyn StateMachine>) -> Result<Prepared, StreamError> {
+        // Distinct temporary names: two prepares may overlap.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = self.dir.clone();
+        let (path, meta, size) = tokio::task::spawn_blocking(move || -> Result<_, StreamError> {
+            std::fs::create_dir_all(&dir).map_err(io("cannot create the snapshot directory", &dir))?;
+            let tmp = dir.join(format!("outgoing.{}.tmp", NEXT.fetch_add(1, Ordering::Relaxed)));
+            let file = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
+            let (w, meta) = write_snapshot(&*sm, std::io::BufWriter::new(file))?;
+            w.into_inner().map_err(|e| io("cannot write", &tmp)(e.into_error()))?;
+            let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
+            std::fs::rename(&tmp, &path).map_err(io("cannot rename", &tmp))?;
+            let size = std::fs::metadata(&path).map_err(io("cannot stat", &path))?.len();
+            Ok((path, meta, size))
+        })
+        .await
+        .map_err(|e| StreamError::Task(e.to_string()))??;
+        let old = self.held.lock().unwrap().replace((meta.applied_index, path.clone(), size));
+        if let Some((_, old_path, _)) = old.filter(|(_, p, _)| *p != path) {
+            let _ = std::fs::remove_file(old_path);
+        }
+        Ok(Prepared { id: meta.applied_index, size, meta })
+    }
+
+    /// The file of the snapshot on offer, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.held.lock().unwrap().as_ref().map(|(_, p, _)| p.clone())
+    }
+
+    /// Answers one [`ChunkRequest`]; `snapshot_expired` if `snapshot_id` is not the snapshot
+    /// on offer (any more). Blocking file I/O of at most [`CHUNK_BYTES`].
+    pub fn serve(&self, req: &ChunkRequest) -> Result<Chunk, RemoteError> {
+        let held = self.held.lock().unwrap().clone();
+        let expired = || RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again");
+        let Some((_, path, size)) = held.filter(|(id, _, _)| *id == req.snapshot_id) else {
+            return Err(expired());
+        };
+        let offset = req.offset.min(size);
+        let want = u64::from(req.max_bytes.min(CHUNK_BYTES)).min(size - offset);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut data = Vec::with_capacity(want as usize);
+            f.take(want).read_to_end(&mut data)?;
+            Ok(data)
+        };
+        // A newer snapshot may have replaced this one (its file is gone): the receiver starts over.
+        let data = read().map_err(|_| expired())?;
+        let done = offset + data.len() as u64 >= size;
+        Ok(Chunk { data, done })
+    }
+}
+
+/// Fetches snapshot `snapshot_id` from `from` as `msg_type` requests, chunk by chunk, into a
+/// new file at `path` (its directory is created; an existing file is replaced). Holds one
+/// chunk in memory at a time. `on_chunk` is called with the bytes received so far after each
+/// chunk — proof that the sender is alive, for a mode that watches its silence. Returns the
+/// file's size. The file is flushed but not fsynced: it is installed, then deleted.
+pub async fn receive(
+    transport: &Transport,
+    from: &NodeId,
+    msg_type: u16,
+    snapshot_id: u64,
+    path: &Path,
+    mut on_chunk: impl FnMut(u64) + Send,
+) -> Result<u64, StreamError> {
+    let io = |what| io(what, path);
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io("cannot create the directory of"))?;
+    }
+    let mut file = tokio::fs::File::create(path).await.map_err(io("cannot create"))?;
+    let mut offset = 0u64;
+    loop {
+        let req = encode(&ChunkRequest { snapshot_id, offset, max_bytes: CHUNK_BYTES });
+        let b = transport.request(from, msg_type, req, Some(CHUNK_TIMEOUT)).await?;
+        let chunk: Chunk = decode("snapshot chunk", &b).map_err(StreamError::Malformed)?;
+        file.write_all(&chunk.data).await.map_err(io("cannot write"))?;
+        offset += chunk.data.len() as u64;
+        on_chunk(offset);
+        if chunk.done {
+            break;
+        }
+        if chunk.data.is_empty() {
+            return Err(StreamError::Malformed(format!("empty chunk at offset {offset} before the end")));
+        }
+    }
+    file.flush().await.map_err(io("cannot write"))?;
+    Ok(offset)
+}
+
+/// `map_err` for file operations on `path`.
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StreamError + 'a {
+    move |source| StreamError::Io { what, path: path.to_path_buf(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use crate::state_machine::{install_snapshot, LogEntry, MemStateMachine};
+
+    fn state(keys: u64) -> Arc<dyn StateMachine> {
+        let sm = MemStateMachine::default();
+        let entries: Vec<LogEntry> = (1..=keys)
+            .map(|i| LogEntry { index: i, epoch: 1, command: Command::Put { key: format!("k{i}"), value: vec![i as u8; 100], if_revision: None } })
+            .collect();
+        sm.apply(&entries).unwrap();
+        Arc::new(sm)
+    }
+
+    /// Reads the whole snapshot through `serve` in chunks of `max` bytes.
+    fn pull(out: &Outgoing, id: u64, max: u32) -> Result<Vec<u8>, RemoteError> {
+        let mut all = Vec::new();
+        loop {
+            let c = out.serve(&ChunkRequest { snapshot_id: id, offset: all.len() as u64, max_bytes: max })?;
+            assert!(c.data.len() <= max as usize);
+            all.extend_from_slice(&c.data);
+            if c.done {
+                return Ok(all);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_served_in_chunks_installs_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outgoing::new(dir.path().join("snapshots"));
+        let p = out.prepare(state(50)).await.unwrap();
+        assert_eq!((p.id, p.meta.keys), (50, 50));
+        let bytes = pull(&out, p.id, 333).unwrap();
+        assert_eq!(bytes.len() as u64, p.size);
+        let copy = MemStateMachine::default();
+        let meta = install_snapshot(&copy, &bytes[..]).unwrap();
+        assert_eq!(meta, p.meta);
+        assert_eq!(copy.get("k50").unwrap().unwrap().value, vec![50u8; 100]);
+    }
+
+    #[tokio::test]
+    async fn a_newer_snapshot_replaces_the_offered_one_and_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outgoing::new(dir.path().to_path_buf());
+        let old = out.prepare(state(3)).await.unwrap();
+        let old_path = out.path().unwrap();
+        let new = out.prepare(state(7)).await.unwrap();
+        assert!(!old_path.exists(), "the replaced snapshot's file was kept");
+        let e = pull(&out, old.id, 1024).unwrap_err();
+        assert_eq!(e.code, "snapshot_expired");
+        assert_eq!(pull(&out, new.id, 1024).unwrap().len() as u64, new.size);
+        // Only the offered snapshot is on disk: no temporary files left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// The sender's side of the chunk message, as a mode's handler would serve it.
+    struct Serve(Outgoing);
+
+    #[async_trait::async_trait]
+    impl crate::transport::Handler for Serve {
+        async fn on_request(&self, _from: &NodeId, _msg_type: u16, payload: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
+            let req: ChunkRequest = decode("snapshot chunk", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
+            self.0.serve(&req).map(|c| encode(&c))
+        }
+        async fn on_message(&self, _from: &NodeId, _msg_type: u16, _payload: bytes::Bytes) {}
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_received_over_the_transport_is_the_one_offered() {
+        use crate::transport::{Families, Family, TransportConfig};
+        let chunk_msg = Family::Raft.msg(0x09);
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outgoing::new(dir.path().join("out"));
+        let p = out.prepare(state(20)).await.unwrap();
+        let cfg = |n: &str| TransportConfig::new("c", n, "127.0.0.1:0".parse().unwrap());
+        let mut reg = prometheus_client::registry::Registry::default();
+        let sender = Transport::start(cfg("a"), Arc::new(Families::new().with(Family::Raft, Arc::new(Serve(out)))), &mut reg).await.unwrap();
+        let mut reg = prometheus_client::registry::Registry::default();
+        let receiver = Transport::start(cfg("b"), Arc::new(Families::new()), &mut reg).await.unwrap();
+        receiver.add_peer("a".into(), sender.local_addr().to_string());
+
+        let path = dir.path().join("in/incoming.snap");
+        let mut seen = 0;
+        let got = receive(&receiver, &"a".to_string(), chunk_msg, p.id, &path, |n| seen = n).await.unwrap();
+        assert_eq!((got, seen), (p.size, p.size));
+        let copy = MemStateMachine::default();
+        let meta = install_snapshot(&copy, std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
+        assert_eq!(meta, p.meta);
+
+        // An id the sender does not offer: the receiver learns it must start over.
+        let e = receive(&receiver, &"a".to_string(), chunk_msg, p.id + 1, &path, |_| {}).await.unwrap_err();
+        assert!(matches!(&e, StreamError::Transport(TransportError::Remote(r)) if r.code == "snapshot_expired"), "{e}");
+        receiver.shutdown().await;
+        sender.shutdown().await;
+    }
+}
