@@ -75,7 +75,7 @@ pub enum StreamError {
 }
 
 /// A snapshot prepared for sending.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Prepared {
     /// What the receiver asks for in [`ChunkRequest::snapshot_id`]: the snapshot's applied index.
     pub id: u64,
@@ -202,7 +202,7 @@ mod tests {
     fn state(keys: u64) -> Arc<dyn StateMachine> {
         let sm = MemStateMachine::default();
         let entries: Vec<LogEntry> = (1..=keys)
-            .map(|i| LogEntry { index: i, epoch: 1, command: Command::Put { key: format!("k{i}"), value: vec![i as u8; 100], if_revision: None } })
+            .map(|i| LogEntry { index: i, epoch: 1, command: Command::Put { key: format!("k{i}"), value: vec![i as u8; 100], if_revision: None }, meta: None })
             .collect();
         sm.apply(&entries).unwrap();
         Arc::new(sm)

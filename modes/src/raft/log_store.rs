@@ -63,7 +63,7 @@ pub fn to_record(e: &Entry) -> Record {
     let payload = match &e.payload {
         EntryPayload::Blank => LogPayload::Blank,
         EntryPayload::Normal(c) => LogPayload::Normal(c.0.clone()),
-        EntryPayload::Membership(m) => LogPayload::Membership(serde_json::to_vec(m).expect("membership serializes")),
+        EntryPayload::Membership(m) => LogPayload::Membership(serde_json::to_vec(&m).expect("membership serializes")),
     };
     Record { index: position(e.log_id.index), epoch: e.log_id.leader_id.term, payload: payload.encode() }
 }

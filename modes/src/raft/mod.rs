@@ -38,6 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meridian_wal::Wal;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::async_runtime::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 
 use crate::bookmark::Bookmark;
@@ -85,10 +86,6 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
-    fn my_addr(&self) -> String {
-        self.peers.iter().find(|(n, _)| *n == self.node_name).map(|(_, a)| a.clone()).unwrap_or_default()
-    }
-
     fn openraft_config(&self) -> Result<openraft::Config, String> {
         let min = self.election_timeout.as_millis() as u64;
         let c = openraft::Config {
@@ -195,9 +192,9 @@ impl RaftNode {
     fn watch_leader(self: Arc<Self>) {
         let mut rx = self.raft.metrics();
         tokio::spawn(async move {
-            let mut last = rx.borrow().current_leader;
+            let mut last = rx.borrow_watched().current_leader;
             while rx.changed().await.is_ok() {
-                let now = rx.borrow().current_leader;
+                let now = rx.borrow_watched().current_leader;
                 if now != last {
                     if now.is_some() {
                         self.leader_changes.fetch_add(1, Ordering::Relaxed);
@@ -230,14 +227,16 @@ impl RaftNode {
     }
 
     fn name_of(&self, id: u64) -> Option<String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().nodes().find(|(i, _)| **i == id).map(|(_, n)| n.name.clone())
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let name = m.membership().nodes().find(|(i, _)| **i == id).map(|(_, n)| n.name.clone());
+        name
     }
 
     fn leader_node(&self) -> Option<MeridianNode> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let id = m.current_leader?;
-        m.membership_config.membership().nodes().find(|(i, _)| **i == id).map(|(_, n)| n.clone())
+        let node = m.membership_config.membership().nodes().find(|(i, _)| **i == id).map(|(_, n)| n.clone());
+        node
     }
 
     fn hint(&self) -> Option<LeaderHint> {
@@ -313,7 +312,7 @@ impl RaftNode {
     }
 
     fn members(&self) -> serde_json::Value {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
         let last = m.last_log_index;
         let repl = m.replication.clone().unwrap_or_default();
@@ -340,7 +339,7 @@ impl RaftNode {
             "leader": m.current_leader.and_then(|id| self.name_of(id)),
             "term": m.current_term,
             "state": format!("{:?}", m.state),
-            "commit_index": m.committed.map(|l| position(l.index)).unwrap_or(0),
+            "commit_index": m.cluster_committed.map(|l| position(l.index)).unwrap_or(0),
             "applied_index": m.last_applied.map(|l| position(l.index)).unwrap_or(0),
             "members": members,
         })
@@ -372,7 +371,7 @@ impl Replicator for RaftNode {
         if !self.cfg.forward_writes || self.cfg.role == RaftRole::Replica && !self.cfg.forward_writes {
             return Err(SubmitError::NotLeader { leader: Some(LeaderHint { node_id: leader.name, http_addr: leader.http }) });
         }
-        let term = self.raft.metrics().borrow().current_term;
+        let term = self.raft.metrics().borrow_watched().current_term;
         let req = ForwardRequest { epoch: term, command: cmd };
         crate::forward::forward(&self.transport, &leader.name, rpc::FORWARD, &req, Duration::from_secs(30)).await
     }
@@ -391,7 +390,7 @@ impl Replicator for RaftNode {
     }
 
     fn status(&self) -> ReplicationStatus {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let failed = m.running_state.as_ref().err().map(|e| format!("the Raft core stopped: {e}"));
         let role = match m.state {
             ServerState::Leader => "leader",
@@ -421,7 +420,7 @@ impl Replicator for RaftNode {
             role: role.into(),
             is_leader: m.state == ServerState::Leader,
             state: if failed.is_some() { "failed".into() } else { "running".into() },
-            commit_index: m.committed.map(|l| position(l.index)).unwrap_or(0),
+            commit_index: m.cluster_committed.map(|l| position(l.index)).unwrap_or(0),
             applied_index: self.sm.applied_index(),
             epoch: m.current_term,
             peers,
@@ -445,7 +444,7 @@ impl Replicator for RaftNode {
                     return Err(AdminError::Rejected(format!("this node is not the leader; ask {:?}", self.leader_node().map(|n| n.name))));
                 }
                 let id = raft_id(&self.cfg.cluster_id, &target);
-                let voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+                let voters: BTreeSet<u64> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
                 if !voters.contains(&id) {
                     return Err(AdminError::Rejected(format!("{target} is not a voter of this cluster")));
                 }
@@ -457,7 +456,7 @@ impl Replicator for RaftNode {
                     return Err(AdminError::Rejected("this node is not the leader".into()));
                 }
                 let me = raft_id(&self.cfg.cluster_id, &self.cfg.node_name);
-                let m = self.raft.metrics().borrow().clone();
+                let m = self.raft.metrics().borrow_watched().clone();
                 let target = m
                     .membership_config
                     .membership()

@@ -79,12 +79,12 @@ mod tests {
     use super::*;
     use crate::command::Command;
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     #[test]
     fn raft_messages_round_trip_through_postcard() {
         let node = MeridianNode { name: "n1".into(), addr: "127.0.0.1:7000".into(), http: None };
-        let m = Membership::new_with_defaults(vec![BTreeSet::from([1u64])], BTreeMap::from([(1u64, node)]));
+        let m = Membership::from(BTreeMap::from([(1u64, node)]));
         let entries = vec![
             openraft::Entry { log_id: log_id(1, 1).unwrap(), payload: openraft::EntryPayload::Membership(m.clone()) },
             openraft::Entry { log_id: log_id(1, 2).unwrap(), payload: openraft::EntryPayload::Blank },

@@ -24,7 +24,6 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use super::types::{log_id, position, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::command::CommandResult;
 use crate::snapshot::SnapshotReader;
 use crate::state_machine::{install_snapshot, write_snapshot, LogEntry, StateMachine};
 
