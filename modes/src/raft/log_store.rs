@@ -123,13 +123,17 @@ impl Shared {
         // Snapshot the unflushed entries first: anything removed from the map after this was
         // durable before its removal, so the WAL read below returns it.
         let pending: Vec<Entry> = self.unflushed.lock().unwrap().range(start..end).map(|(_, e)| e.clone()).collect();
+        // Nothing exists below the WAL's first record (purged, or never written).
+        let start = start.max(self.wal.first_index().saturating_sub(1));
+        if start >= end {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity((end - start).min(4096) as usize);
         let mut next = start;
         while next < end {
             let want = (end - next).min(4096) as usize;
             let records = match self.wal.read_from(position(next), want, 32 << 20) {
                 Ok(r) => r,
-                Err(WalError::Purged { .. }) if out.is_empty() => return Ok(Vec::new()),
                 Err(e) => return Err(io_err(e)),
             };
             if records.is_empty() {
@@ -141,8 +145,9 @@ impl Shared {
             next += records.len() as u64;
         }
         out.extend(pending.into_iter().filter(|e| e.log_id.index >= next));
-        // No holes: stop at the first gap.
-        let mut expect = start;
+        // No holes: keep a contiguous run from the first entry (a range may start below the
+        // log's first entry; nothing exists there).
+        let mut expect = out.first().map_or(start, |e| e.log_id.index);
         let keep = out.iter().take_while(|e| {
             let ok = e.log_id.index == expect;
             expect += 1;
