@@ -1,7 +1,7 @@
 # Shared by the bench scripts: build, a scratch directory, starting nodes and waiting for
 # them, and stopping every node started (by PID) on exit. Source it after `cd` to the root.
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
-BIN=./target/release/meridian
+BIN=${CARGO_TARGET_DIR:-./target}/release/meridian
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
