@@ -231,7 +231,12 @@ async fn start_transport(
 /// the witness with neither). Either way their traffic arrives as `from` = `ha::PEER`.
 fn admission(cfg: &Config) -> Result<Admission, NodeError> {
     if cfg.cluster_mode == ClusterMode::Raft {
-        // Raft members, each admitted under its own name (certificate node id or host).
+        // With credentials, any node that proves membership, under the name it proves (mTLS)
+        // or claims (secret): members change at run time, and the Raft handler decides what
+        // each name may do. Without, only the configured voters, by source address.
+        if cfg.cluster_secret.is_some() || (cfg.cluster_tls_enabled && cfg.cluster_tls_verify_client) {
+            return Ok(Admission::Claimed);
+        }
         let peers = cfg.raft_peers()?;
         return Ok(Admission::Peers(
             peers
@@ -254,11 +259,18 @@ fn admission(cfg: &Config) -> Result<Admission, NodeError> {
 fn raft_config(cfg: &Config) -> Result<RaftConfig, NodeError> {
     let http_addr = cfg.cluster_http_advertise_addr.clone().or_else(|| (!cfg.http_addr.ip().is_unspecified()).then(|| format!("http://{}", cfg.http_addr)));
     let peers: Vec<(String, String)> = cfg.raft_peers()?.into_iter().map(|p| (p.id, p.addr)).collect();
+    let advertise = cfg
+        .cluster_advertise_addr
+        .clone()
+        .or_else(|| peers.iter().find(|(n, _)| *n == cfg.cluster_node_id).map(|(_, a)| a.clone()))
+        .unwrap_or_else(|| cfg.cluster_bind_addr.to_string());
     Ok(RaftConfig {
+        advertise,
         cluster_id: cfg.cluster_raft_cluster_id.clone(),
         node_name: cfg.cluster_node_id.clone(),
         peers,
         bootstrap: cfg.cluster_raft_bootstrap,
+        force_new_cluster: cfg.cluster_raft_force_new_cluster,
         role: match cfg.cluster_raft_role {
             crate::config::RaftRole::Voter => meridian_modes::raft::RaftRole::Voter,
             crate::config::RaftRole::Replica => meridian_modes::raft::RaftRole::Replica,

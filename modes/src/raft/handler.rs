@@ -92,6 +92,10 @@ impl Handler for RaftHandler {
     async fn on_request(&self, from: &NodeId, msg_type: u16, payload: Bytes) -> Result<Bytes, RemoteError> {
         let node = self.node()?;
         let raft = &node.raft;
+        // Anyone the transport admitted may ask to join; everything else needs a member.
+        if msg_type != rpc::JOIN && !node.is_member(from) {
+            return Err(RemoteError::new("not_a_member", format!("{from} is not a member of this Raft cluster")));
+        }
         match msg_type {
             rpc::APPEND => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(&payload).map_err(bad)?;
@@ -134,6 +138,19 @@ impl Handler for RaftHandler {
                 Ok(encode(&ForwardReply::from_result(node.propose(req.command).await)))
             }
             rpc::READ_INDEX => Ok(encode(&node.serve_read_index().await)),
+            rpc::JOIN => {
+                let req: super::membership::JoinRequest = decode(&payload).map_err(bad)?;
+                // A node joins under the name it was admitted as, never another's; members
+                // relay joins that reached them.
+                if req.node.name != *from && !node.is_member(from) {
+                    return Err(RemoteError::new("wrong_sender", format!("{from} asked to join as {:?}", req.node.name)));
+                }
+                Ok(encode(&node.join(req).await))
+            }
+            rpc::REMOVE => {
+                let req: super::membership::RemoveRequest = decode(&payload).map_err(bad)?;
+                Ok(encode(&node.remove(req).await))
+            }
             other => Err(RemoteError::new("unknown_message", format!("Raft node does not handle message type {other:#x}"))),
         }
     }

@@ -51,7 +51,7 @@ impl RaftHardState {
         })
     }
 
-    fn save(&self, wal: &Wal) -> Result<(), WalError> {
+    pub(crate) fn save(&self, wal: &Wal) -> Result<(), WalError> {
         let term = self.vote.as_ref().map_or(0, |v| v.leader_id.term);
         let bytes = serde_json::to_vec(self).expect("hard state serializes");
         wal.save_hard_state(&HardState { epoch: term, vote: bytes })

@@ -10,6 +10,8 @@
 //! | 0x0205 | `TransferLeaderRequest`            | `TransferLeaderResponse`            |
 //! | 0x0206 | [`ForwardRequest`](crate::forward) | `ForwardReply`                      |
 //! | 0x0207 | [`ReadIndexRequest`]               | [`ReadIndexReply`]                  |
+//! | 0x0208 | `membership::JoinRequest`          | `membership::ChangeReply`           |
+//! | 0x0209 | `membership::RemoveRequest`        | `membership::ChangeReply`           |
 //!
 //! Bodies are postcard; a reply is `Result<T, String>` (the remote's error text).
 
@@ -25,6 +27,8 @@ pub const SNAPSHOT_CHUNK: u16 = 0x0204;
 pub const TRANSFER_LEADER: u16 = 0x0205;
 pub const FORWARD: u16 = 0x0206;
 pub const READ_INDEX: u16 = 0x0207;
+pub const JOIN: u16 = 0x0208;
+pub const REMOVE: u16 = 0x0209;
 
 /// Snapshot chunks are at most this big: memory stays bounded on both sides.
 pub const CHUNK_BYTES: usize = 4 << 20;

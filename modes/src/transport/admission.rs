@@ -47,6 +47,12 @@ pub enum Admission {
     Members { label: String },
     /// Only these peers; `from` is the matched peer's label.
     Peers(Vec<AllowedPeer>),
+    /// Any node that proves cluster membership (as for [`Admission::Members`]), with `from` =
+    /// the node id it claims — named by its certificate under mTLS (checked in the
+    /// handshake); with the cluster secret alone, any holder of the secret may claim any
+    /// name. For clusters whose members change at run time (Raft); the mode decides what
+    /// each name may do.
+    Claimed,
 }
 
 /// One node allowed to connect, as the mode configured it.
@@ -112,7 +118,7 @@ impl Gate {
     /// Checks the policy against the credentials; the error says what to change.
     pub fn new(policy: Admission, creds: Credentials) -> Result<Gate, String> {
         match &policy {
-            Admission::Members { .. } if creds.address_only() => {
+            Admission::Members { .. } | Admission::Claimed if creds.address_only() => {
                 return Err("admitting any cluster member needs client certificates (TLS with verify_client) or a cluster secret".into())
             }
             Admission::Peers(peers) if peers.is_empty() => return Err("the admission list has no peers".into()),
@@ -202,6 +208,7 @@ impl Gate {
         let peers = match &self.policy {
             Admission::Any => return Ok(claimed.clone()),
             Admission::Members { label } => return Ok(label.clone()),
+            Admission::Claimed => return Ok(claimed.clone()),
             Admission::Peers(p) => p,
         };
         let remote = remote.to_canonical();
@@ -263,6 +270,10 @@ impl Gate {
                 addrs()
             )),
             Admission::Peers(_) => None,
+            Admission::Claimed if !self.creds.certificates => Some(
+                "the cluster port admits any holder of the cluster secret under the node name it claims; use mTLS (TLS with verify_client) to bind names to certificates".into(),
+            ),
+            Admission::Claimed => None,
         }
     }
 }
@@ -328,6 +339,10 @@ mod tests {
     fn policies_that_cannot_work_are_refused() {
         assert!(Gate::new(Admission::Members { label: "m".into() }, PLAIN).is_err());
         assert!(Gate::new(Admission::Members { label: "m".into() }, SECRET).is_ok());
+        assert!(Gate::new(Admission::Claimed, PLAIN).is_err(), "names nobody proved must not be trusted");
+        let claimed = Gate::new(Admission::Claimed, SECRET).unwrap();
+        assert_eq!(claimed.admit("127.0.0.9".parse().unwrap(), None, &"n4".to_string()).unwrap(), "n4");
+        assert!(claimed.start_warning().is_some_and(|w| w.contains("any holder of the cluster secret")));
         assert!(Gate::new(Admission::Peers(vec![]), SECRET).is_err());
         assert!(Gate::new(Admission::Peers(vec![AllowedPeer::new("p", "nohost")]), SECRET).is_err());
         assert_eq!(AllowedPeer::new("p", "[::1]:7688").host(), "::1");
