@@ -206,7 +206,11 @@ fn follower_misses_writes(c: &mut RaftCluster, f: usize, away: Away, prefix: &st
 
     // An explicit snapshot through the admin API, then the leader must have compacted: its
     // WAL starts far past the follower's last applied position.
-    let (s, v) = call_json("POST", &c.nodes[leader].url("/admin/raft/snapshot"), None, Duration::from_secs(10)).unwrap();
+    let (s, v) = call_json("POST", &c.nodes[leader].url("/admin/raft/snapshot"), None, Duration::from_secs(10)).unwrap_or_else(|e| {
+        let log = c.nodes[leader].log_text();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("election timeout expired")).collect();
+        panic!("{e}\n{}\nleader log tail:\n{}", c.describe(), tail[tail.len().saturating_sub(60)..].join("\n"))
+    });
     assert_eq!(s, 200, "POST /admin/raft/snapshot: {v}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let pos = loop {
