@@ -103,8 +103,12 @@ impl Node {
         // The state first: it names the WAL it was built from, and the WAL must be that one.
         // In ha_standby the mode replays (only what is agreed, or everything once primary); in
         // raft openraft does (only what is committed).
-        let replay_all = !matches!(cfg.cluster_mode, ClusterMode::HaStandby | ClusterMode::Raft);
-        let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts, replay_all))
+        let replay = match cfg.cluster_mode {
+            ClusterMode::HaStandby => crate::storage::Replay::Checked,
+            ClusterMode::Raft => crate::storage::Replay::Raft,
+            _ => crate::storage::Replay::All,
+        };
+        let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts, replay))
             .await
             .expect("recovery task panicked")?;
 

@@ -45,11 +45,27 @@ pub struct WalUnusable {
     pub advice: String,
 }
 
-/// Opens the state, then the WAL it is bound to, replays, and binds a state not bound yet.
-/// Blocking. `replay_all: false` checks the WAL against the state but applies nothing past
-/// what the state already holds: a mode that applies only agreed records (`ha_standby`)
-/// replays the rest itself once it knows what is agreed.
-pub fn open(data_dir: &Path, mut opts: WalOptions, replay_all: bool) -> Result<(Wal, Arc<RedbStore>), NodeError> {
+/// How [`open`] brings the state and its WAL together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Apply every WAL record past the state (standalone, multi-region).
+    All,
+    /// Check the WAL against the state but apply nothing past what the state already holds:
+    /// a mode that applies only agreed records (`ha_standby`) replays the rest itself once it
+    /// knows what is agreed.
+    Checked,
+    /// As `Checked`, except that a WAL ending below the state is left to openraft. In `raft`
+    /// a snapshot install moves the state past the log in one redb transaction and openraft
+    /// purges the log behind it right after; a crash between the two leaves exactly this
+    /// (records that the state is past, none after it), and openraft's start-up recognizes
+    /// it ("last_log_id < last_applied") and purges the hole. Refusing to start here would
+    /// make a follower that was killed right after an install unable to come back.
+    Raft,
+}
+
+/// Opens the state, then the WAL it is bound to, replays (see [`Replay`]), and binds a state
+/// not bound yet. Blocking.
+pub fn open(data_dir: &Path, mut opts: WalOptions, replay: Replay) -> Result<(Wal, Arc<RedbStore>), NodeError> {
     let store = Arc::new(RedbStore::open(&data_dir.join(STATE_FILE))?);
     opts.expected_id = store.wal_binding()?;
     let (wal, report) = Wal::open(opts).map_err(|e| match e {
@@ -61,8 +77,14 @@ pub fn open(data_dir: &Path, mut opts: WalOptions, replay_all: bool) -> Result<(
     if let Some(t) = &report.truncated_tail {
         warn!(?t, "the WAL had a torn tail from an unclean stop; it was truncated");
     }
-    let upto = if replay_all { u64::MAX } else { store.applied_index() };
-    let replayed = replay_to(&wal, &*store, upto)?;
+    let upto = if replay == Replay::All { u64::MAX } else { store.applied_index() };
+    let installed_past_log = replay == Replay::Raft && wal.first_index() <= wal.last_index() && wal.last_index() < store.applied_index();
+    let replayed = if installed_past_log {
+        info!(wal_last = wal.last_index(), applied = store.applied_index(), "the state is past the WAL's end (a Raft snapshot install); Raft purges the log behind it");
+        0
+    } else {
+        replay_to(&wal, &*store, upto)?
+    };
     store.bind_wal(wal.id())?;
     info!(first = report.first_index, last = report.last_index, replayed, applied = store.applied_index(), wal_id = %wal.id(), "storage recovered");
     Ok((wal, store))

@@ -81,7 +81,14 @@ thread_local! {
 /// One HTTP call with a deadline; `Err` when there is no answer (refused, reset, timeout).
 /// Never call it from inside an async context.
 pub fn call(method: &str, url: &str, body: Option<Vec<u8>>, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
-    let client = CLIENT.with(|c| c.borrow_mut().get_or_insert_with(reqwest::Client::new).clone());
+    // Idle connections are dropped well before the node's 60 s HTTP idle timeout: this
+    // runtime is not polled between calls, so a connection the node closed meanwhile would
+    // be reused and fail ("error sending request") after a phase longer than a minute.
+    let client = CLIENT.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(20)).build().unwrap())
+            .clone()
+    });
     RT.with(|rt| {
         rt.block_on(async {
             let mut rb = client.request(method.parse().unwrap(), url).timeout(timeout);

@@ -9,7 +9,8 @@
 //! - **Vote, purge point.** Kept together in the WAL's hard state (one crc-protected file,
 //!   replaced atomically, queued behind every append enqueued before it — so a vote is never
 //!   durable ahead of the entries that preceded it). The purge point is written *before*
-//!   segments are deleted, so the purged position always keeps its term.
+//!   segments are deleted, so the purged position always keeps its term; a purge cut short
+//!   by a crash is finished when the store opens ([`LogStore::new`]).
 //!
 //! Blocking WAL calls run on `spawn_blocking`, never on openraft's core task.
 
@@ -98,6 +99,16 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(wal: Wal) -> io::Result<LogStore> {
         let hard = RaftHardState::load(&wal)?;
+        // A purge saves its point first and deletes the records after; a crash between the
+        // two (e.g. a follower killed right after a snapshot install) leaves records at or
+        // below the purge point — possibly all of the WAL, ending far below it, which openraft
+        // refuses as an inverted log. Finish the purge before anyone reads the log.
+        if let Some(p) = hard.purged {
+            if wal.first_index() <= position(p.index) {
+                tracing::info!(purged = position(p.index), wal_first = wal.first_index(), wal_last = wal.last_index(), "finishing an interrupted log purge");
+                wal.purge_before(position(p.index) + 1).map_err(io_err)?;
+            }
+        }
         Ok(LogStore { shared: Arc::new(Shared { wal, unflushed: Mutex::new(BTreeMap::new()), hard: Mutex::new(hard) }) })
     }
 

@@ -5,7 +5,8 @@
 //!   records data, last applied log id and membership in one transaction.
 //! - **Applied state after a crash** is what redb made durable; openraft re-applies the rest
 //!   from the log. That is safe because the log is never purged past a snapshot, and a
-//!   snapshot is only built after a checkpoint (so its position is durable in redb too).
+//!   snapshot is handed to openraft only after a checkpoint that covers its read view (so its
+//!   position is durable in redb too).
 //! - **Snapshots** are Meridian snapshot files (`snapshot.rs`: one consistent read view, the
 //!   applied position, term and membership in the header, a checksum at the end) kept in
 //!   `<data>/raft/snapshots/`. Building streams to a temporary file, then renames; only the
@@ -128,14 +129,20 @@ impl SmStore {
     }
 
     fn build(&self) -> io::Result<(PathBuf, SnapshotMeta)> {
-        // Durable first: the log may be purged up to this snapshot, and after a crash redb
-        // must not come back below it.
-        self.sm.checkpoint().map_err(other)?;
         let tmp = self.temp_path("building");
         let out = BufWriter::new(File::create(&tmp)?);
         let (out, m) = write_snapshot(&*self.sm, out).map_err(other)?;
         let file = out.into_inner().map_err(|e| other(e.error()))?;
         file.sync_all()?;
+        // Durable before openraft hears of it: the log may be purged up to this snapshot, and
+        // after a crash redb must not come back below it. The checkpoint comes *after* the
+        // read view — applies go on while a snapshot is built, so a checkpoint taken before
+        // it could leave the view's position above what redb made durable.
+        let durable = self.sm.checkpoint().map_err(other)?;
+        if durable < m.applied_index {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(other(format!("snapshot at {} but the state is durable only up to {durable}", m.applied_index)));
+        }
         let meta = SnapshotMeta { last_log_id: log_id(m.epoch, m.applied_index), last_membership: membership_of(m.meta.as_deref())? };
         let path = self.publish(&tmp, &meta)?;
         let meta = if path == self.final_path(&meta) { meta } else { Self::read_meta(&path)? };
