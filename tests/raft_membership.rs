@@ -100,8 +100,10 @@ fn membership_changes_under_load_keep_every_acknowledged_write() {
     let (r1, _) = extra_node(&c, "r1", true, SECRET);
     let r1_base = format!("http://127.0.0.1:{}", r1.port);
     wait_until("r1 listed as a learner", 60 * SECOND, || member(&status_of(&c.base(leader)), "r1").is_some_and(|m| m["role"] == "learner"));
-    let (code, v) = call_json("GET", &format!("{r1_base}/health"), None, 5 * SECOND).unwrap();
-    assert_eq!(code, 200, "replica health: {v}");
+    wait_until("the replica follows a leader (health 200)", 30 * SECOND, || {
+        call_json("GET", &format!("{r1_base}/health"), None, 5 * SECOND).is_ok_and(|(code, _)| code == 200)
+    });
+    let (_, v) = call_json("GET", &format!("{r1_base}/health"), None, 5 * SECOND).unwrap();
     assert_eq!(v["replication"]["role"], "learner", "{v}");
 
     // Bad requests are refused clearly.

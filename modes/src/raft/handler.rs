@@ -145,11 +145,11 @@ impl Handler for RaftHandler {
                 if req.node.name != *from && !node.is_member(from) {
                     return Err(RemoteError::new("wrong_sender", format!("{from} asked to join as {:?}", req.node.name)));
                 }
-                Ok(encode(&node.join(req).await))
+                Ok(encode(&super::membership::to_wire(node.join(req).await)))
             }
             rpc::REMOVE => {
                 let req: super::membership::RemoveRequest = decode(&payload).map_err(bad)?;
-                Ok(encode(&node.remove(req).await))
+                Ok(encode(&super::membership::to_wire(node.remove(req).await)))
             }
             other => Err(RemoteError::new("unknown_message", format!("Raft node does not handle message type {other:#x}"))),
         }

@@ -35,8 +35,16 @@ pub struct RemoveRequest {
     pub name: String,
 }
 
-/// The answer to a relayed change: `Ok(description)` or the reason it was refused.
+/// The answer to a change: `Ok(description)` or the reason it was refused.
 pub type ChangeReply = Result<serde_json::Value, String>;
+
+/// On the wire a description travels as JSON text (postcard cannot carry a
+/// `serde_json::Value`).
+pub type WireReply = Result<String, String>;
+
+pub fn to_wire(r: ChangeReply) -> WireReply {
+    r.map(|v| v.to_string())
+}
 
 impl RaftNode {
     fn current(&self) -> (BTreeSet<u64>, BTreeMap<u64, MeridianNode>) {
@@ -113,7 +121,7 @@ impl RaftNode {
         let mut last = "no Raft leader is known and no voter is configured (CLUSTER_RAFT_PEERS)".to_string();
         for t in targets {
             match self.transport.request(&t, msg, rpc::encode(req), Some(Duration::from_secs(120))).await {
-                Ok(b) => return rpc::decode::<ChangeReply>(&b)?,
+                Ok(b) => return rpc::decode::<WireReply>(&b)?.and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())),
                 Err(e) => last = format!("cannot reach {t}: {e}"),
             }
         }
