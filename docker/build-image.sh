@@ -8,7 +8,7 @@ tag="${1:-meridian:dev}"
 target=x86_64-unknown-linux-gnu
 
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" --bin meridian
-bin="target/$target/release/meridian"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/meridian"
 if command -v file >/dev/null && ! file "$bin" | grep -q "static"; then
   echo "build-image: $bin is not statically linked: $(file "$bin")" >&2
   exit 1
