@@ -470,6 +470,17 @@ impl Config {
                     format!("a voter must list itself: add {}:<its cluster host:port> (MERIDIAN_CLUSTER_NODE_ID={})", self.cluster_node_id, self.cluster_node_id),
                 ));
             }
+            // Members dial this node at its RAFT_PEERS entry, else CLUSTER_ADVERTISE_ADDR, else
+            // the bind address — which names no host when it is 0.0.0.0.
+            if !listed && self.cluster_advertise_addr.is_none() && self.cluster_bind_addr.ip().is_unspecified() {
+                return Err(ConfigError::new(
+                    "CLUSTER_ADVERTISE_ADDR",
+                    format!(
+                        "this node is not in CLUSTER_RAFT_PEERS and binds {}: set its cluster address as the other members should dial it (host:port)",
+                        self.cluster_bind_addr
+                    ),
+                ));
+            }
             if self.cluster_raft_role == RaftRole::Replica && self.cluster_raft_bootstrap {
                 return Err(ConfigError::new("CLUSTER_RAFT_BOOTSTRAP", "a read replica (CLUSTER_RAFT_ROLE=replica) cannot bootstrap a cluster"));
             }
@@ -715,6 +726,28 @@ mod tests {
         assert_eq!(e.variable, "MERIDIAN_CLUSTER_HA_ROLE");
         let e = Config::from_vars(vars(&[("CLUSTER_TLS_ENABLED", "true")])).unwrap_err();
         assert_eq!(e.variable, "MERIDIAN_CLUSTER_TLS_CERT_FILE");
+    }
+
+    #[test]
+    fn raft_settings_that_cannot_work_are_named() {
+        let raft = |extra: &[(&str, &str)]| {
+            let mut v = vec![("CLUSTER_MODE", "raft"), ("CLUSTER_NODE_ID", "n1")];
+            v.extend_from_slice(extra);
+            Config::from_vars(vars(&v))
+        };
+        assert_eq!(raft(&[]).unwrap_err().variable, "MERIDIAN_CLUSTER_RAFT_PEERS");
+        let e = raft(&[("CLUSTER_RAFT_PEERS", "n2:h2:7688,n3:h3:7688")]).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_RAFT_PEERS");
+        assert!(e.message.contains("must list itself"), "{e}");
+        // A replica outside the list, bound to 0.0.0.0, with no advertised address.
+        let replica = [("CLUSTER_RAFT_PEERS", "n2:h2:7688"), ("CLUSTER_RAFT_ROLE", "replica"), ("CLUSTER_BIND_ADDR", "0.0.0.0:7688")];
+        assert_eq!(raft(&replica).unwrap_err().variable, "MERIDIAN_CLUSTER_ADVERTISE_ADDR");
+        let mut ok = replica.to_vec();
+        ok.push(("CLUSTER_ADVERTISE_ADDR", "r1:7688"));
+        raft(&ok).unwrap();
+        ok.push(("CLUSTER_RAFT_BOOTSTRAP", "true"));
+        assert_eq!(raft(&ok).unwrap_err().variable, "MERIDIAN_CLUSTER_RAFT_BOOTSTRAP");
+        raft(&[("CLUSTER_RAFT_PEERS", "n1:h1:7688,n2:h2:7688,n3:h3:7688"), ("CLUSTER_RAFT_BOOTSTRAP", "true")]).unwrap();
     }
 
     #[test]
