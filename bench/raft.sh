@@ -7,7 +7,8 @@
 #   - failover: kill -9 of the leader -> first successful write on a survivor, ROUNDS rounds.
 # Both systems get the same election timeout and heartbeat (ELECTION_MS, HEARTBEAT_MS:
 # Meridian MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT / _HEARTBEAT_TIMEOUT, etcd
-# --election-timeout / --heartbeat-interval; both randomize the timeout in [T, 2T)), the same
+# --election-timeout / --heartbeat-interval; etcd campaigns after [T, 2T), Meridian's followers
+# honour a leader lease of T and pre-vote after [T/2, T)), the same
 # wrk Lua workload (bench/raft.lua: 16-byte keys, 256-byte values) and fsync every
 # acknowledged write. Each cluster runs alone while it is measured (the other is stopped);
 # every pass measures both back to back, alternating which goes first, and the table shows

@@ -56,7 +56,10 @@ use log_store::LogStore;
 use network::Network;
 use rpc::ReadIndexReply;
 use sm_store::SmStore;
-use types::{position, raft_id, MeridianNode, Raft, RaftCommand};
+use types::{position, raft_id, MeridianNode, RaftCommand, TypeConfig};
+
+/// openraft driving Meridian's storage.
+pub type Raft = openraft::Raft<TypeConfig, SmStore>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RaftRole {

@@ -76,7 +76,6 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Membership = openraft::Membership<u64, MeridianNode>;
-pub type Raft = openraft::Raft<TypeConfig, super::sm_store::SmStore>;
 
 /// The Meridian position of openraft index `i`.
 pub fn position(index: u64) -> u64 {
