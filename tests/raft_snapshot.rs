@@ -13,6 +13,7 @@
 //! | `killed_follower_catches_up_by_snapshot` | kill -9 of a follower, N writes, restart | the leader built snapshots and purged its WAL far past the follower; the follower installs a snapshot; digests equal; every acknowledged write readable on the follower; RSS of both printed and bounded |
 //! | `paused_follower_catches_up_by_snapshot` | SIGSTOP of a follower, N writes, SIGCONT | the same |
 //! | `snapshot_install_survives_kill9_right_after` | kill -9 of the follower as soon as it logs the install, restart | it comes back at (at least) the installed state, converges, every acknowledged write readable |
+//! | `snapshot_interval_compacts_a_quiet_cluster` | none: 20 writes, far below the entry threshold | with `RAFT_SNAPSHOT_INTERVAL=2s` every node builds a snapshot anyway |
 //! | `follower_down_for_100k_writes` (`#[ignore]`) | kill -9, 100 000 writes, restart | the same as the first, with the figures of the issue |
 //!
 //! N is `MERIDIAN_SNAPSHOT_TEST_KEYS` (default 12 000: well under a minute in a debug build on
@@ -346,4 +347,30 @@ fn snapshot_install_survives_kill9_right_after() {
     let (fh, fr) = memory(c.nodes[f].pid());
     let (lh, lr) = memory(c.nodes[leader].pid());
     eprintln!("RSS: leader VmHWM {lh:.1} MiB VmRSS {lr:.1} MiB; follower (after restart) VmHWM {fh:.1} MiB VmRSS {fr:.1} MiB");
+}
+
+#[test]
+fn snapshot_interval_compacts_a_quiet_cluster() {
+    let _serial = serial();
+    let c = RaftCluster::start(
+        3,
+        RaftOpts {
+            extra: vec![
+                ("MERIDIAN_CLUSTER_RAFT_SNAPSHOT_THRESHOLD".into(), "1000000".into()),
+                ("MERIDIAN_CLUSTER_RAFT_SNAPSHOT_INTERVAL".into(), "2s".into()),
+            ],
+            ..RaftOpts::default()
+        },
+    );
+    for i in 0..20 {
+        let (code, v) = c.put(i % 3, &format!("quiet/{i}"), "v", Duration::from_secs(10)).unwrap();
+        assert_eq!(code, 200, "{v}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for i in 0..3 {
+        while !c.nodes[i].log_text().contains("Raft snapshot built") {
+            assert!(std::time::Instant::now() < deadline, "{} built no snapshot with RAFT_SNAPSHOT_INTERVAL=2s and 20 entries:\n{}", c.ids[i], c.nodes[i].log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -182,6 +182,7 @@ impl RaftNode {
         node.bootstrap().await?;
         node.clone().watch_leader();
         node.clone().checkpoints();
+        node.clone().snapshots_on_a_timer();
         node.clone().announce();
         Ok(node)
     }
@@ -251,6 +252,37 @@ impl RaftNode {
                 let sm = node.sm.clone();
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.checkpoint()).await {
                     tracing::warn!(error = %e, "checkpoint failed; will retry");
+                }
+            }
+        });
+    }
+
+    /// `RAFT_SNAPSHOT_INTERVAL`: a snapshot at least this often when anything was applied
+    /// since the last one (besides `RAFT_SNAPSHOT_THRESHOLD`, openraft's entry count), so a
+    /// quiet cluster's log is compacted too.
+    fn snapshots_on_a_timer(self: Arc<Self>) {
+        let every = self.cfg.snapshot_interval;
+        if every.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let (applied, snapshot) = {
+                    let m = node.raft.metrics().borrow_watched().clone();
+                    (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+                };
+                if applied.is_some() && applied > snapshot {
+                    tracing::debug!(?applied, ?snapshot, "RAFT_SNAPSHOT_INTERVAL: snapshot");
+                    if let Err(e) = node.raft.trigger().snapshot().await {
+                        tracing::warn!(error = %e, "cannot trigger the periodic snapshot");
+                    }
                 }
             }
         });
