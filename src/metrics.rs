@@ -146,6 +146,18 @@ impl Collector for StatusCollector {
                 ConstGauge::new(i64::from(p.healthy)).encode(fam.encode_family(&PeerLabel { peer: p.id.clone() })?)?;
             }
         }
+        {
+            let mut fam = enc.encode_descriptor(
+                "peer_replication_lag_entries",
+                "log entries the peer has not acknowledged yet (reported by a Raft leader)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in s.peers.iter().filter(|p| p.lag_entries.is_some()) {
+                let lag = i64::try_from(p.lag_entries.unwrap_or(0)).unwrap_or(i64::MAX);
+                ConstGauge::new(lag).encode(fam.encode_family(&PeerLabel { peer: p.id.clone() })?)?;
+            }
+        }
         Ok(())
     }
 }

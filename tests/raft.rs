@@ -140,6 +140,18 @@ fn three_nodes_elect_a_leader_and_replicate() {
     assert_eq!(d["keys"], 31, "{d}");
     assert_eq!(c.agreed_leader(), Some((leader, term)), "the leader changed without a fault:\n{}", c.describe());
     eprintln!("leader {} in term {term}; converged: {d}", c.ids[leader]);
+    // The leader reports each follower's replication lag in entries; caught up, it is 0.
+    let deadline = Instant::now() + 10 * SECOND;
+    loop {
+        let (_, m) = common::raft::call("GET", &c.nodes[leader].url("/metrics"), None, 5 * SECOND).unwrap();
+        let m = String::from_utf8_lossy(&m).into_owned();
+        let lags: Vec<&str> = m.lines().filter(|l| l.starts_with("meridian_peer_replication_lag_entries{")).collect();
+        if lags.len() == 2 && lags.iter().all(|l| l.ends_with(" 0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader's per-follower lag never read 0 for both followers: {lags:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -103,6 +103,10 @@ pub struct PeerInfo {
     pub id: String,
     pub address: String,
     pub healthy: bool,
+    /// Entries this node holds that the peer has not acknowledged, where this node tracks it
+    /// (a Raft leader).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_entries: Option<u64>,
 }
 
 /// A point-in-time view of the node's replication state.

@@ -573,10 +573,10 @@ impl Core {
         } else {
             now - *self.last_primary_contact.lock().unwrap() < self.cfg.heartbeat * 3
         };
-        let mut peers = vec![PeerInfo { id: PEER.into(), address: self.cfg.peer_addr.clone(), healthy: peer_healthy }];
+        let mut peers = vec![PeerInfo { id: PEER.into(), address: self.cfg.peer_addr.clone(), healthy: peer_healthy, lag_entries: None }];
         if let Some(w) = &self.cfg.witness_addr {
             let ok = self.last_witness_contact.lock().unwrap().is_some_and(|t| now - t < self.cfg.heartbeat * 3);
-            peers.push(PeerInfo { id: WITNESS.into(), address: w.clone(), healthy: ok });
+            peers.push(PeerInfo { id: WITNESS.into(), address: w.clone(), healthy: ok, lag_entries: None });
         }
         ReplicationStatus {
             mode: "ha_standby",

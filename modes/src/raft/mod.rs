@@ -482,7 +482,16 @@ impl Replicator for RaftNode {
             .transport
             .peer_status()
             .into_iter()
-            .map(|p| PeerInfo { id: p.id.clone(), address: p.addr.clone(), healthy: p.connected })
+            .map(|p| {
+                // On the leader: how far each member's acknowledged log is behind.
+                let matched = m.replication.as_ref().map(|r| r.get(&raft_id(&self.cfg.cluster_id, &p.id)).cloned().flatten().map(|l| l.index));
+                let lag_entries = match (m.last_log_index, matched) {
+                    (Some(last), Some(Some(x))) => Some(last.saturating_sub(x)),
+                    (Some(last), Some(None)) => Some(last + 1),
+                    _ => None,
+                };
+                PeerInfo { id: p.id.clone(), address: p.addr.clone(), healthy: p.connected, lag_entries }
+            })
             .collect();
         ReplicationStatus {
             mode: "raft",
