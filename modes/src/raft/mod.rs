@@ -237,31 +237,13 @@ impl RaftNode {
         });
     }
 
-    /// Makes applied state durable now and then, so a restart re-applies little.
-    fn checkpoints(self: Arc<Self>) {
-        let every = self.cfg.checkpoint_interval;
-        let weak = Arc::downgrade(&self);
-        drop(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(node) = weak.upgrade() else { return };
-                if node.stopped.load(Ordering::Relaxed) {
-                    return;
-                }
-                let sm = node.sm.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.checkpoint()).await {
-                    tracing::warn!(error = %e, "checkpoint failed; will retry");
-                }
-            }
-        });
-    }
-
-    /// `RAFT_SNAPSHOT_INTERVAL`: a snapshot at least this often when anything was applied
-    /// since the last one (besides `RAFT_SNAPSHOT_THRESHOLD`, openraft's entry count), so a
-    /// quiet cluster's log is compacted too.
-    fn snapshots_on_a_timer(self: Arc<Self>) {
-        let every = self.cfg.snapshot_interval;
+    /// Runs `tick` on this node every `every` (never when zero) until the node stops or is
+    /// dropped; the task holds only a weak reference.
+    fn every<F, Fut>(self: Arc<Self>, every: Duration, tick: F)
+    where
+        F: Fn(Arc<RaftNode>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         if every.is_zero() {
             return;
         }
@@ -274,15 +256,36 @@ impl RaftNode {
                 if node.stopped.load(Ordering::Relaxed) {
                     return;
                 }
-                let (applied, snapshot) = {
-                    let m = node.raft.metrics().borrow_watched().clone();
-                    (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
-                };
-                if applied.is_some() && applied > snapshot {
-                    tracing::debug!(?applied, ?snapshot, "RAFT_SNAPSHOT_INTERVAL: snapshot");
-                    if let Err(e) = node.raft.trigger().snapshot().await {
-                        tracing::warn!(error = %e, "cannot trigger the periodic snapshot");
-                    }
+                tick(node).await;
+            }
+        });
+    }
+
+    /// Makes applied state durable now and then, so a restart re-applies little.
+    fn checkpoints(self: Arc<Self>) {
+        let interval = self.cfg.checkpoint_interval;
+        self.every(interval, |node| async move {
+            let sm = node.sm.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.checkpoint()).await {
+                tracing::warn!(error = %e, "checkpoint failed; will retry");
+            }
+        });
+    }
+
+    /// `RAFT_SNAPSHOT_INTERVAL`: a snapshot at least this often when anything was applied
+    /// since the last one (besides `RAFT_SNAPSHOT_THRESHOLD`, openraft's entry count), so a
+    /// quiet cluster's log is compacted too.
+    fn snapshots_on_a_timer(self: Arc<Self>) {
+        let interval = self.cfg.snapshot_interval;
+        self.every(interval, |node| async move {
+            let (applied, snapshot) = {
+                let m = node.raft.metrics().borrow_watched().clone();
+                (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+            };
+            if applied.is_some() && applied > snapshot {
+                tracing::debug!(?applied, ?snapshot, "RAFT_SNAPSHOT_INTERVAL: snapshot");
+                if let Err(e) = node.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "cannot trigger the periodic snapshot");
                 }
             }
         });
