@@ -179,24 +179,6 @@ fn the_ha_compose_file_fails_over_with_every_acknowledged_write_and_rejoins() {
 const VOTERS: [&str; 3] = ["n1", "n2", "n3"];
 const REPLICA: &str = "r1";
 
-/// Writers that are stopped and joined even when the test panics (before `down -v`: declared
-/// after the project, so dropped first).
-struct Bg(Option<Writers>);
-
-impl Bg {
-    fn finish(mut self) -> Vec<Write> {
-        self.0.take().unwrap().finish()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if let Some(w) = self.0.take() {
-            let _ = w.finish();
-        }
-    }
-}
-
 impl Project {
     fn container(&self, service: &str) -> String {
         let (ok, text) = self.compose(&["ps", "-q", service]);
@@ -322,7 +304,7 @@ fn the_raft_compose_file_survives_a_killed_leader_and_a_disconnected_voter() {
     // 2. Writes, through every voter (followers forward to the leader).
     let t0 = Instant::now();
     let bases: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
-    let writers = Bg(Some(start_writers(bases, 8, "raft-docker", t0)));
+    let writers = start_writers(bases, 8, "raft-docker", t0);
     std::thread::sleep(Duration::from_secs(3));
 
     // 3. `docker kill` the leader: the other two elect a new one and writes go on.

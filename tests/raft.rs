@@ -28,7 +28,7 @@ use serde_json::json;
 
 use common::linearizability::{check, Event, Op};
 use common::raft::{init_lines, missing_on, RaftCluster, RaftOpts};
-use common::writers::{Write, Writers};
+use common::writers::{start_writers, Write};
 
 /// The cluster tests measure elections and timeouts on two cores; run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -41,28 +41,6 @@ const SECOND: Duration = Duration::from_secs(1);
 
 fn sleep(d: Duration) {
     std::thread::sleep(d);
-}
-
-/// `common::writers` that are stopped (and joined) even when the test panics, so that no
-/// writer outlives its test and writes to ports a later test's nodes may reuse.
-struct Bg(Option<Writers>);
-
-fn start_writers(targets: Vec<String>, n: usize, prefix: &str, t0: Instant) -> Bg {
-    Bg(Some(common::writers::start_writers(targets, n, prefix, t0)))
-}
-
-impl Bg {
-    fn finish(mut self) -> Vec<Write> {
-        self.0.take().unwrap().finish()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if let Some(w) = self.0.take() {
-            w.finish();
-        }
-    }
 }
 
 fn acked(writes: &[Write]) -> usize {

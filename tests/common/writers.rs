@@ -19,9 +19,10 @@ pub struct Write {
     pub status: u16,
 }
 
+/// Stops its writers when dropped too (a test that panics must not leave them running).
 pub struct Writers {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<Write>>,
+    handle: Option<std::thread::JoinHandle<Vec<Write>>>,
 }
 
 /// `n` concurrent writers PUTting unique keys to `targets` (round-robin per writer) until stopped.
@@ -72,13 +73,22 @@ pub fn start_writers_sized(targets: Vec<String>, n: usize, prefix: &str, epoch0:
             all
         })
     });
-    Writers { stop, handle }
+    Writers { stop, handle: Some(handle) }
 }
 
 impl Writers {
-    pub fn finish(self) -> Vec<Write> {
+    pub fn finish(mut self) -> Vec<Write> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
+        self.handle.take().expect("finished once").join().unwrap()
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
