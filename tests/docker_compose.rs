@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use common::ha::{health, role, wait_converged, wait_role, wait_streaming};
 use common::raft::{call_json, get_value, missing_on};
-use common::writers::{get_at, missing_at, start_writers, Write, Writers};
+use common::writers::{get_at, missing_at, start_writers, Write};
 use common::{free_port, http, Target};
 
 static SERIAL: Mutex<()> = Mutex::new(());
