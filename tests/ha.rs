@@ -96,7 +96,13 @@ fn a_primary_paused_by_sigstop_wakes_fenced_and_loses_nothing_acknowledged() {
 /// the new primary's log. Whether the old primary then follows (`promote_it == false`) or,
 /// the new primary dying, is promoted again itself, it must apply them before anything
 /// else: either path used to stall on "applied out of order".
-fn fenced_primary_with_logged_unapplied_records(promote_it: bool) {
+///
+/// Whether a run leaves such records depends on timing (the fetch carrying B's flushed
+/// position may slip through before the mute; then A has applied everything B has and its
+/// unconfirmed tail simply diverges). Each run checks every acknowledged write and
+/// convergence; `retried` repeats the scenario until one run took the path under test.
+/// Returns whether this run did.
+fn fenced_primary_with_logged_unapplied_records(promote_it: bool) -> bool {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
     let t0 = Instant::now();
@@ -115,6 +121,7 @@ fn fenced_primary_with_logged_unapplied_records(promote_it: bool) {
     let acked = writes.iter().filter(|w| w.ok).count();
     assert!(acked > 50, "only {acked} writes acknowledged");
 
+    let exercised;
     if promote_it {
         // B dies before sending A anything new. A is not recorded in sync with B (B may have
         // acknowledged writes A lacks), so it does not promote itself; the operator forces it
@@ -132,14 +139,14 @@ fn fenced_primary_with_logged_unapplied_records(promote_it: bool) {
         pair.b.restart();
         let (s, body) = http("PUT", &pair.a.url("/v1/kv/after"), Some(b"1".to_vec()));
         assert_eq!(s, 200, "the re-promoted node cannot take writes: {}\n{}", String::from_utf8_lossy(&body), pair.a.log_text());
-        assert!(pair.a.log_shows("applied logged records before taking writes", Duration::from_secs(10)), "the scenario did not leave unapplied records:\n{}", pair.a.log_text());
+        exercised = pair.a.log_shows("applied logged records before taking writes", Duration::from_secs(10));
     } else {
         // A follows B; the next batch from B finds A's state behind its log. A confirms
         // that batch once it is flushed and applies it in the background, so the log line
         // may come after the PUT's answer.
         let (s, body) = http("PUT", &pair.b.url("/v1/kv/after"), Some(b"1".to_vec()));
         assert_eq!(s, 200, "the new primary cannot commit with the old one as standby: {}\n{}", String::from_utf8_lossy(&body), pair.a.log_text());
-        assert!(pair.a.log_shows("logged but not applied", Duration::from_secs(10)), "the scenario did not leave unapplied records:\n{}", pair.a.log_text());
+        exercised = pair.a.log_shows("logged but not applied", Duration::from_secs(10));
     }
     let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
     eprintln!("unapplied records (promote_it={promote_it}): {acked} acknowledged; converged: {d}");
@@ -148,16 +155,29 @@ fn fenced_primary_with_logged_unapplied_records(promote_it: bool) {
         assert!(lost.is_empty(), "{} acknowledged writes missing, e.g. {:?}", lost.len(), lost.first().map(|w| &w.key));
         assert_eq!(get(n, "after").as_deref(), Some("1"));
     }
+    exercised
+}
+
+/// Runs the scenario up to three times until one run left unapplied records (all runs are
+/// checked for loss); fails when none did, so the path under test is never silently skipped.
+fn retried(promote_it: bool) {
+    for attempt in 1..=3 {
+        if fenced_primary_with_logged_unapplied_records(promote_it) {
+            return;
+        }
+        eprintln!("attempt {attempt}: the timing left no unapplied records on the old primary (nothing lost); running the scenario again");
+    }
+    panic!("three runs in a row left no logged-but-unapplied records: the scenario no longer exercises that path");
 }
 
 #[test]
 fn a_fenced_primary_applies_its_logged_records_when_it_follows() {
-    fenced_primary_with_logged_unapplied_records(false);
+    retried(false);
 }
 
 #[test]
 fn a_fenced_primary_applies_its_logged_records_when_promoted_again() {
-    fenced_primary_with_logged_unapplied_records(true);
+    retried(true);
 }
 
 #[test]
