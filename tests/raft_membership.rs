@@ -5,7 +5,8 @@
 //! 2. a read replica `r1` (`CLUSTER_RAFT_ROLE=replica`) joins itself as a learner and
 //!    serves reads, never votes;
 //! 3. leadership is transferred to a named node (`/admin/raft/transfer-leadership`);
-//! 4. a voter is removed (`/admin/cluster/remove`) and stopped.
+//! 4. a voter is removed (`/admin/cluster/remove`) and stopped; adding its name back is refused
+//!    (a removed Raft id is never reused).
 //! Afterwards every acknowledged write is on every remaining node and the digests agree.
 //! Also: bad membership requests get a clear 4xx, and a stranger with the wrong secret
 //! cannot join.
@@ -141,6 +142,18 @@ fn membership_changes_under_load_keep_every_acknowledged_write() {
     .unwrap();
     assert_eq!(code, 200, "remove: {v}");
     wait_until("the removed voter gone from the membership", 20 * SECOND, || member(&status_of(&c.base(target)), &c.ids[leader]).is_none());
+    // Its name (and so its Raft id) is never given to another node: adding it back, here at
+    // a different address, is refused (asked through a follower: the leader decides).
+    let (code, v) = call_json(
+        "POST",
+        &format!("{}/admin/cluster/add", n4_base),
+        Some(serde_json::to_vec(&json!({"node_id": c.ids[leader], "address": "127.0.0.1:1", "voter": false})).unwrap()),
+        30 * SECOND,
+    )
+    .unwrap();
+    assert!((400..500).contains(&code), "re-adding the removed {} answered {code}: {v}", c.ids[leader]);
+    assert!(v.to_string().contains("was removed from this cluster"), "{v}");
+    assert!(member(&status_of(&c.base(target)), &c.ids[leader]).is_none(), "the removed name is back: {}", status_of(&c.base(target)));
     std::thread::sleep(2 * SECOND);
     let writes = writers.finish();
 

@@ -73,6 +73,12 @@ impl RaftNode {
             }
             Some(_) => {}
             None => {
+                if self.was_removed(id).await? {
+                    return Err(format!(
+                        "{} was removed from this cluster earlier; a removed member's name (and its Raft id) is never given to another node — start the new node with another CLUSTER_NODE_ID",
+                        req.node.name
+                    ));
+                }
                 tracing::info!(node = %req.node, "adding a learner; waiting for it to catch up");
                 self.raft.add_learner(id, req.node.clone(), true).await.map_err(err)?;
             }
@@ -83,6 +89,22 @@ impl RaftNode {
         }
         let (voters, _) = self.current();
         Ok(serde_json::json!({"node_id": req.node.name, "role": if voters.contains(&id) { "voter" } else { "learner" }}))
+    }
+
+    /// Whether `id` belongs to a member removed earlier (the replicated `RaftMeta::removed`),
+    /// read once this leader has applied the newest membership change.
+    async fn was_removed(&self, id: u64) -> Result<bool, String> {
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let at = m.log_id().as_ref().map_or(0, |l| super::types::position(l.index));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.sm.applied_index() < at {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("this leader has not yet applied the last membership change (position {at}); try again"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = self.sm.applied_state().map_err(|e| e.to_string())?;
+        Ok(super::sm_store::meta_of(s.meta.as_deref()).map_err(|e| e.to_string())?.removed.contains(&id))
     }
 
     /// Removes a member (voter or learner); on a non-leader, relays to the leader.

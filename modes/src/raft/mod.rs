@@ -9,7 +9,8 @@
 //! | [`rpc`] | the Raft message family: types and encoding |
 //! | [`handler`] | the receiving side: who may send what |
 //! | [`force_new_cluster`] | disaster recovery: a survivor becomes a one-member cluster with all it holds |
-//! | [`membership`] | joins (learner first), removals, replicas joining themselves, published addresses |
+//! | [`membership`] | joins (learner first), removals (a removed name is never reused), replicas joining themselves, published addresses |
+//! | [`lag`] | replication lag in seconds: the age of the oldest entry a node lacks |
 //! | this file | [`RaftNode`]: the [`Replicator`] — start-up and bootstrap, writes (proposed here or forwarded to the leader), reads, status, admin |
 //!
 //! # Invariants and where they are enforced
@@ -21,12 +22,15 @@
 //!   start-up does not replay the WAL into it (openraft does, up to what is committed).
 //! - **Linearizable reads** wait for a read index confirmed by a quorum (on a follower: the
 //!   leader's, over [`rpc::READ_INDEX`]) to be applied locally.
+//! - **A Raft id names one node for the cluster's life.** Removed ids are kept in the
+//!   replicated state (`sm_store::RaftMeta`); `membership::join` refuses them.
 //! - **Damaged safety state stops the node:** a hard state (vote) that does not decode refuses
 //!   start; a storage error inside openraft stops the Raft core (and `/health` says so).
 
 pub mod force_new_cluster;
 pub mod handler;
 pub mod log_store;
+pub mod lag;
 pub mod membership;
 pub mod network;
 pub mod rpc;
@@ -129,6 +133,7 @@ pub struct RaftNode {
     sm: Arc<dyn StateMachine>,
     wal: Wal,
     leader_changes: AtomicU64,
+    lag: lag::LagClock,
     stopped: AtomicBool,
     /// Membership changes, one at a time.
     changes: tokio::sync::Mutex<()>,
@@ -175,6 +180,7 @@ impl RaftNode {
             sm,
             wal,
             leader_changes: AtomicU64::new(0),
+            lag: lag::LagClock::default(),
             stopped: AtomicBool::new(false),
             changes: tokio::sync::Mutex::new(()),
         });
@@ -225,7 +231,9 @@ impl RaftNode {
         tokio::spawn(async move {
             let mut last = rx.borrow_watched().current_leader;
             while rx.changed().await.is_ok() {
-                let now = rx.borrow_watched().current_leader;
+                let m = rx.borrow_watched().clone();
+                self.lag_seconds(&m);
+                let now = m.current_leader;
                 if now != last {
                     if now.is_some() {
                         self.leader_changes.fetch_add(1, Ordering::Relaxed);
@@ -235,6 +243,25 @@ impl RaftNode {
                 }
             }
         });
+    }
+
+    /// Feeds the lag clock with `m` and returns this node's replication lag in seconds
+    /// (`lag.rs`): on the leader the largest over members, elsewhere its own.
+    fn lag_seconds(&self, m: &openraft::RaftMetrics<TypeConfig>) -> f64 {
+        let leader = m.state == ServerState::Leader;
+        let pos = |l: &Option<types::LogId>| l.as_ref().map_or(0, |l| position(l.index));
+        let reference = if leader { m.last_log_index.map_or(0, position) } else { pos(&m.cluster_committed) };
+        self.lag.observe(leader, reference);
+        if leader {
+            let held: Vec<u64> = m.replication.iter().flat_map(|r| r.values()).map(pos).collect();
+            let seconds = held.iter().map(|&h| self.lag.age_after(h)).fold(0.0, f64::max);
+            self.lag.forget_up_to(held.iter().copied().min().unwrap_or(0));
+            seconds
+        } else {
+            let applied = pos(&m.last_applied);
+            self.lag.forget_up_to(applied);
+            self.lag.age_after(applied)
+        }
     }
 
     /// Runs `tick` on this node every `every` (never when zero) until the node stops or is
@@ -507,7 +534,7 @@ impl Replicator for RaftNode {
             epoch: m.current_term,
             peers,
             health,
-            lag_seconds: 0.0,
+            lag_seconds: self.lag_seconds(&m),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             replication_bytes: 0,
             notes,

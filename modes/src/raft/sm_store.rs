@@ -14,6 +14,7 @@
 //!   published one meanwhile). Installing verifies the whole file and replaces the state in
 //!   one transaction ([`StateMachine::replace_all`]).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -52,13 +53,36 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     tokio::task::spawn_blocking(f).await.map_err(|e| io::Error::other(format!("state machine task failed: {e}")))?
 }
 
+/// What the state machine keeps about the cluster next to the data (its `meta`, JSON; also in
+/// every snapshot's header): the membership, and the id of every member ever removed.
+///
+/// Invariant (enforced in [`SmStore::apply`], checked by `RaftNode::join`): a Raft id names
+/// one incarnation of one node for the life of the cluster. A removed member may still be
+/// running with its old vote and log; were its name added again, two processes could speak
+/// (and vote) as one id. `removed` is part of the replicated state, so every member and every
+/// snapshot agree on it. Older states (membership only) read as "nothing removed".
+///
+/// (Not `#[serde(flatten)]` over the membership: flattening buffers the map and then cannot
+/// read the membership's integer node-id keys back.)
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RaftMeta {
+    pub membership: StoredMembership,
+    #[serde(default)]
+    pub removed: BTreeSet<u64>,
+}
+
+/// The cluster metadata stored with the state (`meta`), or the empty one. A bare membership
+/// (the format before `removed` existed) reads as nothing removed.
+pub fn meta_of(meta: Option<&[u8]>) -> io::Result<RaftMeta> {
+    let Some(b) = meta else { return Ok(RaftMeta::default()) };
+    serde_json::from_slice::<RaftMeta>(b)
+        .or_else(|e| serde_json::from_slice::<StoredMembership>(b).map(|membership| RaftMeta { membership, removed: BTreeSet::new() }).map_err(|_| e))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the stored Raft membership does not decode: {e}")))
+}
+
 /// The membership stored with the state (`meta`), or the empty one.
 pub fn membership_of(meta: Option<&[u8]>) -> io::Result<StoredMembership> {
-    match meta {
-        None => Ok(StoredMembership::default()),
-        Some(b) => serde_json::from_slice(b)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the stored Raft membership does not decode: {e}"))),
-    }
+    meta_of(meta).map(|m| m.membership)
 }
 
 impl SmStore {
@@ -181,13 +205,28 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let items: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         let mut batch = Vec::with_capacity(items.len());
         let mut responders = Vec::with_capacity(items.len());
+        // The metadata as of the entry before, loaded at the first membership entry.
+        let mut prev: Option<(u64, RaftMeta)> = None;
         for (entry, responder) in items {
             let (command, meta) = match entry.payload {
                 EntryPayload::Blank => (crate::command::Command::Noop, None),
                 EntryPayload::Normal(c) => (c.0, None),
                 EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(entry.log_id), m);
-                    (crate::command::Command::Noop, Some(serde_json::to_vec(&stored).map_err(other)?))
+                    if prev.is_none() {
+                        let sm = self.sm.clone();
+                        let s = blocking(move || sm.applied_state().map_err(other)).await?;
+                        prev = Some((s.index, meta_of(s.meta.as_deref())?));
+                    }
+                    let (applied, before) = prev.as_mut().expect("loaded above");
+                    let mut next = RaftMeta { membership: StoredMembership::new(Some(entry.log_id), m), removed: before.removed.clone() };
+                    // An entry already applied (replay after a restart) is skipped by the
+                    // store; comparing it with the newer stored state would be wrong.
+                    if position(entry.log_id.index) > *applied {
+                        let kept: BTreeSet<u64> = next.membership.membership().nodes().map(|(id, _)| *id).collect();
+                        next.removed.extend(before.membership.membership().nodes().map(|(id, _)| *id).filter(|id| !kept.contains(id)));
+                        *before = next.clone();
+                    }
+                    (crate::command::Command::Noop, Some(serde_json::to_vec(&next).map_err(other)?))
                 }
             };
             batch.push(LogEntry { index: position(entry.log_id.index), epoch: entry.log_id.leader_id.term, command, meta });
@@ -243,3 +282,26 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{log_id, MeridianNode, Membership};
+    use std::collections::BTreeMap;
+
+    fn node(n: &str) -> MeridianNode {
+        MeridianNode { name: n.into(), addr: format!("{n}:7688"), http: None }
+    }
+
+    #[test]
+    fn meta_round_trips_and_reads_the_older_bare_membership() {
+        let m = Membership::from(BTreeMap::from([(7u64, node("a")), (9u64, node("b"))]));
+        let stored = StoredMembership::new(log_id(1, 2), m);
+        let meta = RaftMeta { membership: stored.clone(), removed: BTreeSet::from([3]) };
+        let back = meta_of(Some(&serde_json::to_vec(&meta).unwrap())).unwrap();
+        assert_eq!((back.membership, back.removed), (stored.clone(), BTreeSet::from([3])));
+        let old = meta_of(Some(&serde_json::to_vec(&stored).unwrap())).unwrap();
+        assert_eq!((old.membership, old.removed), (stored, BTreeSet::new()));
+        assert!(meta_of(Some(b"{\"x\":1}")).is_err(), "garbage must not read as an empty membership");
+    }
+}
