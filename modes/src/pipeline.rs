@@ -6,8 +6,12 @@
 //!   batch in the WAL (whose writer merges concurrent batches into one fsync);
 //! - the *applier* waits for each batch to be durable, then for the mode's [`CommitGate`]
 //!   (e.g. the standby's acknowledgement in `sync` mode), applies the batch to the state
-//!   machine in one transaction, answers the writers, and checkpoints now and then so the
-//!   WAL below the checkpoint can be purged.
+//!   machine in one transaction and answers the writers;
+//! - the *checkpointer* makes the applied state durable every `checkpoint_interval`, so the
+//!   WAL below it can be purged. It has its own thread because the fsync takes milliseconds
+//!   to tens of milliseconds, and the state machine goes on applying meanwhile (the redb
+//!   store's overlay): on the applier thread it made the writes behind it wait (issue 11: p99
+//!   22.8 ms with checkpoints against 4.8 ms without).
 //!
 //! If the WAL or the state machine fails (disk full, I/O error), the pipeline stops taking
 //! writes — every later write answers `unavailable` — because a log with a hole in it must not
@@ -17,7 +21,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_wal::{AppendTicket, Record, Wal};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -267,7 +271,18 @@ fn apply_loop(
     failed: Arc<Mutex<Option<String>>>,
     cfg: PipelineConfig,
 ) {
-    let mut last_checkpoint = Instant::now();
+    let (stop_checkpoints, stopped) = std_mpsc::channel::<()>();
+    let checkpointer = {
+        let (sm, wal, purge, every) = (sm.clone(), wal.clone(), cfg.purge.clone().unwrap_or_else(|| Arc::new(|checkpoint| checkpoint + 1)), cfg.checkpoint_interval);
+        std::thread::Builder::new()
+            .name("meridian-checkpointer".into())
+            .spawn(move || {
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every.max(Duration::from_millis(1))) {
+                    checkpoint(&*sm, &wal, &purge);
+                }
+            })
+            .expect("spawn checkpointer")
+    };
     let fail = |why: String, replies: Vec<Reply>| {
         let mut f = failed.lock().unwrap();
         if f.is_none() {
@@ -330,11 +345,9 @@ fn apply_loop(
                 continue;
             }
         }
-        if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
-            checkpoint(&*sm, &wal, &purge);
-            last_checkpoint = Instant::now();
-        }
     }
+    drop(stop_checkpoints);
+    let _ = checkpointer.join();
     checkpoint(&*sm, &wal, &purge);
 }
 
