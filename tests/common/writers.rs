@@ -77,6 +77,12 @@ pub fn start_writers_sized(targets: Vec<String>, n: usize, prefix: &str, epoch0:
 }
 
 impl Writers {
+    /// Asks the writers to send nothing new (requests in flight still finish); `finish`
+    /// then collects what they did.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
     pub fn finish(mut self) -> Vec<Write> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.take().expect("finished once").join().unwrap()

@@ -31,7 +31,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
                 checkpoint(&core).await;
                 last_checkpoint = Instant::now();
             }
-            let silent = core.last_primary_contact.lock().unwrap().elapsed();
+            let silent = core.standby.last_primary_contact.lock().unwrap().elapsed();
             if core.cfg.auto_failover && silent >= core.cfg.failover_timeout && !core.is_primary() {
                 warn!(silent_s = silent.as_secs_f64(), "the primary has been silent for the failover timeout; trying to take over");
                 if let Err(why) = try_promote(&core, false, Promotion::Takeover).await {
@@ -133,6 +133,6 @@ pub(super) async fn decide_role(core: &Arc<Core>) {
     }
     if !core.is_primary() {
         core.note("connecting");
-        *core.last_primary_contact.lock().unwrap() = Instant::now();
+        *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
     }
 }

@@ -92,7 +92,7 @@ pub(crate) async fn tick(core: &Arc<Core>) {
             core.adopt_epoch(r.epoch, r.leader, PEER).await;
             return;
         }
-        *core.last_standby_contact.lock().unwrap() = Some(a.sent);
+        *core.primary.last_standby_contact.lock().unwrap() = Some(a.sent);
         if r.epoch == epoch && !r.primary {
             lease_from = lease_from.max(Some(a.sent));
         }
@@ -145,7 +145,7 @@ pub(super) async fn on_fence(core: &Arc<Core>, f: Fence) -> FenceReply {
         core.adopt_epoch(f.epoch, None, &f.from).await;
     } else if f.epoch == mine && !core.is_primary() {
         // The primary of our epoch is alive and says so: that is contact.
-        *core.last_primary_contact.lock().unwrap() = Instant::now();
+        *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
     }
     FenceReply { epoch: core.epoch(), primary: core.is_primary(), leader: core.leader.lock().unwrap().clone(), last_index: core.wal.last_index() }
 }

@@ -14,6 +14,8 @@
 //!   acknowledge, set a divergent tail aside).
 //! - `heartbeat`: the primary asserting its epoch, its lease, recording the standby out of
 //!   sync; answering fences.
+//! - `primary_side`, `standby_side`: the state each role keeps (the core holds one of each;
+//!   the rest of [`Core`] is what both roles share: config, epoch, WAL, state, role).
 //! - `promotion`: who may become primary and how; starting the write pipeline.
 //! - `switchover`, `forward`, `snapshot_transfer`: the planned role swap, writes reaching the
 //!   standby, re-seeding a standby from a snapshot (HA's rules around the shared
@@ -39,16 +41,18 @@ mod driver;
 mod forward;
 mod handler;
 mod heartbeat;
+mod primary_side;
 mod promotion;
 mod read_index;
 mod snapshot_transfer;
+mod standby_side;
 mod stream;
 mod switchover;
 pub mod witness;
 mod witness_calls;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -69,7 +73,6 @@ use crate::transport::Transport;
 use divergent::DivergentTail;
 use epochs::HaPersisted;
 use gate::{SyncGate, SyncMode};
-use messages::Positions;
 
 /// The transport name of the other data node (its real node id is learnt at the handshake).
 pub const PEER: &str = "peer";
@@ -139,8 +142,6 @@ pub struct Core {
     pub(crate) persist_lock: Mutex<()>,
     /// The other data node's id, as it names itself in its messages.
     pub(crate) peer_node_id: Mutex<Option<String>>,
-    /// The standby's failover timeout when it differs from this node's (a health note).
-    pub(crate) peer_timeout_mismatch: Mutex<Option<u64>>,
     /// The highest epoch the witness refused a vote for: the next attempt goes above it.
     pub(crate) witness_epoch: AtomicU64,
     pub(crate) wal: Wal,
@@ -152,41 +153,22 @@ pub struct Core {
     pub(crate) persisted: Mutex<HaPersisted>,
     pub(crate) leader: Mutex<Option<LeaderHint>>,
     pub(crate) applied_tx: watch::Sender<u64>,
-    /// Standby side: when the primary last answered a fetch.
-    pub(crate) last_primary_contact: Mutex<Instant>,
-    /// Primary side: when the standby last fetched (or answered a heartbeat).
-    pub(crate) last_standby_contact: Mutex<Option<Instant>>,
+    /// When the witness last answered (either role asks it: the primary for its lease, the
+    /// standby for a vote).
     pub(crate) last_witness_contact: Mutex<Option<Instant>>,
-    /// The primary's commit/last index as last reported to this standby.
-    pub(crate) primary_last_index: AtomicU64,
-    pub(crate) primary_commit_index: AtomicU64,
-    /// The peer answered a fetch as a standby: (epoch, last index, node id, when).
-    pub(crate) peer_standby: Mutex<Option<(u64, u64, String, Instant)>>,
+    /// When the lagging side was last level (`replication_lag_seconds`).
     pub(crate) caught_up_at: Mutex<Instant>,
-    pub(crate) standby_positions: Mutex<Positions>,
     pub(crate) leader_changes: AtomicU64,
     pub(crate) replication_bytes: AtomicU64,
+    /// Divergent tails set aside in `DATA_DIR/divergent/` (health, UI).
     pub(crate) divergent: Mutex<Vec<DivergentTail>>,
+    /// The replication state last logged (`primary`, `streaming`, `catching_up`, …).
     pub(crate) state_note: Mutex<String>,
-    pub(crate) want_snapshot: AtomicBool,
-    /// The snapshot prepared for the standby, in `DATA_DIR/snapshots/`.
-    pub(crate) snapshots: crate::snapshot_stream::Outgoing,
     pub(crate) stopping: AtomicBool,
-    /// The primary pipeline's in-memory tail, streamed before it is durable locally.
-    pub(crate) tail: Mutex<Option<Arc<crate::pipeline::Tail>>>,
-    /// The standby's background apply of its latest batch (which first awaits the earlier ones).
-    pub(crate) applying: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
-    /// Batches handed to the background apply and not yet applied.
-    pub(crate) apply_backlog: AtomicUsize,
-    /// Standby: the primary's durable index as last heard — records up to it are agreed.
-    pub(crate) agreed: AtomicU64,
-    /// Standby: records stored here but not yet known durable on the primary, in index
-    /// order; applied once `agreed` reaches them (see `stream::release_agreed`).
-    pub(crate) held: Mutex<Vec<crate::state_machine::LogEntry>>,
-    /// Linearizable reads: the primary's epoch confirmations and the standby's read-index
-    /// requests, each shared by the reads that wait for them.
-    pub(crate) confirm_rounds: Arc<crate::read_round::IndexRounds>,
-    pub(crate) index_rounds: Arc<crate::read_round::IndexRounds>,
+    /// What only the primary keeps (its standby, its stream): `primary_side.rs`.
+    pub(crate) primary: primary_side::PrimarySide,
+    /// What only the standby keeps (the primary it follows, held records): `standby_side.rs`.
+    pub(crate) standby: standby_side::StandbySide,
 }
 
 pub struct HaStandby {
@@ -286,7 +268,7 @@ impl Core {
     /// for as long as it lasts in `/health`.
     pub(crate) fn check_peer_failover_timeout(&self, peer_ms: u64) {
         let mine = self.cfg.failover_timeout.as_millis() as u64;
-        let mut m = self.peer_timeout_mismatch.lock().unwrap();
+        let mut m = self.primary.peer_timeout_mismatch.lock().unwrap();
         let now = (peer_ms != mine).then_some(peer_ms);
         if now.is_some() && *m != now {
             warn!(this_node_ms = mine, standby_ms = peer_ms, "MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT differs between the data nodes; set the same value on both (and the witness)");
@@ -368,7 +350,6 @@ impl HaStandby {
             halted: Mutex::new(None),
             persist_lock: Mutex::new(()),
             peer_node_id: Mutex::new(None),
-            peer_timeout_mismatch: Mutex::new(None),
             witness_epoch: AtomicU64::new(0),
             cfg,
             wal,
@@ -379,28 +360,15 @@ impl HaStandby {
             persisted: Mutex::new(persisted),
             leader: Mutex::new(None),
             applied_tx,
-            last_primary_contact: Mutex::new(Instant::now()),
-            last_standby_contact: Mutex::new(None),
             last_witness_contact: Mutex::new(None),
-            primary_last_index: AtomicU64::new(0),
-            primary_commit_index: AtomicU64::new(0),
-            peer_standby: Mutex::new(None),
             caught_up_at: Mutex::new(Instant::now()),
-            standby_positions: Mutex::new(Positions::default()),
             leader_changes: AtomicU64::new(0),
             replication_bytes: AtomicU64::new(0),
             divergent: Mutex::new(divergent),
             state_note: Mutex::new("starting".into()),
-            want_snapshot: AtomicBool::new(false),
-            snapshots,
             stopping: AtomicBool::new(false),
-            applying: tokio::sync::Mutex::new(None),
-            apply_backlog: AtomicUsize::new(0),
-            agreed: AtomicU64::new(0),
-            held: Mutex::new(Vec::new()),
-            tail: Mutex::new(None),
-            confirm_rounds: crate::read_round::SharedRounds::new(),
-            index_rounds: crate::read_round::SharedRounds::new(),
+            primary: primary_side::PrimarySide::new(snapshots),
+            standby: standby_side::StandbySide::new(),
         });
         Ok(Arc::new(HaStandby { core, driver: Mutex::new(None) }))
     }
@@ -533,11 +501,11 @@ impl Core {
                     notes.push(f);
                     health = Health::Unhealthy;
                 }
-                let standby_ok = self.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < failover);
+                let standby_ok = self.primary.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < failover);
                 if !standby_ok {
                     notes.push("the standby is not connected".into());
                 }
-                if let Some(ms) = *self.peer_timeout_mismatch.lock().unwrap() {
+                if let Some(ms) = *self.primary.peer_timeout_mismatch.lock().unwrap() {
                     notes.push(format!(
                         "MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT differs: the standby has {ms} ms, this node {} ms",
                         self.cfg.failover_timeout.as_millis()
@@ -550,7 +518,7 @@ impl Core {
             }
             Role::Standby => {
                 role_name = "standby";
-                let since = now - *self.last_primary_contact.lock().unwrap();
+                let since = now - *self.standby.last_primary_contact.lock().unwrap();
                 if since > self.cfg.heartbeat * 3 {
                     notes.push(format!("no contact with the primary for {:.1}s", since.as_secs_f64()));
                 }
@@ -569,9 +537,9 @@ impl Core {
         }
         let is_primary = role_name == "primary";
         let peer_healthy = if is_primary {
-            self.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < self.cfg.heartbeat * 3)
+            self.primary.last_standby_contact.lock().unwrap().is_some_and(|t| now - t < self.cfg.heartbeat * 3)
         } else {
-            now - *self.last_primary_contact.lock().unwrap() < self.cfg.heartbeat * 3
+            now - *self.standby.last_primary_contact.lock().unwrap() < self.cfg.heartbeat * 3
         };
         let mut peers = vec![PeerInfo { id: PEER.into(), address: self.cfg.peer_addr.clone(), healthy: peer_healthy, lag_entries: None }];
         if let Some(w) = &self.cfg.witness_addr {
@@ -584,7 +552,7 @@ impl Core {
             role: role_name.into(),
             is_leader: is_primary,
             state: self.state_note.lock().unwrap().clone(),
-            commit_index: if is_primary { self.wal.durable_index() } else { self.primary_last_index.load(Ordering::Relaxed).max(self.wal.durable_index()) },
+            commit_index: if is_primary { self.wal.durable_index() } else { self.standby.primary_last_index.load(Ordering::Relaxed).max(self.wal.durable_index()) },
             applied_index: self.sm.applied_index(),
             epoch: self.epoch(),
             peers,
@@ -598,9 +566,9 @@ impl Core {
 
     pub(crate) fn lag_seconds(&self) -> f64 {
         let (applied, target) = if self.is_primary() {
-            (self.standby_positions.lock().unwrap().applied, self.wal.last_index())
+            (self.primary.standby_positions.lock().unwrap().applied, self.wal.last_index())
         } else {
-            (self.sm.applied_index(), self.primary_last_index.load(Ordering::Relaxed))
+            (self.sm.applied_index(), self.standby.primary_last_index.load(Ordering::Relaxed))
         };
         let mut at = self.caught_up_at.lock().unwrap();
         if applied >= target {
@@ -621,7 +589,7 @@ impl Core {
     fn lag(&self) -> serde_json::Value {
         let seconds = self.lag_seconds();
         if self.is_primary() {
-            let p = *self.standby_positions.lock().unwrap();
+            let p = *self.primary.standby_positions.lock().unwrap();
             let last = self.wal.last_index();
             serde_json::json!({
                 "role": "primary", "last_index": last, "standby": p,
@@ -631,7 +599,7 @@ impl Core {
                 "seconds": seconds,
             })
         } else {
-            let target = self.primary_last_index.load(Ordering::Relaxed);
+            let target = self.standby.primary_last_index.load(Ordering::Relaxed);
             let applied = self.sm.applied_index();
             serde_json::json!({
                 "role": "standby", "primary_last_index": target, "applied_index": applied,

@@ -34,12 +34,12 @@ impl Core {
     /// heard from the witness or the standby (a won vote, an aborted switchover), which
     /// grants a first lease. The standby starts in sync as persisted (`peer_in_sync`).
     pub(crate) fn start_pipeline(self: &Arc<Self>, epoch: u64, in_contact: bool) -> (Arc<Pipeline>, Arc<SyncGate>) {
-        let seen = *self.last_standby_contact.lock().unwrap();
+        let seen = *self.primary.last_standby_contact.lock().unwrap();
         let in_sync = self.persisted.lock().unwrap().peer_in_sync;
         let gate = Arc::new(SyncGate::new(
             self.cfg.sync_mode,
             self.cfg.sync_timeout,
-            *self.standby_positions.lock().unwrap(),
+            *self.primary.standby_positions.lock().unwrap(),
             seen,
             in_sync,
             self.out_of_sync_policy(),
@@ -75,11 +75,11 @@ impl Core {
         let retention = self.cfg.wal_retention;
         let purge: PurgePolicy = Arc::new(move |checkpoint| {
             // Keep what the standby still needs, up to the retention cap.
-            let standby = weak.upgrade().map_or(0, |c| c.standby_positions.lock().unwrap().flushed);
+            let standby = weak.upgrade().map_or(0, |c| c.primary.standby_positions.lock().unwrap().flushed);
             (checkpoint + 1).min((standby + 1).max((checkpoint + 1).saturating_sub(retention)))
         });
         let tail = Tail::new(self.wal.last_index());
-        *self.tail.lock().unwrap() = Some(tail.clone());
+        *self.primary.tail.lock().unwrap() = Some(tail.clone());
         let pcfg = PipelineConfig {
             epoch,
             checkpoint_interval: self.cfg.checkpoint_interval,
@@ -112,7 +112,7 @@ impl Core {
         }
         self.replay_log(u64::MAX).await.map_err(|e| format!("{e}; staying standby"))?;
         // The whole log is now the history (just replayed): nothing is held back any more.
-        self.held.lock().unwrap().clear();
+        self.standby.held.lock().unwrap().clear();
         let first = self.wal.last_index() + 1;
         self.update_persisted(epoch, |p: &mut HaPersisted, _| {
             p.history.begin(epoch, first);
@@ -127,7 +127,7 @@ impl Core {
         })
         .map_err(|e| format!("{e}; staying standby"))?;
         // Whatever this node knew of a standby predates its promotion.
-        *self.last_standby_contact.lock().unwrap() = None;
+        self.primary.reset();
         let (pipeline, gate) = self.start_pipeline(epoch, true);
         *self.role.lock().unwrap() = Role::Primary { pipeline: pipeline.clone(), gate };
         *self.leader.lock().unwrap() = Some(self.self_hint());
@@ -188,11 +188,11 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool, how: Promotion) 
     // does not replay would otherwise leave the pair with no primary at all.
     settle(core).await?;
     // Only what is agreed: if this node does not win, it must not show the rest.
-    let agreed = core.agreed.load(Ordering::SeqCst);
+    let agreed = core.standby.agreed.load(Ordering::SeqCst);
     core.replay_log(agreed).await.map_err(|e| format!("{e}; this node does not promote"))?;
     // Two standbys (e.g. both nodes restarted): only the one further ahead promotes itself.
     if !manual {
-        if let Some((e, last, id, at)) = core.peer_standby.lock().unwrap().clone() {
+        if let Some((e, last, id, at)) = core.standby.peer_standby.lock().unwrap().clone() {
             let mine = (core.epoch(), core.wal.last_index(), core.cfg.node_id.clone());
             if at.elapsed() < core.cfg.heartbeat * 3 && (e, last, id.clone()) > mine {
                 return Err(format!("the peer {id} is also standby and further ahead; it promotes"));
@@ -222,9 +222,9 @@ pub(crate) async fn try_promote(core: &Arc<Core>, manual: bool, how: Promotion) 
 /// behind what the primary acknowledged; in `async`, one at most
 /// `HA_MAX_LAG_ON_FAILOVER` records behind.
 pub(super) fn not_eligible(core: &Arc<Core>) -> Option<String> {
-    let (have, acked) = (core.wal.durable_index(), core.primary_commit_index.load(Ordering::Relaxed));
-    let primary_last = core.primary_last_index.load(Ordering::Relaxed);
-    if core.want_snapshot.load(Ordering::SeqCst) {
+    let (have, acked) = (core.wal.durable_index(), core.standby.primary_commit_index.load(Ordering::Relaxed));
+    let primary_last = core.standby.primary_last_index.load(Ordering::Relaxed);
+    if core.standby.want_snapshot.load(Ordering::SeqCst) {
         return Some("this standby is re-seeding from a snapshot; its state is not the primary's".into());
     }
     match core.cfg.sync_mode {

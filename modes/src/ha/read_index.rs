@@ -50,15 +50,15 @@ pub(crate) async fn linearizable_fence(core: &Arc<Core>, wait: std::time::Durati
     };
     let (c, applied) = (core.clone(), core.applied_tx.subscribe());
     match now {
-        Now::Primary => read_at(&core.confirm_rounds, move || confirm_primary(c.clone()), applied, wait).await,
+        Now::Primary => read_at(&core.primary.confirm_rounds, move || confirm_primary(c.clone()), applied, wait).await,
         Now::Switching => Err(ReadError::Unavailable("switchover in progress; retry shortly".into())),
-        Now::Standby => read_at(&core.index_rounds, move || read_index_from_primary(c.clone()), applied, wait).await,
+        Now::Standby => read_at(&core.standby.index_rounds, move || read_index_from_primary(c.clone()), applied, wait).await,
     }
 }
 
 /// The primary's last logged index: no node can have applied a record beyond it.
 fn logged_index(core: &Core) -> u64 {
-    let tail = core.tail.lock().unwrap().as_ref().map_or(0, |t| *t.subscribe().borrow());
+    let tail = core.primary.tail.lock().unwrap().as_ref().map_or(0, |t| *t.subscribe().borrow());
     core.wal.last_index().max(tail).max(core.sm.applied_index())
 }
 

@@ -18,14 +18,14 @@ use crate::transport::RemoteError;
 
 /// Writes a snapshot to offer the standby; returns its (id, size).
 pub(super) async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
-    let Prepared { id, size, meta } = core.snapshots.prepare(core.sm.clone()).await.map_err(|e| e.to_string())?;
-    let file = core.snapshots.path().map(|p| p.display().to_string()).unwrap_or_default();
+    let Prepared { id, size, meta } = core.primary.snapshots.prepare(core.sm.clone()).await.map_err(|e| e.to_string())?;
+    let file = core.primary.snapshots.path().map(|p| p.display().to_string()).unwrap_or_default();
     info!(index = meta.applied_index, keys = meta.keys, bytes = size, %file, "prepared a snapshot to re-seed the standby");
     Ok((id, size))
 }
 
 pub(super) fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
-    core.snapshots.serve(&req)
+    core.primary.snapshots.serve(&req)
 }
 
 /// Streams the primary's snapshot `id` into a file and installs it. The caller has settled
@@ -34,7 +34,7 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
     let path = core.cfg.data_dir.join("snapshots").join("incoming.snap");
     // Each chunk is the primary's contact: a long transfer is not its silence.
     let got = receive(core.transport(), &PEER.to_string(), SNAPSHOT_CHUNK, id, &path, |_| {
-        *core.last_primary_contact.lock().unwrap() = Instant::now();
+        *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -59,14 +59,14 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
         }
         true
     })?;
-    core.want_snapshot.store(false, Ordering::SeqCst);
+    core.standby.want_snapshot.store(false, Ordering::SeqCst);
     // The installed state is the primary's applied (so durable, agreed) state.
-    core.held.lock().unwrap().clear();
-    core.agreed.fetch_max(meta.applied_index, Ordering::SeqCst);
+    core.standby.held.lock().unwrap().clear();
+    core.standby.agreed.fetch_max(meta.applied_index, Ordering::SeqCst);
     core.applied_tx.send_replace(meta.applied_index);
     // The primary was heard from just before the install; the install's own duration (seconds
     // for a large state) is not the primary's silence and must not trigger a failover.
-    *core.last_primary_contact.lock().unwrap() = Instant::now();
+    *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
     info!(index = meta.applied_index, keys = meta.keys, "installed a snapshot from the primary");
     Ok(())
 }

@@ -43,8 +43,8 @@ impl Core {
     }
 
     fn standby_seen(&self, p: Positions) {
-        *self.last_standby_contact.lock().unwrap() = Some(Instant::now());
-        let mut sp = self.standby_positions.lock().unwrap();
+        *self.primary.last_standby_contact.lock().unwrap() = Some(Instant::now());
+        let mut sp = self.primary.standby_positions.lock().unwrap();
         sp.received = sp.received.max(p.received);
         sp.flushed = sp.flushed.max(p.flushed);
         sp.applied = sp.applied.max(p.applied);
@@ -84,7 +84,7 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     if f.want_snapshot {
         // The standby rolled its log back but its state still holds discarded records.
         gate.reset(p);
-        *core.standby_positions.lock().unwrap() = p;
+        *core.primary.standby_positions.lock().unwrap() = p;
     } else {
         gate.update(p);
     }
@@ -108,7 +108,7 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     let wait = Duration::from_millis(f.wait_ms.min(10_000));
     let max = (f.max_records.max(1) as usize).min(100_000);
     let from = f.from;
-    let tail = core.tail.lock().unwrap().clone();
+    let tail = core.primary.tail.lock().unwrap().clone();
     // A standby holding records above what it knows is durable here waits to apply them:
     // answer as soon as this node's durable index passes what it knows, too.
     let known = f.agreed;
@@ -197,8 +197,8 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
         wait_ms: core.cfg.heartbeat.as_millis() as u64,
         max_records: core.cfg.batch_records as u32,
         http_addr: core.cfg.http_addr.clone(),
-        want_snapshot: core.want_snapshot.load(Ordering::SeqCst),
-        agreed: core.agreed.load(Ordering::SeqCst),
+        want_snapshot: core.standby.want_snapshot.load(Ordering::SeqCst),
+        agreed: core.standby.agreed.load(Ordering::SeqCst),
         failover_timeout_ms: core.cfg.failover_timeout.as_millis() as u64,
         history: {
             let starts = &core.persisted.lock().unwrap().history.starts;
@@ -240,10 +240,10 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                 warn!(index = r.index, "the primary sent a record of an epoch above its own; batch refused");
                 return;
             }
-            *core.last_primary_contact.lock().unwrap() = Instant::now();
+            *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
             *core.leader.lock().unwrap() = Some(leader);
-            core.primary_last_index.store(last_index, Ordering::Relaxed);
-            core.primary_commit_index.store(commit_index, Ordering::Relaxed);
+            core.standby.primary_last_index.store(last_index, Ordering::Relaxed);
+            core.standby.primary_commit_index.store(commit_index, Ordering::Relaxed);
             if let Err(e) = set_in_sync(core, in_sync) {
                 warn!("{e}");
                 return;
@@ -251,7 +251,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
             // Agreed up to the primary's durable index — but only over records this node's log
             // shares with it (the fetch's prefix check), i.e. up to what it stores.
             let stored = records.last().map_or(core.wal.last_index(), |r| r.index);
-            core.agreed.fetch_max(durable_index.min(stored), Ordering::SeqCst);
+            core.standby.agreed.fetch_max(durable_index.min(stored), Ordering::SeqCst);
             if records.is_empty() {
                 if let Err(e) = release_agreed(core, ack_applied).await {
                     warn!("standby cannot apply records: {e}");
@@ -271,7 +271,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
             if epoch < core.epoch() {
                 return;
             }
-            *core.last_primary_contact.lock().unwrap() = Instant::now();
+            *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
             *core.leader.lock().unwrap() = Some(leader);
             if let Err(e) = set_in_sync(core, false) {
                 warn!("{e}");
@@ -311,7 +311,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
             if epoch > core.epoch() && !core.adopt_epoch(epoch, leader, PEER).await {
                 return;
             }
-            *core.peer_standby.lock().unwrap() = Some((epoch, last_index, node_id, Instant::now()));
+            *core.standby.peer_standby.lock().unwrap() = Some((epoch, last_index, node_id, Instant::now()));
             core.note("no_primary");
             tokio::time::sleep(core.cfg.heartbeat / 2).await;
         }
@@ -341,7 +341,7 @@ pub(super) fn set_in_sync(core: &Arc<Core>, in_sync: bool) -> Result<(), String>
 /// Waits for the background apply of every batch handed to it; anything that rewinds the log or
 /// the state, or promotes, settles first so the state machine matches the WAL.
 pub(crate) async fn settle(core: &Arc<Core>) -> Result<(), String> {
-    let pending = core.applying.lock().await.take();
+    let pending = core.standby.applying.lock().await.take();
     match pending {
         Some(h) => h.await.map_err(|e| e.to_string())?,
         None => Ok(()),
@@ -381,7 +381,7 @@ pub(super) async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>,
     }
     core.wal.append(wal_records).await.map_err(|e| e.to_string())?;
     core.replication_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    core.held.lock().unwrap().extend(entries);
+    core.standby.held.lock().unwrap().extend(entries);
     release_agreed(core, ack_applied).await
 }
 
@@ -389,9 +389,9 @@ pub(super) async fn append_and_apply(core: &Arc<Core>, records: Vec<WireRecord>,
 /// the background apply. The rest wait for a later fetch answer: a record the primary ships
 /// but then fails to make durable is never applied here, so never shown.
 pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Result<(), String> {
-    let agreed = core.agreed.load(Ordering::SeqCst);
+    let agreed = core.standby.agreed.load(Ordering::SeqCst);
     let entries: Vec<LogEntry> = {
-        let mut held = core.held.lock().unwrap();
+        let mut held = core.standby.held.lock().unwrap();
         let n = held.partition_point(|e| e.index <= agreed);
         held.drain(..n).collect()
     };
@@ -405,8 +405,8 @@ pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Resul
     // next fetch (carrying the flushed position `sync` waits for) never waits for an apply.
     // A failed apply fails every later one (no entry is skipped) and surfaces here.
     let prev = {
-        let mut slot = core.applying.lock().await;
-        if slot.as_ref().is_some_and(|h| h.is_finished()) || core.apply_backlog.load(Ordering::SeqCst) >= MAX_APPLY_BACKLOG {
+        let mut slot = core.standby.applying.lock().await;
+        if slot.as_ref().is_some_and(|h| h.is_finished()) || core.standby.apply_backlog.load(Ordering::SeqCst) >= MAX_APPLY_BACKLOG {
             drop(slot);
             settle(core).await?;
             None
@@ -414,14 +414,14 @@ pub(super) async fn release_agreed(core: &Arc<Core>, ack_applied: bool) -> Resul
             slot.take()
         }
     };
-    core.apply_backlog.fetch_add(1, Ordering::SeqCst);
+    core.standby.apply_backlog.fetch_add(1, Ordering::SeqCst);
     let c = core.clone();
     let handle = tokio::spawn(async move {
         let result = apply_after(&c, prev, entries, ack_applied, from_wal).await;
-        c.apply_backlog.fetch_sub(1, Ordering::SeqCst);
+        c.standby.apply_backlog.fetch_sub(1, Ordering::SeqCst);
         result
     });
-    *core.applying.lock().await = Some(handle);
+    *core.standby.applying.lock().await = Some(handle);
     Ok(())
 }
 
@@ -490,11 +490,11 @@ pub(super) async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<
         core.divergent.lock().unwrap().push(tail);
     }
     // Held records past the fork are gone with the tail; what is agreed cannot be past it.
-    core.held.lock().unwrap().retain(|e| e.index <= after);
-    core.agreed.fetch_min(after, Ordering::SeqCst);
+    core.standby.held.lock().unwrap().retain(|e| e.index <= after);
+    core.standby.agreed.fetch_min(after, Ordering::SeqCst);
     if core.sm.applied_index() > after {
         // The state already includes discarded records: it must be re-seeded.
-        core.want_snapshot.store(true, Ordering::SeqCst);
+        core.standby.want_snapshot.store(true, Ordering::SeqCst);
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ pub(super) async fn switchover_task(core: &Arc<Core>) -> Result<serde_json::Valu
     let _ = tokio::task::spawn_blocking(move || pipeline.stop_blocking()).await;
     let last = core.wal.last_index();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while core.standby_positions.lock().unwrap().flushed < last {
+    while core.primary.standby_positions.lock().unwrap().flushed < last {
         if Instant::now() > deadline {
             return restore_after_switchover(core, epoch, format!("the standby did not catch up to index {last} within 30s")).await;
         }
@@ -104,7 +104,7 @@ pub(super) async fn switchover_task(core: &Arc<Core>) -> Result<serde_json::Valu
         return Err(AdminError::Unavailable(e));
     }
     *core.leader.lock().unwrap() = Some(reply.leader.clone());
-    *core.last_primary_contact.lock().unwrap() = Instant::now();
+    *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
     core.leader_changes.fetch_add(1, Ordering::Relaxed);
     core.note("standby");
     info!(new_epoch = reply.epoch, new_primary = %reply.leader.node_id, last_index = last, "switchover complete; following the new primary");
