@@ -1,4 +1,4 @@
-//! A small HTTP client for the CLI (`meridian kv …`, `healthcheck`) and the benchmark.
+//! A small HTTP client for the CLI (`meridian kv …`, `status`, `promote`, …) and the benchmark.
 
 use std::time::Duration;
 
@@ -65,6 +65,11 @@ impl MeridianClient {
     pub async fn put(&self, path: &str, body: Vec<u8>) -> Result<Response, ClientError> {
         let url = self.url(path);
         self.send(self.http.put(&url).body(body), &url).await
+    }
+
+    pub async fn post(&self, path: &str) -> Result<Response, ClientError> {
+        let url = self.url(path);
+        self.send(self.http.post(&url), &url).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Response, ClientError> {

@@ -135,6 +135,15 @@ pub struct ReplicationStatus {
     pub notes: Vec<String>,
 }
 
+/// A log tail a former primary set aside on rejoin (`DATA_DIR/divergent/`): records it held
+/// that the new primary's history does not.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct DivergentTailInfo {
+    pub file: String,
+    pub after_index: u64,
+    pub records: usize,
+}
+
 /// Admin operations that not every mode supports.
 #[derive(Clone, Debug)]
 pub enum AdminRequest {
@@ -162,6 +171,17 @@ pub trait Replicator: Send + Sync + 'static {
     /// Returns once a read under `req` may be served from the local state machine.
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError>;
     fn status(&self) -> ReplicationStatus;
+    /// The other data nodes' HTTP base URLs this node has heard of, as `(node id, url)`, so
+    /// one node can show the whole cluster (the cluster page, `meridian status`). Raft lists
+    /// its members with their URLs in `ClusterStatus` instead.
+    fn peer_http_addrs(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Divergent tails kept in this node's data directory (ha_standby), for operators to
+    /// inspect; also listed as notes in `/health`.
+    fn divergent_tails(&self) -> Vec<DivergentTailInfo> {
+        Vec::new()
+    }
     async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {
         let _ = req;
         Err(AdminError::NotSupported { mode: self.mode() })
