@@ -10,9 +10,25 @@ pub struct MeridianClient {
     token: Option<String>,
 }
 
+/// An error with its causes (`error sending request: … : Connection refused`): reqwest's
+/// own message alone does not say what went wrong.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", with_causes(source))]
     Unreachable { url: String, source: reqwest::Error },
     #[error("{status}: {body}")]
     Status { status: StatusCode, body: String },

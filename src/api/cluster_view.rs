@@ -44,6 +44,9 @@ pub struct NodeView {
     pub state: String,
     /// HA epoch or Raft term.
     pub epoch: u64,
+    /// The epoch as people read it: `round.owner tag` in ha_standby (see `ha::epoch`), the
+    /// term in raft.
+    pub epoch_label: String,
     pub commit_index: u64,
     pub applied_index: u64,
     pub wal_last_index: u64,
@@ -96,6 +99,7 @@ pub async fn local_view(st: &AppState) -> NodeView {
         health: health_word(s.health).to_owned(),
         state: s.state.clone(),
         epoch: s.epoch,
+        epoch_label: if s.mode == "ha_standby" { meridian_modes::ha::epoch::display(s.epoch) } else { s.epoch.to_string() },
         commit_index: s.commit_index,
         applied_index: s.applied_index,
         wal_last_index: pos.last_index,
@@ -164,7 +168,7 @@ async fn fetch_view(http: &reqwest::Client, k: Known) -> NodeView {
             Err(e) => unreachable(format!("bad answer from {url}: {e}")),
         },
         Ok(r) => unreachable(format!("{url} answered {}", r.status())),
-        Err(e) => unreachable(format!("cannot reach {url}: {}", if e.is_timeout() { "timed out".to_owned() } else { e.to_string() })),
+        Err(e) => unreachable(format!("cannot reach {url}: {}", if e.is_timeout() { "timed out".to_owned() } else { crate::client::with_causes(&e) })),
     }
 }
 

@@ -99,7 +99,7 @@ fn row(n: &NodeView, served_by: &str) -> String {
         cls = if n.reachable { "" } else { "down" },
         role = esc(&role),
         health = esc(health),
-        epoch = num(n.epoch.to_string()),
+        epoch = num(esc(&n.epoch_label)),
         wal = num(format!("{} / {}", n.wal_last_index, n.wal_durable_index)),
         applied = num(n.applied_index.to_string()),
         peers = if peers.is_empty() { dash() } else { peers.join("<br>") },

@@ -44,7 +44,7 @@ impl Target {
 fn fail(cmd: &str, t: &Target, e: ClientError) -> i32 {
     match e {
         ClientError::Unreachable { url, source } => {
-            eprintln!("meridian {cmd}: cannot reach {url}: is the node running and is --url (MERIDIAN_URL) right? ({source})");
+            eprintln!("meridian {cmd}: cannot reach {url}: is the node running and is --url (MERIDIAN_URL) right? ({})", crate::client::with_causes(&source));
             EXIT_UNREACHABLE
         }
         ClientError::Status { status, body } => {
@@ -145,7 +145,7 @@ fn row(n: &NodeView) -> [String; 10] {
         n.node_id.clone(),
         role,
         n.health.clone(),
-        n.epoch.to_string(),
+        n.epoch_label.clone(),
         format!("{}/{}", n.wal_last_index, n.wal_durable_index),
         n.applied_index.to_string(),
         format!("{:.1}s{}", n.lag_seconds, n.lag_records.map(|r| format!(" {r}rec")).unwrap_or_default()),

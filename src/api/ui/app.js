@@ -57,7 +57,7 @@ function row(n, view) {
     cell(`${esc(n.node_id)}${n.node_id === servedBy ? " (this page)" : ""}<div class="url">${esc(n.url || "")}</div>`, "node") +
     cell(esc(role), `role role-${esc(n.role)}`) +
     cell(esc(n.reachable ? n.health : "down"), `health h-${esc(n.reachable ? n.health : "unknown")}`) +
-    cell(n.reachable ? n.epoch : "—", "num") +
+    cell(n.reachable ? esc(n.epoch_label || n.epoch) : "—", "num") +
     cell(n.reachable ? `${n.wal_last_index} / ${n.wal_durable_index}` : "—", "num") +
     cell(n.reachable ? n.applied_index : "—", "num") +
     cell(lag, "num") +
