@@ -549,7 +549,10 @@ impl Config {
             if self.cluster_raft_role == RaftRole::Voter && !listed {
                 return Err(ConfigError::new(
                     "CLUSTER_RAFT_PEERS",
-                    format!("a voter must list itself: add {}:<its cluster host:port> (MERIDIAN_CLUSTER_NODE_ID={})", self.cluster_node_id, self.cluster_node_id),
+                    format!(
+                        "a voter must list itself: add {}:<its cluster host:port> (MERIDIAN_CLUSTER_NODE_ID={}), or set MERIDIAN_CLUSTER_ADVERTISE_ADDR to that host:port",
+                        self.cluster_node_id, self.cluster_node_id
+                    ),
                 ));
             }
             // Members dial this node at its RAFT_PEERS entry, else CLUSTER_ADVERTISE_ADDR, else
@@ -636,8 +639,17 @@ impl Config {
         Ok(list)
     }
 
+    /// The voters: `CLUSTER_RAFT_PEERS`, and this node at `CLUSTER_ADVERTISE_ADDR` when it is a
+    /// voter the list leaves out — the seed guide's compose files list only the *other*
+    /// voters and give each node's own address in `ADVERTISE_ADDR`.
     pub fn raft_peers(&self) -> Result<Vec<NamedAddr>, ConfigError> {
-        parse_named_list("CLUSTER_RAFT_PEERS", self.cluster_raft_peers.as_deref())
+        let mut peers = parse_named_list("CLUSTER_RAFT_PEERS", self.cluster_raft_peers.as_deref())?;
+        let me = &self.cluster_node_id;
+        let implied = self.cluster_mode == ClusterMode::Raft && self.cluster_raft_role == RaftRole::Voter && !me.is_empty();
+        if let Some(addr) = self.cluster_advertise_addr.as_ref().filter(|_| implied && !peers.iter().any(|p| p.id == *me)) {
+            peers.push(NamedAddr { id: me.clone(), addr: addr.clone() });
+        }
+        Ok(peers)
     }
 
     pub fn remote_regions(&self) -> Result<Vec<NamedAddr>, ConfigError> {
@@ -862,6 +874,10 @@ mod tests {
         ok.push(("CLUSTER_RAFT_BOOTSTRAP", "true"));
         assert_eq!(raft(&ok).unwrap_err().variable, "MERIDIAN_CLUSTER_RAFT_BOOTSTRAP");
         raft(&[("CLUSTER_RAFT_PEERS", "n1:h1:7688,n2:h2:7688,n3:h3:7688"), ("CLUSTER_RAFT_BOOTSTRAP", "true")]).unwrap();
+        // The seed guide's form: the other voters listed, this one at its advertised address.
+        let c = raft(&[("CLUSTER_RAFT_PEERS", "n2:h2:7688,n3:h3:7688"), ("CLUSTER_ADVERTISE_ADDR", "h1:7688")]).unwrap();
+        let ids: Vec<(String, String)> = c.raft_peers().unwrap().into_iter().map(|p| (p.id, p.addr)).collect();
+        assert_eq!(ids, [("n2".into(), "h2:7688".into()), ("n3".into(), "h3:7688".into()), ("n1".into(), "h1:7688".into())]);
     }
 
     #[test]

@@ -148,3 +148,66 @@ fn guide_values_that_cannot_work_exit_2_naming_the_variable() {
     let mut node = Node::start(&dir.path().join("ok"), &[("MERIDIAN_CLUSTER_RAFT_SNAPSHOT_INTERVAL", "300"), ("MERIDIAN_CHECKPOINT_INTERVAL", "1")]);
     assert_eq!(node.terminate(), 0);
 }
+
+/// The guide's `docker-compose.raft.yml` environment: each node lists only the *other* voters
+/// in `RAFT_PEERS` and gives its own address in `ADVERTISE_ADDR`; node 1 bootstraps and
+/// carries the snapshot settings in the guide's bare-seconds form.
+#[test]
+fn the_guides_raft_compose_environment_elects_a_leader_and_status_lists_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..3 {
+        let others: Vec<String> = (0..3).filter(|j| *j != i).map(|j| format!("node-{}:127.0.0.1:{}", j + 1, cluster[j])).collect();
+        let mut env = vec![
+            ("MERIDIAN_CLUSTER_MODE".to_owned(), "raft".to_owned()),
+            ("MERIDIAN_CLUSTER_NODE_ID".into(), format!("node-{}", i + 1)),
+            ("MERIDIAN_CLUSTER_BIND_ADDR".into(), format!("127.0.0.1:{}", cluster[i])),
+            ("MERIDIAN_CLUSTER_ADVERTISE_ADDR".into(), format!("127.0.0.1:{}", cluster[i])),
+            ("MERIDIAN_CLUSTER_RAFT_CLUSTER_ID".into(), "my-cluster".into()),
+            ("MERIDIAN_CLUSTER_RAFT_BOOTSTRAP".into(), (i == 0).to_string()),
+            ("MERIDIAN_CLUSTER_RAFT_PEERS".into(), others.join(",")),
+            ("MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT".into(), "1s".into()),
+            ("MERIDIAN_CLUSTER_RAFT_HEARTBEAT_TIMEOUT".into(), "100ms".into()),
+        ];
+        if i == 0 {
+            env.push(("MERIDIAN_CLUSTER_RAFT_SNAPSHOT_INTERVAL".into(), "300".into()));
+            env.push(("MERIDIAN_CLUSTER_RAFT_SNAPSHOT_THRESHOLD".into(), "10000".into()));
+        }
+        let data = dir.path().join(format!("node{}-data", i + 1));
+        let mut n = Node { child: None, port: free_port(), log: data.with_extension("log"), data_dir: Some(data), cwd: None, env, file_size_limit_blocks: None };
+        n.spawn();
+        nodes.push(n);
+    }
+    // /health is 503 until a leader is known, so the nodes are started first and waited for after.
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let (s, body) = http("PUT", &nodes[1].url("/v1/kv/from-the-guide"), Some(b"raft".to_vec()));
+    assert_eq!(s, 200, "a write through a follower: {}", String::from_utf8_lossy(&body));
+
+    // Members publish their HTTP address to the membership after they join: poll for it.
+    let start = std::time::Instant::now();
+    let v = loop {
+        let (code, out, err) = run_to_exit(&["status", "-o", "json", "--url", &nodes[2].url("")], &[], dir.path());
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["nodes"].as_array().is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["reachable"] == true)) {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "status never reached every member: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let members = v["nodes"].as_array().unwrap();
+    let mut ids: Vec<&str> = members.iter().map(|m| m["node_id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["node-1", "node-2", "node-3"], "{v}");
+    assert!(members.iter().all(|m| m["reachable"] == true && m["membership"] == "voter"), "{v}");
+    assert_eq!(members.iter().filter(|m| m["is_leader"] == true).count(), 1, "{v}");
+    assert_eq!(v["leader"], members[0]["node_id"], "the leader is listed first and named: {v}");
+    let (_, table, _) = run_to_exit(&["status", "--url", &nodes[0].url("")], &[], dir.path());
+    eprintln!("{table}");
+    for n in &mut nodes {
+        assert_eq!(n.terminate(), 0);
+    }
+}
