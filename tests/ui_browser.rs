@@ -3,6 +3,9 @@
 //! primary the same page — never reloaded — shows the standby as the new primary and the
 //! old one as down. Skipped, saying why, where Chromium is not installed (Debian: `chromium`).
 //!
+//! Then the buttons: the old primary rejoins, a switchover with a wrong token is refused and
+//! with the right one swaps the roles, and a cancelled promote changes nothing.
+//!
 //! `MERIDIAN_UI_SCREENSHOT_DIR=DIR` keeps the screenshots (`ui-pair.png`, `ui-failover.png`).
 
 mod common;
@@ -10,7 +13,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::browser::{find_chromium, Browser};
-use common::ha::{HaOpts, HaPair};
+use common::ha::{wait_role, HaOpts, HaPair};
+
+const TOKEN: &str = "ui-admin-token";
 
 /// `[node, role, row class]` of every row the page shows.
 const ROWS: &str = "JSON.stringify([...document.querySelectorAll('#nodes tbody tr')].map(r => [r.dataset.node, r.dataset.role, r.className]))";
@@ -43,7 +48,7 @@ fn the_cluster_page_follows_a_failover_without_a_reload() {
         eprintln!("SKIPPED the_cluster_page_follows_a_failover_without_a_reload: no Chromium found (apt-get install chromium, or set MERIDIAN_CHROMIUM)");
         return;
     };
-    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", ..HaOpts::default() });
+    let mut pair = HaPair::start(HaOpts { sync_mode: "sync", extra: vec![("MERIDIAN_ADMIN_TOKEN", TOKEN.to_owned())], ..HaOpts::default() });
     for i in 0..20 {
         let (s, _) = common::http("PUT", &pair.a.url(&format!("/v1/kv/k{i}")), Some(b"v".to_vec()));
         assert_eq!(s, 200);
@@ -71,4 +76,43 @@ fn the_cluster_page_follows_a_failover_without_a_reload() {
     std::thread::sleep(Duration::from_secs(2));
     b.screenshot(&shots.join("ui-failover.png"));
     eprintln!("screenshots in {}", shots.display());
+
+    // The old primary rejoins as standby; the page shows it back.
+    pair.a.restart();
+    wait_role(&pair.a, "standby", Duration::from_secs(20));
+    wait_rows(&mut b, Duration::from_secs(20), "node-a back as standby", |r| has(r, "node-a", "standby") && has(r, "node-b", "primary"));
+
+    // The switchover button: a wrong token is refused (401 shown), the right one swaps the
+    // roles; the confirmation says what happens to acknowledged writes.
+    let click = |b: &mut Browser, action: &str, token: &str, answer: bool| {
+        b.eval(&format!(
+            "document.getElementById('message').textContent = ''; document.getElementById('token').value = '{token}';              window.confirm = t => {{ window.__confirmText = t; return {answer}; }};              document.querySelector('#nodes button[data-action={action}]').click(); 'clicked'"
+        ));
+    };
+    let message = |b: &mut Browser, want: &str| -> String {
+        let start = Instant::now();
+        loop {
+            let m = b.eval("document.getElementById('message').textContent").as_str().unwrap_or("").to_owned();
+            if m.contains(want) {
+                return m;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the page's message never said {want:?}: {m:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    click(&mut b, "switchover", "wrong", true);
+    message(&mut b, "401");
+    assert_eq!(common::ha::role(&pair.b), "primary", "a refused switchover changed the roles");
+    click(&mut b, "switchover", TOKEN, true);
+    message(&mut b, "switchover: 200");
+    let text = b.eval("window.__confirmText").as_str().unwrap_or("").to_owned();
+    assert!(text.contains("No acknowledged write is lost"), "{text}");
+    wait_rows(&mut b, Duration::from_secs(20), "node-a primary after the switchover", |r| has(r, "node-a", "primary") && has(r, "node-b", "standby"));
+
+    // On the standby's row, promote asks first and says what may be lost; cancelled, nothing happens.
+    click(&mut b, "promote", TOKEN, false);
+    let text = b.eval("window.__confirmText").as_str().unwrap_or("").to_owned();
+    assert!(text.contains("Promote node-b") && text.contains("are lost") && text.contains("sync level sync"), "{text}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(common::ha::role(&pair.b), "standby", "a cancelled promote promoted");
 }
