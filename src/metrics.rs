@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use meridian_modes::transport::Transport;
 use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::Wal;
 use prometheus_client::collector::Collector;
@@ -65,8 +66,11 @@ impl Metrics {
     }
 
     /// Adds the scrape-time replication figures once the mode is running.
-    pub fn watch(&self, replicator: Arc<dyn Replicator>, wal: Wal, sm: Arc<dyn StateMachine>) {
-        self.registry.write().unwrap().register_collector(Box::new(StatusCollector { replicator, wal, sm }));
+    /// `raft_transport`: in raft mode, `replication_bytes` is its cluster traffic (log
+    /// entries, snapshots, heartbeats, votes, forwarded writes), which the Raft core does not
+    /// count itself.
+    pub fn watch(&self, replicator: Arc<dyn Replicator>, wal: Wal, sm: Arc<dyn StateMachine>, raft_transport: Option<Transport>) {
+        self.registry.write().unwrap().register_collector(Box::new(StatusCollector { replicator, wal, sm, raft_transport }));
     }
 
     /// Lends the registry out while a component registers its metrics across an await
@@ -126,6 +130,7 @@ struct StatusCollector {
     replicator: Arc<dyn Replicator>,
     wal: Wal,
     sm: Arc<dyn StateMachine>,
+    raft_transport: Option<Transport>,
 }
 
 impl std::fmt::Debug for StatusCollector {
@@ -182,7 +187,13 @@ impl Collector for StatusCollector {
         gauge(&mut enc, "wal_failed", "1 once a WAL write or fsync failed (disk error, disk full): the node takes no writes until restarted", u8::from(self.wal.failure().is_some()))?;
         gauge(&mut enc, "state_damaged", "1 when the state store found damaged data (checksum failure)", u8::from(self.sm.damage().is_some()))?;
         counter(&mut enc, "cluster_leader_changes", "leader or primary changes seen by this node", s.leader_changes)?;
-        counter(&mut enc, "replication_bytes", "bytes of WAL shipped to or received from peers", s.replication_bytes)?;
+        let replication_bytes = self.raft_transport.as_ref().map_or(s.replication_bytes, Transport::bytes_exchanged);
+        counter(
+            &mut enc,
+            "replication_bytes",
+            "bytes of WAL shipped to or received from peers (raft: all cluster traffic with its members)",
+            replication_bytes,
+        )?;
         {
             let mut fam = enc.encode_descriptor("peer_healthy", "1 when the peer answers heartbeats", None, MetricType::Gauge)?;
             for p in &s.peers {

@@ -125,6 +125,8 @@ impl Node {
             .expect("recovery task panicked")?;
 
         let sm: Arc<dyn StateMachine> = store;
+        // Raft counts no replication bytes of its own: its cluster traffic stands in.
+        let mut raft_transport = None;
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
             ClusterMode::HaStandby => {
                 let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone())?;
@@ -146,6 +148,7 @@ impl Node {
                 let handler = RaftHandler::new(cfg.cluster_raft_cluster_id.clone(), store.clone());
                 let families = Families::new().with(Family::Raft, handler.clone());
                 let transport = start_transport(cfg, tls, Arc::new(families), &metrics).await?;
+                raft_transport = Some(transport.clone());
                 let node = RaftNode::start(raft_config(cfg)?, wal.clone(), sm.clone(), store, handler, transport)
                     .await
                     .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
@@ -157,7 +160,7 @@ impl Node {
                 sm.clone(),
             ),
         };
-        metrics.watch(replicator.clone(), wal.clone(), sm.clone());
+        metrics.watch(replicator.clone(), wal.clone(), sm.clone(), raft_transport);
 
         if cfg.admin_token.is_none() {
             warn!("MERIDIAN_ADMIN_TOKEN is not set: /admin/* is open to anyone who can reach this port");

@@ -207,6 +207,14 @@ fn the_guides_raft_compose_environment_elects_a_leader_and_status_lists_every_me
     assert_eq!(v["leader"], members[0]["node_id"], "the leader is listed first and named: {v}");
     let (_, table, _) = run_to_exit(&["status", "--url", &nodes[0].url("")], &[], dir.path());
     eprintln!("{table}");
+    // The guide's metric in raft mode too: the members' cluster traffic.
+    let metrics = String::from_utf8(http("GET", &nodes[0].url("/metrics"), None).1).unwrap();
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian_replication_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no meridian_replication_bytes_total:\n{metrics}"));
+    assert!(bytes > 0, "a raft member reports no replication bytes after a write");
     for n in &mut nodes {
         assert_eq!(n.terminate(), 0);
     }
