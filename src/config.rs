@@ -212,7 +212,8 @@ impl HumanDuration {
 }
 
 fn seconds(secs: f64) -> Option<HumanDuration> {
-    (secs.is_finite() && secs >= 0.0 && secs < 1e12).then(|| HumanDuration(Duration::from_secs_f64(secs)))
+    // NaN and infinities fall outside the range too.
+    (0.0..1e12).contains(&secs).then(|| HumanDuration(Duration::from_secs_f64(secs)))
 }
 
 impl Serialize for HumanDuration {

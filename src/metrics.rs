@@ -184,7 +184,13 @@ impl Collector for StatusCollector {
         // A former primary that learned of a higher epoch and has not yet followed the new one.
         gauge(&mut enc, "fenced", "1 while this node is fenced (a former primary that stopped taking writes on a higher epoch)", u8::from(s.state == "fenced"))?;
         gauge(&mut enc, "divergent_tails", "divergent WAL tails kept in DATA_DIR/divergent/ (ha_standby rejoin); inspect, then remove them", s_divergent as f64)?;
-        gauge(&mut enc, "wal_failed", "1 once a WAL write or fsync failed (disk error, disk full): the node takes no writes until restarted", u8::from(self.wal.failure().is_some()))?;
+        let storage_failed = self.wal.failure().is_some() || self.replicator.storage_failure().is_some();
+        gauge(
+            &mut enc,
+            "storage_failed",
+            "1 once a write to the WAL or the state store failed (disk error, disk full): the node takes no writes until restarted",
+            u8::from(storage_failed),
+        )?;
         gauge(&mut enc, "state_damaged", "1 when the state store found damaged data (checksum failure)", u8::from(self.sm.damage().is_some()))?;
         counter(&mut enc, "cluster_leader_changes", "leader or primary changes seen by this node", s.leader_changes)?;
         let replication_bytes = self.raft_transport.as_ref().map_or(s.replication_bytes, Transport::bytes_exchanged);

@@ -177,6 +177,11 @@ pub trait Replicator: Send + Sync + 'static {
     fn peer_http_addrs(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Why this node's write path stopped on a storage error (a WAL append or a state-store
+    /// apply failed: disk full, I/O error), if it did; it takes no writes until restarted.
+    fn storage_failure(&self) -> Option<String> {
+        None
+    }
     /// Divergent tails kept in this node's data directory (ha_standby), for operators to
     /// inspect; also listed as notes in `/health`.
     fn divergent_tails(&self) -> Vec<DivergentTailInfo> {

@@ -500,6 +500,13 @@ impl Replicator for HaStandby {
         self.core.peer_http.lock().unwrap().iter().cloned().collect()
     }
 
+    fn storage_failure(&self) -> Option<String> {
+        match &*self.core.role.lock().unwrap() {
+            Role::Primary { pipeline, .. } => pipeline.failure(),
+            _ => None,
+        }
+    }
+
     fn divergent_tails(&self) -> Vec<crate::replicator::DivergentTailInfo> {
         let tails = self.core.divergent.lock().unwrap();
         tails.iter().map(|d| crate::replicator::DivergentTailInfo { file: d.file.clone(), after_index: d.after_index, records: d.records }).collect()
