@@ -171,10 +171,10 @@ pub trait Replicator: Send + Sync + 'static {
     /// Returns once a read under `req` may be served from the local state machine.
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError>;
     fn status(&self) -> ReplicationStatus;
-    /// The other data nodes' HTTP base URLs this node has heard of, as `(node id, url)`, so
-    /// one node can show the whole cluster (the cluster page, `meridian status`). Raft lists
-    /// its members with their URLs in `ClusterStatus` instead.
-    fn peer_http_addrs(&self) -> Vec<(String, String)> {
+    /// The other data nodes this node has heard of, as `(node id, HTTP base URL if the node
+    /// announced one)`, so one node can show the whole cluster (the cluster page,
+    /// `meridian status`). Raft lists its members with their URLs in `ClusterStatus` instead.
+    fn peer_http_addrs(&self) -> Vec<(String, Option<String>)> {
         Vec::new()
     }
     /// Why this node's write path stopped on a storage error (a WAL append or a state-store

@@ -141,7 +141,7 @@ async fn known_nodes(st: &AppState, me: &mut NodeView) -> (Vec<Known>, Option<St
         }
         return (out, leader);
     }
-    let peers = st.replicator.peer_http_addrs().into_iter().map(|(id, url)| Known { node_id: id, url: Some(url), membership: None }).collect();
+    let peers = st.replicator.peer_http_addrs().into_iter().map(|(id, url)| Known { node_id: id, url, membership: None }).collect();
     (peers, None)
 }
 

@@ -496,8 +496,12 @@ impl Replicator for HaStandby {
         self.core.status()
     }
 
-    fn peer_http_addrs(&self) -> Vec<(String, String)> {
-        self.core.peer_http.lock().unwrap().iter().cloned().collect()
+    fn peer_http_addrs(&self) -> Vec<(String, Option<String>)> {
+        if let Some((id, url)) = self.core.peer_http.lock().unwrap().clone() {
+            return vec![(id, Some(url))];
+        }
+        // A peer that announces no URL (HTTP bound to 0.0.0.0 without an advertised address).
+        self.core.peer_node_id.lock().unwrap().iter().map(|id| (id.clone(), None)).collect()
     }
 
     fn storage_failure(&self) -> Option<String> {
