@@ -1,7 +1,8 @@
 //! This node's name when `MERIDIAN_CLUSTER_NODE_ID` is unset: generated once and kept in
 //! `DATA_DIR/node_id`, as the seed guide's "auto-generated" default says.
 //!
-//! The id must never change under a data directory: HA epochs carry a tag derived from it,
+//! A data directory that already holds data but no id file ran under the former default,
+//! `node1`, and keeps that name. The id must never change under a data directory: HA epochs carry a tag derived from it,
 //! and peers recognise a node by it. So the file is written atomically (temporary file,
 //! fsync, rename, fsync of the directory) and a file that does not hold a valid id stops the
 //! node instead of being replaced by a new name.
@@ -11,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 /// The file, inside the data directory.
 pub const FILE: &str = "node_id";
+
+/// The default before ids were generated: a data directory that already holds data but no
+/// id file ran under it, and keeps it (an upgrade must not rename a node).
+pub const FORMER_DEFAULT: &str = "node1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeIdError {
@@ -44,7 +49,8 @@ pub fn resolve(data_dir: &Path, configured: &str) -> Result<(String, bool), Node
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = format!("node-{:016x}", rand::random::<u64>());
+            let had_data = data_dir.join("state.redb").exists() || data_dir.join("wal").exists();
+            let id = if had_data { FORMER_DEFAULT.to_owned() } else { format!("node-{:016x}", rand::random::<u64>()) };
             store(data_dir, &id).map_err(|source| NodeIdError::Write { path, source })?;
             Ok((id, true))
         }
@@ -75,6 +81,14 @@ mod tests {
         assert_eq!(resolve(dir.path(), "n7").unwrap().0, "n7");
         let other = tempfile::tempdir().unwrap();
         assert_ne!(resolve(other.path(), "").unwrap().0, first, "two data directories got one id");
+    }
+
+    #[test]
+    fn data_from_before_generated_ids_keeps_the_former_default() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("wal")).unwrap();
+        assert_eq!(resolve(dir.path(), "").unwrap(), (FORMER_DEFAULT.to_owned(), true));
+        assert_eq!(std::fs::read_to_string(dir.path().join(FILE)).unwrap().trim(), FORMER_DEFAULT);
     }
 
     #[test]
