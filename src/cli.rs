@@ -2,7 +2,11 @@
 //!
 //! `meridian` or `meridian serve` runs a node configured by `MERIDIAN_*` variables; the other
 //! subcommands are tools around a node: `healthcheck` (Docker), `kv`, `restore`, `wal`,
-//! `bench`, `certs`. Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
+//! `bench`, `certs`, and the operator's [`admin`] commands (`status`, `promote`, `switchover`,
+//! `backup`, `digest`). Exit codes: 0 success, 1 failure (or refused), 2 bad configuration or
+//! usage, 3 the node cannot be reached (admin commands).
+
+pub mod admin;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +35,41 @@ enum Cmd {
         /// Base URL; defaults to 127.0.0.1 on the port of MERIDIAN_HTTP_ADDR (7474).
         #[arg(long)]
         url: Option<String>,
+    },
+    /// Every node of the cluster as the node at --url sees it: role, health, epoch/term,
+    /// positions, lag, sync level, peers (like `patronictl list`).
+    Status {
+        #[command(flatten)]
+        target: admin::Target,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: admin::Output,
+    },
+    /// Promote the standby at --url to primary (ha_standby). Without --force, only a standby
+    /// recorded in sync is promoted in the sync levels.
+    Promote {
+        #[command(flatten)]
+        target: admin::Target,
+        /// Promote even a standby that is not in sync (acknowledged writes may be lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned, zero-loss role swap, asked of the primary at --url (ha_standby).
+    Switchover {
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// Download a consistent snapshot of the node's state to FILE (progress on stderr).
+    Backup {
+        #[command(flatten)]
+        target: admin::Target,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the node's state digest (compare nodes to prove they converged).
+    Digest {
+        #[command(flatten)]
+        target: admin::Target,
     },
     /// Read and write keys on a running node.
     Kv {
@@ -129,6 +168,11 @@ pub fn main() -> i32 {
         Cmd::Serve => rt.block_on(serve()),
         Cmd::Healthcheck { url } => rt.block_on(healthcheck(url)),
         Cmd::Kv { url, token, op } => rt.block_on(kv(url, token.or_else(|| std::env::var("MERIDIAN_API_TOKEN").ok()), op)),
+        Cmd::Status { target, output } => rt.block_on(admin::status(&target, output)),
+        Cmd::Promote { target, force } => rt.block_on(admin::promote(&target, force)),
+        Cmd::Switchover { target } => rt.block_on(admin::switchover(&target)),
+        Cmd::Backup { target, out } => rt.block_on(admin::backup(&target, &out)),
+        Cmd::Digest { target } => rt.block_on(admin::digest(&target)),
         Cmd::Restore { from, data_dir } => restore(&from, &data_dir),
         Cmd::Wal { op } => wal(op),
         Cmd::Certs { op: CertsOp::Generate { out, nodes } } => match meridian_modes::transport::certs::generate(&out, &nodes) {
@@ -157,7 +201,7 @@ pub fn main() -> i32 {
 }
 
 fn init_logging(cfg: &Config) -> Result<(), ConfigError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+    let filter = tracing_subscriber::EnvFilter::try_new(cfg.log_filter())
         .map_err(|e| ConfigError::new("LOG_LEVEL", format!("invalid filter {:?}: {e}", cfg.log_level)))?;
     // Colour only on a terminal: log files and container logs get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -1,4 +1,4 @@
-//! A small HTTP client for the CLI (`meridian kv …`, `healthcheck`) and the benchmark.
+//! A small HTTP client for the CLI (`meridian kv …`, `status`, `promote`, …) and the benchmark.
 
 use std::time::Duration;
 
@@ -10,9 +10,25 @@ pub struct MeridianClient {
     token: Option<String>,
 }
 
+/// An error with its causes (`error sending request: … : Connection refused`): reqwest's
+/// own message alone does not say what went wrong.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", with_causes(source))]
     Unreachable { url: String, source: reqwest::Error },
     #[error("{status}: {body}")]
     Status { status: StatusCode, body: String },
@@ -65,6 +81,11 @@ impl MeridianClient {
     pub async fn put(&self, path: &str, body: Vec<u8>) -> Result<Response, ClientError> {
         let url = self.url(path);
         self.send(self.http.put(&url).body(body), &url).await
+    }
+
+    pub async fn post(&self, path: &str) -> Result<Response, ClientError> {
+        let url = self.url(path);
+        self.send(self.http.post(&url), &url).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Response, ClientError> {

@@ -23,10 +23,16 @@ pub const PREFIX: &str = "MERIDIAN_";
 /// The slowest HA heartbeat accepted, in milliseconds.
 pub const MAX_HA_HEARTBEAT_MS: u64 = 60_000;
 
+/// Variables the command-line tools read (`meridian status --url`, …), not the node: a node
+/// started in a shell that exports them must not refuse them as unknown.
+pub const CLIENT_VARIABLES: &[&str] = &["URL"];
+
 /// Every variable, without the prefix, and what it accepts.
 pub const VARIABLES: &[(&str, &str)] = &[
     ("CONFIG_FILE", "a path to a TOML file with the same keys (lowercase, no prefix)"),
     ("DATA_DIR", "a directory path (default ./data)"),
+    ("CLUSTER_DATA_DIR", "the seed guide's name for MERIDIAN_DATA_DIR: a directory path; if both are set they must name the same directory"),
+    ("CLUSTER_DEBUG", "true or false (true: replication debug logging, adds meridian_modes=debug to MERIDIAN_LOG_LEVEL)"),
     ("HTTP_ADDR", "a socket address such as 0.0.0.0:7474"),
     ("LOG_LEVEL", "a tracing filter such as info, debug, meridian=debug"),
     ("LOG_FORMAT", "text or json"),
@@ -34,14 +40,15 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("FORWARD_WRITES", "true or false"),
     ("ADMIN_TOKEN", "a bearer token string"),
     ("API_TOKEN", "a bearer token string"),
+    ("READ_TOKEN", "a bearer token string that may only read data (GET on /v1)"),
     ("WAL_SEGMENT_BYTES", "a WAL segment size in bytes, at least 4096 (default 67108864)"),
-    ("CHECKPOINT_INTERVAL", "a duration such as 1s or 500ms"),
+    ("CHECKPOINT_INTERVAL", "a duration such as 1s or 500ms, or a bare number of seconds"),
     ("HTTP_MAX_CONNECTIONS", "a positive integer: most HTTP connections open at once (default 4096)"),
-    ("HTTP_HEADER_TIMEOUT", "a duration such as 10s: time to send a request's head once it has begun"),
-    ("HTTP_BODY_TIMEOUT", "a duration such as 30s: time to send a request's whole body"),
-    ("HTTP_IDLE_TIMEOUT", "a duration such as 60s: how long a connection may wait for its next request"),
+    ("HTTP_HEADER_TIMEOUT", "a duration such as 10s, or a bare number of seconds: time to send a request's head once it has begun"),
+    ("HTTP_BODY_TIMEOUT", "a duration such as 30s, or a bare number of seconds: time to send a request's whole body"),
+    ("HTTP_IDLE_TIMEOUT", "a duration such as 60s, or a bare number of seconds: how long a connection may wait for its next request"),
     ("CLUSTER_MODE", "one of standalone, ha_standby, raft, multi_region, witness"),
-    ("CLUSTER_NODE_ID", "a node name of letters, digits, '-', '_' or '.'"),
+    ("CLUSTER_NODE_ID", "a node name of letters, digits, '-', '_' or '.' (unset: generated once and kept in DATA_DIR/node_id)"),
     ("CLUSTER_BIND_ADDR", "a socket address such as 0.0.0.0:7688"),
     ("CLUSTER_ADVERTISE_ADDR", "host:port other nodes use to reach this node's cluster port"),
     ("CLUSTER_HTTP_ADVERTISE_ADDR", "the HTTP base URL clients are redirected to, e.g. http://node1:7474"),
@@ -49,10 +56,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_HA_PEER_ADDR", "host:port of the other node's cluster port (witness: an optional comma-separated list of the data nodes' host:port)"),
     ("CLUSTER_HA_SYNC_MODE", "one of async, semi_sync, sync, remote_apply"),
     ("CLUSTER_HA_HEARTBEAT_MS", "an integer number of milliseconds, 1 to 60000, at most half of CLUSTER_HA_FAILOVER_TIMEOUT"),
-    ("CLUSTER_HA_FAILOVER_TIMEOUT", "a duration such as 30s"),
+    ("CLUSTER_HA_FAILOVER_TIMEOUT", "a duration such as 30s, or a bare number of seconds"),
     ("CLUSTER_HA_AUTO_FAILOVER", "true or false"),
     ("CLUSTER_HA_WAL_BATCH_SIZE", "a positive integer number of records"),
-    ("CLUSTER_HA_SYNC_TIMEOUT", "a duration such as 5s"),
+    ("CLUSTER_HA_SYNC_TIMEOUT", "a duration such as 5s, or a bare number of seconds"),
     ("CLUSTER_HA_WITNESS_ADDR", "host:port of the witness's cluster port"),
     ("CLUSTER_HA_WAL_RETENTION", "a number of WAL records the primary keeps for a lagging standby before re-seeding it from a snapshot"),
     ("CLUSTER_HA_SYNC_STRICT", "true or false (true: a sync primary never acknowledges without its standby, not even right after a failover)"),
@@ -60,9 +67,9 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_RAFT_CLUSTER_ID", "a cluster name"),
     ("CLUSTER_RAFT_BOOTSTRAP", "true or false"),
     ("CLUSTER_RAFT_PEERS", "a comma-separated list of id:host:port"),
-    ("CLUSTER_RAFT_ELECTION_TIMEOUT", "a duration such as 1s"),
-    ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "a duration such as 100ms"),
-    ("CLUSTER_RAFT_SNAPSHOT_INTERVAL", "a duration such as 300s"),
+    ("CLUSTER_RAFT_ELECTION_TIMEOUT", "a duration such as 1s, or a bare number of seconds"),
+    ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "a duration such as 100ms, or a bare number of seconds"),
+    ("CLUSTER_RAFT_SNAPSHOT_INTERVAL", "a duration such as 300s, or a bare number of seconds"),
     ("CLUSTER_RAFT_SNAPSHOT_THRESHOLD", "a positive integer number of log entries"),
     ("CLUSTER_RAFT_TRAILING_LOGS", "an integer number of log entries"),
     ("CLUSTER_RAFT_MAX_APPEND_ENTRIES", "a positive integer number of entries"),
@@ -187,9 +194,27 @@ impl<'de> Deserialize<'de> for TlsMinVersion {
     }
 }
 
-/// A duration written with a unit (`100ms`, `1s`, `30s`), via humantime.
+/// A duration written with a unit (`100ms`, `1s`, `30s`, via humantime) or as a bare number
+/// of seconds (`300`), as the seed guide writes `RAFT_SNAPSHOT_INTERVAL`. Every duration
+/// setting goes through this one type, so all accept both forms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Parses `100ms`, `1m30s`, `300` (seconds) or `1.5` (seconds).
+    pub fn parse(text: &str) -> Result<HumanDuration, String> {
+        let t = text.trim();
+        if let Ok(secs) = t.parse::<f64>() {
+            return seconds(secs).ok_or_else(|| format!("invalid duration {text:?} (a bare number is seconds, and must be 0 or more)"));
+        }
+        humantime::parse_duration(t).map(HumanDuration).map_err(|e| format!("invalid duration {text:?} ({e})"))
+    }
+}
+
+fn seconds(secs: f64) -> Option<HumanDuration> {
+    // NaN and infinities fall outside the range too.
+    (0.0..1e12).contains(&secs).then(|| HumanDuration(Duration::from_secs_f64(secs)))
+}
 
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -199,12 +224,15 @@ impl Serialize for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Lossy extraction hands a bare `300` over as a number; a TOML file may too.
         let v = serde_json::Value::deserialize(d)?;
         match v {
-            serde_json::Value::String(s) => humantime::parse_duration(s.trim())
-                .map(HumanDuration)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e})"))),
-            other => Err(serde::de::Error::custom(format!("invalid duration {other} (a unit is required)"))),
+            serde_json::Value::String(s) => HumanDuration::parse(&s).map_err(serde::de::Error::custom),
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .and_then(seconds)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {n} (a bare number is seconds, and must be 0 or more)"))),
+            other => Err(serde::de::Error::custom(format!("invalid duration {other}"))),
         }
     }
 }
@@ -221,6 +249,8 @@ impl From<HumanDuration> for Duration {
 pub struct Config {
     pub config_file: Option<PathBuf>,
     pub data_dir: PathBuf,
+    pub cluster_data_dir: Option<PathBuf>,
+    pub cluster_debug: bool,
     pub http_addr: SocketAddr,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -228,6 +258,7 @@ pub struct Config {
     pub forward_writes: bool,
     pub admin_token: Option<String>,
     pub api_token: Option<String>,
+    pub read_token: Option<String>,
     pub wal_segment_bytes: u64,
     pub checkpoint_interval: HumanDuration,
     pub http_max_connections: u64,
@@ -236,6 +267,7 @@ pub struct Config {
     pub http_idle_timeout: HumanDuration,
 
     pub cluster_mode: ClusterMode,
+    /// Empty when unset; [`crate::node_id::resolve`] fills it in at start.
     pub cluster_node_id: String,
     pub cluster_bind_addr: SocketAddr,
     pub cluster_advertise_addr: Option<String>,
@@ -289,6 +321,8 @@ impl Default for Config {
         Config {
             config_file: None,
             data_dir: PathBuf::from("./data"),
+            cluster_data_dir: None,
+            cluster_debug: false,
             http_addr: "0.0.0.0:7474".parse().unwrap(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -296,6 +330,7 @@ impl Default for Config {
             forward_writes: true,
             admin_token: None,
             api_token: None,
+            read_token: None,
             wal_segment_bytes: 64 << 20,
             checkpoint_interval: secs(1),
             http_max_connections: 4096,
@@ -303,7 +338,8 @@ impl Default for Config {
             http_body_timeout: secs(30),
             http_idle_timeout: secs(60),
             cluster_mode: ClusterMode::Standalone,
-            cluster_node_id: "node1".into(),
+            // Empty = unset: the node generates one and keeps it (see `crate::node_id`).
+            cluster_node_id: String::new(),
             cluster_bind_addr: "0.0.0.0:7688".parse().unwrap(),
             cluster_advertise_addr: None,
             cluster_http_advertise_addr: None,
@@ -391,6 +427,9 @@ impl Config {
         let mut env = BTreeMap::new();
         for (k, v) in vars {
             let Some(name) = k.strip_prefix(PREFIX) else { continue };
+            if CLIENT_VARIABLES.contains(&name) {
+                continue;
+            }
             if !VARIABLES.iter().any(|(n, _)| *n == name) {
                 return Err(unknown_variable(&k, name));
             }
@@ -407,10 +446,41 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
+        let data_dir_in_env = env.contains_key("data_dir");
         fig = fig.merge(Serialized::defaults(env));
-        let cfg: Config = fig.extract_lossy().map_err(from_figment)?;
+        let mut cfg: Config = fig.extract_lossy().map_err(from_figment)?;
+        cfg.apply_seed_guide_aliases(data_dir_in_env)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `CLUSTER_DATA_DIR` (the seed guide's name) is `DATA_DIR`: taken when `DATA_DIR` is not
+    /// set, refused when both name different directories (which one holds the data would be
+    /// a guess).
+    fn apply_seed_guide_aliases(&mut self, data_dir_in_env: bool) -> Result<(), ConfigError> {
+        let Some(alias) = self.cluster_data_dir.clone() else { return Ok(()) };
+        let data_dir_set = data_dir_in_env || self.data_dir != Config::default().data_dir;
+        if data_dir_set && self.data_dir != alias {
+            return Err(ConfigError::new(
+                "CLUSTER_DATA_DIR",
+                format!(
+                    "names {} but MERIDIAN_DATA_DIR names {}: they are one setting in Meridian; set only one of them",
+                    alias.display(),
+                    self.data_dir.display()
+                ),
+            ));
+        }
+        self.data_dir = alias;
+        Ok(())
+    }
+
+    /// The tracing filter: `LOG_LEVEL`, with replication debug logging added by `CLUSTER_DEBUG`.
+    pub fn log_filter(&self) -> String {
+        if self.cluster_debug {
+            format!("{},meridian_modes=debug", self.log_level)
+        } else {
+            self.log_level.clone()
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -433,11 +503,24 @@ impl Config {
         if self.http_max_connections == 0 {
             return Err(ConfigError::new("HTTP_MAX_CONNECTIONS", "must be at least 1"));
         }
-        let id_ok = !self.cluster_node_id.is_empty()
-            && self.cluster_node_id.len() <= 64
-            && self.cluster_node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let id_ok = self.cluster_node_id.is_empty() || crate::node_id::valid(&self.cluster_node_id);
         if !id_ok {
             return Err(ConfigError::new("CLUSTER_NODE_ID", format!("invalid value {:?}: expected {}", self.cluster_node_id, accepts("CLUSTER_NODE_ID"))));
+        }
+        if self.cluster_mode == ClusterMode::Raft && self.cluster_raft_role == RaftRole::Voter && self.cluster_node_id.is_empty() {
+            return Err(ConfigError::new(
+                "CLUSTER_NODE_ID",
+                "is required for a raft voter: set it to this node's id in MERIDIAN_CLUSTER_RAFT_PEERS (a generated id cannot be listed there in advance)",
+            ));
+        }
+        if self.read_token.is_some() && self.api_token.is_none() {
+            return Err(ConfigError::new(
+                "READ_TOKEN",
+                "needs MERIDIAN_API_TOKEN too: without it /v1 takes requests with no token at all, so a read-only token would restrict nothing",
+            ));
+        }
+        if self.read_token.is_some() && self.read_token == self.api_token {
+            return Err(ConfigError::new("READ_TOKEN", "must differ from MERIDIAN_API_TOKEN (the same token cannot be both read-only and read-write)"));
         }
         if self.cluster_ha_wal_batch_size == 0 {
             return Err(ConfigError::new("CLUSTER_HA_WAL_BATCH_SIZE", "must be at least 1"));
@@ -467,7 +550,10 @@ impl Config {
             if self.cluster_raft_role == RaftRole::Voter && !listed {
                 return Err(ConfigError::new(
                     "CLUSTER_RAFT_PEERS",
-                    format!("a voter must list itself: add {}:<its cluster host:port> (MERIDIAN_CLUSTER_NODE_ID={})", self.cluster_node_id, self.cluster_node_id),
+                    format!(
+                        "a voter must list itself: add {}:<its cluster host:port> (MERIDIAN_CLUSTER_NODE_ID={}), or set MERIDIAN_CLUSTER_ADVERTISE_ADDR to that host:port",
+                        self.cluster_node_id, self.cluster_node_id
+                    ),
                 ));
             }
             // Members dial this node at its RAFT_PEERS entry, else CLUSTER_ADVERTISE_ADDR, else
@@ -554,8 +640,17 @@ impl Config {
         Ok(list)
     }
 
+    /// The voters: `CLUSTER_RAFT_PEERS`, and this node at `CLUSTER_ADVERTISE_ADDR` when it is a
+    /// voter the list leaves out — the seed guide's compose files list only the *other*
+    /// voters and give each node's own address in `ADVERTISE_ADDR`.
     pub fn raft_peers(&self) -> Result<Vec<NamedAddr>, ConfigError> {
-        parse_named_list("CLUSTER_RAFT_PEERS", self.cluster_raft_peers.as_deref())
+        let mut peers = parse_named_list("CLUSTER_RAFT_PEERS", self.cluster_raft_peers.as_deref())?;
+        let me = &self.cluster_node_id;
+        let implied = self.cluster_mode == ClusterMode::Raft && self.cluster_raft_role == RaftRole::Voter && !me.is_empty();
+        if let Some(addr) = self.cluster_advertise_addr.as_ref().filter(|_| implied && !peers.iter().any(|p| p.id == *me)) {
+            peers.push(NamedAddr { id: me.clone(), addr: addr.clone() });
+        }
+        Ok(peers)
     }
 
     pub fn remote_regions(&self) -> Result<Vec<NamedAddr>, ConfigError> {
@@ -682,7 +777,8 @@ mod tests {
             ("CLUSTER_MODE", "bogus"),
             ("HTTP_ADDR", "nonsense"),
             ("CLUSTER_RAFT_ELECTION_TIMEOUT", "fast"),
-            ("CLUSTER_RAFT_ELECTION_TIMEOUT", "30"),
+            ("CLUSTER_RAFT_ELECTION_TIMEOUT", "-3"),
+            ("CLUSTER_RAFT_SNAPSHOT_INTERVAL", "300x"),
             ("MAX_VALUE_BYTES", "-1"),
             ("FORWARD_WRITES", "perhaps"),
             ("CLUSTER_RAFT_PEERS", "n1-no-port"),
@@ -693,6 +789,37 @@ mod tests {
             let e = Config::from_vars(vars(&[(k, v)])).unwrap_err();
             assert_eq!(e.variable, format!("{PREFIX}{k}"), "{k}={v} gave {e}");
         }
+    }
+
+    #[test]
+    fn the_seed_guide_settings_are_taken_as_it_writes_them() {
+        // Bare seconds wherever a duration goes, as the guide writes RAFT_SNAPSHOT_INTERVAL.
+        let c = Config::from_vars(vars(&[
+            ("CLUSTER_RAFT_SNAPSHOT_INTERVAL", "300"),
+            ("CLUSTER_HA_FAILOVER_TIMEOUT", "30"),
+            ("CHECKPOINT_INTERVAL", "0.5"),
+            ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "100ms"),
+        ]))
+        .unwrap();
+        assert_eq!(c.cluster_raft_snapshot_interval.0, Duration::from_secs(300));
+        assert_eq!(c.cluster_ha_failover_timeout.0, Duration::from_secs(30));
+        assert_eq!(c.checkpoint_interval.0, Duration::from_millis(500));
+        assert_eq!(c.cluster_raft_heartbeat_timeout.0, Duration::from_millis(100));
+        // CLUSTER_DATA_DIR is DATA_DIR; both set must agree.
+        let c = Config::from_vars(vars(&[("CLUSTER_DATA_DIR", "/srv/m")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/m"));
+        Config::from_vars(vars(&[("CLUSTER_DATA_DIR", "/srv/m"), ("DATA_DIR", "/srv/m")])).unwrap();
+        let e = Config::from_vars(vars(&[("CLUSTER_DATA_DIR", "/srv/m"), ("DATA_DIR", "./data")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_DATA_DIR");
+        assert!(e.message.contains("set only one"), "{e}");
+        // CLUSTER_DEBUG raises the replication crate's log level.
+        let c = Config::from_vars(vars(&[("CLUSTER_DEBUG", "true"), ("LOG_LEVEL", "warn")])).unwrap();
+        assert_eq!(c.log_filter(), "warn,meridian_modes=debug");
+        assert_eq!(Config::from_vars(vars(&[("LOG_LEVEL", "warn")])).unwrap().log_filter(), "warn");
+        // The node id may be left to the node, except where peers must list it.
+        assert_eq!(Config::from_vars(vars(&[])).unwrap().cluster_node_id, "");
+        let e = Config::from_vars(vars(&[("CLUSTER_MODE", "raft"), ("CLUSTER_RAFT_PEERS", "n1:h1:7688")])).unwrap_err();
+        assert_eq!(e.variable, "MERIDIAN_CLUSTER_NODE_ID", "{e}");
     }
 
     #[test]
@@ -748,6 +875,10 @@ mod tests {
         ok.push(("CLUSTER_RAFT_BOOTSTRAP", "true"));
         assert_eq!(raft(&ok).unwrap_err().variable, "MERIDIAN_CLUSTER_RAFT_BOOTSTRAP");
         raft(&[("CLUSTER_RAFT_PEERS", "n1:h1:7688,n2:h2:7688,n3:h3:7688"), ("CLUSTER_RAFT_BOOTSTRAP", "true")]).unwrap();
+        // The seed guide's form: the other voters listed, this one at its advertised address.
+        let c = raft(&[("CLUSTER_RAFT_PEERS", "n2:h2:7688,n3:h3:7688"), ("CLUSTER_ADVERTISE_ADDR", "h1:7688")]).unwrap();
+        let ids: Vec<(String, String)> = c.raft_peers().unwrap().into_iter().map(|p| (p.id, p.addr)).collect();
+        assert_eq!(ids, [("n2".into(), "h2:7688".into()), ("n3".into(), "h3:7688".into()), ("n1".into(), "h1:7688".into())]);
     }
 
     #[test]

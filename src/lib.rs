@@ -13,6 +13,7 @@
 //! - [`node`]: opens the data directory (lock, WAL, store, recovery), starts the mode and
 //!   the HTTP server, and shuts them down in order.
 //! - [`lock`]: the data-directory lock that keeps a second process out.
+//! - [`node_id`]: the node's name when none is configured (generated once, kept in DATA_DIR).
 //! - [`cert_check`]: warns at start when the node's own cluster certificate is out of date.
 //! - [`api`]: the HTTP data and admin API (axum), errors, auth.
 //! - [`metrics`]: the Prometheus registry.
@@ -29,5 +30,6 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod node;
+pub mod node_id;
 pub mod storage;
 pub mod store;

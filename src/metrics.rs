@@ -7,7 +7,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use meridian_modes::Replicator;
+use meridian_modes::transport::Transport;
+use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::Wal;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -65,8 +66,11 @@ impl Metrics {
     }
 
     /// Adds the scrape-time replication figures once the mode is running.
-    pub fn watch(&self, replicator: Arc<dyn Replicator>, wal: Wal) {
-        self.registry.write().unwrap().register_collector(Box::new(StatusCollector { replicator, wal }));
+    /// `raft_transport`: in raft mode, `replication_bytes` is its cluster traffic (log
+    /// entries, snapshots, heartbeats, votes, forwarded writes), which the Raft core does not
+    /// count itself.
+    pub fn watch(&self, replicator: Arc<dyn Replicator>, wal: Wal, sm: Arc<dyn StateMachine>, raft_transport: Option<Transport>) {
+        self.registry.write().unwrap().register_collector(Box::new(StatusCollector { replicator, wal, sm, raft_transport }));
     }
 
     /// Lends the registry out while a component registers its metrics across an await
@@ -86,9 +90,47 @@ impl Metrics {
     }
 }
 
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers
+/// that do not ask for OpenMetrics (curl, `promtool check metrics`, older Prometheus).
+/// The differences that matter here: a counter family is named with its `_total` suffix,
+/// `# EOF` and `# UNIT` lines and exemplars do not exist, and `unknown` is `untyped`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|r| r.split_once(' '))
+        .filter(|(_, kind)| kind.trim() == "counter")
+        .map(|(name, _)| name)
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line.strip_prefix("# HELP ").map(|r| ("HELP", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        if let Some((kw, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if counters.contains(name) { format!("{name}_total") } else { name.to_owned() };
+            let tail = if kw == "TYPE" && tail.trim() == "unknown" { "untyped" } else { tail };
+            out.push_str(&format!("# {kw} {name} {tail}\n"));
+            continue;
+        }
+        let sample = line.split(" # {").next().unwrap_or(line);
+        let name = sample.split(['{', ' ']).next().unwrap_or("");
+        if name.strip_suffix("_created").is_some_and(|base| counters.contains(base)) {
+            continue;
+        }
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
 struct StatusCollector {
     replicator: Arc<dyn Replicator>,
     wal: Wal,
+    sm: Arc<dyn StateMachine>,
+    raft_transport: Option<Transport>,
 }
 
 impl std::fmt::Debug for StatusCollector {
@@ -118,6 +160,7 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Resul
 impl Collector for StatusCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.replicator.status();
+        let s_divergent = self.replicator.divergent_tails().len();
         let pos = self.wal.position();
         {
             let mut fam = enc.encode_descriptor("replication_mode", "the node's replication mode (1 for the active one)", None, MetricType::Gauge)?;
@@ -132,14 +175,31 @@ impl Collector for StatusCollector {
         )?;
         gauge(&mut enc, "commit_index", "highest committed log index", s.commit_index as f64)?;
         gauge(&mut enc, "applied_index", "highest index applied to the state machine", s.applied_index as f64)?;
-        gauge(&mut enc, "replication_lag_seconds", "how far this node's applied state trails the leader", s.lag_seconds)?;
+        gauge(&mut enc, "replication_lag_seconds", "seconds of replication lag: on a primary or Raft leader its most-behind member's, elsewhere this node's own", s.lag_seconds)?;
         gauge(&mut enc, "raft_term", "current Raft term (HA epoch in ha_standby)", s.epoch as f64)?;
         gauge(&mut enc, "wal_position", "last index written to the WAL", pos.last_index as f64)?;
         gauge(&mut enc, "wal_durable_index", "last index fsynced in the WAL", pos.durable_index as f64)?;
         gauge(&mut enc, "wal_first_index", "first index still held in the WAL", pos.first_index as f64)?;
         gauge(&mut enc, "wal_bytes", "bytes held in WAL segments", pos.total_bytes as f64)?;
+        // A former primary that learned of a higher epoch and has not yet followed the new one.
+        gauge(&mut enc, "fenced", "1 while this node is fenced (a former primary that stopped taking writes on a higher epoch)", u8::from(s.state == "fenced"))?;
+        gauge(&mut enc, "divergent_tails", "divergent WAL tails kept in DATA_DIR/divergent/ (ha_standby rejoin); inspect, then remove them", s_divergent as f64)?;
+        let storage_failed = self.wal.failure().is_some() || self.replicator.storage_failure().is_some();
+        gauge(
+            &mut enc,
+            "storage_failed",
+            "1 once a write to the WAL or the state store failed (disk error, disk full): the node takes no writes until restarted",
+            u8::from(storage_failed),
+        )?;
+        gauge(&mut enc, "state_damaged", "1 when the state store found damaged data (checksum failure)", u8::from(self.sm.damage().is_some()))?;
         counter(&mut enc, "cluster_leader_changes", "leader or primary changes seen by this node", s.leader_changes)?;
-        counter(&mut enc, "replication_bytes", "bytes of WAL shipped to or received from peers", s.replication_bytes)?;
+        let replication_bytes = self.raft_transport.as_ref().map_or(s.replication_bytes, Transport::bytes_exchanged);
+        counter(
+            &mut enc,
+            "replication_bytes",
+            "bytes of WAL shipped to or received from peers (raft: all cluster traffic with its members)",
+            replication_bytes,
+        )?;
         {
             let mut fam = enc.encode_descriptor("peer_healthy", "1 when the peer answers heartbeats", None, MetricType::Gauge)?;
             for p in &s.peers {
@@ -159,5 +219,19 @@ impl Collector for StatusCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_text_names_counters_with_total_and_has_no_eof() {
+        let om = "# HELP m_changes leader changes.\n# TYPE m_changes counter\nm_changes_total 3\nm_changes_created 1.5\n# HELP m_lag lag.\n# TYPE m_lag gauge\n# UNIT m_lag seconds\nm_lag 0.5\n# TYPE m_x unknown\nm_x 1 # {a=\"b\"} 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP m_changes_total leader changes.\n# TYPE m_changes_total counter\nm_changes_total 3\n# HELP m_lag lag.\n# TYPE m_lag gauge\nm_lag 0.5\n# TYPE m_x untyped\nm_x 1\n"
+        );
     }
 }

@@ -38,6 +38,8 @@ pub enum NodeError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    NodeId(#[from] crate::node_id::NodeIdError),
     #[error("cannot open the WAL: {0}")]
     Wal(#[from] meridian_wal::WalError),
     #[error("cannot open the state store: {0}")]
@@ -89,6 +91,16 @@ impl Node {
         // Settings that can only be checked by reading files come before any data is touched.
         let tls = load_tls(cfg)?;
         let lock = DirLock::acquire(&cfg.data_dir)?;
+        let mut cfg = cfg.clone();
+        let (node_id, generated) = crate::node_id::resolve(&cfg.data_dir, &cfg.cluster_node_id)?;
+        if generated {
+            info!(node_id = %node_id, file = %cfg.data_dir.join(crate::node_id::FILE).display(), "MERIDIAN_CLUSTER_NODE_ID is unset: generated this node's id and stored it");
+        }
+        cfg.cluster_node_id = node_id;
+        let cfg = &cfg;
+        if cfg.cluster_advertise_addr.is_some() && cfg.cluster_mode != ClusterMode::Raft {
+            warn!(mode = cfg.cluster_mode.as_str(), "MERIDIAN_CLUSTER_ADVERTISE_ADDR is used in raft mode only (members dial it); in this mode each node dials the address it is given (ha_standby: MERIDIAN_CLUSTER_HA_PEER_ADDR), so it is ignored");
+        }
         let metrics = Metrics::new();
         let mut opts = WalOptions::new(cfg.data_dir.join("wal"));
         opts.segment_bytes = cfg.wal_segment_bytes;
@@ -113,6 +125,8 @@ impl Node {
             .expect("recovery task panicked")?;
 
         let sm: Arc<dyn StateMachine> = store;
+        // Raft counts no replication bytes of its own: its cluster traffic stands in.
+        let mut raft_transport = None;
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
             ClusterMode::HaStandby => {
                 let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone())?;
@@ -134,6 +148,7 @@ impl Node {
                 let handler = RaftHandler::new(cfg.cluster_raft_cluster_id.clone(), store.clone());
                 let families = Families::new().with(Family::Raft, handler.clone());
                 let transport = start_transport(cfg, tls, Arc::new(families), &metrics).await?;
+                raft_transport = Some(transport.clone());
                 let node = RaftNode::start(raft_config(cfg)?, wal.clone(), sm.clone(), store, handler, transport)
                     .await
                     .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
@@ -145,7 +160,7 @@ impl Node {
                 sm.clone(),
             ),
         };
-        metrics.watch(replicator.clone(), wal.clone());
+        metrics.watch(replicator.clone(), wal.clone(), sm.clone(), raft_transport);
 
         if cfg.admin_token.is_none() {
             warn!("MERIDIAN_ADMIN_TOKEN is not set: /admin/* is open to anyone who can reach this port");
@@ -161,7 +176,12 @@ impl Node {
             metrics,
             max_value_bytes: cfg.max_value_bytes as usize,
             api_token: cfg.api_token.clone(),
+            read_token: cfg.read_token.clone(),
             admin_token: cfg.admin_token.clone(),
+            view: api::cluster_view::ViewConfig::new(
+                advertised_http(cfg),
+                (cfg.cluster_mode == ClusterMode::HaStandby).then(|| sync_mode_name(cfg.cluster_ha_sync_mode).to_owned()),
+            ),
         });
         Ok(Node { state, listener, limits: HttpLimits::from_config(cfg), _lock: lock })
     }
@@ -260,8 +280,23 @@ fn admission(cfg: &Config) -> Result<Admission, NodeError> {
     })
 }
 
+/// The base URL other nodes and clients reach this node's HTTP API at:
+/// `CLUSTER_HTTP_ADVERTISE_ADDR`, else the HTTP address when it names a host.
+fn advertised_http(cfg: &Config) -> Option<String> {
+    cfg.cluster_http_advertise_addr.clone().or_else(|| (!cfg.http_addr.ip().is_unspecified()).then(|| format!("http://{}", cfg.http_addr)))
+}
+
+fn sync_mode_name(m: HaSyncMode) -> &'static str {
+    match m {
+        HaSyncMode::Async => "async",
+        HaSyncMode::SemiSync => "semi_sync",
+        HaSyncMode::Sync => "sync",
+        HaSyncMode::RemoteApply => "remote_apply",
+    }
+}
+
 fn raft_config(cfg: &Config) -> Result<RaftConfig, NodeError> {
-    let http_addr = cfg.cluster_http_advertise_addr.clone().or_else(|| (!cfg.http_addr.ip().is_unspecified()).then(|| format!("http://{}", cfg.http_addr)));
+    let http_addr = advertised_http(cfg);
     let peers: Vec<(String, String)> = cfg.raft_peers()?.into_iter().map(|p| (p.id, p.addr)).collect();
     let advertise = cfg
         .cluster_advertise_addr
@@ -298,9 +333,7 @@ fn raft_config(cfg: &Config) -> Result<RaftConfig, NodeError> {
 }
 
 fn ha_config(cfg: &Config) -> HaConfig {
-    let http_addr = cfg.cluster_http_advertise_addr.clone().or_else(|| {
-        (!cfg.http_addr.ip().is_unspecified()).then(|| format!("http://{}", cfg.http_addr))
-    });
+    let http_addr = advertised_http(cfg);
     HaConfig {
         node_id: cfg.cluster_node_id.clone(),
         role: match cfg.cluster_ha_role {

@@ -27,6 +27,12 @@ fn limited_node(dir: &std::path::Path, env: &[(&str, &str)]) -> Node {
     node
 }
 
+/// `meridian_storage_failed` from the node's metrics (the disk-error alert's input).
+fn storage_failed(node: &Node) -> Option<f64> {
+    let metrics = String::from_utf8(http("GET", &node.url("/metrics"), None).1).unwrap();
+    metrics.lines().find_map(|l| l.strip_prefix("meridian_storage_failed ")).and_then(|v| v.trim().parse().ok())
+}
+
 const WRITERS: usize = 8;
 /// Per writer; 8 × 1500 × 4 KiB = 48 MiB, far past the limit, so the loop is bounded.
 const MAX_WRITES: usize = 1500;
@@ -78,6 +84,8 @@ fn a_full_disk_stops_writes_cleanly_and_loses_nothing_acknowledged() {
     let health = String::from_utf8_lossy(&body);
     assert_eq!(status, 503, "health must report the failure: {health}");
     assert!(health.contains("failed"), "{health}");
+    // And /metrics carries it for the disk-error alert (deploy/prometheus/alerts.yml).
+    assert_eq!(storage_failed(&node), Some(1.0), "no storage failure in the metrics");
     let (status, _) = http("PUT", &node.url("/v1/kv/after-full"), Some(b"x".to_vec()));
     assert_eq!(status, 503, "a write after the failure must be refused too");
     for (key, value) in acked.iter().take(50) {
@@ -99,6 +107,7 @@ fn a_full_disk_stops_writes_cleanly_and_loses_nothing_acknowledged() {
     }
     let (status, body) = http("PUT", &node.url("/v1/kv/after-restart"), Some(b"y".to_vec()));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(storage_failed(&node), Some(0.0), "a storage failure is still reported after the restart");
     println!("acknowledged {} writes before the disk filled; all present after the restart", acked.len());
 }
 

@@ -135,6 +135,15 @@ pub struct ReplicationStatus {
     pub notes: Vec<String>,
 }
 
+/// A log tail a former primary set aside on rejoin (`DATA_DIR/divergent/`): records it held
+/// that the new primary's history does not.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct DivergentTailInfo {
+    pub file: String,
+    pub after_index: u64,
+    pub records: usize,
+}
+
 /// Admin operations that not every mode supports.
 #[derive(Clone, Debug)]
 pub enum AdminRequest {
@@ -162,6 +171,22 @@ pub trait Replicator: Send + Sync + 'static {
     /// Returns once a read under `req` may be served from the local state machine.
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError>;
     fn status(&self) -> ReplicationStatus;
+    /// The other data nodes this node has heard of, as `(node id, HTTP base URL if the node
+    /// announced one)`, so one node can show the whole cluster (the cluster page,
+    /// `meridian status`). Raft lists its members with their URLs in `ClusterStatus` instead.
+    fn peer_http_addrs(&self) -> Vec<(String, Option<String>)> {
+        Vec::new()
+    }
+    /// Why this node's write path stopped on a storage error (a WAL append or a state-store
+    /// apply failed: disk full, I/O error), if it did; it takes no writes until restarted.
+    fn storage_failure(&self) -> Option<String> {
+        None
+    }
+    /// Divergent tails kept in this node's data directory (ha_standby), for operators to
+    /// inspect; also listed as notes in `/health`.
+    fn divergent_tails(&self) -> Vec<DivergentTailInfo> {
+        Vec::new()
+    }
     async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {
         let _ = req;
         Err(AdminError::NotSupported { mode: self.mode() })

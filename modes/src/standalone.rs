@@ -71,6 +71,10 @@ impl Replicator for Standalone {
         Ok(())
     }
 
+    fn storage_failure(&self) -> Option<String> {
+        self.pipeline.failure()
+    }
+
     fn status(&self) -> ReplicationStatus {
         let failed = self.pipeline.failure();
         let stopped = self.stopped.load(Ordering::Relaxed);

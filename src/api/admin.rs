@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use meridian_modes::replicator::{AdminRequest, Health};
+use meridian_modes::replicator::{AdminRequest, Health, ReplicationStatus};
 use meridian_modes::state_machine::{digest as state_digest, write_snapshot};
 use serde::Deserialize;
 use serde_json::json;
@@ -16,7 +16,9 @@ use tokio_util::io::{ReaderStream, SyncIoBridge};
 use super::error::ApiError;
 use super::AppState;
 
-pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+/// The mode's status with the state machine's damage, if any, as a degrading note: what
+/// `/health` and the cluster page report.
+pub fn node_status(st: &AppState) -> ReplicationStatus {
     let mut s = st.replicator.status();
     if let Some(damage) = st.sm.damage() {
         s.notes.push(damage);
@@ -24,21 +26,37 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
             s.health = Health::Degraded;
         }
     }
-    let status = match s.health {
+    s
+}
+
+pub fn health_word(h: Health) -> &'static str {
+    match h {
         Health::Healthy => "healthy",
         Health::Degraded => "degraded",
         Health::Unhealthy => "unhealthy",
-    };
+    }
+}
+
+pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let s = node_status(&st);
+    let status = health_word(s.health);
     let code = if s.health == Health::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(json!({"status": status, "replication": s}))).into_response()
 }
 
-pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        st.metrics.encode(),
-    )
-        .into_response()
+/// OpenMetrics for a scraper that asks for it (Prometheus does), else the classic text
+/// format, which `promtool check metrics`, curl and older scrapers read.
+pub async fn metrics(State(st): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode()).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::to_prometheus_text(&st.metrics.encode())).into_response()
+    }
 }
 
 pub async fn wal_position(State(st): State<Arc<AppState>>) -> Response {

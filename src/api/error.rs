@@ -31,6 +31,10 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
     }
+    /// A valid token that does not allow this request (the read-only token on a write).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "unauthorized", message)
+    }
     pub fn precondition_failed(current: u64) -> Self {
         Self::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", format!("the key's current revision is {current}"))
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -26,10 +26,23 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// `/v1/*`: the API token may do anything; the read token (`MERIDIAN_READ_TOKEN`) only GET
+/// (and HEAD) — a write with it is 403, so a client learns it holds the wrong kind of token.
+/// Config refuses a read token without an API token: `/v1` would be open anyway.
 pub async fn require_api_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match &st.api_token {
-        Some(t) if !token_matches(&req, t) => ApiError::unauthorized().into_response(),
-        _ => next.run(req).await,
+    let Some(api) = &st.api_token else { return next.run(req).await };
+    if token_matches(&req, api) {
+        return next.run(req).await;
+    }
+    match &st.read_token {
+        Some(read) if token_matches(&req, read) => {
+            if matches!(*req.method(), Method::GET | Method::HEAD) {
+                next.run(req).await
+            } else {
+                ApiError::forbidden("this token may only read (MERIDIAN_READ_TOKEN allows GET on /v1); writes need MERIDIAN_API_TOKEN").into_response()
+            }
+        }
+        _ => ApiError::unauthorized().into_response(),
     }
 }
 

@@ -1,19 +1,22 @@
 //! The HTTP API (axum): `/v1/*` data, `/health`, `/metrics`, `/admin/*`.
 //!
 //! Module map: [`kv`] (one key and ranges), [`txn`], [`admin`] (health, metrics, backup,
-//! digest, mode admin calls), [`error`] (one status and code per failure), [`guard`] (tokens,
+//! digest, mode admin calls), [`ui`] (the cluster page) over [`cluster_view`] (every node's
+//! state, gathered by one node), [`error`] (one status and code per failure), [`guard`] (tokens,
 //! declared body length, query encoding), [`server`] (the connection loop: cap, graceful
 //! stop) and [`timeouts`] (head, body and idle clocks). Handlers validate input, then talk
 //! only to the [`Replicator`] (writes, read fences, status) and the [`StateMachine`] (local
 //! reads) — never to a mode's internals.
 
 pub mod admin;
+pub mod cluster_view;
 pub mod error;
 pub mod guard;
 pub mod kv;
 pub mod server;
 pub mod timeouts;
 pub mod txn;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,7 +42,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
     pub api_token: Option<String>,
+    /// May only read `/v1` (GET); see [`guard::require_api_token`].
+    pub read_token: Option<String>,
     pub admin_token: Option<String>,
+    /// What the cluster page and `meridian status` show beyond the mode's status.
+    pub view: cluster_view::ViewConfig,
 }
 
 impl AppState {
@@ -84,6 +91,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(admin::health))
         .route("/metrics", get(admin::metrics))
+        .merge(ui::routes())
         .merge(data)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -1,6 +1,7 @@
 //! Spawning and breaking real `meridian` processes for the process-level tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod ha;
 pub mod linearizability;
 pub mod proxy;

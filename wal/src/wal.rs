@@ -262,6 +262,12 @@ impl Wal {
         self.inner.shared.durable_index()
     }
 
+    /// Why the WAL stopped taking writes, once a write or fsync failed (it is poisoned:
+    /// see the crate docs); `None` while it is usable. For health and metrics.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.shared.check_poisoned().err().map(|e| e.to_string())
+    }
+
     /// Watch of `durable_index()`, updated after every group commit.
     pub fn subscribe_durable(&self) -> watch::Receiver<u64> {
         self.inner.shared.subscribe_durable()

@@ -142,6 +142,10 @@ pub struct Core {
     pub(crate) persist_lock: Mutex<()>,
     /// The other data node's id, as it names itself in its messages.
     pub(crate) peer_node_id: Mutex<Option<String>>,
+    /// The other data node's HTTP base URL as it last announced it `(node id, url)`: in its
+    /// fetches while it is standby, in its answers while it is primary. Kept after it goes
+    /// silent, so a page can show it as down. Read-only for replication: only reported.
+    pub(crate) peer_http: Mutex<Option<(String, String)>>,
     /// The highest epoch the witness refused a vote for: the next attempt goes above it.
     pub(crate) witness_epoch: AtomicU64,
     pub(crate) wal: Wal,
@@ -187,6 +191,13 @@ impl Core {
 
     pub(crate) fn self_hint(&self) -> LeaderHint {
         LeaderHint { node_id: self.cfg.node_id.clone(), http_addr: self.cfg.http_addr.clone() }
+    }
+
+    /// Notes the peer's announced HTTP URL (see `peer_http`); this node's own is ignored.
+    pub(crate) fn remember_peer_http(&self, node_id: &str, url: Option<&String>) {
+        if let Some(url) = url.filter(|_| node_id != self.cfg.node_id && !node_id.is_empty()) {
+            *self.peer_http.lock().unwrap() = Some((node_id.to_owned(), url.clone()));
+        }
     }
 
     pub(crate) fn is_primary(&self) -> bool {
@@ -350,6 +361,7 @@ impl HaStandby {
             halted: Mutex::new(None),
             persist_lock: Mutex::new(()),
             peer_node_id: Mutex::new(None),
+            peer_http: Mutex::new(None),
             witness_epoch: AtomicU64::new(0),
             cfg,
             wal,
@@ -450,6 +462,26 @@ impl Replicator for HaStandby {
 
     fn status(&self) -> ReplicationStatus {
         self.core.status()
+    }
+
+    fn peer_http_addrs(&self) -> Vec<(String, Option<String>)> {
+        if let Some((id, url)) = self.core.peer_http.lock().unwrap().clone() {
+            return vec![(id, Some(url))];
+        }
+        // A peer that announces no URL (HTTP bound to 0.0.0.0 without an advertised address).
+        self.core.peer_node_id.lock().unwrap().iter().map(|id| (id.clone(), None)).collect()
+    }
+
+    fn storage_failure(&self) -> Option<String> {
+        match &*self.core.role.lock().unwrap() {
+            Role::Primary { pipeline, .. } => pipeline.failure(),
+            _ => None,
+        }
+    }
+
+    fn divergent_tails(&self) -> Vec<crate::replicator::DivergentTailInfo> {
+        let tails = self.core.divergent.lock().unwrap();
+        tails.iter().map(|d| crate::replicator::DivergentTailInfo { file: d.file.clone(), after_index: d.after_index, records: d.records }).collect()
     }
 
     async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {

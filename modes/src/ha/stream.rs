@@ -53,6 +53,7 @@ impl Core {
 
 pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     core.check_peer_id(&f.node_id);
+    core.remember_peer_http(&f.node_id, f.http_addr.as_ref());
     core.check_peer_failover_timeout(f.failover_timeout_ms);
     core.adopt_epoch(f.epoch, None, &f.node_id).await;
     let Some(gate) = core.gate() else { return core.not_primary() };
@@ -241,6 +242,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                 return;
             }
             *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
+            core.remember_peer_http(&leader.node_id, leader.http_addr.as_ref());
             *core.leader.lock().unwrap() = Some(leader);
             core.standby.primary_last_index.store(last_index, Ordering::Relaxed);
             core.standby.primary_commit_index.store(commit_index, Ordering::Relaxed);

@@ -212,6 +212,18 @@ impl Transport {
         out
     }
 
+    /// Frame bytes sent to and received from every known peer since start (the sum of
+    /// `meridian_transport_bytes_*_total` over them). Read-only, for reporting.
+    pub fn bytes_exchanged(&self) -> u64 {
+        let ids: Vec<NodeId> = self.inner.read_peers().keys().cloned().collect();
+        ids.iter()
+            .map(|id| {
+                let b = self.inner.shared.metrics.bytes(id);
+                b.sent.get() + b.received.get()
+            })
+            .sum()
+    }
+
     /// Stops accepting, closes every connection (waiting callers fail with `Closed`) and
     /// waits — a bounded time — for the connection tasks to finish, so the port is free
     /// when this returns. Later calls fail with `Closed`. Idempotent.
