@@ -175,7 +175,14 @@ impl RaftNode {
                 let needed = match (node.cfg.role, listed) {
                     (RaftRole::Replica, None) => true,
                     (_, Some(n)) => n != &me,
-                    (RaftRole::Voter, None) => false, // a voter is added by the operator or the bootstrap
+                    (RaftRole::Voter, None) => {
+                        // A voter is added by the bootstrap or the operator; until this node
+                        // has heard of that membership, check again (it publishes its HTTP
+                        // address once listed: a first look before the bootstrap's
+                        // membership arrived used to give up for good).
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
                 };
                 if !needed {
                     return;
