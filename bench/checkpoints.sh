@@ -7,7 +7,9 @@
 # measured; every round measures every configuration back to back; the table shows the
 # median over ROUNDS rounds, and the ratios are medians of per-round ratios.
 #
-# Usage: [ROUNDS=3] [CLIENTS=64] [BASE_BIN=...] bench/checkpoints.sh [seconds-per-run]  (default 8)
+# Usage: [ROUNDS=3] [CLIENTS=64] [INTERVALS="1s 1h"] [BASE_BIN=...] bench/checkpoints.sh [seconds-per-run]
+#        (default 8 s; INTERVALS: the checkpoint intervals measured, the first is the one the
+#        last line compares with the last)
 # Needs: etcd (apt-get install etcd-server), wrk, curl. Honors CARGO_TARGET_DIR, SKIP_BUILD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +20,9 @@ for v in DUR ROUNDS CLIENTS; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must 
 for c in etcd wrk curl; do command -v $c >/dev/null || { echo "$c missing (apt-get install etcd-server wrk curl)"; exit 1; }; done
 source bench/lib.sh   # build, $BIN, $TMP, PIDS, start(), wait_http
 cp "$BIN" "$TMP/meridian-new"
-CONFIGS=(new:1s new:1h)
-if [ -n "${BASE_BIN:-}" ]; then cp "$BASE_BIN" "$TMP/meridian-base"; CONFIGS+=(base:1s base:1h); fi
+read -r -a IV <<<"${INTERVALS:-1s 1h}"
+CONFIGS=(); for i in "${IV[@]}"; do CONFIGS+=("new:$i"); done
+if [ -n "${BASE_BIN:-}" ]; then cp "$BASE_BIN" "$TMP/meridian-base"; for i in "${IV[@]}"; do CONFIGS+=("base:$i"); done; fi
 CONFIGS+=(etcd)
 PORT=17475; EPORT=12479
 
@@ -76,4 +79,5 @@ printf "%-10s %10s %9s %9s | %14s %14s\n" config "PUT/s" "p50 ms" "p99 ms" "PUT/
 for cfg in "${CONFIGS[@]}"; do
   printf "%-10s %10s %9s %9s | %14s %14s\n" "$cfg" "$(col "$cfg" 1)" "$(col "$cfg" 2)" "$(col "$cfg" 3)" "$(ratio "$cfg" etcd 1)x" "$(ratio "$cfg" etcd 3)x"
 done
-echo "p99 with checkpoints every 1s / with them off: new $(ratio new:1s new:1h 3)x${BASE_BIN:+, base $(ratio base:1s base:1h 3)x}"
+first=${IV[0]}; last=${IV[${#IV[@]}-1]}
+echo "p99 with checkpoints every $first / every $last: new $(ratio "new:$first" "new:$last" 3)x${BASE_BIN:+, base $(ratio "base:$first" "base:$last" 3)x}"

@@ -332,7 +332,9 @@ impl Default for Config {
             api_token: None,
             read_token: None,
             wal_segment_bytes: 64 << 20,
-            checkpoint_interval: secs(1),
+            // Small, frequent checkpoints: every 1s the fsync of a second's dirty redb pages
+            // competed with the WAL's fdatasync and doubled PUT p99 (bench/checkpoints.sh).
+            checkpoint_interval: HumanDuration(Duration::from_millis(250)),
             http_max_connections: 4096,
             http_header_timeout: secs(10),
             http_body_timeout: secs(30),

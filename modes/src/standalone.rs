@@ -25,7 +25,7 @@ pub struct StandaloneConfig {
 
 impl Default for StandaloneConfig {
     fn default() -> Self {
-        StandaloneConfig { node_id: "node1".into(), checkpoint_interval: Duration::from_secs(1), max_batch: 1024 }
+        StandaloneConfig { node_id: "node1".into(), checkpoint_interval: Duration::from_millis(250), max_batch: 1024 }
     }
 }
 
