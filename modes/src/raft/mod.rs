@@ -468,7 +468,7 @@ impl Replicator for RaftNode {
         if leader.name == self.cfg.node_name {
             return self.propose(cmd).await;
         }
-        if !self.cfg.forward_writes || self.cfg.role == RaftRole::Replica && !self.cfg.forward_writes {
+        if !self.cfg.forward_writes {
             return Err(SubmitError::NotLeader { leader: Some(LeaderHint { node_id: leader.name, http_addr: leader.http }) });
         }
         let term = self.raft.metrics().borrow_watched().current_term;
