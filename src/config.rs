@@ -363,7 +363,10 @@ impl Default for Config {
             cluster_raft_election_timeout: secs(1),
             cluster_raft_heartbeat_timeout: millis(100),
             cluster_raft_snapshot_interval: secs(300),
-            cluster_raft_snapshot_threshold: 8192,
+            // etcd's default snapshot count. Building a snapshot writes and fsyncs the whole
+            // state on every member at about the same time; every 8192 entries that was PUT
+            // p99's tail at 64 clients (66 ms, against 23 ms with no snapshot in the run).
+            cluster_raft_snapshot_threshold: 100_000,
             cluster_raft_trailing_logs: 10240,
             cluster_raft_max_append_entries: 64,
             cluster_raft_role: RaftRole::Voter,
