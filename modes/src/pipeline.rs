@@ -271,9 +271,10 @@ fn apply_loop(
     failed: Arc<Mutex<Option<String>>>,
     cfg: PipelineConfig,
 ) {
+    let purge = cfg.purge.clone().unwrap_or_else(|| Arc::new(|checkpoint| checkpoint + 1));
     let (stop_checkpoints, stopped) = std_mpsc::channel::<()>();
     let checkpointer = {
-        let (sm, wal, purge, every) = (sm.clone(), wal.clone(), cfg.purge.clone().unwrap_or_else(|| Arc::new(|checkpoint| checkpoint + 1)), cfg.checkpoint_interval);
+        let (sm, wal, purge, every) = (sm.clone(), wal.clone(), purge.clone(), cfg.checkpoint_interval);
         std::thread::Builder::new()
             .name("meridian-checkpointer".into())
             .spawn(move || {
@@ -294,7 +295,6 @@ fn apply_loop(
             let _ = r.send(Err(SubmitError::Unavailable(why.clone())));
         }
     };
-    let purge = cfg.purge.clone().unwrap_or_else(|| Arc::new(|checkpoint| checkpoint + 1));
     'batches: for mut batch in rx {
         let stopped = failed.lock().unwrap().clone();
         if let Some(why) = stopped {

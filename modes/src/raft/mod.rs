@@ -231,9 +231,12 @@ impl RaftNode {
         tokio::spawn(async move {
             let mut last = rx.borrow_watched().current_leader;
             while rx.changed().await.is_ok() {
-                let m = rx.borrow_watched().clone();
-                self.lag_seconds(&m);
-                let now = m.current_leader;
+                // Borrowed, not cloned: this runs on every metrics change (each append).
+                let now = {
+                    let m = rx.borrow_watched();
+                    self.lag_seconds(&m);
+                    m.current_leader
+                };
                 if now != last {
                     if now.is_some() {
                         self.leader_changes.fetch_add(1, Ordering::Relaxed);
