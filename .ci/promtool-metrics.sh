@@ -5,7 +5,9 @@
 set -euo pipefail
 bin="$1"
 dir="$(mktemp -d)"
-MERIDIAN_HTTP_ADDR=127.0.0.1:0 MERIDIAN_DATA_DIR="$dir/data" MERIDIAN_LOG_FORMAT=text "$bin" 2>"$dir/log" &
+# A clean environment: CI settings such as MERIDIAN_SKIP_DOCKER_TESTS are not node settings,
+# and the node refuses MERIDIAN_* variables it does not know.
+env -i MERIDIAN_HTTP_ADDR=127.0.0.1:0 MERIDIAN_DATA_DIR="$dir/data" MERIDIAN_LOG_FORMAT=text "$bin" 2>"$dir/log" &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
