@@ -21,6 +21,9 @@ use super::RaftNode;
 use crate::forward::{ForwardReply, ForwardRequest};
 use crate::transport::{Handler, NodeId, RemoteError};
 
+/// Terms at or above this are refused (see [`RaftHandler::check_sender`]).
+pub const MAX_TERM: u64 = 1 << 63;
+
 /// A snapshot being received from one leader.
 struct Receiving {
     path: std::path::PathBuf,
@@ -52,11 +55,20 @@ impl RaftHandler {
         self.node.get().and_then(Weak::upgrade).ok_or_else(|| RemoteError::new("unavailable", "the Raft node is starting or stopping"))
     }
 
-    /// The vote must be the sender's own.
+    /// The vote must be the sender's own, and its term one elections can reach.
+    ///
+    /// Invariant enforced here: no message moves this node's term to [`MAX_TERM`] or beyond.
+    /// Terms grow by one per election; openraft computes `term + 1` when it campaigns, so a
+    /// member that sent a term near `u64::MAX` (a bug, damage or an attack) would otherwise
+    /// make every node that adopted it overflow. 2^63 is 292 million years of one election
+    /// per millisecond.
     fn check_sender(&self, from: &NodeId, vote: &Vote) -> Result<(), RemoteError> {
         let claimed = vote.leader_id.voted_for;
         if claimed != raft_id(&self.cluster_id, from) {
             return Err(RemoteError::new("wrong_sender", format!("{from} sent a Raft message in another node's name (id {claimed})")));
+        }
+        if vote.leader_id.term >= MAX_TERM {
+            return Err(RemoteError::new("bad_term", format!("{from} sent term {}, beyond any term elections reach (2^63)", vote.leader_id.term)));
         }
         Ok(())
     }
@@ -100,6 +112,12 @@ impl Handler for RaftHandler {
             rpc::APPEND => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(&payload).map_err(bad)?;
                 self.check_sender(from, &req.vote)?;
+                // A leader ships entries of its own term or earlier ones, never later.
+                let term = req.vote.leader_id.term;
+                let ids = req.entries.iter().map(|e| &e.log_id).chain(req.prev_log_id.iter()).chain(req.leader_commit.iter());
+                if let Some(id) = ids.into_iter().find(|id| id.leader_id.term > term) {
+                    return Err(RemoteError::new("bad_term", format!("{from} sent log id {id} above its own term {term}")));
+                }
                 Ok(reply(raft.append_entries(req).await.map_err(|e| e.to_string())))
             }
             rpc::VOTE | rpc::PRE_VOTE => {
