@@ -44,6 +44,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("WAL_SEGMENT_BYTES", "a WAL segment size in bytes, at least 4096 (default 67108864)"),
     ("CHECKPOINT_INTERVAL", "a duration such as 1s or 500ms, or a bare number of seconds"),
     ("HTTP_MAX_CONNECTIONS", "a positive integer: most HTTP connections open at once (default 4096)"),
+    ("WRITE_QUEUE_BYTES", "a number of bytes from 4096 to 4294967295: writes in flight at most (default 67108864)"),
     ("HTTP_HEADER_TIMEOUT", "a duration such as 10s, or a bare number of seconds: time to send a request's head once it has begun"),
     ("HTTP_BODY_TIMEOUT", "a duration such as 30s, or a bare number of seconds: time to send a request's whole body"),
     ("HTTP_IDLE_TIMEOUT", "a duration such as 60s, or a bare number of seconds: how long a connection may wait for its next request"),
@@ -262,6 +263,8 @@ pub struct Config {
     pub wal_segment_bytes: u64,
     pub checkpoint_interval: HumanDuration,
     pub http_max_connections: u64,
+    /// Bytes of writes in flight at most (`api::write_budget`).
+    pub write_queue_bytes: u64,
     pub http_header_timeout: HumanDuration,
     pub http_body_timeout: HumanDuration,
     pub http_idle_timeout: HumanDuration,
@@ -336,6 +339,7 @@ impl Default for Config {
             // competed with the WAL's fdatasync and doubled PUT p99 (bench/checkpoints.sh).
             checkpoint_interval: HumanDuration(Duration::from_millis(250)),
             http_max_connections: 4096,
+            write_queue_bytes: 64 << 20,
             http_header_timeout: secs(10),
             http_body_timeout: secs(30),
             http_idle_timeout: secs(60),
@@ -505,6 +509,9 @@ impl Config {
                 return Err(ConfigError::new(name, format!("must be longer than zero: expected {}", accepts(name))));
             }
         }
+        if !(4096..=u64::from(u32::MAX)).contains(&self.write_queue_bytes) {
+            return Err(ConfigError::new("WRITE_QUEUE_BYTES", format!("must be {}", accepts("WRITE_QUEUE_BYTES"))));
+        }
         if self.http_max_connections == 0 {
             return Err(ConfigError::new("HTTP_MAX_CONNECTIONS", "must be at least 1"));
         }
@@ -543,8 +550,16 @@ impl Config {
                 "must be at least twice MERIDIAN_CLUSTER_HA_HEARTBEAT_MS, or a slow heartbeat would trigger failovers",
             ));
         }
-        if self.cluster_raft_heartbeat_timeout.0 >= self.cluster_raft_election_timeout.0 {
-            return Err(ConfigError::new("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "must be shorter than MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT"));
+        // A follower refuses other candidates for 0.575 of the election timeout after each
+        // heartbeat (raft::RaftConfig::openraft_config); a heartbeat or two may be lost within
+        // that. etcd refuses the same ratio (--election-timeout under 5x --heartbeat-interval).
+        if self.cluster_raft_heartbeat_timeout.0.is_zero()
+            || self.cluster_raft_heartbeat_timeout.0.checked_mul(5).is_none_or(|d| d > self.cluster_raft_election_timeout.0)
+        {
+            return Err(ConfigError::new(
+                "CLUSTER_RAFT_HEARTBEAT_TIMEOUT",
+                "must be above zero and at most a fifth of MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT (as etcd requires), or a lost heartbeat or two would start elections",
+            ));
         }
         let raft_peers = self.raft_peers()?;
         if self.cluster_mode == ClusterMode::Raft {
@@ -789,6 +804,9 @@ mod tests {
             ("CLUSTER_RAFT_PEERS", "n1-no-port"),
             ("CLUSTER_TLS_MIN_VERSION", "1.1"),
             ("LOG_FORMAT", "xml"),
+            // Heartbeats must be at most a fifth of the election timeout (1s by default).
+            ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "250ms"),
+            ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "0s"),
         ];
         for (k, v) in cases {
             let e = Config::from_vars(vars(&[(k, v)])).unwrap_err();

@@ -102,18 +102,31 @@ pub struct RaftConfig {
 
 impl RaftConfig {
     fn openraft_config(&self) -> Result<openraft::Config, String> {
-        // openraft's followers refuse a new leader for `election_timeout_max` after they last
-        // heard from the old one (its leader lease), so that is what RAFT_ELECTION_TIMEOUT
-        // means here: no election can succeed sooner. Timers fire at random in [T/2, T), so
-        // the first pre-vote goes out close to when the lease ends. (With [T, 2T), as a first
-        // version had, failover took the lease plus another timeout: 3.4 s at T = 1 s,
-        // against etcd's 1.5 s — bench/raft.sh.)
-        let max = self.election_timeout.as_millis() as u64;
-        let min = (max / 2).max(self.heartbeat.as_millis() as u64 + 1);
+        // What RAFT_ELECTION_TIMEOUT = T means: a follower that has heard nothing from a leader
+        // for T campaigns, at a random moment in [T, 1.15 T) — never sooner than T (etcd's
+        // lower bound; etcd draws from [T, 2T)).
+        //
+        // openraft (0.10, `Tick` + `UTime::is_expired`) campaigns once the silence exceeds its
+        // leader lease (hard-wired to `election_timeout_max`) plus a timeout drawn from
+        // [min, max). So the silence before a campaign is max + [min, max) = [max + min, 2 max):
+        // max + min = T and max - min = 0.15 T give [T, 1.15 T). The lease (0.575 T) is also
+        // how long a follower refuses to pre-vote for anyone else, which is what keeps a
+        // rejoining node from deposing a healthy leader; it must outlast a lost heartbeat or
+        // two, hence `config::validate`'s rule of T >= 5 heartbeats (etcd's).
+        //
+        // Measured (bench/raft.sh, T = 1 s, heartbeat 100 ms): [T/2, T) draws — silence
+        // 1.5–2 T — gave a 1.60 s gap from leader kill to first write against etcd's 1.13 s;
+        // the first version's [T, 2T) draws (silence 2–3 T) gave 3.4 s. The window of 0.15 T
+        // (150 ms, seven ticks of 21 ms at the default heartbeat) is only there to keep two
+        // followers from campaigning at once; the Raft paper's measurements need far less.
+        let t = self.election_timeout.as_millis() as u64;
+        let hb = self.heartbeat.as_millis() as u64;
+        let max = (t * 23 / 40).max(hb + 2);
+        let min = t.saturating_sub(max).max(hb + 1).min(max - 1);
         let c = openraft::Config {
             cluster_name: self.cluster_id.clone(),
             election_timeout_min: min,
-            election_timeout_max: max.max(min + 1),
+            election_timeout_max: max,
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             max_payload_entries: self.max_append_entries.max(1),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold.max(1)),
@@ -605,3 +618,45 @@ impl Replicator for RaftNode {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(election_ms: u64, heartbeat_ms: u64) -> RaftConfig {
+        RaftConfig {
+            cluster_id: "c".into(),
+            node_name: "n1".into(),
+            peers: vec![],
+            advertise: "127.0.0.1:1".into(),
+            bootstrap: false,
+            force_new_cluster: false,
+            role: RaftRole::Voter,
+            election_timeout: Duration::from_millis(election_ms),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            max_append_entries: 64,
+            snapshot_threshold: 100_000,
+            trailing_logs: 10_240,
+            snapshot_interval: Duration::from_secs(300),
+            checkpoint_interval: Duration::from_millis(250),
+            forward_writes: true,
+            http_addr: None,
+            data_dir: PathBuf::from("."),
+            limits: Limits::default(),
+        }
+    }
+
+    /// openraft campaigns after a silence of lease (= election_timeout_max) plus a draw from
+    /// [min, max): that silence must lie in [T, 1.15 T], and the lease must outlast a heartbeat
+    /// with room to spare, for every ratio the configuration accepts (T >= 5 heartbeats).
+    #[test]
+    fn a_follower_campaigns_after_a_silence_of_t_to_1_15_t() {
+        for (t, hb) in [(1000, 100), (1000, 200), (5000, 100), (500, 100), (150, 30), (10_000, 2000)] {
+            let c = config(t, hb).openraft_config().unwrap();
+            let (min, max) = (c.election_timeout_min, c.election_timeout_max);
+            let (earliest, latest) = (max + min, 2 * max);
+            assert!(earliest >= t && latest <= t + t * 3 / 20 + 1, "T={t} hb={hb}: silence [{earliest}, {latest})");
+            assert!(min > hb && max >= 2 * hb, "T={t} hb={hb}: min {min}, lease {max}");
+        }
+    }
+}
