@@ -178,6 +178,7 @@ impl Node {
             api_token: cfg.api_token.clone(),
             read_token: cfg.read_token.clone(),
             admin_token: cfg.admin_token.clone(),
+            writes: api::write_budget::WriteBudget::new(cfg.write_queue_bytes),
             view: api::cluster_view::ViewConfig::new(
                 advertised_http(cfg),
                 (cfg.cluster_mode == ClusterMode::HaStandby).then(|| sync_mode_name(cfg.cluster_ha_sync_mode).to_owned()),
@@ -400,7 +401,8 @@ pub fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> Result<mer
     let tmp = data_dir.join("state.redb.restoring");
     let _ = std::fs::remove_file(&tmp);
     let store = RedbStore::open(&tmp).map_err(NodeError::from)?;
-    let meta = meridian_modes::state_machine::install_snapshot(&store, std::io::BufReader::new(file)).map_err(NodeError::from)?;
+    let total = file.metadata().ok().map(|m| m.len());
+    let meta = meridian_modes::state_machine::install_snapshot_sized(&store, std::io::BufReader::new(file), total).map_err(NodeError::from)?;
     drop(store);
     // Rename only a complete store into place, so a failed restore leaves no half state.
     std::fs::rename(&tmp, data_dir.join("state.redb")).map_err(|source| RestoreError::Read { path: tmp.display().to_string(), source })?;

@@ -38,6 +38,10 @@ impl ApiError {
     pub fn precondition_failed(current: u64) -> Self {
         Self::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", format!("the key's current revision is {current}"))
     }
+    /// The write queue is full (`api::write_budget`): back-pressure, retry shortly.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -103,6 +107,11 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, Json(json!({ "error": body }))).into_response();
         if let Some(loc) = self.leader.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
             resp.headers_mut().insert(header::LOCATION, loc);
+        }
+        // Every 503 is something that passes (a full write queue, an election, a peer away):
+        // tell clients when to try again, as the connection cap's refusal does.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -105,6 +105,7 @@ pub async fn put(
     if value.len() > st.max_value_bytes {
         return Err(ApiError::too_large(format!("value is {} bytes; the limit is {} (MERIDIAN_MAX_VALUE_BYTES)", value.len(), st.max_value_bytes)));
     }
+    let _in_flight = st.writes.admit(key.len() + value.len())?;
     let committed = st.replicator.submit(Command::Put { key, value: value.to_vec(), if_revision: params.if_revision }).await?;
     match committed.result.outcome {
         Outcome::PreconditionFailed { current_revision } => Err(ApiError::precondition_failed(current_revision)),
@@ -119,6 +120,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let key = key_from(path)?;
     let params = query(params)?;
+    let _in_flight = st.writes.admit(key.len())?;
     let committed = st.replicator.submit(Command::Delete { key, if_revision: params.if_revision }).await?;
     match committed.result.outcome {
         Outcome::PreconditionFailed { current_revision } => Err(ApiError::precondition_failed(current_revision)),

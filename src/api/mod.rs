@@ -4,7 +4,8 @@
 //! digest, mode admin calls), [`ui`] (the cluster page) over [`cluster_view`] (every node's
 //! state, gathered by one node), [`error`] (one status and code per failure), [`guard`] (tokens,
 //! declared body length, query encoding), [`server`] (the connection loop: cap, graceful
-//! stop) and [`timeouts`] (head, body and idle clocks). Handlers validate input, then talk
+//! stop), [`timeouts`] (head, body and idle clocks) and [`write_budget`] (the bound on writes
+//! in flight: 503 + `Retry-After` past it). Handlers validate input, then talk
 //! only to the [`Replicator`] (writes, read fences, status) and the [`StateMachine`] (local
 //! reads) — never to a mode's internals.
 
@@ -17,6 +18,7 @@ pub mod server;
 pub mod timeouts;
 pub mod txn;
 pub mod ui;
+pub mod write_budget;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// What the cluster page and `meridian status` show beyond the mode's status.
     pub view: cluster_view::ViewConfig,
+    /// Bytes of writes in flight, bounded (`MERIDIAN_WRITE_QUEUE_BYTES`).
+    pub writes: write_budget::WriteBudget,
 }
 
 impl AppState {

@@ -116,6 +116,7 @@ pub async fn txn(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejec
     }
     let req: TxnRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))?;
     let txn = to_txn(req, st.max_value_bytes)?;
+    let _in_flight = st.writes.admit(body.len())?;
     let committed = st.replicator.submit(Command::Txn(txn)).await?;
     let Outcome::Txn { succeeded, results } = committed.result.outcome else {
         return Err(ApiError::internal("unexpected outcome for a txn"));
