@@ -18,6 +18,11 @@
 //! redb read transactions (MVCC), so a backup or snapshot sees one consistent state while
 //! writes go on.
 //!
+//! A snapshot install (`replace_all`) never rewrites the live file in one giant transaction:
+//! it builds the new state in `state.redb.installing` in bounded transactions and renames it
+//! over the state file (directory synced), so a crash leaves either the old state or the
+//! new one, and memory stays bounded whatever the state's size.
+//!
 //! A value record (format 2) carries its own checksum, because redb does not check page
 //! checksums on reads: bytes damaged on disk would otherwise be served as data.
 //!
@@ -46,9 +51,9 @@
 mod overlay;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use meridian_modes::apply::{apply_command, KvAccess};
 use meridian_modes::state_machine::{should_apply, AppliedState, LogEntry, ScanEvent, StateMachineError};
@@ -74,9 +79,28 @@ const RECORD_HEADER: usize = 21;
 /// Indexes reserved per durable raise of the revision ceiling: one fsync'd apply per this many
 /// writes, and at most this many revisions skipped after a `meridian wal reset`.
 pub const REVISION_RESERVE: u64 = 100_000;
+/// Bytes of keys and records per transaction while a snapshot is written into a fresh file.
+const INSTALL_BATCH_BYTES: usize = if cfg!(test) { 4096 } else { 64 << 20 };
+
+/// Where a snapshot is built before it replaces the state file `path`.
+fn installing_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".installing");
+    path.with_file_name(name)
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_dir(path: &Path) -> Result<(), StateMachineError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StateMachineError::Storage(format!("syncing directory {}: {e}", dir.display())))
+}
 
 pub struct RedbStore {
-    db: Database,
+    /// Swapped whole when a snapshot is installed (`replace_all`); readers take a clone.
+    db: RwLock<Arc<Database>>,
+    path: PathBuf,
     applied: AtomicU64,
     durable: AtomicU64,
     ceiling: AtomicU64,
@@ -224,6 +248,12 @@ impl RedbStore {
     /// Opens or creates the store at `path`; redb repairs itself after an unclean shutdown.
     /// A store from before value checksums gets them here, once.
     pub fn open(path: &Path) -> Result<RedbStore, StateMachineError> {
+        // A snapshot install that did not reach its rename: never anybody's state.
+        let stray = installing_path(path);
+        if stray.exists() {
+            info!(file = %stray.display(), "removing the remains of an interrupted snapshot install");
+            std::fs::remove_file(&stray).map_err(|e| StateMachineError::Storage(format!("removing {}: {e}", stray.display())))?;
+        }
         let db = Database::create(path).map_err(|e| StateMachineError::Storage(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
         let (applied, ceiling) = {
@@ -259,7 +289,8 @@ impl RedbStore {
         };
         txn.commit().map_err(storage)?;
         Ok(RedbStore {
-            db,
+            db: RwLock::new(Arc::new(db)),
+            path: path.to_path_buf(),
             applied: AtomicU64::new(applied),
             durable: AtomicU64::new(applied),
             ceiling: AtomicU64::new(ceiling),
@@ -273,7 +304,8 @@ impl RedbStore {
 
     /// The WAL this state was built from, once a node has opened the two together.
     pub fn wal_binding(&self) -> Result<Option<WalId>, StateMachineError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let txn = db.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         let part = |k| meta.get(k).map_err(storage).map(|g| g.map_or(0, |g| g.value()) as u128);
         Ok(WalId::from_u128(part(WAL_ID_HI)? << 64 | part(WAL_ID_LO)?))
@@ -285,7 +317,7 @@ impl RedbStore {
             return Ok(());
         }
         let _w = self.write.lock().unwrap();
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db().begin_write().map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(WAL_ID_HI, (id.as_u128() >> 64) as u64).map_err(storage)?;
@@ -300,7 +332,7 @@ impl RedbStore {
     pub fn continue_with_new_wal(&self, id: WalId, applied: u64) -> Result<(), StateMachineError> {
         let _w = self.write.lock().unwrap();
         let applied = applied.max(self.applied.load(Ordering::Acquire));
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db().begin_write().map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(APPLIED, applied).map_err(storage)?;
@@ -315,6 +347,70 @@ impl RedbStore {
         Ok(())
     }
 
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap().clone()
+    }
+
+    /// Writes a snapshot's state into a new redb file at `fresh_path`, in transactions of at
+    /// most [`INSTALL_BATCH_BYTES`] (memory stays bounded whatever the state's size), the
+    /// last one durable and carrying the metadata. The facts that belong to this node, not
+    /// to the snapshot (the WAL binding, the revision ceiling), are carried over from `old`.
+    fn build_fresh(
+        &self,
+        old: &Database,
+        fresh_path: &Path,
+        applied_index: u64,
+        epoch: u64,
+        replication_meta: Option<Vec<u8>>,
+        entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
+    ) -> Result<Database, StateMachineError> {
+        let _ = std::fs::remove_file(fresh_path);
+        let db = Database::create(fresh_path).map_err(|e| StateMachineError::Storage(format!("creating {}: {e}", fresh_path.display())))?;
+        let (wal_hi, wal_lo) = {
+            let txn = old.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            let get = |k| meta.get(k).map_err(storage).map(|g| g.map(|g| g.value()));
+            (get(WAL_ID_HI)?, get(WAL_ID_LO)?)
+        };
+        let mut done = false;
+        while !done {
+            let mut txn = db.begin_write().map_err(storage)?;
+            let mut batch = 0usize;
+            {
+                let mut kv = txn.open_table(KV).map_err(storage)?;
+                while batch < INSTALL_BATCH_BYTES {
+                    let Some(e) = entries()? else {
+                        done = true;
+                        break;
+                    };
+                    let record = encode(&e);
+                    batch += e.key.len() + record.len();
+                    kv.insert(e.key.as_str(), record.as_slice()).map_err(storage)?;
+                }
+                if done {
+                    let mut meta = txn.open_table(META).map_err(storage)?;
+                    meta.insert(FORMAT, VALUE_FORMAT as u64).map_err(storage)?;
+                    meta.insert(APPLIED, applied_index).map_err(storage)?;
+                    meta.insert(EPOCH, epoch).map_err(storage)?;
+                    meta.insert(CEILING, self.ceiling.load(Ordering::Acquire).max(applied_index)).map_err(storage)?;
+                    if let (Some(hi), Some(lo)) = (wal_hi, wal_lo) {
+                        meta.insert(WAL_ID_HI, hi).map_err(storage)?;
+                        meta.insert(WAL_ID_LO, lo).map_err(storage)?;
+                    }
+                    let mut bytes = txn.open_table(META_BYTES).map_err(storage)?;
+                    if let Some(m) = &replication_meta {
+                        bytes.insert(REPLICATION_META, m.as_slice()).map_err(storage)?;
+                    }
+                }
+            }
+            // Intermediate batches need no fsync: until the rename, the file is nobody's
+            // state. The last commit persists them all.
+            txn.set_durability(if done { Durability::Immediate } else { Durability::None }).map_err(storage)?;
+            txn.commit().map_err(storage)?;
+        }
+        Ok(db)
+    }
+
     /// No index above this was ever applied here (see the module docs).
     pub fn revision_ceiling(&self) -> u64 {
         self.ceiling.load(Ordering::Acquire)
@@ -323,7 +419,8 @@ impl RedbStore {
     /// Applies `entries` into the overlay (a checkpoint runs; the caller holds `write`). The
     /// batch is staged first and merged only if all of it applies, as a redb transaction would.
     fn apply_to_overlay(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let txn = db.begin_read().map_err(storage)?;
         let base = txn.open_table(KV).map_err(storage)?;
         let mut ov = self.overlay.write().unwrap();
         let mut applied = self.applied.load(Ordering::Acquire);
@@ -359,7 +456,7 @@ impl RedbStore {
         if ov.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.db().begin_write().map_err(storage)?;
         txn.set_durability(Durability::None).map_err(storage)?;
         write_overlay(&txn, &ov)?;
         txn.commit().map_err(storage)?;
@@ -381,7 +478,8 @@ impl RedbStore {
     }
 
     pub fn key_count(&self) -> Result<u64, StateMachineError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let txn = db.begin_read().map_err(storage)?;
         txn.open_table(KV).map_err(storage)?.len().map_err(storage)
     }
 
@@ -412,7 +510,7 @@ impl StateMachine for RedbStore {
             drop(self.checkpointing.lock().unwrap());
         };
         let mut applied = self.applied.load(Ordering::Acquire);
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.db().begin_write().map_err(storage)?;
         // Past the ceiling, this commit raises it and is made durable before anyone is answered.
         let raise = (last > self.ceiling.load(Ordering::Acquire)).then(|| last + REVISION_RESERVE);
         if raise.is_none() {
@@ -468,7 +566,7 @@ impl StateMachine for RedbStore {
 
     fn applied_state(&self) -> Result<AppliedState, StateMachineError> {
         let ov = self.overlay.read().unwrap();
-        let mut s = Self::applied_state_in(&self.db.begin_read().map_err(storage)?)?;
+        let mut s = Self::applied_state_in(&self.db().begin_read().map_err(storage)?)?;
         if let Some((index, epoch)) = ov.applied {
             (s.index, s.epoch) = (index, epoch);
         }
@@ -498,7 +596,7 @@ impl StateMachine for RedbStore {
         // An Immediate commit persists every earlier Durability::None commit with it. It runs
         // without `write`: applies meanwhile go to the overlay.
         let committed = (|| {
-            let txn = self.db.begin_write().map_err(storage)?;
+            let txn = self.db().begin_write().map_err(storage)?;
             txn.open_table(META).map_err(storage)?.insert(APPLIED, applied).map_err(storage)?;
             txn.commit().map_err(storage)
         })();
@@ -516,7 +614,8 @@ impl StateMachine for RedbStore {
         if let Some(v) = self.overlay.read().unwrap().kv.get(key) {
             return v.as_deref().map(|raw| self.checked(decode(key, raw))).transpose();
         }
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV).map_err(storage)?;
         match table.get(key).map_err(storage)? {
             Some(g) => Ok(Some(self.checked(decode(key, g.value()))?)),
@@ -526,9 +625,10 @@ impl StateMachine for RedbStore {
 
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
         // One consistent state: the read transaction is opened under the overlay's lock.
+        let db = self.db();
         let (txn, over) = {
             let ov = self.overlay.read().unwrap();
-            (self.db.begin_read().map_err(storage)?, ov.range(prefix, start_after))
+            (db.begin_read().map_err(storage)?, ov.range(prefix, start_after))
         };
         let table = txn.open_table(KV).map_err(storage)?;
         let iter = match start_after {
@@ -543,11 +643,13 @@ impl StateMachine for RedbStore {
 
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
         // A whole-state view from redb alone: taken between checkpoints, with no overlay.
+        let db; // outlives the transaction: a snapshot install may swap it
         let txn = {
             let _c = self.checkpointing.lock().unwrap();
             let _w = self.write.lock().unwrap();
             self.drain()?;
-            self.db.begin_read().map_err(storage)?
+            db = self.db();
+            db.begin_read().map_err(storage)?
         };
         let AppliedState { index, epoch, meta } = Self::applied_state_in(&txn)?;
         visit(ScanEvent::View { applied_index: index, epoch, meta })?;
@@ -566,30 +668,27 @@ impl StateMachine for RedbStore {
         replication_meta: Option<Vec<u8>>,
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError> {
+        // No apply or checkpoint meanwhile: they would land in the state being replaced.
+        // Readers go on reading the old state until the swap.
         let _c = self.checkpointing.lock().unwrap();
         let _w = self.write.lock().unwrap();
-        // Replaced whole: what the overlay holds is below the new state.
+        let fresh_path = installing_path(&self.path);
+        let old = self.db();
+        let fresh = match self.build_fresh(&old, &fresh_path, applied_index, epoch, replication_meta, entries) {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = std::fs::remove_file(&fresh_path);
+                return Err(e);
+            }
+        };
+        // The swap: one rename, made durable by syncing the directory. A crash before it
+        // leaves the old state and a stray `.installing` file (removed at open); after it,
+        // the new state. The open `fresh` handle follows its file to the new name.
+        std::fs::rename(&fresh_path, &self.path)
+            .map_err(|e| StateMachineError::Storage(format!("moving {} over {}: {e}", fresh_path.display(), self.path.display())))?;
+        sync_dir(&self.path)?;
         self.overlay.write().unwrap().clear();
-        // One Immediate transaction: a failure part-way (a damaged stream) aborts it whole.
-        let txn = self.db.begin_write().map_err(storage)?;
-        txn.delete_table(KV).map_err(storage)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(storage)?;
-            while let Some(e) = entries()? {
-                kv.insert(e.key.as_str(), encode(&e).as_slice()).map_err(storage)?;
-            }
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            meta.insert(APPLIED, applied_index).map_err(storage)?;
-            meta.insert(EPOCH, epoch).map_err(storage)?;
-            meta.insert(CEILING, self.ceiling.load(Ordering::Acquire).max(applied_index)).map_err(storage)?;
-            let mut bytes = txn.open_table(META_BYTES).map_err(storage)?;
-            match &replication_meta {
-                Some(m) => bytes.insert(REPLICATION_META, m.as_slice()).map(drop),
-                None => bytes.remove(REPLICATION_META).map(drop),
-            }
-            .map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
+        *self.db.write().unwrap() = Arc::new(fresh);
         self.applied.store(applied_index, Ordering::Release);
         self.durable.store(applied_index, Ordering::Release);
         self.ceiling.fetch_max(applied_index, Ordering::AcqRel);
@@ -718,6 +817,55 @@ mod tests {
         bad[n / 2] ^= 1;
         assert!(install_snapshot(&b, &bad[..]).is_err());
         assert_eq!(digest(&a).unwrap(), digest(&b).unwrap());
+        assert!(!installing_path(&dir.path().join("b.redb")).exists(), "a failed install left its file behind");
+    }
+
+    #[test]
+    fn an_install_is_built_in_a_fresh_file_in_batches_and_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RedbStore::open(&dir.path().join("a.redb")).unwrap();
+        // ~100 KiB of values: 25 transactions of INSTALL_BATCH_BYTES (4 KiB in tests).
+        a.apply(&(1..=400).map(|i| put(i, &format!("k{i:04}"), &"v".repeat(250))).collect::<Vec<_>>()).unwrap();
+        let (buf, _) = write_snapshot(&a, Vec::new()).unwrap();
+        let path = dir.path().join("b.redb");
+        let b = RedbStore::open(&path).unwrap();
+        let id = WalId::from_u128(0xfeed).unwrap();
+        b.bind_wal(id).unwrap();
+        b.apply(&[put(1, "stale", "x")]).unwrap();
+        b.checkpoint().unwrap();
+        // A reader holding the old state keeps it through the swap.
+        let old_db = b.db();
+        let old_view = old_db.begin_read().unwrap();
+        install_snapshot(&b, &buf[..]).unwrap();
+        assert_eq!(digest(&a).unwrap(), digest(&b).unwrap());
+        assert!(old_view.open_table(KV).unwrap().get("stale").unwrap().is_some());
+        drop((old_view, old_db));
+        // Applies go on on the new state.
+        b.apply(&[put(401, "after", "y")]).unwrap();
+        b.checkpoint().unwrap();
+        let want = digest(&b).unwrap();
+        drop(b);
+        assert!(!installing_path(&path).exists());
+        // What was renamed into place is what a restart finds, the node's WAL binding with it.
+        let b = RedbStore::open(&path).unwrap();
+        assert_eq!(digest(&b).unwrap(), want);
+        assert_eq!(b.wal_binding().unwrap(), Some(id));
+        assert_eq!(b.applied_index(), 401);
+    }
+
+    #[test]
+    fn the_remains_of_an_interrupted_install_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.apply(&[put(1, "k", "v")]).unwrap();
+            s.checkpoint().unwrap();
+        }
+        std::fs::write(installing_path(&path), b"half a snapshot").unwrap();
+        let s = RedbStore::open(&path).unwrap();
+        assert!(!installing_path(&path).exists());
+        assert_eq!(s.get("k").unwrap().unwrap().value, b"v");
     }
 
     #[test]
@@ -822,7 +970,7 @@ mod tests {
         assert!(s.apply(&[put(8, "e", "1"), put(10, "f", "1")]).is_err());
         assert_eq!((s.get("e").unwrap(), s.applied_index()), (None, 7), "a failed batch left part of itself");
         // redb itself has none of it yet.
-        assert!(s.db.begin_read().unwrap().open_table(KV).unwrap().get("c").unwrap().is_none());
+        assert!(s.db().begin_read().unwrap().open_table(KV).unwrap().get("c").unwrap().is_none());
         let before = all(&s);
         assert_eq!(s.checkpoint().unwrap(), 7);
         assert!(s.overlay.read().unwrap().is_empty() && !s.diverted.load(Ordering::Acquire));

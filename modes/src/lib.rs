@@ -19,6 +19,8 @@
 //! - [`read_round`]: linearizable reads — concurrent reads sharing one confirmation round,
 //!   then waiting for the read index to be applied here.
 //! - [`snapshot_stream`]: a state-machine snapshot sent between nodes as a file, in chunks.
+//! - [`progress`]: progress lines (amount, rate, time left) for long copies: snapshot
+//!   install, restore, catch-up.
 //! - [`ha`]: the `ha_standby` mode (primary, standby, witness).
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
@@ -68,6 +70,7 @@ pub mod snapshot;
 pub mod payload;
 pub mod snapshot_stream;
 pub mod pipeline;
+pub mod progress;
 pub mod read_round;
 pub mod standalone;
 pub mod state_machine;

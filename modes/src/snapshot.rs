@@ -206,6 +206,11 @@ impl<R: Read> SnapshotReader<R> {
         Ok(Some(KeyValue { key, value, create_revision, mod_revision }))
     }
 
+    /// The underlying reader (e.g. to report how much was read).
+    pub fn inner(&self) -> &R {
+        &self.input
+    }
+
     pub fn meta(&self) -> SnapshotMeta {
         SnapshotMeta { applied_index: self.applied_index, epoch: self.epoch, keys: self.count, meta: self.replication_meta.clone() }
     }

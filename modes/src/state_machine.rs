@@ -143,13 +143,21 @@ pub fn write_snapshot<W: Write>(sm: &dyn StateMachine, out: W) -> Result<(W, Sna
 }
 
 /// Replaces the state of `sm` with the snapshot read from `input`. Nothing changes unless the
-/// whole stream verifies (the implementation's `replace_all` is one transaction).
+/// whole stream verifies (the implementation's `replace_all` is all or nothing).
 pub fn install_snapshot<R: Read>(sm: &dyn StateMachine, input: R) -> Result<SnapshotMeta, StateMachineError> {
+    install_snapshot_sized(sm, input, None)
+}
+
+/// [`install_snapshot`] of a stream of `total` bytes when known (a file): progress lines
+/// (bytes, rate, time left) every few seconds, and one when done.
+pub fn install_snapshot_sized<R: Read>(sm: &dyn StateMachine, input: R, total: Option<u64>) -> Result<SnapshotMeta, StateMachineError> {
+    let input = crate::progress::Counting { inner: input, progress: crate::progress::Progress::new("snapshot install", crate::progress::Unit::Bytes, total) };
     let mut reader = SnapshotReader::new(input)?;
     // The metadata is trusted only because the whole stream must verify before the
     // transaction that stores it commits.
     let (applied, epoch, meta) = (reader.applied_index, reader.epoch, reader.replication_meta.clone());
     sm.replace_all(applied, epoch, meta, &mut || Ok(reader.next_entry()?))?;
+    reader.inner().progress.finish();
     Ok(reader.meta())
 }
 

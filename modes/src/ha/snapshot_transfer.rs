@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::messages::*;
 use super::{Core, PEER};
 use crate::snapshot_stream::{receive, Prepared};
-use crate::state_machine::install_snapshot;
+use crate::state_machine::install_snapshot_sized;
 use crate::transport::RemoteError;
 
 /// Writes a snapshot to offer the standby; returns its (id, size).
@@ -44,7 +44,8 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
     let (sm, wal) = (core.sm.clone(), core.wal.clone());
     let meta = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let f = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let meta = install_snapshot(&*sm, std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+        let total = f.metadata().ok().map(|m| m.len());
+        let meta = install_snapshot_sized(&*sm, std::io::BufReader::new(f), total).map_err(|e| e.to_string())?;
         wal.reset_to(meta.applied_index + 1).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&path);
         Ok(meta)

@@ -34,6 +34,8 @@ pub struct StandbySide {
     /// Linearizable reads: read-index requests to the primary, each shared by the reads
     /// waiting for it.
     pub(crate) index_rounds: Arc<IndexRounds>,
+    /// Progress lines while behind the primary.
+    pub(crate) catch_up: Mutex<crate::progress::CatchUp>,
 }
 
 impl StandbySide {
@@ -49,6 +51,7 @@ impl StandbySide {
             agreed: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
             index_rounds: crate::read_round::SharedRounds::new(),
+            catch_up: Mutex::new(Default::default()),
         }
     }
 }

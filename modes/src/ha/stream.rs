@@ -259,6 +259,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                     warn!("standby cannot apply records: {e}");
                 }
                 core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
+                core.standby.catch_up.lock().unwrap().observe(core.sm.applied_index(), last_index);
                 return;
             }
             if let Err(e) = append_and_apply(core, records, ack_received, ack_applied).await {
@@ -268,6 +269,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                 return;
             }
             core.note(if core.sm.applied_index() >= last_index { "streaming" } else { "catching_up" });
+            core.standby.catch_up.lock().unwrap().observe(core.sm.applied_index(), last_index);
         }
         FetchReply::Diverged { epoch, after, leader } => {
             if epoch < core.epoch() {

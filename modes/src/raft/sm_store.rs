@@ -27,7 +27,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use super::types::{log_id, position, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::snapshot::SnapshotReader;
-use crate::state_machine::{install_snapshot, write_snapshot, LogEntry, StateMachine};
+use crate::state_machine::{install_snapshot_sized, write_snapshot, LogEntry, StateMachine};
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
@@ -262,7 +262,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                     format!("snapshot file holds {:?}, its metadata says {:?}", header.last_log_id, meta.last_log_id),
                 ));
             }
-            let m = install_snapshot(&*this.sm, BufReader::new(file)).map_err(other)?;
+            let total = file.metadata().ok().map(|m| m.len());
+            let m = install_snapshot_sized(&*this.sm, BufReader::new(file), total).map_err(other)?;
             this.publish(&path, &meta)?;
             tracing::info!(index = m.applied_index, term = m.epoch, keys = m.keys, "Raft snapshot installed");
             Ok(())
