@@ -8,25 +8,26 @@
 //! last one and streams them into a file, from which the mode installs:
 //!
 //! ```text
-//! sender:   let p = outgoing.prepare(sm).await?;            // tell the receiver p.id, p.size
+//! sender:   let p = outgoing.prepare(sm, |id| usable(id)).await?;   // tell the receiver p.id, p.size
 //!           handler for MY_CHUNK: outgoing.serve(&decode(payload)?)   // each ChunkRequest
 //! receiver: receive(transport, sender, MY_CHUNK, id, &path, |_| {}).await?;
 //!           state_machine::install_snapshot(sm, BufReader::new(File::open(&path)?))  // + the mode's log reset
 //! ```
 //!
-//! A sender offers one snapshot at a time: preparing a new one deletes the old file, and a
-//! receiver still fetching the old id is answered `snapshot_expired` and starts over. Chunks
+//! A sender offers one snapshot at a time and writes at most one at a time: preparing a new
+//! one deletes the old file, and a receiver still fetching the old id is answered
+//! `snapshot_expired` and starts over. Chunks
 //! are at most [`CHUNK_BYTES`], well under the transport's frame limit. Messages are
 //! [`crate::wire`]-encoded; the mode picks the message type in its family.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::{write_snapshot, StateMachine, StateMachineError};
@@ -85,46 +86,98 @@ pub struct Prepared {
 
 /// The snapshot this node offers to peers: at most one file, in `dir`, as
 /// `outgoing-<applied index>.snap`.
+///
+/// Invariant: at most one snapshot is being written at a time, whoever asks. Callers that
+/// want one while it is written wait for that one; a caller whose need the offered snapshot
+/// still meets gets it without a new build. (A standby retrying its fetch every second while
+/// a 3 GB snapshot took 90 s to write once started a build per retry: 74 files, 65 GB, a full
+/// disk — `bench/scale.sh`.)
 pub struct Outgoing {
     dir: PathBuf,
-    /// (id, file, size) of the snapshot on offer.
-    held: Mutex<Option<(u64, PathBuf, u64)>>,
+    /// (id, file, size, meta) of the snapshot on offer.
+    held: Arc<Mutex<Option<(u64, PathBuf, u64, SnapshotMeta)>>>,
+    /// The build under way, if any: its outcome, once known, for everyone waiting on it.
+    building: Arc<Mutex<Option<watch::Receiver<Option<Result<Prepared, String>>>>>>,
+}
+
+/// Writes a snapshot of `sm` into `dir` (a temporary file, renamed when complete; removed if
+/// the write fails). Returns what it prepared and the file.
+fn build(dir: &Path, sm: &dyn StateMachine) -> Result<(Prepared, PathBuf), StreamError> {
+    std::fs::create_dir_all(dir).map_err(io("cannot create the snapshot directory", dir))?;
+    let tmp = dir.join("outgoing.tmp");
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
+        let (w, meta) = write_snapshot(sm, std::io::BufWriter::new(file))?;
+        w.into_inner().map_err(|e| io("cannot write", &tmp)(e.into_error()))?;
+        Ok::<_, StreamError>(meta)
+    })();
+    let meta = match written {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
+    std::fs::rename(&tmp, &path).map_err(io("cannot rename", &tmp))?;
+    let size = std::fs::metadata(&path).map_err(io("cannot stat", &path))?.len();
+    Ok((Prepared { id: meta.applied_index, size, meta }, path))
 }
 
 impl Outgoing {
+    /// Offers nothing yet; removes what an interrupted build left in `dir`.
     pub fn new(dir: PathBuf) -> Outgoing {
-        Outgoing { dir, held: Mutex::new(None) }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("outgoing") && (name.ends_with(".tmp") || name.ends_with(".snap")) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Outgoing { dir, held: Arc::new(Mutex::new(None)), building: Arc::new(Mutex::new(None)) }
     }
 
-    /// Writes a snapshot of `sm` from one read view to a new file and offers it in place of
-    /// the previous one, whose file is deleted.
-    pub async fn prepare(&self, sm: Arc<dyn StateMachine>) -> Result<Prepared, StreamError> {
-        // Distinct temporary names: two prepares may overlap.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = self.dir.clone();
-        let (path, meta, size) = tokio::task::spawn_blocking(move || -> Result<_, StreamError> {
-            std::fs::create_dir_all(&dir).map_err(io("cannot create the snapshot directory", &dir))?;
-            let tmp = dir.join(format!("outgoing.{}.tmp", NEXT.fetch_add(1, Ordering::Relaxed)));
-            let file = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
-            let (w, meta) = write_snapshot(&*sm, std::io::BufWriter::new(file))?;
-            w.into_inner().map_err(|e| io("cannot write", &tmp)(e.into_error()))?;
-            let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
-            std::fs::rename(&tmp, &path).map_err(io("cannot rename", &tmp))?;
-            let size = std::fs::metadata(&path).map_err(io("cannot stat", &path))?.len();
-            Ok((path, meta, size))
-        })
-        .await
-        .map_err(|e| StreamError::Task(e.to_string()))??;
-        let old = self.held.lock().unwrap().replace((meta.applied_index, path.clone(), size));
-        if let Some((_, old_path, _)) = old.filter(|(_, p, _)| *p != path) {
-            let _ = std::fs::remove_file(old_path);
-        }
-        Ok(Prepared { id: meta.applied_index, size, meta })
+    /// The snapshot to offer: the one on offer if `reusable(its id)` says it still serves,
+    /// else a new one of `sm` from one read view — the build under way if there is one, or a
+    /// new build that replaces the offered snapshot (whose file is deleted) when done.
+    pub async fn prepare(&self, sm: Arc<dyn StateMachine>, reusable: impl Fn(u64) -> bool) -> Result<Prepared, StreamError> {
+        let mut done = {
+            if let Some((id, _, size, meta)) = self.held.lock().unwrap().clone().filter(|(id, ..)| reusable(*id)) {
+                return Ok(Prepared { id, size, meta });
+            }
+            let mut building = self.building.lock().unwrap();
+            match &*building {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *building = Some(rx.clone());
+                    let (dir, held, slot) = (self.dir.clone(), self.held.clone(), self.building.clone());
+                    // A task of its own: a caller that gives up waiting does not stop the build
+                    // (nor let a second one start beside it).
+                    tokio::task::spawn_blocking(move || {
+                        let r = build(&dir, &*sm).map_err(|e| e.to_string());
+                        if let Ok((p, path)) = &r {
+                            let old = held.lock().unwrap().replace((p.id, path.clone(), p.size, p.meta.clone()));
+                            if let Some((_, old_path, ..)) = old.filter(|(_, op, ..)| op != path) {
+                                let _ = std::fs::remove_file(old_path);
+                            }
+                        }
+                        *slot.lock().unwrap() = None;
+                        let _ = tx.send(Some(r.map(|(p, _)| p)));
+                    });
+                    rx
+                }
+            }
+        };
+        let outcome = done.wait_for(Option::is_some).await.map_err(|e| StreamError::Task(e.to_string()))?.clone();
+        outcome.expect("waited for Some").map_err(StreamError::Task)
     }
 
     /// The file of the snapshot on offer, if any.
     pub fn path(&self) -> Option<PathBuf> {
-        self.held.lock().unwrap().as_ref().map(|(_, p, _)| p.clone())
+        self.held.lock().unwrap().as_ref().map(|(_, p, ..)| p.clone())
     }
 
     /// Answers one [`ChunkRequest`]; `snapshot_expired` if `snapshot_id` is not the snapshot
@@ -132,7 +185,7 @@ impl Outgoing {
     pub fn serve(&self, req: &ChunkRequest) -> Result<Chunk, RemoteError> {
         let held = self.held.lock().unwrap().clone();
         let expired = || RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again");
-        let Some((_, path, size)) = held.filter(|(id, _, _)| *id == req.snapshot_id) else {
+        let Some((_, path, size, _)) = held.filter(|(id, ..)| *id == req.snapshot_id) else {
             return Err(expired());
         };
         let offset = req.offset.min(size);
@@ -225,7 +278,7 @@ mod tests {
     async fn a_snapshot_served_in_chunks_installs_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
         let out = Outgoing::new(dir.path().join("snapshots"));
-        let p = out.prepare(state(50)).await.unwrap();
+        let p = out.prepare(state(50), |_| false).await.unwrap();
         assert_eq!((p.id, p.meta.keys), (50, 50));
         let bytes = pull(&out, p.id, 333).unwrap();
         assert_eq!(bytes.len() as u64, p.size);
@@ -239,15 +292,106 @@ mod tests {
     async fn a_newer_snapshot_replaces_the_offered_one_and_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let out = Outgoing::new(dir.path().to_path_buf());
-        let old = out.prepare(state(3)).await.unwrap();
+        let old = out.prepare(state(3), |_| false).await.unwrap();
         let old_path = out.path().unwrap();
-        let new = out.prepare(state(7)).await.unwrap();
+        let new = out.prepare(state(7), |_| false).await.unwrap();
         assert!(!old_path.exists(), "the replaced snapshot's file was kept");
         let e = pull(&out, old.id, 1024).unwrap_err();
         assert_eq!(e.code, "snapshot_expired");
         assert_eq!(pull(&out, new.id, 1024).unwrap().len() as u64, new.size);
         // Only the offered snapshot is on disk: no temporary files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Counts whole-state scans (snapshot builds) and makes each take a while.
+    struct SlowScans {
+        inner: Arc<dyn StateMachine>,
+        scans: std::sync::atomic::AtomicUsize,
+    }
+
+    impl StateMachine for SlowScans {
+        fn apply(&self, e: &[crate::state_machine::LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
+            self.inner.apply(e)
+        }
+        fn applied_index(&self) -> u64 {
+            self.inner.applied_index()
+        }
+        fn applied_state(&self) -> Result<crate::state_machine::AppliedState, StateMachineError> {
+            self.inner.applied_state()
+        }
+        fn durable_index(&self) -> u64 {
+            self.inner.durable_index()
+        }
+        fn checkpoint(&self) -> Result<u64, StateMachineError> {
+            self.inner.checkpoint()
+        }
+        fn get(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<crate::command::KeyValue>, StateMachineError> {
+            self.inner.list(prefix, start_after, limit)
+        }
+        fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
+            self.scans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            self.inner.scan(visit)
+        }
+        fn replace_all(
+            &self,
+            applied_index: u64,
+            epoch: u64,
+            meta: Option<Vec<u8>>,
+            entries: &mut dyn FnMut() -> Result<Option<crate::command::KeyValue>, StateMachineError>,
+        ) -> Result<(), StateMachineError> {
+            self.inner.replace_all(applied_index, epoch, meta, entries)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_build_at_a_time_and_a_usable_snapshot_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Arc::new(Outgoing::new(dir.path().to_path_buf()));
+        let sm = Arc::new(SlowScans { inner: state(10), scans: Default::default() });
+        // Eight fetches at once, some giving up early (as a standby's timed-out fetch does).
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (out, sm) = (out.clone(), sm.clone());
+            tasks.push(tokio::spawn(async move {
+                let f = out.prepare(sm, |_| false);
+                if i % 2 == 0 {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), f).await;
+                    None
+                } else {
+                    Some(f.await.unwrap())
+                }
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.extend(t.await.unwrap());
+        }
+        assert_eq!(sm.scans.load(std::sync::atomic::Ordering::SeqCst), 1, "concurrent prepares built more than one snapshot");
+        assert!(got.iter().all(|p| p.id == 10 && p.size == got[0].size));
+        // Still usable: offered again without a build.
+        let again = out.prepare(sm.clone(), |id| id >= 10).await.unwrap();
+        assert_eq!((again.id, sm.scans.load(std::sync::atomic::Ordering::SeqCst)), (10, 1));
+        // Not usable: a new build.
+        out.prepare(sm.clone(), |_| false).await.unwrap();
+        assert_eq!(sm.scans.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // One file on disk, no temporaries.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn what_an_interrupted_build_left_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("outgoing.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join("outgoing.17.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join("outgoing-5.snap"), b"old").unwrap();
+        std::fs::write(dir.path().join("incoming.snap"), b"not ours").unwrap();
+        let _out = Outgoing::new(dir.path().to_path_buf());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left, vec!["incoming.snap".to_string()]);
     }
 
     /// The sender's side of the chunk message, as a mode's handler would serve it.
@@ -268,7 +412,7 @@ mod tests {
         let chunk_msg = Family::Raft.msg(0x09);
         let dir = tempfile::tempdir().unwrap();
         let out = Outgoing::new(dir.path().join("out"));
-        let p = out.prepare(state(20)).await.unwrap();
+        let p = out.prepare(state(20), |_| false).await.unwrap();
         let cfg = |n: &str| TransportConfig::new("c", n, "127.0.0.1:0".parse().unwrap());
         let mut reg = prometheus_client::registry::Registry::default();
         let sender = Transport::start(cfg("a"), Arc::new(Families::new().with(Family::Raft, Arc::new(Serve(out)))), &mut reg).await.unwrap();

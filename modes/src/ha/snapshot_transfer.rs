@@ -16,9 +16,13 @@ use crate::snapshot_stream::{receive, Prepared};
 use crate::state_machine::install_snapshot_sized;
 use crate::transport::RemoteError;
 
-/// Writes a snapshot to offer the standby; returns its (id, size).
+/// The snapshot to offer the standby, (id, size): the one on offer while the WAL still holds
+/// every record after it (the standby streams on from there), else a new one — one build at
+/// a time, shared by every fetch that arrives meanwhile.
 pub(super) async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
-    let Prepared { id, size, meta } = core.primary.snapshots.prepare(core.sm.clone()).await.map_err(|e| e.to_string())?;
+    let wal = core.wal.clone();
+    let usable = move |id: u64| id + 1 >= wal.first_index();
+    let Prepared { id, size, meta } = core.primary.snapshots.prepare(core.sm.clone(), usable).await.map_err(|e| e.to_string())?;
     let file = core.primary.snapshots.path().map(|p| p.display().to_string()).unwrap_or_default();
     info!(index = meta.applied_index, keys = meta.keys, bytes = size, %file, "prepared a snapshot to re-seed the standby");
     Ok((id, size))
