@@ -14,7 +14,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -49,6 +49,8 @@ pub struct Metrics {
     pub http_latency: Family<HttpLabels, Histogram>,
     pub wal_fsync: Histogram,
     pub wal_group_commit: Histogram,
+    /// Bytes of writes in flight (`api::write_budget`).
+    pub write_queue_bytes: Gauge,
 }
 
 impl Metrics {
@@ -62,7 +64,13 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "HTTP request latency", http_latency.clone());
         registry.register("wal_fsync_duration_seconds", "WAL fdatasync latency", wal_fsync.clone());
         registry.register("wal_group_commit_records", "records made durable by one WAL fsync", wal_group_commit.clone());
-        Arc::new(Metrics { registry: RwLock::new(registry), http_latency, wal_fsync, wal_group_commit })
+        let write_queue_bytes = Gauge::default();
+        registry.register(
+            "write_queue_bytes",
+            "bytes of writes taken in and not yet answered (bounded by MERIDIAN_WRITE_QUEUE_BYTES)",
+            write_queue_bytes.clone(),
+        );
+        Arc::new(Metrics { registry: RwLock::new(registry), http_latency, wal_fsync, wal_group_commit, write_queue_bytes })
     }
 
     /// Adds the scrape-time replication figures once the mode is running.

@@ -169,6 +169,7 @@ impl Node {
             warn!("MERIDIAN_API_TOKEN is not set: /v1/* is open to anyone who can reach this port");
         }
         let listener = TcpListener::bind(cfg.http_addr).await.map_err(|source| NodeError::Bind { addr: cfg.http_addr, source })?;
+        let writes = api::write_budget::WriteBudget::new(cfg.write_queue_bytes, metrics.write_queue_bytes.clone());
         let state = Arc::new(AppState {
             replicator,
             sm,
@@ -178,7 +179,7 @@ impl Node {
             api_token: cfg.api_token.clone(),
             read_token: cfg.read_token.clone(),
             admin_token: cfg.admin_token.clone(),
-            writes: api::write_budget::WriteBudget::new(cfg.write_queue_bytes),
+            writes,
             view: api::cluster_view::ViewConfig::new(
                 advertised_http(cfg),
                 (cfg.cluster_mode == ClusterMode::HaStandby).then(|| sync_mode_name(cfg.cluster_ha_sync_mode).to_owned()),

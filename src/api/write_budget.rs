@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::error::ApiError;
@@ -26,21 +27,39 @@ pub const OVERHEAD: usize = 256;
 pub struct WriteBudget {
     permits: Arc<Semaphore>,
     total: u32,
+    /// `meridian_write_queue_bytes`.
+    gauge: Gauge,
+}
+
+/// A write's share of the budget, given back (and the gauge lowered) when it is dropped.
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    cost: i64,
+    gauge: Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.cost);
+    }
 }
 
 impl WriteBudget {
     /// `bytes` is clamped to what a semaphore holds (4 GiB).
-    pub fn new(bytes: u64) -> WriteBudget {
+    pub fn new(bytes: u64, gauge: Gauge) -> WriteBudget {
         let total = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
-        WriteBudget { permits: Arc::new(Semaphore::new(total as usize)), total }
+        WriteBudget { permits: Arc::new(Semaphore::new(total as usize)), total, gauge }
     }
 
     /// Takes `bytes` (plus overhead) of the budget for as long as the returned permit lives,
     /// or refuses with 503 + `Retry-After` when that much is not free now.
-    pub fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn admit(&self, bytes: usize) -> Result<InFlight, ApiError> {
         let cost = u32::try_from(bytes.saturating_add(OVERHEAD)).unwrap_or(u32::MAX).min(self.total);
         match self.permits.clone().try_acquire_many_owned(cost) {
-            Ok(p) => Ok(p),
+            Ok(p) => {
+                self.gauge.inc_by(i64::from(cost));
+                Ok(InFlight { _permit: p, cost: i64::from(cost), gauge: self.gauge.clone() })
+            }
             Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => Err(ApiError::overloaded(format!(
                 "{} bytes of writes are already in flight on this node (MERIDIAN_WRITE_QUEUE_BYTES={}); retry shortly",
                 self.in_flight(),
@@ -65,10 +84,12 @@ mod tests {
 
     #[test]
     fn writes_over_the_budget_are_refused_until_others_finish() {
-        let b = WriteBudget::new(1500);
+        let gauge = Gauge::default();
+        let b = WriteBudget::new(1500, gauge.clone());
         let a = b.admit(400).unwrap();
         let c = b.admit(100).unwrap();
         assert_eq!(b.in_flight(), 400 + 100 + 2 * OVERHEAD as u64);
+        assert_eq!(gauge.get(), 400 + 100 + 2 * OVERHEAD as i64);
         let e = b.admit(300).unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.message.contains("MERIDIAN_WRITE_QUEUE_BYTES"), "{}", e.message);
@@ -76,6 +97,7 @@ mod tests {
         let d = b.admit(300).unwrap();
         drop((c, d));
         assert_eq!(b.in_flight(), 0);
+        assert_eq!(gauge.get(), 0);
         // The largest write fits alone.
         let big = b.admit(10_000).unwrap();
         assert!(b.admit(0).is_err());
