@@ -550,15 +550,16 @@ impl Config {
                 "must be at least twice MERIDIAN_CLUSTER_HA_HEARTBEAT_MS, or a slow heartbeat would trigger failovers",
             ));
         }
-        // A follower refuses other candidates for 0.575 of the election timeout after each
-        // heartbeat (raft::RaftConfig::openraft_config); a heartbeat or two may be lost within
-        // that. etcd refuses the same ratio (--election-timeout under 5x --heartbeat-interval).
+        // The seed guide's rule (heartbeat_timeout < election_timeout / 2): a follower then
+        // campaigns only after missing two heartbeats in a row, since it waits at least the
+        // election timeout (raft::RaftConfig::openraft_config). etcd recommends a wider
+        // margin (election 5-10x heartbeat); docs/raft.md says so.
         if self.cluster_raft_heartbeat_timeout.0.is_zero()
-            || self.cluster_raft_heartbeat_timeout.0.checked_mul(5).is_none_or(|d| d > self.cluster_raft_election_timeout.0)
+            || self.cluster_raft_heartbeat_timeout.0.checked_mul(2).is_none_or(|d| d >= self.cluster_raft_election_timeout.0)
         {
             return Err(ConfigError::new(
                 "CLUSTER_RAFT_HEARTBEAT_TIMEOUT",
-                "must be above zero and at most a fifth of MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT (as etcd requires), or a lost heartbeat or two would start elections",
+                "must be above zero and less than half of MERIDIAN_CLUSTER_RAFT_ELECTION_TIMEOUT (the seed guide's rule), or a lost heartbeat would start an election",
             ));
         }
         let raft_peers = self.raft_peers()?;
@@ -804,8 +805,8 @@ mod tests {
             ("CLUSTER_RAFT_PEERS", "n1-no-port"),
             ("CLUSTER_TLS_MIN_VERSION", "1.1"),
             ("LOG_FORMAT", "xml"),
-            // Heartbeats must be at most a fifth of the election timeout (1s by default).
-            ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "250ms"),
+            // Heartbeats must be less than half the election timeout (1s by default).
+            ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "500ms"),
             ("CLUSTER_RAFT_HEARTBEAT_TIMEOUT", "0s"),
         ];
         for (k, v) in cases {

@@ -32,6 +32,7 @@ pub struct WriteBudget {
 }
 
 /// A write's share of the budget, given back (and the gauge lowered) when it is dropped.
+#[derive(Debug)]
 pub struct InFlight {
     _permit: OwnedSemaphorePermit,
     cost: i64,
