@@ -242,3 +242,26 @@ fn a_standby_never_shows_records_the_primary_failed_to_make_durable() {
     }
     assert!(shown.is_empty(), "after a restart the standby shows write(s) the primary never made durable: {shown:?}\nlog:\n{}", pair.b.log_text());
 }
+
+/// A fresh pair whose witness comes up a little after the data nodes (containers start in any
+/// order: the HA compose test met this): the configured primary's first attempt to start
+/// finds the witness unreachable. It must keep trying and become primary once the witness
+/// answers — a fresh cluster must not stay without a primary because of the order its
+/// processes started in.
+#[test]
+fn a_configured_primary_starts_once_a_late_witness_answers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = HaPair::start(HaOpts { sync_mode: "sync", witness: true, witness_late: true, failover: "3s", ..HaOpts::default() });
+    // Longer than the node's start-up probes, shorter than the failover timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_ne!(common::ha::role(&pair.a), "primary", "node-a became primary without the witness");
+    pair.a_to_w.as_ref().unwrap().heal();
+    pair.b_to_w.as_ref().unwrap().heal();
+    wait_role(&pair.a, "primary", Duration::from_secs(20));
+    common::ha::wait_streaming(&pair.b, Duration::from_secs(20));
+    let (status, body) = http("PUT", &pair.a.url("/v1/kv/late-witness"), Some(b"ok".to_vec()));
+    assert_eq!(status, 200);
+    let bookmark = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["bookmark"].as_str().unwrap().to_owned();
+    let (status, body) = http("GET", &pair.b.url(&format!("/v1/kv/late-witness?bookmark={bookmark}")), None);
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "the write did not reach the standby");
+}

@@ -19,11 +19,14 @@ pub struct HaOpts {
     pub tls: bool,
     /// Start with A and B cut from each other (and do not wait for a primary and a standby).
     pub partitioned: bool,
+    /// With `witness`: start with both links to the witness cut, as when the witness starts
+    /// after the data nodes (and do not wait for a primary and a standby).
+    pub witness_late: bool,
 }
 
 impl Default for HaOpts {
     fn default() -> Self {
-        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false }
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false }
     }
 }
 
@@ -115,6 +118,10 @@ impl HaPair {
             w = Some(Node::start_env(&dir.path().join("w"), env));
             a_to_w = Some(Proxy::start(addr(cw)));
             b_to_w = Some(Proxy::start(addr(cw)));
+            if o.witness_late {
+                a_to_w.as_ref().unwrap().cut();
+                b_to_w.as_ref().unwrap().cut();
+            }
         }
         let mut a_env = node_env("node-a", "primary", ca, &a_to_b.addr(), a_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
         let mut b_env = node_env("node-b", "standby", cb, &b_to_a.addr(), b_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
@@ -123,7 +130,7 @@ impl HaPair {
         let a = Node::start_env(&dir.path().join("a"), a_env);
         let b = Node::start_env(&dir.path().join("b"), b_env);
         let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };
-        if o.partitioned {
+        if o.partitioned || o.witness_late {
             return pair;
         }
         wait_role(&pair.a, "primary", Duration::from_secs(20));

@@ -121,9 +121,27 @@ pub(super) async fn decide_role(core: &Arc<Core>) {
                 Err(e) => warn!("not resuming as primary: {e}"),
             }
         }
+        // A fresh cluster: its processes start in any order (containers do), so the witness
+        // or the peer may not answer yet. Keep trying for the failover timeout (at least 10 s)
+        // rather than once: nobody has ever taken a write, and a standby never promotes
+        // itself into an epoch-0 cluster it is not recorded in sync with, so giving up here
+        // left the cluster without a primary for good. Stop as soon as a primary appears.
         _ if configured == ConfiguredRole::Primary && epoch == 0 => {
-            if let Err(e) = try_promote(core, true, Promotion::Takeover).await {
-                warn!("not starting as primary: {e}");
+            let deadline = Instant::now() + core.cfg.failover_timeout.max(Duration::from_secs(10));
+            loop {
+                match try_promote(core, true, Promotion::Takeover).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        warn!("not starting as primary: {e}");
+                        break;
+                    }
+                    Err(e) => info!("not starting as primary yet: {e}; trying again"),
+                }
+                tokio::time::sleep(core.cfg.heartbeat.max(Duration::from_millis(300))).await;
+                if core.epoch() > 0 || probe(core).await.is_some_and(|p| p.primary || p.epoch > 0) {
+                    info!("another node started the cluster meanwhile; following it");
+                    break;
+                }
             }
         }
         _ if configured == ConfiguredRole::Primary => {
