@@ -304,7 +304,7 @@ impl RedbStore {
 
     /// The WAL this state was built from, once a node has opened the two together.
     pub fn wal_binding(&self) -> Result<Option<WalId>, StateMachineError> {
-        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         let part = |k| meta.get(k).map_err(storage).map(|g| g.map_or(0, |g| g.value()) as u128);
@@ -347,6 +347,10 @@ impl RedbStore {
         Ok(())
     }
 
+    /// The database now. A caller that keeps a transaction open keeps this `Arc` alive as
+    /// long (declared before the transaction): a snapshot install may swap the database
+    /// meanwhile, and redb closes a database whose last handle is dropped under an open
+    /// transaction (`DatabaseClosed`).
     fn db(&self) -> Arc<Database> {
         self.db.read().unwrap().clone()
     }
@@ -419,7 +423,7 @@ impl RedbStore {
     /// Applies `entries` into the overlay (a checkpoint runs; the caller holds `write`). The
     /// batch is staged first and merged only if all of it applies, as a redb transaction would.
     fn apply_to_overlay(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError> {
-        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         let base = txn.open_table(KV).map_err(storage)?;
         let mut ov = self.overlay.write().unwrap();
@@ -478,7 +482,7 @@ impl RedbStore {
     }
 
     pub fn key_count(&self) -> Result<u64, StateMachineError> {
-        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         txn.open_table(KV).map_err(storage)?.len().map_err(storage)
     }
@@ -614,7 +618,7 @@ impl StateMachine for RedbStore {
         if let Some(v) = self.overlay.read().unwrap().kv.get(key) {
             return v.as_deref().map(|raw| self.checked(decode(key, raw))).transpose();
         }
-        let db = self.db(); // held while the transaction is: a snapshot install may swap it
+        let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV).map_err(storage)?;
         match table.get(key).map_err(storage)? {
@@ -643,7 +647,7 @@ impl StateMachine for RedbStore {
 
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
         // A whole-state view from redb alone: taken between checkpoints, with no overlay.
-        let db; // outlives the transaction: a snapshot install may swap it
+        let db;
         let txn = {
             let _c = self.checkpointing.lock().unwrap();
             let _w = self.write.lock().unwrap();

@@ -9,30 +9,32 @@ use std::time::{Duration, Instant};
 /// How often a line is logged while the work goes on.
 pub const EVERY: Duration = Duration::from_secs(5);
 
+/// Bytes between two looks at the clock: `add` runs for every small read of a snapshot.
+const CHECK_EVERY_BYTES: u64 = 1 << 20;
+
+/// Bytes copied so far, of `total` when known.
 pub struct Progress {
     what: &'static str,
-    unit: Unit,
     total: Option<u64>,
     done: u64,
+    next_check: u64,
     started: Instant,
     last_line: Instant,
 }
 
-#[derive(Clone, Copy)]
-pub enum Unit {
-    Bytes,
-    Records,
-}
-
 impl Progress {
-    pub fn new(what: &'static str, unit: Unit, total: Option<u64>) -> Progress {
+    pub fn new(what: &'static str, total: Option<u64>) -> Progress {
         let now = Instant::now();
-        Progress { what, unit, total, done: 0, started: now, last_line: now }
+        Progress { what, total, done: 0, next_check: CHECK_EVERY_BYTES, started: now, last_line: now }
     }
 
-    /// Counts `n` more; logs a line when [`EVERY`] has passed since the last.
+    /// Counts `n` more bytes; logs a line when [`EVERY`] has passed since the last.
     pub fn add(&mut self, n: u64) {
         self.done += n;
+        if self.done < self.next_check {
+            return;
+        }
+        self.next_check = self.done + CHECK_EVERY_BYTES;
         if self.last_line.elapsed() >= EVERY {
             self.last_line = Instant::now();
             let (rate, eta) = self.rate_and_eta();
@@ -61,10 +63,7 @@ impl Progress {
     fn rate_and_eta(&self) -> (String, String) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let per_sec = self.done as f64 / secs;
-        let rate = match self.unit {
-            Unit::Bytes => format!("{:.1} MiB/s", per_sec / (1 << 20) as f64),
-            Unit::Records => format!("{per_sec:.0} records/s"),
-        };
+        let rate = format!("{:.1} MiB/s", per_sec / (1 << 20) as f64);
         let eta = match self.total {
             Some(t) if per_sec > 0.0 && t >= self.done => format!("{:.0} s", (t - self.done) as f64 / per_sec),
             _ => "unknown".into(),
@@ -73,10 +72,7 @@ impl Progress {
     }
 
     fn amount(&self, n: u64) -> String {
-        match self.unit {
-            Unit::Bytes => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
-            Unit::Records => format!("{n} records"),
-        }
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
     }
 }
 
@@ -139,12 +135,12 @@ mod tests {
     #[test]
     fn counts_what_is_read_and_estimates_from_the_rate() {
         let data = vec![7u8; 10_000];
-        let mut c = Counting { inner: &data[..], progress: Progress::new("test copy", Unit::Bytes, Some(20_000)) };
+        let mut c = Counting { inner: &data[..], progress: Progress::new("test copy", Some(20_000)) };
         let mut out = Vec::new();
         c.read_to_end(&mut out).unwrap();
         assert_eq!(c.progress.done(), 10_000);
         let (_, eta) = c.progress.rate_and_eta();
         assert!(eta.ends_with(" s"), "{eta}");
-        assert_eq!(Progress::new("x", Unit::Records, None).rate_and_eta().1, "unknown");
+        assert_eq!(Progress::new("x", None).rate_and_eta().1, "unknown");
     }
 }

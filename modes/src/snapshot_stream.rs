@@ -94,8 +94,8 @@ pub struct Prepared {
 /// disk — `bench/scale.sh`.)
 pub struct Outgoing {
     dir: PathBuf,
-    /// (id, file, size, meta) of the snapshot on offer.
-    held: Arc<Mutex<Option<(u64, PathBuf, u64, SnapshotMeta)>>>,
+    /// The snapshot on offer and its file.
+    held: Arc<Mutex<Option<(Prepared, PathBuf)>>>,
     /// The build under way, if any: its outcome, once known, for everyone waiting on it.
     building: Arc<Mutex<Option<watch::Receiver<Option<Result<Prepared, String>>>>>>,
 }
@@ -144,8 +144,8 @@ impl Outgoing {
     /// new build that replaces the offered snapshot (whose file is deleted) when done.
     pub async fn prepare(&self, sm: Arc<dyn StateMachine>, reusable: impl Fn(u64) -> bool) -> Result<Prepared, StreamError> {
         let mut done = {
-            if let Some((id, _, size, meta)) = self.held.lock().unwrap().clone().filter(|(id, ..)| reusable(*id)) {
-                return Ok(Prepared { id, size, meta });
+            if let Some((p, _)) = self.held.lock().unwrap().clone().filter(|(p, _)| reusable(p.id)) {
+                return Ok(p);
             }
             let mut building = self.building.lock().unwrap();
             match &*building {
@@ -158,9 +158,9 @@ impl Outgoing {
                     // (nor let a second one start beside it).
                     tokio::task::spawn_blocking(move || {
                         let r = build(&dir, &*sm).map_err(|e| e.to_string());
-                        if let Ok((p, path)) = &r {
-                            let old = held.lock().unwrap().replace((p.id, path.clone(), p.size, p.meta.clone()));
-                            if let Some((_, old_path, ..)) = old.filter(|(_, op, ..)| op != path) {
+                        if let Ok(new) = &r {
+                            let old = held.lock().unwrap().replace(new.clone());
+                            if let Some((_, old_path)) = old.filter(|(_, op)| *op != new.1) {
                                 let _ = std::fs::remove_file(old_path);
                             }
                         }
@@ -177,7 +177,7 @@ impl Outgoing {
 
     /// The file of the snapshot on offer, if any.
     pub fn path(&self) -> Option<PathBuf> {
-        self.held.lock().unwrap().as_ref().map(|(_, p, ..)| p.clone())
+        self.held.lock().unwrap().as_ref().map(|(_, path)| path.clone())
     }
 
     /// Answers one [`ChunkRequest`]; `snapshot_expired` if `snapshot_id` is not the snapshot
@@ -185,7 +185,7 @@ impl Outgoing {
     pub fn serve(&self, req: &ChunkRequest) -> Result<Chunk, RemoteError> {
         let held = self.held.lock().unwrap().clone();
         let expired = || RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again");
-        let Some((_, path, size, _)) = held.filter(|(id, ..)| *id == req.snapshot_id) else {
+        let Some((Prepared { size, .. }, path)) = held.filter(|(p, _)| p.id == req.snapshot_id) else {
             return Err(expired());
         };
         let offset = req.offset.min(size);

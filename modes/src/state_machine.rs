@@ -151,7 +151,7 @@ pub fn install_snapshot<R: Read>(sm: &dyn StateMachine, input: R) -> Result<Snap
 /// [`install_snapshot`] of a stream of `total` bytes when known (a file): progress lines
 /// (bytes, rate, time left) every few seconds, and one when done.
 pub fn install_snapshot_sized<R: Read>(sm: &dyn StateMachine, input: R, total: Option<u64>) -> Result<SnapshotMeta, StateMachineError> {
-    let input = crate::progress::Counting { inner: input, progress: crate::progress::Progress::new("snapshot install", crate::progress::Unit::Bytes, total) };
+    let input = crate::progress::Counting { inner: input, progress: crate::progress::Progress::new("snapshot install", total) };
     let mut reader = SnapshotReader::new(input)?;
     // The metadata is trusted only because the whole stream must verify before the
     // transaction that stores it commits.

@@ -38,12 +38,13 @@ impl ApiError {
     pub fn precondition_failed(current: u64) -> Self {
         Self::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", format!("the key's current revision is {current}"))
     }
-    /// The write queue is full (`api::write_budget`): back-pressure, retry shortly.
-    pub fn overloaded(message: impl Into<String>) -> Self {
+    /// Something that passes (a full write queue, an election): retry shortly.
+    pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// An internal failure is answered as unavailable too.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::unavailable(message)
     }
     fn with_leader(mut self, leader: Option<LeaderHint>) -> Self {
         self.leader = leader.and_then(|l| l.http_addr);

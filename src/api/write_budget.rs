@@ -61,7 +61,7 @@ impl WriteBudget {
                 self.gauge.inc_by(i64::from(cost));
                 Ok(InFlight { _permit: p, cost: i64::from(cost), gauge: self.gauge.clone() })
             }
-            Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => Err(ApiError::overloaded(format!(
+            Err(TryAcquireError::NoPermits) | Err(TryAcquireError::Closed) => Err(ApiError::unavailable(format!(
                 "{} bytes of writes are already in flight on this node (MERIDIAN_WRITE_QUEUE_BYTES={}); retry shortly",
                 self.in_flight(),
                 self.total
