@@ -95,14 +95,15 @@ fn subject() -> Subject {
 #[derive(Debug, PartialEq)]
 struct Observed {
     term: u64,
-    commit: u64,
     applied: u64,
     state: String,
 }
 
 fn observe(s: &Subject) -> Observed {
     let st = s.node.status();
-    Observed { term: st.epoch, commit: st.commit_index, applied: st.applied_index, state: format!("{:?}", s.sm.applied_index()) }
+    // Not the commit index: the initial membership's commit lands a moment after start,
+    // whatever the messages (it made this test flaky).
+    Observed { term: st.epoch, applied: st.applied_index, state: format!("{:?}", s.sm.applied_index()) }
 }
 
 fn id(name: &str) -> u64 {
