@@ -35,6 +35,13 @@
 //!     21    n value
 //! ```
 //!
+//! A multi-region version (one with a [`Stamp`]) is a format-3 record: the same header with
+//! `format = 3`, then `flags u8` (bit 0: tombstone), `hlc u64 LE`, `region_len u8`, `region`,
+//! and the value; the checksum covers all of it. Unstamped values stay format 2, so the other
+//! modes write exactly what they did. The store's `value_format` is 3 from this build on
+//! (raised at open, no record rewritten), so an older build refuses the file by name instead
+//! of meeting a record it cannot read.
+//!
 //! Covering the key means a record found under the wrong key fails too. A mismatch is
 //! [`StateMachineError::Corrupt`] (logged, noted for `/health`, a 500 to the client), never
 //! data. Format 1 (the same without the first five bytes) is what stores from before checksums
@@ -57,6 +64,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use meridian_modes::apply::{apply_command, KvAccess};
 use meridian_modes::state_machine::{should_apply, AppliedState, LogEntry, ScanEvent, StateMachineError};
+use meridian_modes::command::Stamp;
 use meridian_modes::{CommandResult, KeyValue, StateMachine};
 use meridian_wal::WalId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
@@ -74,7 +82,10 @@ const CEILING: &str = "revision_ceiling";
 const REPLICATION_META: &str = "replication_meta";
 
 /// The value record layout this build writes (see the module docs).
-const VALUE_FORMAT: u8 = 2;
+const VALUE_FORMAT: u8 = 3;
+/// The record format of unstamped values (see the module docs).
+const PLAIN_FORMAT: u8 = 2;
+const TOMBSTONE_FLAG: u8 = 1;
 const RECORD_HEADER: usize = 21;
 /// Indexes reserved per durable raise of the revision ceiling: one fsync'd apply per this many
 /// writes, and at most this many revisions skipped after a `meridian wal reset`.
@@ -131,13 +142,22 @@ fn checksum(key: &str, format: u8, rest: &[u8]) -> u32 {
 }
 
 fn encode(kv: &KeyValue) -> Vec<u8> {
-    let mut v = Vec::with_capacity(RECORD_HEADER + kv.value.len());
-    v.push(VALUE_FORMAT);
+    let stamp_len = kv.stamp.as_ref().map_or(0, |st| 10 + st.region.len());
+    let mut v = Vec::with_capacity(RECORD_HEADER + stamp_len + kv.value.len());
+    let format = if kv.stamp.is_some() { VALUE_FORMAT } else { PLAIN_FORMAT };
+    v.push(format);
     v.extend_from_slice(&[0; 4]);
     v.extend_from_slice(&kv.create_revision.to_le_bytes());
     v.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    if let Some(st) = &kv.stamp {
+        // Region names are checked to be at most 64 bytes by the configuration.
+        v.push(if kv.tombstone { TOMBSTONE_FLAG } else { 0 });
+        v.extend_from_slice(&st.hlc.to_le_bytes());
+        v.push(st.region.len().min(255) as u8);
+        v.extend_from_slice(&st.region.as_bytes()[..st.region.len().min(255)]);
+    }
     v.extend_from_slice(&kv.value);
-    let crc = checksum(&kv.key, VALUE_FORMAT, &v[5..]);
+    let crc = checksum(&kv.key, format, &v[5..]);
     v[1..5].copy_from_slice(&crc.to_le_bytes());
     v
 }
@@ -147,7 +167,7 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError> {
     if raw.len() < RECORD_HEADER {
         return Err(corrupt(format!("the record is {} bytes, shorter than its {RECORD_HEADER}-byte header", raw.len())));
     }
-    if raw[0] != VALUE_FORMAT {
+    if raw[0] != VALUE_FORMAT && raw[0] != PLAIN_FORMAT {
         return Err(corrupt(format!("unknown record format {}", raw[0])));
     }
     let stored = u32::from_le_bytes(raw[1..5].try_into().unwrap());
@@ -155,12 +175,25 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError> {
     if stored != computed {
         return Err(corrupt(format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")));
     }
-    Ok(KeyValue {
-        key: key.to_owned(),
-        create_revision: u64::from_le_bytes(raw[5..13].try_into().unwrap()),
-        mod_revision: u64::from_le_bytes(raw[13..21].try_into().unwrap()),
-        value: raw[RECORD_HEADER..].to_vec(),
-    })
+    let mut kv = KeyValue::plain(
+        key,
+        Vec::new(),
+        u64::from_le_bytes(raw[5..13].try_into().unwrap()),
+        u64::from_le_bytes(raw[13..21].try_into().unwrap()),
+    );
+    let mut rest = &raw[RECORD_HEADER..];
+    if raw[0] == VALUE_FORMAT {
+        if rest.len() < 10 || rest.len() < 10 + rest[9] as usize {
+            return Err(corrupt("the stamp is cut short".into()));
+        }
+        let region_len = rest[9] as usize;
+        let region = std::str::from_utf8(&rest[10..10 + region_len]).map_err(|_| corrupt("the stamp's region is not UTF-8".into()))?;
+        kv.tombstone = rest[0] & TOMBSTONE_FLAG != 0;
+        kv.stamp = Some(Stamp { hlc: u64::from_le_bytes(rest[1..9].try_into().unwrap()), region: region.to_owned() });
+        rest = &rest[10 + region_len..];
+    }
+    kv.value = rest.to_vec();
+    Ok(kv)
 }
 
 /// A format-1 record (no format byte, no checksum), from a store written before checksums.
@@ -168,12 +201,7 @@ fn decode_format_1(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError>
     if raw.len() < 16 {
         return Err(StateMachineError::Corrupt { key: key.to_owned(), reason: format!("format-1 record of {} bytes is shorter than its header", raw.len()) });
     }
-    Ok(KeyValue {
-        key: key.to_owned(),
-        create_revision: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
-        mod_revision: u64::from_le_bytes(raw[8..16].try_into().unwrap()),
-        value: raw[16..].to_vec(),
-    })
+    Ok(KeyValue::plain(key, raw[16..].to_vec(), u64::from_le_bytes(raw[0..8].try_into().unwrap()), u64::from_le_bytes(raw[8..16].try_into().unwrap())))
 }
 
 struct TableKv<'a, 't>(&'a mut Table<'t, &'static str, &'static [u8]>, &'a RedbStore);
@@ -262,6 +290,10 @@ impl RedbStore {
             let read = |meta: &Table<&str, u64>, k| meta.get(k).map_err(storage).map(|g| g.map(|g| g.value()));
             match read(&meta, FORMAT)? {
                 Some(f) if f == VALUE_FORMAT as u64 => {}
+                // Format-2 records are read as they are; only the marker moves on.
+                Some(f) if f == PLAIN_FORMAT as u64 => {
+                    meta.insert(FORMAT, VALUE_FORMAT as u64).map_err(storage)?;
+                }
                 Some(f) => {
                     return Err(StateMachineError::Storage(format!(
                         "{} holds values in format {f}, which this build does not know (it writes format {VALUE_FORMAT}); run a newer meridian",
@@ -469,6 +501,25 @@ impl RedbStore {
     }
 
     /// The applied state as `txn` sees it; a store from before `meta_bytes` has no metadata.
+    /// Stored entries (tombstones and reserved keys included) after `start_after`.
+    fn list_stored(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
+        // One consistent state: the read transaction is opened under the overlay's lock.
+        let db = self.db();
+        let (txn, over) = {
+            let ov = self.overlay.read().unwrap();
+            (db.begin_read().map_err(storage)?, ov.range(prefix, start_after))
+        };
+        let table = txn.open_table(KV).map_err(storage)?;
+        let iter = match start_after {
+            Some(s) if s >= prefix => table.range::<&str>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded)),
+            _ => table.range::<&str>(prefix..),
+        }
+        .map_err(storage)?
+        .map(|item| item.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+        .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)));
+        overlay::merge(iter, over, limit).map_err(storage)?.into_iter().map(|(k, raw)| self.checked(decode(&k, &raw))).collect()
+    }
+
     fn applied_state_in(txn: &redb::ReadTransaction) -> Result<AppliedState, StateMachineError> {
         let meta = txn.open_table(META).map_err(storage)?;
         let index = meta.get(APPLIED).map_err(storage)?.map_or(0, |g| g.value());
@@ -614,7 +665,7 @@ impl StateMachine for RedbStore {
         Ok(applied)
     }
 
-    fn get(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
+    fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
         if let Some(v) = self.overlay.read().unwrap().kv.get(key) {
             return v.as_deref().map(|raw| self.checked(decode(key, raw))).transpose();
         }
@@ -628,21 +679,22 @@ impl StateMachine for RedbStore {
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
-        // One consistent state: the read transaction is opened under the overlay's lock.
-        let db = self.db();
-        let (txn, over) = {
-            let ov = self.overlay.read().unwrap();
-            (db.begin_read().map_err(storage)?, ov.range(prefix, start_after))
-        };
-        let table = txn.open_table(KV).map_err(storage)?;
-        let iter = match start_after {
-            Some(s) if s >= prefix => table.range::<&str>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded)),
-            _ => table.range::<&str>(prefix..),
+        // Tombstones and reserved keys are stored among the rest: page past them until the
+        // page is full or the prefix ends. Each page is one consistent view; only a list that
+        // meets tombstones needs more than one.
+        let mut out = Vec::new();
+        let mut after = start_after.map(str::to_owned);
+        while out.len() < limit {
+            let want = limit - out.len();
+            let page = self.list_stored(prefix, after.as_deref(), want)?;
+            let full = page.len() == want;
+            after = page.last().map(|kv| kv.key.clone());
+            out.extend(page.into_iter().filter(KeyValue::is_visible));
+            if !full {
+                break;
+            }
         }
-        .map_err(storage)?
-        .map(|item| item.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
-        .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)));
-        overlay::merge(iter, over, limit).map_err(storage)?.into_iter().map(|(k, raw)| self.checked(decode(&k, &raw))).collect()
+        Ok(out)
     }
 
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
@@ -777,7 +829,7 @@ mod tests {
     fn replace_all_stores_or_clears_the_meta_durably() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let kv = KeyValue { key: "a".into(), value: b"1".to_vec(), create_revision: 3, mod_revision: 3 };
+        let kv = KeyValue::plain("a", b"1".to_vec(), 3, 3);
         {
             let s = RedbStore::open(&path).unwrap();
             let mut one = Some(kv.clone());
@@ -789,6 +841,35 @@ mod tests {
         s.replace_all(8, 2, None, &mut || Ok(None)).unwrap();
         drop(s);
         assert_eq!(RedbStore::open(&path).unwrap().applied_state().unwrap(), AppliedState { index: 8, epoch: 2, meta: None });
+    }
+
+    #[test]
+    fn stamped_versions_and_tombstones_are_stored_but_reads_and_lists_hide_tombstones() {
+        use meridian_modes::command::{Command, Stamp};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let s = RedbStore::open(&path).unwrap();
+        let st = |hlc: u64| Stamp { hlc, region: "eu".into() };
+        let stamped = |index: u64, command: Command, hlc: u64| LogEntry { index, epoch: 1, command: Command::Stamped { stamp: st(hlc), command: Box::new(command) }, meta: None };
+        s.apply(&[
+            stamped(1, Command::Put { key: "a".into(), value: b"1".to_vec(), if_revision: None }, 10),
+            stamped(2, Command::Put { key: "b".into(), value: b"2".to_vec(), if_revision: None }, 11),
+            stamped(3, Command::Put { key: "c".into(), value: b"3".to_vec(), if_revision: None }, 12),
+            stamped(4, Command::Delete { key: "b".into(), if_revision: None }, 13),
+            // An older stamp loses: "c" keeps its value.
+            stamped(5, Command::Put { key: "c".into(), value: b"old".to_vec(), if_revision: None }, 5),
+        ])
+        .unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.get("b").unwrap(), None);
+        let tomb = s.get_version("b").unwrap().unwrap();
+        assert!(tomb.tombstone && tomb.stamp == Some(st(13)));
+        assert_eq!(s.get("c").unwrap().unwrap().value, b"3");
+        assert_eq!(s.get("a").unwrap().unwrap().stamp, Some(st(10)));
+        let keys: Vec<String> = s.list("", None, 1).unwrap().into_iter().chain(s.list("", Some("a"), 1).unwrap()).map(|kv| kv.key).collect();
+        assert_eq!(keys, ["a", "c"], "the page after 'a' skips the tombstone of 'b'");
     }
 
     #[test]

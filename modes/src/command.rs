@@ -19,7 +19,30 @@ pub enum Command {
     Txn(Txn),
     /// Changes nothing; written by a new leader/primary to commit its epoch.
     Noop,
+    /// multi_region: a client command stamped by its region's leader. Its puts and deletes
+    /// carry `stamp` and win over a key's current version only if `stamp` is higher (last
+    /// write wins); deletes leave tombstones. See [`crate::region`].
+    Stamped { stamp: Stamp, command: Box<Command> },
+    /// multi_region: versions shipped from region `origin`, merged key by key (last write
+    /// wins), and that region's high-water mark raised to `through` (a position in the
+    /// origin's log), all in one entry so that both land together.
+    RegionBatch { origin: String, through: u64, writes: Vec<KeyValue> },
 }
+
+/// Where and when a version was written, for multi-region last-write-wins: a hybrid logical
+/// clock reading (see `region::hlc`) and the region that wrote it. Versions compare by
+/// (hlc, region), so two regions never tie.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub hlc: u64,
+    pub region: String,
+}
+
+/// Keys starting with this byte are the store's own (a multi-region high-water mark per
+/// origin region): clients cannot name them ([`Command::validate`]), reads and lists never
+/// show them, snapshots carry them, and digests leave them out (they differ per region by
+/// design).
+pub const RESERVED_PREFIX: char = '\u{0}';
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
@@ -58,6 +81,28 @@ pub struct KeyValue {
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
+    /// multi_region only: who wrote this version and when; `None` in every other mode.
+    pub stamp: Option<Stamp>,
+    /// A deleted key kept so that an older version arriving later cannot resurrect it
+    /// (multi_region only; always with a stamp). Reads treat it as absent.
+    pub tombstone: bool,
+}
+
+impl KeyValue {
+    /// A live key written at `index` with no stamp (every mode but multi_region).
+    pub fn plain(key: impl Into<String>, value: Vec<u8>, create_revision: u64, mod_revision: u64) -> KeyValue {
+        KeyValue { key: key.into(), value, create_revision, mod_revision, stamp: None, tombstone: false }
+    }
+
+    /// True when a client may see this entry: not a tombstone and not a reserved key.
+    pub fn is_visible(&self) -> bool {
+        !self.tombstone && !is_reserved(&self.key)
+    }
+}
+
+/// True for the store's own keys (see [`RESERVED_PREFIX`]).
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX)
 }
 
 /// What applying one command did. `revision` is the index of the entry that carried it.
@@ -75,6 +120,9 @@ pub enum Outcome {
     PreconditionFailed { current_revision: u64 },
     Txn { succeeded: bool, results: Vec<OpResult> },
     Noop,
+    /// A [`Command::RegionBatch`] applied: the origin's high-water mark now, and how many of
+    /// the shipped versions won over what was here.
+    RegionMerged { high_water: u64, won: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +139,9 @@ impl Command {
         matches!(self, Command::Noop)
     }
 }
+
+/// Versions in one [`Command::RegionBatch`].
+pub const MAX_REGION_BATCH: usize = 4096;
 
 /// What a client command may contain. The HTTP layer enforces the same numbers; a command
 /// that arrives any other way (forwarded over the cluster port) is checked here.
@@ -135,6 +186,9 @@ impl Command {
             if k.is_empty() || k.len() > limits.max_key_bytes {
                 return Err(Invalid::BadRequest(format!("keys must be 1 to {} bytes of UTF-8; this one is {} bytes", limits.max_key_bytes, k.len())));
             }
+            if is_reserved(k) {
+                return Err(Invalid::BadRequest("keys may not start with a NUL character (reserved for the store's own keys)".into()));
+            }
             Ok(())
         };
         let value = |v: &[u8]| {
@@ -173,6 +227,20 @@ impl Command {
                 Ok(())
             }
             Command::Noop => Err(Invalid::BadRequest("a no-op is written by the log itself, never submitted".into())),
+            Command::Stamped { command, .. } => command.validate(limits),
+            Command::RegionBatch { origin, writes, .. } => {
+                if origin.is_empty() || writes.len() > MAX_REGION_BATCH {
+                    return Err(Invalid::BadRequest(format!("a region batch needs an origin and at most {MAX_REGION_BATCH} versions")));
+                }
+                for w in writes {
+                    key(&w.key)?;
+                    value(&w.value)?;
+                    if w.stamp.is_none() {
+                        return Err(Invalid::BadRequest(format!("shipped version of {:?} has no stamp", w.key)));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -2,9 +2,11 @@
 //! standby re-seeding and Raft snapshots.
 //!
 //! ```text
-//! header   "MERIDSNP" | version u32 = 2 | applied_index u64 | epoch u64
+//! header   "MERIDSNP" | version u32 = 3 | applied_index u64 | epoch u64
 //!          | meta_len u32 (u32::MAX = no metadata) | meta (meta_len bytes)
-//! entry*   key_len u32 (!= u32::MAX) | key | create_revision u64 | mod_revision u64 | value_len u32 | value
+//! entry*   key_len u32 (!= u32::MAX) | key | create_revision u64 | mod_revision u64
+//!          | flags u8 (bit 0: stamped, bit 1: tombstone)
+//!          | [stamped: hlc u64 | region_len u8 | region] | value_len u32 | value
 //! trailer  u32::MAX | entry_count u64 | crc32 u32 (crc32fast/IEEE over every byte before it)
 //! ```
 //! All integers little-endian. A stream that ends early or fails the checksum is rejected
@@ -13,17 +15,21 @@
 //! stream verified (installing stores it in the transaction that aborts otherwise).
 //!
 //! `meta` is the replication metadata current at `applied_index` (Raft: the membership
-//! config), opaque here. Version 1 is version 2 without `meta_len`/`meta`; it is still read,
-//! as a snapshot without metadata.
+//! config), opaque here. Version 2 is version 3 without the entry flags and stamp (no
+//! multi-region versions); version 1 is version 2 without `meta_len`/`meta`. Both are still
+//! read.
 
 use std::io::{self, Read, Write};
 
-use crate::command::KeyValue;
+use crate::command::{KeyValue, Stamp};
 
 const MAGIC: &[u8; 8] = b"MERIDSNP";
-/// The version written; [`VERSION_1`] is still read.
-const VERSION: u32 = 2;
+/// The version written; [`VERSION_2`] and [`VERSION_1`] are still read.
+const VERSION: u32 = 3;
+const VERSION_2: u32 = 2;
 const VERSION_1: u32 = 1;
+const STAMPED: u8 = 1;
+const TOMBSTONE: u8 = 2;
 /// `meta_len` of a snapshot without metadata (an empty blob is `Some(vec![])`, length 0).
 const NO_META: u32 = u32::MAX;
 const END: u32 = u32::MAX;
@@ -94,6 +100,15 @@ impl<W: Write> SnapshotWriter<W> {
         self.put(kv.key.as_bytes())?;
         self.put(&kv.create_revision.to_le_bytes())?;
         self.put(&kv.mod_revision.to_le_bytes())?;
+        let flags = if kv.stamp.is_some() { STAMPED } else { 0 } | if kv.tombstone { TOMBSTONE } else { 0 };
+        self.put(&[flags])?;
+        if let Some(st) = &kv.stamp {
+            let len = u8::try_from(st.region.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("region name of {} bytes is over 255", st.region.len())))?;
+            self.put(&st.hlc.to_le_bytes())?;
+            self.put(&[len])?;
+            self.put(st.region.as_bytes())?;
+        }
         self.put(&(kv.value.len() as u32).to_le_bytes())?;
         self.put(&kv.value)?;
         self.count += 1;
@@ -114,6 +129,7 @@ impl<W: Write> SnapshotWriter<W> {
 /// Reads a snapshot entry by entry; the last `next()` verifies count and checksum.
 pub struct SnapshotReader<R: Read> {
     input: R,
+    version: u32,
     crc: crc32fast::Hasher,
     count: u64,
     done: bool,
@@ -126,19 +142,20 @@ pub struct SnapshotReader<R: Read> {
 impl<R: Read> SnapshotReader<R> {
     pub fn new(input: R) -> Result<Self, SnapshotError> {
         let mut r =
-            SnapshotReader { input, crc: crc32fast::Hasher::new(), count: 0, done: false, applied_index: 0, epoch: 0, replication_meta: None };
+            SnapshotReader { input, version: 0, crc: crc32fast::Hasher::new(), count: 0, done: false, applied_index: 0, epoch: 0, replication_meta: None };
         let mut magic = [0u8; 8];
         r.take(&mut magic)?;
         if &magic != MAGIC {
             return Err(SnapshotError::BadMagic);
         }
         let v = r.u32()?;
-        if v != VERSION && v != VERSION_1 {
+        if ![VERSION, VERSION_2, VERSION_1].contains(&v) {
             return Err(SnapshotError::BadVersion(v));
         }
+        r.version = v;
         r.applied_index = r.u64()?;
         r.epoch = r.u64()?;
-        if v == VERSION {
+        if v >= VERSION_2 {
             r.replication_meta = match r.u32()? {
                 NO_META => None,
                 len => Some(r.bytes(len).map_err(|e| match e {
@@ -200,10 +217,26 @@ impl<R: Read> SnapshotReader<R> {
         let key = String::from_utf8(self.bytes(key_len)?).map_err(|_| SnapshotError::Damaged("key is not UTF-8".into()))?;
         let create_revision = self.u64()?;
         let mod_revision = self.u64()?;
+        let (mut stamp, mut tombstone) = (None, false);
+        if self.version >= VERSION {
+            let mut flags = [0u8];
+            self.take(&mut flags)?;
+            if flags[0] & !(STAMPED | TOMBSTONE) != 0 {
+                return Err(SnapshotError::Damaged(format!("entry {key:?} has unknown flags {:#04x}", flags[0])));
+            }
+            tombstone = flags[0] & TOMBSTONE != 0;
+            if flags[0] & STAMPED != 0 {
+                let hlc = self.u64()?;
+                let mut len = [0u8];
+                self.take(&mut len)?;
+                let region = String::from_utf8(self.bytes(len[0] as u32)?).map_err(|_| SnapshotError::Damaged("region is not UTF-8".into()))?;
+                stamp = Some(Stamp { hlc, region });
+            }
+        }
         let vlen = self.u32()?;
         let value = self.bytes(vlen)?;
         self.count += 1;
-        Ok(Some(KeyValue { key, value, create_revision, mod_revision }))
+        Ok(Some(KeyValue { key, value, create_revision, mod_revision, stamp, tombstone }))
     }
 
     /// The underlying reader (e.g. to report how much was read).
@@ -226,7 +259,7 @@ mod tests {
     fn sample_with(meta: Option<Vec<u8>>) -> Vec<u8> {
         let mut w = SnapshotWriter::new(Vec::new(), 42, 3, meta).unwrap();
         for i in 0..10u64 {
-            w.write(&KeyValue { key: format!("k{i}"), value: vec![i as u8; i as usize], create_revision: i, mod_revision: i + 1 }).unwrap();
+            w.write(&KeyValue::plain(format!("k{i}"), vec![i as u8; i as usize], i, i + 1)).unwrap();
         }
         w.finish().unwrap().0
     }
@@ -275,6 +308,45 @@ mod tests {
         for meta in [None, Some(vec![])] {
             assert_eq!(read_all(&sample_with(meta.clone())).unwrap().meta, meta);
         }
+    }
+
+    #[test]
+    fn stamps_and_tombstones_round_trip_and_a_version_2_stream_still_reads() {
+        let stamped = KeyValue { stamp: Some(Stamp { hlc: 77 << 16, region: "eu".into() }), ..KeyValue::plain("a", b"x".to_vec(), 1, 2) };
+        let tomb = KeyValue { stamp: Some(Stamp { hlc: 78 << 16, region: "us".into() }), tombstone: true, ..KeyValue::plain("b", vec![], 3, 3) };
+        let plain = KeyValue::plain("c", b"y".to_vec(), 4, 4);
+        let mut w = SnapshotWriter::new(Vec::new(), 4, 1, None).unwrap();
+        for kv in [&stamped, &tomb, &plain] {
+            w.write(kv).unwrap();
+        }
+        let (buf, _) = w.finish().unwrap();
+        let mut r = SnapshotReader::new(&buf[..]).unwrap();
+        let mut got = Vec::new();
+        while let Some(kv) = r.next_entry().unwrap() {
+            got.push(kv);
+        }
+        assert_eq!(got, vec![stamped, tomb, plain.clone()]);
+
+        // Version 2, as the previous build wrote it: no flags byte.
+        let mut b = Vec::new();
+        b.extend_from_slice(b"MERIDSNP");
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(b"c");
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(b"y");
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        let mut r = SnapshotReader::new(&b[..]).unwrap();
+        assert_eq!(r.next_entry().unwrap(), Some(plain));
+        assert_eq!(r.next_entry().unwrap(), None);
     }
 
     #[test]

@@ -325,7 +325,7 @@ mod tests {
         fn checkpoint(&self) -> Result<u64, StateMachineError> {
             self.inner.checkpoint()
         }
-        fn get(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
+        fn get_version(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
             self.inner.get(key)
         }
         fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<crate::command::KeyValue>, StateMachineError> {

@@ -91,10 +91,18 @@ pub trait StateMachine: Send + Sync + 'static {
     fn durable_index(&self) -> u64;
     /// Makes everything applied durable; returns the new durable index.
     fn checkpoint(&self) -> Result<u64, StateMachineError>;
-    fn get(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError>;
-    /// Keys starting with `prefix`, strictly after `start_after`, in key order, at most `limit`.
+    /// The key as clients see it: a tombstone or a reserved key is absent.
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
+        Ok(self.get_version(key)?.filter(KeyValue::is_visible))
+    }
+    /// The stored version of `key`, tombstones and reserved keys included (multi-region
+    /// shipping and high-water marks read these).
+    fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError>;
+    /// Visible keys ([`KeyValue::is_visible`]) starting with `prefix`, strictly after
+    /// `start_after`, in key order, at most `limit`.
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError>;
-    /// Visits one consistent view: first [`ScanEvent::View`], then every key in key order.
+    /// Visits one consistent view: first [`ScanEvent::View`], then every stored key in key
+    /// order, tombstones and reserved keys included.
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError>;
     /// The latest damage found in stored data, for `/health` (see [`StateMachineError::Corrupt`]).
     fn damage(&self) -> Option<String> {
@@ -166,7 +174,8 @@ pub fn install_snapshot_sized<R: Read>(sm: &dyn StateMachine, input: R, total: O
 pub struct StateDigest {
     pub applied_index: u64,
     pub keys: u64,
-    /// Hex SHA-256 over (key, value) pairs in key order.
+    /// Hex SHA-256 over (key, value) pairs in key order, and for multi-region versions their
+    /// stamp and tombstone flag. Reserved keys (per-region high-water marks) are left out.
     pub sha256: String,
 }
 
@@ -182,10 +191,20 @@ pub fn digest(sm: &dyn StateMachine) -> Result<StateDigest, StateMachineError> {
             }
             ScanEvent::Entry(kv) => kv,
         };
+        if crate::command::is_reserved(&kv.key) {
+            return Ok(());
+        }
         h.update((kv.key.len() as u64).to_le_bytes());
         h.update(kv.key.as_bytes());
         h.update((kv.value.len() as u64).to_le_bytes());
         h.update(&kv.value);
+        // Unstamped keys hash as they always did, so digests from before multi-region hold.
+        if let Some(st) = &kv.stamp {
+            h.update([0xFF, kv.tombstone as u8]);
+            h.update(st.hlc.to_le_bytes());
+            h.update((st.region.len() as u64).to_le_bytes());
+            h.update(st.region.as_bytes());
+        }
         keys += 1;
         Ok(())
     })?;
@@ -251,7 +270,7 @@ impl StateMachine for MemStateMachine {
     fn checkpoint(&self) -> Result<u64, StateMachineError> {
         Ok(self.applied_index())
     }
-    fn get(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
+    fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
         Ok(self.inner.lock().unwrap().kv.get(key).cloned())
     }
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
@@ -263,6 +282,7 @@ impl StateMachine for MemStateMachine {
         Ok(g.kv
             .range((from, std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, v)| v.is_visible())
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect())
