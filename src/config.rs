@@ -76,7 +76,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_RAFT_MAX_APPEND_ENTRIES", "a positive integer number of entries"),
     ("CLUSTER_RAFT_ROLE", "voter or replica"),
     ("CLUSTER_RAFT_FORCE_NEW_CLUSTER", "true or false"),
-    ("CLUSTER_REGION_ID", "a region name"),
+    ("CLUSTER_REGION_ID", "a region name of 1 to 64 letters, digits, - or _"),
     ("CLUSTER_REMOTE_REGIONS", "a comma-separated list of region:host:port"),
     ("CLUSTER_CROSS_REGION_MODE", "async or semi_sync"),
     ("CLUSTER_CONFLICT_STRATEGY", "last_write_wins or manual"),
@@ -110,6 +110,11 @@ impl ClusterMode {
             ClusterMode::MultiRegion => "multi_region",
             ClusterMode::Witness => "witness",
         }
+    }
+
+    /// Modes whose nodes run a Raft group: `raft`, and `multi_region` (one group per region).
+    pub fn runs_raft(self) -> bool {
+        matches!(self, ClusterMode::Raft | ClusterMode::MultiRegion)
     }
 }
 
@@ -519,7 +524,7 @@ impl Config {
         if !id_ok {
             return Err(ConfigError::new("CLUSTER_NODE_ID", format!("invalid value {:?}: expected {}", self.cluster_node_id, accepts("CLUSTER_NODE_ID"))));
         }
-        if self.cluster_mode == ClusterMode::Raft && self.cluster_raft_role == RaftRole::Voter && self.cluster_node_id.is_empty() {
+        if self.cluster_mode.runs_raft() && self.cluster_raft_role == RaftRole::Voter && self.cluster_node_id.is_empty() {
             return Err(ConfigError::new(
                 "CLUSTER_NODE_ID",
                 "is required for a raft voter: set it to this node's id in MERIDIAN_CLUSTER_RAFT_PEERS (a generated id cannot be listed there in advance)",
@@ -563,7 +568,7 @@ impl Config {
             ));
         }
         let raft_peers = self.raft_peers()?;
-        if self.cluster_mode == ClusterMode::Raft {
+        if self.cluster_mode.runs_raft() {
             if raft_peers.is_empty() {
                 return Err(ConfigError::new("CLUSTER_RAFT_PEERS", "raft mode needs the cluster's voters as id:host:port,... (this node included)"));
             }
@@ -627,8 +632,8 @@ impl Config {
                 "the witness must list the data nodes' cluster addresses (host:port,host:port) unless cluster peers are authenticated (MERIDIAN_CLUSTER_TLS_ENABLED=true with MERIDIAN_CLUSTER_TLS_VERIFY_CLIENT=true, or MERIDIAN_CLUSTER_SECRET)",
             ));
         }
-        if self.cluster_mode == ClusterMode::MultiRegion && self.cluster_region_id.is_none() {
-            return Err(ConfigError::new("CLUSTER_REGION_ID", "is required when MERIDIAN_CLUSTER_MODE=multi_region"));
+        if self.cluster_mode == ClusterMode::MultiRegion {
+            self.check_multi_region()?;
         }
         if self.cluster_tls_enabled {
             for (name, v) in [
@@ -667,11 +672,56 @@ impl Config {
     pub fn raft_peers(&self) -> Result<Vec<NamedAddr>, ConfigError> {
         let mut peers = parse_named_list("CLUSTER_RAFT_PEERS", self.cluster_raft_peers.as_deref())?;
         let me = &self.cluster_node_id;
-        let implied = self.cluster_mode == ClusterMode::Raft && self.cluster_raft_role == RaftRole::Voter && !me.is_empty();
+        let implied = self.cluster_mode.runs_raft() && self.cluster_raft_role == RaftRole::Voter && !me.is_empty();
         if let Some(addr) = self.cluster_advertise_addr.as_ref().filter(|_| implied && !peers.iter().any(|p| p.id == *me)) {
             peers.push(NamedAddr { id: me.clone(), addr: addr.clone() });
         }
         Ok(peers)
+    }
+
+    /// The multi-region settings: a region name, remotes that are other regions, and what
+    /// this build does not do yet refused by name rather than ignored.
+    fn check_multi_region(&self) -> Result<(), ConfigError> {
+        let valid = |r: &str| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let Some(me) = &self.cluster_region_id else {
+            return Err(ConfigError::new("CLUSTER_REGION_ID", "is required when MERIDIAN_CLUSTER_MODE=multi_region"));
+        };
+        if !valid(me) {
+            return Err(ConfigError::new("CLUSTER_REGION_ID", format!("invalid value {me:?}: expected {}", accepts("CLUSTER_REGION_ID"))));
+        }
+        let remotes = self.remote_regions()?;
+        if remotes.is_empty() {
+            return Err(ConfigError::new("CLUSTER_REMOTE_REGIONS", "multi_region needs at least one other region: region:host:port,..."));
+        }
+        for r in &remotes {
+            if !valid(&r.id) || r.id == *me {
+                return Err(ConfigError::new(
+                    "CLUSTER_REMOTE_REGIONS",
+                    format!("invalid region {:?}: a remote region needs a name of 1 to 64 letters, digits, '-' or '_', other than this region's ({me})", r.id),
+                ));
+            }
+        }
+        if self.cluster_region_writes == RegionWrites::Primary {
+            match &self.cluster_primary_region {
+                None => {
+                    return Err(ConfigError::new(
+                        "CLUSTER_PRIMARY_REGION",
+                        "is required with MERIDIAN_CLUSTER_REGION_WRITES=primary (the default): name the region that takes writes, or set MERIDIAN_CLUSTER_REGION_WRITES=active_active",
+                    ))
+                }
+                Some(p) if *p != *me && !remotes.iter().any(|r| r.id == *p) => {
+                    return Err(ConfigError::new("CLUSTER_PRIMARY_REGION", format!("invalid value {p:?}: it is neither this region nor one in MERIDIAN_CLUSTER_REMOTE_REGIONS")));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.cluster_cross_region_mode == CrossRegionMode::SemiSync {
+            return Err(ConfigError::new("CLUSTER_CROSS_REGION_MODE", "semi_sync is not available in this build yet (see the README's status table); use async"));
+        }
+        if self.cluster_conflict_strategy == ConflictStrategy::Manual {
+            return Err(ConfigError::new("CLUSTER_CONFLICT_STRATEGY", "manual is not available in this build yet (see the README's status table); use last_write_wins"));
+        }
+        Ok(())
     }
 
     pub fn remote_regions(&self) -> Result<Vec<NamedAddr>, ConfigError> {

@@ -15,6 +15,7 @@ use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
 use meridian_modes::raft::handler::RaftHandler;
 use meridian_modes::raft::sm_store::SmStore;
 use meridian_modes::raft::{RaftConfig, RaftNode};
+use meridian_modes::region;
 use meridian_modes::recovery::RecoveryError;
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
 use meridian_modes::transport::{
@@ -81,13 +82,6 @@ impl Node {
     /// Opens storage, recovers and starts the replication mode. Blocking I/O happens here,
     /// before the node accepts any request.
     pub async fn open(cfg: &Config) -> Result<Node, NodeError> {
-        if matches!(cfg.cluster_mode, ClusterMode::MultiRegion) {
-            return Err(ConfigError::new(
-                "CLUSTER_MODE",
-                format!("mode {} is not available in this build yet; standalone, ha_standby, raft and witness are (see the README's status table)", cfg.cluster_mode.as_str()),
-            )
-            .into());
-        }
         // Settings that can only be checked by reading files come before any data is touched.
         let tls = load_tls(cfg)?;
         let lock = DirLock::acquire(&cfg.data_dir)?;
@@ -98,7 +92,7 @@ impl Node {
         }
         cfg.cluster_node_id = node_id;
         let cfg = &cfg;
-        if cfg.cluster_advertise_addr.is_some() && cfg.cluster_mode != ClusterMode::Raft {
+        if cfg.cluster_advertise_addr.is_some() && !cfg.cluster_mode.runs_raft() {
             warn!(mode = cfg.cluster_mode.as_str(), "MERIDIAN_CLUSTER_ADVERTISE_ADDR is used in raft mode only (members dial it); in this mode each node dials the address it is given (ha_standby: MERIDIAN_CLUSTER_HA_PEER_ADDR), so it is ignored");
         }
         let metrics = Metrics::new();
@@ -117,7 +111,7 @@ impl Node {
         // raft openraft does (only what is committed).
         let replay = match cfg.cluster_mode {
             ClusterMode::HaStandby => crate::storage::Replay::Checked,
-            ClusterMode::Raft => crate::storage::Replay::Raft,
+            ClusterMode::Raft | ClusterMode::MultiRegion => crate::storage::Replay::Raft,
             _ => crate::storage::Replay::All,
         };
         let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts, replay))
@@ -154,7 +148,38 @@ impl Node {
                     .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
                 node
             }
-            ClusterMode::Standalone | ClusterMode::MultiRegion => Standalone::start(
+            ClusterMode::MultiRegion => {
+                // The region's Raft group sees the state through the clock-moving wrapper; the
+                // API reads the same store directly.
+                let hlc = Arc::new(region::hlc::Hlc::default());
+                let observed: Arc<dyn StateMachine> = Arc::new(region::observe::Observed::new(sm.clone(), hlc.clone()));
+                let store = SmStore::new(observed.clone(), &cfg.data_dir).map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(format!("Raft snapshots: {e}"))))?;
+                let mut rcfg = raft_config(cfg)?;
+                let region_name = cfg.cluster_region_id.clone().unwrap_or_default();
+                // One Raft group per region: its own cluster name, so node ids and cluster
+                // names never collide across regions; the transport's cluster id stays shared.
+                rcfg.cluster_id = format!("{}/{}", cfg.cluster_raft_cluster_id, region_name);
+                rcfg.propose_hook = Some(region::stamper(region_name.clone(), hlc.clone()));
+                let handler = RaftHandler::new(rcfg.cluster_id.clone(), store.clone());
+                let region_handler = region::RegionHandler::new();
+                let families = Families::new().with(Family::Raft, handler.clone()).with(Family::Region, region_handler.clone());
+                let transport = start_transport(cfg, tls, Arc::new(families), &metrics).await?;
+                raft_transport = Some(transport.clone());
+                let node = RaftNode::start(rcfg, wal.clone(), observed.clone(), store, handler, transport.clone())
+                    .await
+                    .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
+                let rc = region::RegionConfig {
+                    region: region_name,
+                    remotes: cfg.remote_regions()?.into_iter().map(|r| (r.id, r.addr)).collect(),
+                    primary_region: cfg.cluster_primary_region.clone(),
+                    writes: match cfg.cluster_region_writes {
+                        crate::config::RegionWrites::Primary => region::RegionWrites::Primary,
+                        crate::config::RegionWrites::ActiveActive => region::RegionWrites::ActiveActive,
+                    },
+                };
+                region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler)
+            }
+            ClusterMode::Standalone => Standalone::start(
                 StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
                 wal.clone(),
                 sm.clone(),
@@ -256,19 +281,23 @@ async fn start_transport(
 /// or, unlisted, from any node proving membership (certificate or secret; `Config` refuses
 /// the witness with neither). Either way their traffic arrives as `from` = `ha::PEER`.
 fn admission(cfg: &Config) -> Result<Admission, NodeError> {
-    if cfg.cluster_mode == ClusterMode::Raft {
+    if cfg.cluster_mode.runs_raft() {
         // With credentials, any node that proves membership, under the name it proves (mTLS)
         // or claims (secret): members change at run time, and the Raft handler decides what
         // each name may do. Without, only the configured voters, by source address.
         if cfg.cluster_secret.is_some() || (cfg.cluster_tls_enabled && cfg.cluster_tls_verify_client) {
             return Ok(Admission::Claimed);
         }
+        // multi_region adds the other regions' nodes, under their region's name: the Region
+        // handler checks the batch's origin, and the Raft handler refuses non-members.
         let peers = cfg.raft_peers()?;
+        let remotes = if cfg.cluster_mode == ClusterMode::MultiRegion { cfg.remote_regions()? } else { Vec::new() };
         return Ok(Admission::Peers(
             peers
                 .into_iter()
                 .filter(|p| p.id != cfg.cluster_node_id)
                 .map(|p| AllowedPeer { label: p.id.clone(), addr: p.addr, node_id: Some(p.id) })
+                .chain(remotes.into_iter().map(|r| AllowedPeer { label: format!("region:{}", r.id), addr: r.addr, node_id: None }))
                 .collect(),
         ));
     }
@@ -331,6 +360,7 @@ fn raft_config(cfg: &Config) -> Result<RaftConfig, NodeError> {
             max_value_bytes: cfg.max_value_bytes as usize,
             max_txn_ops: crate::api::txn::MAX_OPS,
         },
+        propose_hook: None,
     })
 }
 

@@ -56,6 +56,7 @@ impl ForwardReply {
             SubmitError::Timeout(_) => ("timeout", None),
             SubmitError::ReadOnly(_) => ("read_only", None),
             SubmitError::Unavailable(_) => ("unavailable", None),
+            SubmitError::Refused(_) => ("bad_request", None),
         };
         ForwardReply::Failed { code: code.into(), message: e.to_string(), leader }
     }
@@ -74,6 +75,7 @@ impl ForwardReply {
                 "fenced" => SubmitError::Fenced { epoch: fenced_epoch, leader },
                 "timeout" => SubmitError::Timeout(message),
                 "read_only" => SubmitError::ReadOnly(message),
+                "bad_request" => SubmitError::Refused(message),
                 _ => SubmitError::Unavailable(message),
             }),
         }

@@ -22,6 +22,8 @@
 //! - [`progress`]: progress lines (amount, rate, time left) for long copies: snapshot
 //!   install, restore, catch-up.
 //! - [`ha`]: the `ha_standby` mode (primary, standby, witness).
+//! - [`region`]: the `multi_region` mode: a [`raft`] group per region, last-write-wins
+//!   replication between regions.
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
 //!
@@ -65,6 +67,7 @@ pub mod forward;
 pub mod ha;
 pub mod raft;
 pub mod recovery;
+pub mod region;
 pub mod replicator;
 pub mod snapshot;
 pub mod payload;

@@ -47,6 +47,9 @@ pub enum SubmitError {
     Timeout(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The mode cannot take this kind of write as configured (`bad_request`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 #[derive(Clone, Debug, thiserror::Error)]

@@ -126,7 +126,7 @@ struct Known {
 
 /// The other nodes: the HA peer's announced URL, or the Raft members (with their role).
 async fn known_nodes(st: &AppState, me: &mut NodeView) -> (Vec<Known>, Option<String>) {
-    if st.replicator.mode() == "raft" {
+    if matches!(st.replicator.mode(), "raft" | "multi_region") {
         let Ok(status) = st.replicator.admin(AdminRequest::ClusterStatus).await else { return (vec![], None) };
         let leader = status["leader"].as_str().map(String::from);
         let mut out = Vec::new();

@@ -61,6 +61,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::Fenced { leader, .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fenced", msg).with_leader(leader),
             SubmitError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
             SubmitError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg),
+            SubmitError::Refused(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg),
         }
     }
 }

@@ -98,6 +98,26 @@ pub struct RaftConfig {
     pub http_addr: Option<String>,
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// Rewrites each command this node proposes as leader (multi_region stamps it); `None`
+    /// proposes commands as they come.
+    pub propose_hook: Option<ProposeHook>,
+}
+
+/// A rewrite applied to every command at the moment its leader proposes it — on the leader,
+/// so forwarded writes are rewritten by the node that orders them.
+#[derive(Clone)]
+pub struct ProposeHook(Arc<dyn Fn(Command) -> Command + Send + Sync>);
+
+impl ProposeHook {
+    pub fn new(f: impl Fn(Command) -> Command + Send + Sync + 'static) -> ProposeHook {
+        ProposeHook(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ProposeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProposeHook")
+    }
 }
 
 impl RaftConfig {
@@ -376,7 +396,21 @@ impl RaftNode {
     }
 
     /// Proposes on this node: the answer comes once the entry is committed and applied.
+    /// True while this node is its group's leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// What a command submitted here may contain.
+    pub fn limits(&self) -> Limits {
+        self.cfg.limits
+    }
+
     pub(crate) async fn propose(&self, cmd: Command) -> Result<Committed, SubmitError> {
+        let cmd = match &self.cfg.propose_hook {
+            Some(h) => (h.0)(cmd),
+            None => cmd,
+        };
         match self.raft.client_write(RaftCommand(cmd)).await {
             Ok(r) => Ok(Committed { result: r.data, bookmark: Bookmark { epoch: r.log_id.leader_id.term, index: position(r.log_id.index) } }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(SubmitError::NotLeader { leader: self.hint() }),
@@ -645,6 +679,7 @@ mod tests {
             http_addr: None,
             data_dir: PathBuf::from("."),
             limits: Limits::default(),
+            propose_hook: None,
         }
     }
 

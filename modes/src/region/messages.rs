@@ -1,0 +1,29 @@
+//! The Region message family: what one region's leader sends another.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::KeyValue;
+use crate::transport::Family;
+
+/// A batch of versions from `origin` (request: [`ShipRequest`], reply: [`ShipReply`]). An
+/// empty batch with `through = 0` only asks for the receiver's high-water mark of `origin`.
+pub const SHIP: u16 = Family::Region.msg(0x01);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShipRequest {
+    /// The sending region (`CLUSTER_REGION_ID`); must be one the receiver lists.
+    pub origin: String,
+    /// The origin's log position every version up to which is in this batch or an earlier
+    /// one; 0 for a batch that must not move the mark (part of a full-state resend).
+    pub through: u64,
+    /// Versions written in the origin, each with its stamp.
+    pub writes: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ShipReply {
+    /// Committed through the receiver's Raft log: its mark for the origin is now `high_water`.
+    Merged { high_water: u64 },
+    /// Not taken, and why (unknown origin, no leader in the receiving region, ...).
+    Refused { code: String, message: String },
+}

@@ -1,0 +1,304 @@
+//! Shipping this region's writes to one remote region.
+//!
+//! Only the region's Raft leader ships (every node runs a [`Link`] per remote region; the
+//! others wait). What it ships, and why that is enough:
+//!
+//! - **Which keys**: the log says. Committed entries (positions at or below this node's
+//!   applied index, never the not-yet-agreed tail) are read from the WAL, from the remote's
+//!   high-water mark on; every key a [`Command::Stamped`] entry wrote or deleted is collected.
+//! - **Which versions**: the state says. For each such key the *current* stored version is
+//!   shipped if this region wrote it (its stamp names this region), tombstones included. A
+//!   later version than the entry's own is as good under last-write-wins (it would win
+//!   anyway); a version from another region is that region's to ship. So a conditional write
+//!   ships its effect, never a command the remote would evaluate against other state.
+//! - **Where it resumes**: the remote answers every batch with its mark for this region,
+//!   stored in its replicated state, so a new leader on either side resumes from what the
+//!   remote region agreed on, with no gap; a batch sent twice is merged twice, which changes
+//!   nothing.
+//! - **When the log is gone** (purged behind a snapshot), every version this region wrote is
+//!   resent from one state scan, the mark moving only with the last batch.
+//!
+//! A remote region is reached at any of its listed addresses: the node that answers proposes
+//! the batch through its own Raft group, forwarding to its leader if it is not the leader.
+//! Failures are retried forever, backing off to [`MAX_BACKOFF`].
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_wal::{Wal, WalError};
+
+use super::messages::{ShipReply, ShipRequest, SHIP};
+use crate::command::{Command, KeyValue, Op, MAX_REGION_BATCH};
+use crate::payload::LogPayload;
+use crate::state_machine::{ScanEvent, StateMachine};
+use crate::transport::{NodeId, Transport};
+use crate::wire::{decode, encode};
+
+/// Log records read per batch, and the bytes of versions per batch (under the frame limit).
+const READ_RECORDS: usize = 1024;
+const BATCH_BYTES: usize = 4 << 20;
+const IDLE_POLL: Duration = Duration::from_millis(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const SHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `/admin/region/status` shows of one remote region.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LinkStatus {
+    pub region: String,
+    /// The address that answered last.
+    pub address: Option<String>,
+    /// The remote's high-water mark for this region: everything this region wrote up to this
+    /// log position is there.
+    pub acknowledged: u64,
+    /// Log positions committed here and not yet acknowledged (all entries count, not only
+    /// writes this region shipped).
+    pub lag_entries: u64,
+    /// How long the remote has been behind; 0 when it has everything.
+    pub lag_seconds: f64,
+    pub shipped_versions: u64,
+    pub shipped_bytes: u64,
+    pub last_error: Option<String>,
+    /// True while this node is the one shipping (its region's leader).
+    pub shipping: bool,
+}
+
+/// The link to one remote region.
+pub struct Link {
+    pub region: String,
+    /// Transport peer ids, one per listed address.
+    peers: Vec<NodeId>,
+    own_region: String,
+    status: Mutex<LinkStatus>,
+    /// When the remote last had everything committed here.
+    caught_up_at: Mutex<Instant>,
+    shipped_bytes: AtomicU64,
+}
+
+/// The log positions and versions of one batch.
+struct Batch {
+    through: u64,
+    writes: Vec<KeyValue>,
+}
+
+impl Link {
+    pub fn new(transport: &Transport, own_region: &str, region: &str, addrs: &[String]) -> Arc<Link> {
+        let peers = addrs
+            .iter()
+            .map(|a| {
+                let id: NodeId = format!("region:{region}@{a}");
+                transport.add_peer(id.clone(), a.clone());
+                id
+            })
+            .collect();
+        Arc::new(Link {
+            region: region.to_owned(),
+            peers,
+            own_region: own_region.to_owned(),
+            status: Mutex::new(LinkStatus { region: region.to_owned(), ..LinkStatus::default() }),
+            caught_up_at: Mutex::new(Instant::now()),
+            shipped_bytes: AtomicU64::new(0),
+        })
+    }
+
+    pub fn status(&self, applied: u64) -> LinkStatus {
+        let mut s = self.status.lock().unwrap().clone();
+        s.lag_entries = applied.saturating_sub(s.acknowledged);
+        s.lag_seconds = if s.lag_entries == 0 { 0.0 } else { self.caught_up_at.lock().unwrap().elapsed().as_secs_f64() };
+        s.shipped_bytes = self.shipped_bytes.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Ships while `is_leader()` holds, forever; returns only when `stopped()`.
+    pub async fn run(
+        self: Arc<Self>,
+        transport: Transport,
+        wal: Wal,
+        sm: Arc<dyn StateMachine>,
+        is_leader: impl Fn() -> bool + Send + Sync,
+        stopped: impl Fn() -> bool + Send + Sync,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        let mut next_peer = 0usize;
+        while !stopped() {
+            if !is_leader() {
+                self.status.lock().unwrap().shipping = false;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            self.status.lock().unwrap().shipping = true;
+            match self.ship_while_leader(&transport, &wal, &sm, &is_leader, &stopped, &mut next_peer).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::debug!(region = %self.region, error = %e, "cross-region shipping failed; retrying");
+                    {
+                        let mut s = self.status.lock().unwrap();
+                        if s.last_error.as_deref() != Some(e.as_str()) {
+                            tracing::warn!(region = %self.region, error = %e, "cross-region shipping failed; retrying with backoff");
+                        }
+                        s.last_error = Some(e);
+                    }
+                    next_peer += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Learns the remote's mark, then ships from it while this node leads its region.
+    async fn ship_while_leader(
+        &self,
+        transport: &Transport,
+        wal: &Wal,
+        sm: &Arc<dyn StateMachine>,
+        is_leader: &(impl Fn() -> bool + Send + Sync),
+        stopped: &(impl Fn() -> bool + Send + Sync),
+        next_peer: &mut usize,
+    ) -> Result<(), String> {
+        let peer = self.peers[*next_peer % self.peers.len()].clone();
+        let mut mark = self.send(transport, &peer, Batch { through: 0, writes: Vec::new() }).await?;
+        while is_leader() && !stopped() {
+            let applied = sm.applied_index();
+            if mark >= applied {
+                *self.caught_up_at.lock().unwrap() = Instant::now();
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+            let (w, s, from) = (wal.clone(), sm.clone(), mark + 1);
+            let own = self.own_region.clone();
+            let read = tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?;
+            match read {
+                Ok(batch) if batch.through < from => tokio::time::sleep(IDLE_POLL).await, // not durable here yet
+                Ok(batch) => mark = self.send(transport, &peer, batch).await?.max(mark),
+                Err(Collect::Purged) => {
+                    tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
+                    mark = self.resend_all(transport, &peer, sm).await?;
+                }
+                Err(Collect::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn resend_all(&self, transport: &Transport, peer: &NodeId, sm: &Arc<dyn StateMachine>) -> Result<u64, String> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
+        let (s, own) = (sm.clone(), self.own_region.clone());
+        let scan = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut view = 0;
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            s.scan(&mut |ev| {
+                match ev {
+                    ScanEvent::View { applied_index, .. } => view = applied_index,
+                    ScanEvent::Entry(kv) if kv.stamp.as_ref().is_some_and(|st| st.region == own) => {
+                        bytes += kv.key.len() + kv.value.len() + 64;
+                        batch.push(kv);
+                        if batch.len() >= MAX_REGION_BATCH || bytes >= BATCH_BYTES {
+                            bytes = 0;
+                            let writes = std::mem::take(&mut batch);
+                            tx.blocking_send(Batch { through: 0, writes })
+                                .map_err(|_| crate::state_machine::StateMachineError::Storage("the resend stopped".into()))?;
+                        }
+                    }
+                    ScanEvent::Entry(_) => {}
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+            tx.blocking_send(Batch { through: view, writes: batch }).map_err(|_| "the resend stopped".to_string())
+        });
+        let mut mark = 0;
+        while let Some(b) = rx.recv().await {
+            mark = self.send(transport, peer, b).await?;
+        }
+        scan.await.map_err(|e| e.to_string())??;
+        Ok(mark)
+    }
+
+    /// Sends one batch and returns the remote's mark for this region.
+    async fn send(&self, transport: &Transport, peer: &NodeId, batch: Batch) -> Result<u64, String> {
+        let bytes: usize = batch.writes.iter().map(|w| w.key.len() + w.value.len()).sum();
+        let versions = batch.writes.len() as u64;
+        let req = ShipRequest { origin: self.own_region.clone(), through: batch.through, writes: batch.writes };
+        let reply = transport.request(peer, SHIP, encode(&req), Some(SHIP_TIMEOUT)).await.map_err(|e| format!("{peer}: {e}"))?;
+        match decode::<ShipReply>("region", &reply)? {
+            ShipReply::Merged { high_water } => {
+                self.shipped_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                let mut s = self.status.lock().unwrap();
+                s.acknowledged = s.acknowledged.max(high_water);
+                s.address = peer.split_once('@').map(|(_, a)| a.to_owned());
+                s.shipped_versions += versions;
+                s.last_error = None;
+                Ok(high_water)
+            }
+            ShipReply::Refused { code, message } => Err(format!("{peer} refused the batch ({code}): {message}")),
+        }
+    }
+}
+
+enum Collect {
+    Purged,
+    Failed(String),
+}
+
+/// Reads committed entries `from..=applied` and gathers the current versions this region
+/// wrote of the keys they touched.
+fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64) -> Result<Batch, Collect> {
+    let records = match wal.read_from(from, READ_RECORDS, BATCH_BYTES) {
+        Ok(r) => r,
+        Err(WalError::Purged { .. }) => return Err(Collect::Purged),
+        Err(e) => return Err(Collect::Failed(e.to_string())),
+    };
+    if records.first().is_some_and(|r| r.index > from) {
+        return Err(Collect::Purged);
+    }
+    let mut seen = BTreeSet::new();
+    let mut writes = Vec::new();
+    let (mut through, mut bytes) = (from - 1, 0usize);
+    for r in records.iter().take_while(|r| r.index <= applied) {
+        let payload = LogPayload::decode(&r.payload).map_err(|e| Collect::Failed(format!("WAL record {}: {e}", r.index)))?;
+        if let LogPayload::Normal(Command::Stamped { command, .. }) = payload {
+            let mut keys = BTreeSet::new();
+            touched(&command, &mut keys);
+            for k in keys {
+                if !seen.insert(k.clone()) {
+                    continue; // already in this batch, at its current version
+                }
+                match sm.get_version(&k) {
+                    Ok(Some(v)) if v.stamp.as_ref().is_some_and(|st| st.region == own) => {
+                        bytes += v.key.len() + v.value.len() + 64;
+                        writes.push(v);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Collect::Failed(e.to_string())),
+                }
+            }
+        }
+        through = r.index;
+        if writes.len() + 256 > MAX_REGION_BATCH || bytes >= BATCH_BYTES {
+            break; // a whole entry at most over: a txn holds at most 256 ops
+        }
+    }
+    Ok(Batch { through, writes })
+}
+
+/// Every key a command may have written or deleted (both branches of a txn: which one ran
+/// does not matter, the state tells what the key holds now).
+fn touched(c: &Command, keys: &mut BTreeSet<String>) {
+    match c {
+        Command::Put { key, .. } | Command::Delete { key, .. } => {
+            keys.insert(key.clone());
+        }
+        Command::Txn(t) => {
+            for op in t.success.iter().chain(&t.failure) {
+                if let Op::Put { key, .. } | Op::Delete { key } = op {
+                    keys.insert(key.clone());
+                }
+            }
+        }
+        Command::Stamped { command, .. } => touched(command, keys),
+        Command::Noop | Command::RegionBatch { .. } => {}
+    }
+}
