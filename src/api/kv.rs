@@ -148,6 +148,12 @@ pub async fn get(
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert("x-revision", HeaderValue::from(kv.mod_revision));
+    if let Some(st) = &kv.stamp {
+        // multi_region: which version this is under last-write-wins, `hlc@region`.
+        if let Ok(v) = HeaderValue::from_str(&format!("{}@{}", st.hlc, st.region)) {
+            headers.insert("x-stamp", v);
+        }
+    }
     headers.insert("x-create-revision", HeaderValue::from(kv.create_revision));
     headers.insert("x-bookmark", HeaderValue::from_str(&bookmark.to_string()).expect("bookmark is ASCII"));
     Ok((headers, kv.value).into_response())
@@ -185,7 +191,13 @@ pub async fn list(
     let b64 = base64::engine::general_purpose::STANDARD;
     let items: Vec<_> = items
         .into_iter()
-        .map(|kv| json!({"key": kv.key, "value_b64": b64.encode(&kv.value), "revision": kv.mod_revision, "create_revision": kv.create_revision}))
+        .map(|kv| {
+            let mut item = json!({"key": kv.key, "value_b64": b64.encode(&kv.value), "revision": kv.mod_revision, "create_revision": kv.create_revision});
+            if let Some(st) = &kv.stamp {
+                item["stamp"] = json!({"hlc": st.hlc, "region": st.region});
+            }
+            item
+        })
         .collect();
     Ok(Json(json!({"items": items, "next": next, "bookmark": bookmark.to_string()})).into_response())
 }

@@ -6,6 +6,7 @@ pub mod ha;
 pub mod linearizability;
 pub mod proxy;
 pub mod raft;
+pub mod region;
 pub mod writers;
 
 use std::net::TcpListener;

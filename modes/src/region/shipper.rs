@@ -52,8 +52,8 @@ pub struct LinkStatus {
     /// The remote's high-water mark for this region: everything this region wrote up to this
     /// log position is there.
     pub acknowledged: u64,
-    /// Log positions committed here and not yet acknowledged (all entries count, not only
-    /// writes this region shipped).
+    /// Log positions committed here that the remote may still miss: those after the last
+    /// position known to be there or to hold nothing to ship.
     pub lag_entries: u64,
     /// How long the remote has been behind; 0 when it has everything.
     pub lag_seconds: f64,
@@ -73,6 +73,11 @@ pub struct Link {
     status: Mutex<LinkStatus>,
     /// When the remote last had everything committed here.
     caught_up_at: Mutex<Instant>,
+    /// Positions up to here are at the remote or hold nothing to ship. Entries without
+    /// writes (a remote's batch merged here, a membership change) are never sent on their
+    /// own: sending them would make the remote log an entry that it would answer in kind,
+    /// two regions trading empty batches forever.
+    covered: AtomicU64,
     shipped_bytes: AtomicU64,
 }
 
@@ -88,7 +93,7 @@ impl Link {
             .iter()
             .map(|a| {
                 let id: NodeId = format!("region:{region}@{a}");
-                transport.add_peer(id.clone(), a.clone());
+                transport.add_peer_alias(id.clone(), a.clone());
                 id
             })
             .collect();
@@ -98,13 +103,14 @@ impl Link {
             own_region: own_region.to_owned(),
             status: Mutex::new(LinkStatus { region: region.to_owned(), ..LinkStatus::default() }),
             caught_up_at: Mutex::new(Instant::now()),
+            covered: AtomicU64::new(0),
             shipped_bytes: AtomicU64::new(0),
         })
     }
 
     pub fn status(&self, applied: u64) -> LinkStatus {
         let mut s = self.status.lock().unwrap().clone();
-        s.lag_entries = applied.saturating_sub(s.acknowledged);
+        s.lag_entries = applied.saturating_sub(self.covered.load(Ordering::Relaxed).max(s.acknowledged));
         s.lag_seconds = if s.lag_entries == 0 { 0.0 } else { self.caught_up_at.lock().unwrap().elapsed().as_secs_f64() };
         s.shipped_bytes = self.shipped_bytes.load(Ordering::Relaxed);
         s
@@ -158,26 +164,32 @@ impl Link {
         next_peer: &mut usize,
     ) -> Result<(), String> {
         let peer = self.peers[*next_peer % self.peers.len()].clone();
-        let mut mark = self.send(transport, &peer, Batch { through: 0, writes: Vec::new() }).await?;
+        let mut covered = self.send(transport, &peer, Batch { through: 0, writes: Vec::new() }).await?;
+        self.covered.store(covered, Ordering::Relaxed);
         while is_leader() && !stopped() {
             let applied = sm.applied_index();
-            if mark >= applied {
+            if covered >= applied {
                 *self.caught_up_at.lock().unwrap() = Instant::now();
                 tokio::time::sleep(IDLE_POLL).await;
                 continue;
             }
-            let (w, s, from) = (wal.clone(), sm.clone(), mark + 1);
+            let (w, s, from) = (wal.clone(), sm.clone(), covered + 1);
             let own = self.own_region.clone();
             let read = tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?;
             match read {
                 Ok(batch) if batch.through < from => tokio::time::sleep(IDLE_POLL).await, // not durable here yet
-                Ok(batch) => mark = self.send(transport, &peer, batch).await?.max(mark),
+                Ok(batch) if batch.writes.is_empty() => covered = batch.through, // nothing to ship up to here
+                Ok(batch) => {
+                    let through = batch.through;
+                    covered = self.send(transport, &peer, batch).await?.max(through);
+                }
                 Err(Collect::Purged) => {
                     tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
-                    mark = self.resend_all(transport, &peer, sm).await?;
+                    covered = self.resend_all(transport, &peer, sm).await?;
                 }
                 Err(Collect::Failed(e)) => return Err(e),
             }
+            self.covered.store(covered, Ordering::Relaxed);
         }
         Ok(())
     }
