@@ -715,9 +715,6 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.cluster_cross_region_mode == CrossRegionMode::SemiSync {
-            return Err(ConfigError::new("CLUSTER_CROSS_REGION_MODE", "semi_sync is not available in this build yet (see the README's status table); use async"));
-        }
         if self.cluster_conflict_strategy == ConflictStrategy::Manual {
             return Err(ConfigError::new("CLUSTER_CONFLICT_STRATEGY", "manual is not available in this build yet (see the README's status table); use last_write_wins"));
         }

@@ -159,7 +159,8 @@ impl Node {
                 // One Raft group per region: its own cluster name, so node ids and cluster
                 // names never collide across regions; the transport's cluster id stays shared.
                 rcfg.cluster_id = format!("{}/{}", cfg.cluster_raft_cluster_id, region_name);
-                rcfg.propose_hook = Some(region::stamper(region_name.clone(), hlc.clone()));
+                let semi_sync = (cfg.cluster_cross_region_mode == crate::config::CrossRegionMode::SemiSync).then(|| Arc::new(region::SemiSync::default()));
+                rcfg.propose_hook = Some(region::stamper(region_name.clone(), hlc.clone(), semi_sync.clone()));
                 let handler = RaftHandler::new(rcfg.cluster_id.clone(), store.clone());
                 let region_handler = region::RegionHandler::new();
                 let families = Families::new().with(Family::Raft, handler.clone()).with(Family::Region, region_handler.clone());
@@ -177,7 +178,7 @@ impl Node {
                         crate::config::RegionWrites::ActiveActive => region::RegionWrites::ActiveActive,
                     },
                 };
-                region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler)
+                region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler, semi_sync)
             }
             ClusterMode::Standalone => Standalone::start(
                 StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },

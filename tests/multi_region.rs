@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | `writes_in_the_primary_region_reach_the_other_over_a_delayed_link` | 2 regions × 3 nodes, primary `us`, 50 ms added each way between regions | writes in `eu` refused (403 naming `us`); 300 writes and 30 deletes in `us` all appear in `eu` (lag p50/p99 printed); all six digests equal |
 //! | `a_cut_between_active_active_regions_heals_to_one_state` | 2 regions × 1 node, active_active, writers in both on shared and own keys, the link cut for 30 s | digests equal after healing; every acknowledged write on an own key present in both; on shared keys every acknowledged write present or overwritten by a version stamped after it was sent |
+//! | `promotion_while_the_primary_is_cut_off_demotes_it_on_heal` | 2 regions × 1 node, primary `us`; the link cut, writes in `us` (unaware), `eu` promoted, writes in `eu`; healed | `us` refuses writes (403 naming `eu`) once it hears; digests equal; every acknowledged write present or overwritten by a later stamp; `eu` reports the versions `us` wrote after the promotion |
+//! | `semi_sync_writes_survive_the_loss_of_the_whole_primary_region` | 2 regions × 1 node, `semi_sync`, 100 ms added each way; kill -9 of `us` right after its last acknowledged write | after promoting `eu`, every write `us` acknowledged is in `eu` |
 //! | `a_killed_region_leader_is_replaced_and_shipping_resumes` | 2 regions × 3 nodes, primary `us`, kill -9 of `us`'s leader under writes | the new leader resumes from `eu`'s mark: every acknowledged write in `eu`, digests equal, `eu`'s mark for `us` never moves back |
 
 mod common;
@@ -38,7 +40,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn writes_in_the_primary_region_reach_the_other_over_a_delayed_link() {
     let _g = serial();
-    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 3, primary: Some("us") });
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 3, primary: Some("us"), extra: vec![] });
     rg.set_links(Some(Duration::from_millis(50)));
 
     // The other region refuses writes and names the primary.
@@ -131,7 +133,7 @@ struct Acked {
 #[test]
 fn a_cut_between_active_active_regions_heals_to_one_state() {
     let _g = serial();
-    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: None });
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: None, extra: vec![] });
     // Conditional writes are refused in active_active.
     let (code, body) = call("PUT", &format!("{}/v1/kv/c?if_revision=0", rg.base(0, 0)), Some(b"1".to_vec()), T).unwrap();
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
@@ -202,4 +204,160 @@ fn a_cut_between_active_active_regions_heals_to_one_state() {
         }
     }
     eprintln!("{overwritten} acknowledged shared-key writes overwritten by later ones (both regions counted)");
+}
+
+#[test]
+fn a_killed_region_leader_is_replaced_and_shipping_resumes() {
+    let _g = serial();
+    let mut rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 3, primary: Some("us"), extra: vec![] });
+    rg.set_links(Some(Duration::from_millis(20)));
+    // eu's mark for us, sampled all along: it may only grow.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (eu, stop) = (rg.base(1, 0), stop.clone());
+        std::thread::spawn(move || {
+            let mut marks = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((200, st)) = call_json("GET", &format!("{eu}/admin/region/status"), None, T) {
+                    marks.push(st["received"]["us"].as_u64().unwrap());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            marks
+        })
+    };
+    let t0 = Instant::now();
+    let us: Vec<String> = (0..3).map(|i| rg.base(0, i)).collect();
+    let writers = common::writers::start_writers(us, 8, "kill", t0);
+    std::thread::sleep(Duration::from_secs(3));
+    let leader = rg.wait_leader(0, T);
+    rg.nodes[0][leader].kill9();
+    eprintln!("killed us's leader {}", rg.names[0].to_owned() + &(leader + 1).to_string());
+    std::thread::sleep(Duration::from_secs(5));
+    let next = rg.wait_leader(0, Duration::from_secs(20));
+    assert_ne!(next, leader);
+    rg.nodes[0][leader].restart();
+    std::thread::sleep(Duration::from_secs(2));
+    writers.stop();
+    let writes = writers.finish();
+    let acked: Vec<_> = writes.iter().filter(|w| w.ok).collect();
+    assert!(acked.len() > 200, "only {} writes acknowledged", acked.len());
+    let (digest, keys) = rg.wait_converged(Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let marks = sampler.join().unwrap();
+    eprintln!("converged at {keys} keys ({digest}); {} acknowledged writes; eu's mark for us sampled {} times, last {:?}", acked.len(), marks.len(), marks.last());
+    assert!(marks.windows(2).all(|w| w[0] <= w[1]), "eu's mark for us moved back: {marks:?}");
+    for r in 0..2 {
+        let lost = common::raft::missing_on(&rg.base(r, 1), &writes, "local");
+        assert!(lost.is_empty(), "{} acknowledged writes missing in {}, e.g. {:?}", lost.len(), rg.names[r], lost.first().map(|w| &w.key));
+    }
+}
+
+#[test]
+fn promotion_while_the_primary_is_cut_off_demotes_it_on_heal() {
+    let _g = serial();
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: Some("us"), extra: vec![] });
+    let (us, eu) = (rg.base(0, 0), rg.base(1, 0));
+    let put = |base: &str, key: &str, value: &str| -> (u16, u64) {
+        let sent = wall_ms();
+        let (code, _) = call("PUT", &format!("{base}/v1/kv/{key}"), Some(value.as_bytes().to_vec()), T).unwrap();
+        (code, sent)
+    };
+    let mut acked: Vec<Acked> = Vec::new();
+    for i in 0..20 {
+        let (code, sent_ms) = put(&us, &format!("before-{i}"), "us");
+        assert_eq!(code, 200);
+        acked.push(Acked { key: format!("before-{i}"), value: "us".into(), sent_ms });
+    }
+    rg.wait_converged(Duration::from_secs(30));
+
+    rg.set_links(None);
+    // us does not know it is cut off: it goes on taking writes.
+    for i in 0..10 {
+        let (code, sent_ms) = put(&us, &format!("cut-us-{i}"), "us");
+        assert_eq!(code, 200);
+        acked.push(Acked { key: format!("cut-us-{i}"), value: "us".into(), sent_ms });
+    }
+    let (code, st) = call_json("POST", &format!("{eu}/admin/region/promote"), None, T).unwrap();
+    assert_eq!(code, 200, "{st}");
+    assert_eq!((st["primary_region"].as_str(), st["region_epoch"].as_u64()), (Some("eu"), Some(1)), "{st}");
+    let (code, _) = put(&eu, "shared", "eu-after-promotion");
+    assert_eq!(code, 200, "the promoted region takes writes");
+    std::thread::sleep(Duration::from_millis(50));
+    // Written in us after eu's promotion, without us knowing.
+    let mut late = 0;
+    for i in 0..10 {
+        let (code, sent_ms) = put(&us, &format!("late-us-{i}"), "us");
+        assert_eq!(code, 200);
+        acked.push(Acked { key: format!("late-us-{i}"), value: "us".into(), sent_ms });
+        late += 1;
+    }
+    let (code, sent_ms) = put(&us, "shared", "us-late");
+    assert_eq!(code, 200);
+    acked.push(Acked { key: "shared".into(), value: "us-late".into(), sent_ms });
+    late += 1;
+
+    rg.set_links(Some(Duration::ZERO));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = call("PUT", &format!("{us}/v1/kv/probe"), Some(b"x".to_vec()), T).unwrap();
+        if code == 403 {
+            let body = String::from_utf8_lossy(&body).to_string();
+            assert!(body.contains("eu") && body.contains("epoch 1"), "{body}");
+            break;
+        }
+        assert_eq!(code, 200);
+        acked.push(Acked { key: "probe".into(), value: "x".into(), sent_ms: 0 });
+        assert!(Instant::now() < deadline, "us still takes writes 30 s after the link healed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rg.wait_converged(Duration::from_secs(30));
+    for w in &acked {
+        for base in [&us, &eu] {
+            let (code, v) = rg.get_local(if base == &us { 0 } else { 1 }, 0, &w.key).unwrap();
+            assert_eq!(code, 200, "{} missing at {base}", w.key);
+            if v != w.value.as_bytes() {
+                let (_, list) = call_json("GET", &format!("{base}/v1/kv?prefix={}&limit=1", w.key), None, T).unwrap();
+                let hlc = list["items"][0]["stamp"]["hlc"].as_u64().unwrap();
+                assert!(hlc >> 16 >= w.sent_ms, "{}={} replaced by an older version", w.key, w.value);
+            }
+        }
+    }
+    let (_, st) = call_json("GET", &format!("{eu}/admin/region/status"), None, T).unwrap();
+    assert!(st["demoted_writes_merged"].as_u64().unwrap() >= late, "eu reported {} of the {late} versions us wrote after the promotion: {st}", st["demoted_writes_merged"]);
+    assert!(rg.nodes[1][0].log_shows("no longer primary", T), "eu did not log the late versions");
+    let (_, st) = call_json("GET", &format!("{us}/admin/region/status"), None, T).unwrap();
+    assert_eq!((st["primary_region"].as_str(), st["takes_writes"].as_bool()), (Some("eu"), Some(false)), "{st}");
+}
+
+#[test]
+fn semi_sync_writes_survive_the_loss_of_the_whole_primary_region() {
+    let _g = serial();
+    let mut rg = Regions::start(RegionOpts {
+        names: vec!["us", "eu"],
+        nodes_per_region: 1,
+        primary: Some("us"),
+        extra: vec![("MERIDIAN_CLUSTER_CROSS_REGION_MODE".into(), "semi_sync".into())],
+    });
+    rg.set_links(Some(Duration::from_millis(100)));
+    let us = rg.base(0, 0);
+    let mut latencies = Vec::new();
+    for i in 0..30 {
+        let t = Instant::now();
+        let (code, b) = call("PUT", &format!("{us}/v1/kv/k{i}"), Some(format!("v{i}").into_bytes()), Duration::from_secs(15)).unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&b));
+        latencies.push(t.elapsed());
+    }
+    // Right after the last acknowledgement, the whole primary region is gone.
+    rg.nodes[0][0].kill9();
+    latencies.sort();
+    eprintln!("semi_sync write latency with 100 ms each way: p50 {:?}, max {:?}", percentile(&latencies, 0.5), latencies.last().unwrap());
+    assert!(percentile(&latencies, 0.5) >= Duration::from_millis(200), "semi_sync acknowledged before a round trip to the other region");
+    let (code, st) = call_json("POST", &format!("{}/admin/region/promote", rg.base(1, 0)), None, T).unwrap();
+    assert_eq!(code, 200, "{st}");
+    for i in 0..30 {
+        assert_eq!(rg.get_local(1, 0, &format!("k{i}")).unwrap(), (200, format!("v{i}").into_bytes()), "k{i} acknowledged in us, missing in eu");
+    }
+    let (code, _) = call("PUT", &format!("{}/v1/kv/after", rg.base(1, 0)), Some(b"1".to_vec()), Duration::from_secs(20)).unwrap();
+    assert_eq!(code, 504, "semi_sync in eu with no other region reachable cannot confirm");
 }

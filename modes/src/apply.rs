@@ -4,7 +4,7 @@
 //! package, the in-memory one here) exposes its write transaction as [`KvAccess`] and calls
 //! [`apply_command`], so all replicas and all storage engines agree on the result.
 
-use crate::command::{Command, CommandResult, CompareTarget, KeyValue, Op, OpResult, Outcome, Stamp, RESERVED_PREFIX};
+use crate::command::{primary_key, Command, CommandResult, CompareTarget, KeyValue, Op, OpResult, Outcome, PrimaryRecord, Stamp, RESERVED_PREFIX};
 use crate::state_machine::StateMachineError;
 
 /// Key-value access inside one write transaction.
@@ -40,7 +40,16 @@ fn apply_in<K: KvAccess + ?Sized>(
     let outcome = match cmd {
         Command::Noop => Outcome::Noop,
         Command::Stamped { stamp, command } => return apply_in(kv, index, command, Some(stamp)),
-        Command::RegionBatch { origin, through, writes } => merge(kv, index, origin, *through, writes)?,
+        Command::RegionBatch { origin, through, writes, primary } => {
+            if let Some(p) = primary {
+                set_primary(kv, index, p)?;
+            }
+            merge(kv, index, origin, *through, writes)?
+        }
+        Command::SetPrimary(p) => {
+            set_primary(kv, index, p)?;
+            Outcome::Noop
+        }
         Command::Put { key, value, if_revision } => {
             let current = live(kv, key)?;
             if let Some(failed) = check_revision(current.as_ref(), *if_revision) {
@@ -126,6 +135,19 @@ fn delete<K: KvAccess + ?Sized>(kv: &mut K, key: &str, index: u64, stamp: Option
         kv.put(KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: index, mod_revision: index, stamp: Some(s.clone()), tombstone: true })?;
     }
     Ok(existed)
+}
+
+/// The primary record held, if any.
+pub fn primary_record<K: KvAccess + ?Sized>(kv: &mut K) -> Result<Option<PrimaryRecord>, StateMachineError> {
+    Ok(kv.get(&primary_key())?.and_then(|v| PrimaryRecord::decode(&v.value)))
+}
+
+/// Stores `p` if it supersedes the record held: a maximum, like every other merge here.
+fn set_primary<K: KvAccess + ?Sized>(kv: &mut K, index: u64, p: &PrimaryRecord) -> Result<(), StateMachineError> {
+    if p.supersedes(primary_record(kv)?.as_ref()) {
+        kv.put(KeyValue::plain(primary_key(), p.encode(), index, index))?;
+    }
+    Ok(())
 }
 
 /// The reserved key holding region `origin`'s high-water mark.

@@ -26,7 +26,57 @@ pub enum Command {
     /// multi_region: versions shipped from region `origin`, merged key by key (last write
     /// wins), and that region's high-water mark raised to `through` (a position in the
     /// origin's log), all in one entry so that both land together.
-    RegionBatch { origin: String, through: u64, writes: Vec<KeyValue> },
+    RegionBatch { origin: String, through: u64, writes: Vec<KeyValue>, primary: Option<PrimaryRecord> },
+    /// multi_region: which region takes writes, stored if it is newer than the record held
+    /// (see [`PrimaryRecord`]).
+    SetPrimary(PrimaryRecord),
+}
+
+/// multi_region with one primary region: which region takes writes since which promotion.
+/// Records compare by (epoch, region), so two regions promoting themselves at once still
+/// agree, everywhere, on one winner; a region adopts a record only if it is higher than its
+/// own. `hlc` is the promoting leader's clock at the promotion: a version the old primary
+/// stamped after it was written there without knowing of the promotion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryRecord {
+    pub epoch: u64,
+    pub region: String,
+    pub hlc: u64,
+}
+
+impl PrimaryRecord {
+    fn rank(&self) -> (u64, &str) {
+        (self.epoch, &self.region)
+    }
+
+    /// True when `self` should replace `held`.
+    pub fn supersedes(&self, held: Option<&PrimaryRecord>) -> bool {
+        held.is_none_or(|h| self.rank() > h.rank())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + self.region.len());
+        v.extend_from_slice(&self.epoch.to_le_bytes());
+        v.extend_from_slice(&self.hlc.to_le_bytes());
+        v.extend_from_slice(self.region.as_bytes());
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PrimaryRecord> {
+        if b.len() < 16 {
+            return None;
+        }
+        Some(PrimaryRecord {
+            epoch: u64::from_le_bytes(b[..8].try_into().ok()?),
+            hlc: u64::from_le_bytes(b[8..16].try_into().ok()?),
+            region: String::from_utf8(b[16..].to_vec()).ok()?,
+        })
+    }
+}
+
+/// The reserved key holding the [`PrimaryRecord`].
+pub fn primary_key() -> String {
+    format!("{RESERVED_PREFIX}region/primary")
 }
 
 /// Where and when a version was written, for multi-region last-write-wins: a hybrid logical
@@ -228,6 +278,12 @@ impl Command {
             }
             Command::Noop => Err(Invalid::BadRequest("a no-op is written by the log itself, never submitted".into())),
             Command::Stamped { command, .. } => command.validate(limits),
+            Command::SetPrimary(p) => {
+                if p.region.is_empty() || p.region.len() > 64 {
+                    return Err(Invalid::BadRequest("a primary record needs a region name of 1 to 64 bytes".into()));
+                }
+                Ok(())
+            }
             Command::RegionBatch { origin, writes, .. } => {
                 if origin.is_empty() || writes.len() > MAX_REGION_BATCH {
                     return Err(Invalid::BadRequest(format!("a region batch needs an origin and at most {MAX_REGION_BATCH} versions")));

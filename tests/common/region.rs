@@ -19,6 +19,8 @@ pub struct RegionOpts {
     pub nodes_per_region: usize,
     /// `Some(r)`: CLUSTER_REGION_WRITES=primary with r primary; `None`: active_active.
     pub primary: Option<&'static str>,
+    /// Further `MERIDIAN_*` settings for every node.
+    pub extra: Vec<(String, String)>,
 }
 
 pub struct Regions {
@@ -66,6 +68,7 @@ impl Regions {
                     Some(p) => env.push(("MERIDIAN_CLUSTER_PRIMARY_REGION".into(), p.into())),
                     None => env.push(("MERIDIAN_CLUSTER_REGION_WRITES".into(), "active_active".into())),
                 }
+                env.extend(o.extra.iter().cloned());
                 let data_dir = dir.path().join(&ids[i]);
                 let mut node = Node { child: None, port: http[r][i], log: data_dir.with_extension("log"), data_dir: Some(data_dir), cwd: None, env, file_size_limit_blocks: None };
                 node.spawn();

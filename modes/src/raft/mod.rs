@@ -103,14 +103,27 @@ pub struct RaftConfig {
     pub propose_hook: Option<ProposeHook>,
 }
 
-/// A rewrite applied to every command at the moment its leader proposes it — on the leader,
-/// so forwarded writes are rewritten by the node that orders them.
+/// What the leader does around each proposal, on the leader (so forwarded writes are
+/// handled by the node that orders them): `rewrite` turns the command into the one proposed,
+/// and says whether `confirm` must also succeed, after the commit, before the write is
+/// acknowledged (multi_region `semi_sync`: a remote region has it).
 #[derive(Clone)]
-pub struct ProposeHook(Arc<dyn Fn(Command) -> Command + Send + Sync>);
+pub struct ProposeHook {
+    rewrite: Arc<dyn Fn(Command) -> (Command, bool) + Send + Sync>,
+    confirm: Option<Arc<ConfirmFn>>,
+}
+
+/// Waits for something about the committed position it is given.
+pub type ConfirmFn = dyn Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SubmitError>> + Send>> + Send + Sync;
 
 impl ProposeHook {
-    pub fn new(f: impl Fn(Command) -> Command + Send + Sync + 'static) -> ProposeHook {
-        ProposeHook(Arc::new(f))
+    pub fn new(rewrite: impl Fn(Command) -> (Command, bool) + Send + Sync + 'static) -> ProposeHook {
+        ProposeHook { rewrite: Arc::new(rewrite), confirm: None }
+    }
+
+    pub fn with_confirm(mut self, confirm: Arc<ConfirmFn>) -> ProposeHook {
+        self.confirm = Some(confirm);
+        self
     }
 }
 
@@ -407,12 +420,21 @@ impl RaftNode {
     }
 
     pub(crate) async fn propose(&self, cmd: Command) -> Result<Committed, SubmitError> {
-        let cmd = match &self.cfg.propose_hook {
-            Some(h) => (h.0)(cmd),
-            None => cmd,
+        let (cmd, confirm) = match &self.cfg.propose_hook {
+            Some(h) => {
+                let (c, wants) = (h.rewrite)(cmd);
+                (c, h.confirm.clone().filter(|_| wants))
+            }
+            None => (cmd, None),
         };
         match self.raft.client_write(RaftCommand(cmd)).await {
-            Ok(r) => Ok(Committed { result: r.data, bookmark: Bookmark { epoch: r.log_id.leader_id.term, index: position(r.log_id.index) } }),
+            Ok(r) => {
+                let committed = Committed { result: r.data, bookmark: Bookmark { epoch: r.log_id.leader_id.term, index: position(r.log_id.index) } };
+                if let Some(confirm) = confirm {
+                    confirm(committed.bookmark.index).await?;
+                }
+                Ok(committed)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(SubmitError::NotLeader { leader: self.hint() }),
             Err(e) => Err(unavailable(format!("the write was not committed: {e}"))),
         }

@@ -37,7 +37,8 @@ impl fmt::Display for RaftCommand {
             Command::Txn(t) => write!(f, "txn of {} ops", t.success.len() + t.failure.len()),
             Command::Noop => write!(f, "noop"),
             Command::Stamped { command, .. } => write!(f, "stamped {}", RaftCommand((**command).clone())),
-            Command::RegionBatch { origin, through, writes } => write!(f, "{} versions from region {origin} through {through}", writes.len()),
+            Command::RegionBatch { origin, through, writes, .. } => write!(f, "{} versions from region {origin} through {through}", writes.len()),
+            Command::SetPrimary(p) => write!(f, "primary region {} (epoch {})", p.region, p.epoch),
         }
     }
 }

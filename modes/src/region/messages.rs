@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::KeyValue;
+use crate::command::{KeyValue, PrimaryRecord};
 use crate::transport::Family;
 
 /// A batch of versions from `origin` (request: [`ShipRequest`], reply: [`ShipReply`]). An
@@ -18,12 +18,14 @@ pub struct ShipRequest {
     pub through: u64,
     /// Versions written in the origin, each with its stamp.
     pub writes: Vec<KeyValue>,
+    /// The origin's primary record, so a promotion reaches every region with the data.
+    pub primary: Option<PrimaryRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ShipReply {
     /// Committed through the receiver's Raft log: its mark for the origin is now `high_water`.
-    Merged { high_water: u64 },
+    Merged { high_water: u64, primary: Option<PrimaryRecord> },
     /// Not taken, and why (unknown origin, no leader in the receiving region, ...).
     Refused { code: String, message: String },
 }

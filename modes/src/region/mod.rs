@@ -42,14 +42,14 @@ pub mod messages;
 pub mod observe;
 pub mod shipper;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use meridian_wal::Wal;
 
-use crate::command::{Command, Outcome, Stamp};
+use crate::command::{Command, Outcome, PrimaryRecord, Stamp};
 use crate::raft::RaftNode;
 use crate::replicator::{AdminError, AdminRequest, Committed, PeerInfo, ReadError, ReadRequest, ReplicationStatus, Replicator, SubmitError};
 use crate::state_machine::StateMachine;
@@ -90,13 +90,49 @@ impl RegionConfig {
 
 /// The proposal hook for this region's [`RaftNode`]: every client command the leader
 /// proposes is stamped here, on the leader, with its clock.
-pub fn stamper(region: String, hlc: Arc<Hlc>) -> crate::raft::ProposeHook {
-    crate::raft::ProposeHook::new(move |cmd| match cmd {
+/// With `semi_sync`, a stamped write is acknowledged only once a remote region's mark has
+/// passed it (see [`SemiSync`]).
+pub fn stamper(region: String, hlc: Arc<Hlc>, semi_sync: Option<Arc<SemiSync>>) -> crate::raft::ProposeHook {
+    let hook = crate::raft::ProposeHook::new(move |cmd| match cmd {
         c @ (Command::Put { .. } | Command::Delete { .. } | Command::Txn(_)) => {
-            Command::Stamped { stamp: Stamp { hlc: hlc.now(), region: region.clone() }, command: Box::new(c) }
+            (Command::Stamped { stamp: Stamp { hlc: hlc.now(), region: region.clone() }, command: Box::new(c) }, true)
         }
-        other => other,
-    })
+        other => (other, false),
+    });
+    match semi_sync {
+        Some(s) => hook.with_confirm(Arc::new(move |position| {
+            let s = s.clone();
+            Box::pin(async move { s.wait(position).await })
+        })),
+        None => hook,
+    }
+}
+
+/// `CLUSTER_CROSS_REGION_MODE=semi_sync`: a write committed in this region is acknowledged
+/// once at least one remote region has merged it through its own Raft majority (its mark for
+/// this region has reached the write's position), or answered 504 after [`SemiSync::TIMEOUT`]
+/// — committed here, not confirmed elsewhere, like any timeout an ambiguous outcome.
+#[derive(Default)]
+pub struct SemiSync {
+    marks: OnceLock<Vec<tokio::sync::watch::Receiver<u64>>>,
+}
+
+impl SemiSync {
+    pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    async fn wait(&self, position: u64) -> Result<(), SubmitError> {
+        let Some(marks) = self.marks.get() else { return Err(SubmitError::Unavailable("the region links are starting".into())) };
+        let any = futures_util::future::select_ok(marks.iter().cloned().map(|mut rx| {
+            Box::pin(async move { rx.wait_for(|m| *m >= position).await.map(|_| ()).map_err(|_| ()) })
+        }));
+        match tokio::time::timeout(Self::TIMEOUT, any).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(SubmitError::Timeout(format!(
+                "committed in this region at position {position}, but no remote region confirmed it within {:?} (CLUSTER_CROSS_REGION_MODE=semi_sync)",
+                Self::TIMEOUT
+            ))),
+        }
+    }
 }
 
 pub struct MultiRegion {
@@ -106,6 +142,8 @@ pub struct MultiRegion {
     hlc: Arc<Hlc>,
     links: Vec<Arc<Link>>,
     stopped: Arc<AtomicBool>,
+    /// Versions merged here that their region wrote after it was demoted.
+    demoted_writes: AtomicU64,
 }
 
 impl MultiRegion {
@@ -119,6 +157,7 @@ impl MultiRegion {
         transport: Transport,
         hlc: Arc<Hlc>,
         handler: &RegionHandler,
+        semi_sync: Option<Arc<SemiSync>>,
     ) -> Arc<MultiRegion> {
         let stopped = Arc::new(AtomicBool::new(false));
         let links: Vec<Arc<Link>> = cfg
@@ -130,10 +169,13 @@ impl MultiRegion {
             })
             .collect();
         for link in &links {
-            let (raft, stop) = (raft.clone(), stopped.clone());
-            tokio::spawn(link.clone().run(transport.clone(), wal.clone(), sm.clone(), move || raft.is_leader(), move || stop.load(Ordering::Relaxed)));
+            let stop = stopped.clone();
+            tokio::spawn(link.clone().run(transport.clone(), wal.clone(), sm.clone(), raft.clone(), move || stop.load(Ordering::Relaxed)));
         }
-        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, stopped });
+        if let Some(s) = semi_sync {
+            let _ = s.marks.set(links.iter().map(|l| l.acked()).collect());
+        }
+        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, stopped, demoted_writes: AtomicU64::new(0) });
         let _ = handler.node.set(Arc::downgrade(&node));
         node
     }
@@ -147,13 +189,14 @@ impl MultiRegion {
                 format!("region {:?} is not in this node's MERIDIAN_CLUSTER_REMOTE_REGIONS (this is region {})", req.origin, self.cfg.region),
             );
         }
-        let cmd = Command::RegionBatch { origin: req.origin, through: req.through, writes: req.writes };
+        self.report_demoted_writes(&req);
+        let cmd = Command::RegionBatch { origin: req.origin, through: req.through, writes: req.writes, primary: req.primary };
         if let Err(e) = cmd.validate(&self.raft.limits()) {
             return refused(e.code(), e.to_string());
         }
         match self.raft.submit(cmd).await {
             Ok(Committed { result, .. }) => match result.outcome {
-                Outcome::RegionMerged { high_water, .. } => ShipReply::Merged { high_water },
+                Outcome::RegionMerged { high_water, .. } => ShipReply::Merged { high_water, primary: shipper::primary_record(&*self.sm) },
                 other => refused("internal", format!("a region batch applied as {other:?}")),
             },
             Err(e) => refused("unavailable", e.to_string()),
@@ -163,9 +206,12 @@ impl MultiRegion {
     fn region_status(&self) -> serde_json::Value {
         let applied = self.sm.applied_index();
         let raft = self.raft.status();
+        let primary = self.primary();
         serde_json::json!({
             "region": self.cfg.region,
-            "primary_region": self.cfg.primary_region,
+            "primary_region": primary.as_ref().map(|p| &p.region),
+            "region_epoch": primary.as_ref().map(|p| p.epoch),
+            "demoted_writes_merged": self.demoted_writes.load(Ordering::Relaxed),
             "writes": match self.cfg.writes { RegionWrites::Primary => "primary", RegionWrites::ActiveActive => "active_active" },
             "takes_writes": self.takes_writes().is_ok(),
             "node_id": raft.node_id,
@@ -173,17 +219,74 @@ impl MultiRegion {
             "applied_index": applied,
             "hlc": self.hlc.last(),
             "remotes": self.links.iter().map(|l| l.status(applied)).collect::<Vec<_>>(),
+            // What this region has merged from each other region: that region's log position.
+            "received": self.cfg.remote_names().iter().map(|r| {
+                let mark = self.sm.get_version(&crate::apply::high_water_key(r)).ok().flatten()
+                    .and_then(|kv| kv.value.try_into().ok()).map_or(0, u64::from_le_bytes);
+                (r.clone(), serde_json::json!(mark))
+            }).collect::<serde_json::Map<_, _>>(),
         })
     }
 
+    /// The primary record in force: the replicated one, else epoch 0 from the configuration.
+    fn primary(&self) -> Option<PrimaryRecord> {
+        shipper::primary_record(&*self.sm).or_else(|| self.cfg.primary_region.clone().map(|region| PrimaryRecord { epoch: 0, region, hlc: 0 }))
+    }
+
     fn takes_writes(&self) -> Result<(), SubmitError> {
-        match (&self.cfg.writes, &self.cfg.primary_region) {
-            (RegionWrites::Primary, Some(p)) if *p != self.cfg.region => Err(SubmitError::ReadOnly(format!(
-                "region {} does not take writes: the primary region is {p} (MERIDIAN_CLUSTER_PRIMARY_REGION); write there",
-                self.cfg.region
+        if self.cfg.writes == RegionWrites::ActiveActive {
+            return Ok(());
+        }
+        match self.primary() {
+            Some(p) if p.region != self.cfg.region => Err(SubmitError::ReadOnly(format!(
+                "region {} does not take writes: the primary region is {} (region epoch {}); write there",
+                self.cfg.region, p.region, p.epoch
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Versions a region wrote after another region was promoted over it (it had not heard
+    /// yet: cut off, or async lag). Last-write-wins still decides them like any other; they
+    /// are named here so that no such write disappears without a word.
+    fn report_demoted_writes(&self, req: &ShipRequest) {
+        let Some(p) = self.primary().filter(|p| p.epoch > 0 && p.region != req.origin) else { return };
+        let late: Vec<&str> = req
+            .writes
+            .iter()
+            .filter(|w| w.stamp.as_ref().is_some_and(|s| s.region == req.origin && s.hlc > p.hlc))
+            .map(|w| w.key.as_str())
+            .collect();
+        if !late.is_empty() {
+            self.demoted_writes.fetch_add(late.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                origin = %req.origin,
+                primary = %p.region,
+                region_epoch = p.epoch,
+                versions = late.len(),
+                keys = ?&late[..late.len().min(10)],
+                "versions written in a region after it was no longer primary; merged by last-write-wins"
+            );
+        }
+    }
+
+    /// `POST /admin/region/promote`: makes this region the primary, in three steps (the seed
+    /// guide's): a leader in this region commits the new record (a higher region epoch), this
+    /// region takes writes from then on, and every shipping link carries the record to the
+    /// other regions, whose old primary stops taking writes once it has it.
+    async fn promote(&self) -> Result<serde_json::Value, AdminError> {
+        if self.cfg.writes == RegionWrites::ActiveActive {
+            return Err(AdminError::Rejected("every region takes writes with MERIDIAN_CLUSTER_REGION_WRITES=active_active; there is no primary to promote".into()));
+        }
+        let current = self.primary();
+        if current.as_ref().is_some_and(|p| p.region == self.cfg.region) {
+            let p = current.unwrap();
+            return Ok(serde_json::json!({"primary_region": p.region, "region_epoch": p.epoch, "changed": false}));
+        }
+        let record = PrimaryRecord { epoch: current.map_or(0, |p| p.epoch) + 1, region: self.cfg.region.clone(), hlc: self.hlc.now() };
+        self.raft.submit(Command::SetPrimary(record.clone())).await.map_err(|e| AdminError::Unavailable(format!("the promotion was not committed in this region: {e}")))?;
+        tracing::warn!(region = %record.region, region_epoch = record.epoch, "this region is now the primary region");
+        Ok(serde_json::json!({"primary_region": record.region, "region_epoch": record.epoch, "changed": true}))
     }
 }
 
@@ -243,9 +346,7 @@ impl Replicator for MultiRegion {
     async fn admin(&self, req: AdminRequest) -> Result<serde_json::Value, AdminError> {
         match req {
             AdminRequest::RegionStatus => Ok(self.region_status()),
-            AdminRequest::RegionPromote => Err(AdminError::Rejected(
-                "region promotion is not available in this build yet (see the README's status table); change MERIDIAN_CLUSTER_PRIMARY_REGION on every node and restart them".into(),
-            )),
+            AdminRequest::RegionPromote => self.promote().await,
             other => self.raft.admin(other).await,
         }
     }

@@ -22,6 +22,7 @@ impl Observed {
 fn highest_stamp(c: &Command) -> u64 {
     match c {
         Command::Stamped { stamp, .. } => stamp.hlc,
+        Command::SetPrimary(p) => p.hlc,
         Command::RegionBatch { writes, .. } => writes.iter().filter_map(|w| w.stamp.as_ref()).map(|s| s.hlc).max().unwrap_or(0),
         _ => 0,
     }

@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 use meridian_wal::{Wal, WalError};
 
 use super::messages::{ShipReply, ShipRequest, SHIP};
-use crate::command::{Command, KeyValue, Op, MAX_REGION_BATCH};
+use crate::command::{primary_key, Command, KeyValue, Op, PrimaryRecord, MAX_REGION_BATCH};
+use crate::raft::RaftNode;
 use crate::payload::LogPayload;
 use crate::state_machine::{ScanEvent, StateMachine};
 use crate::transport::{NodeId, Transport};
+use crate::replicator::Replicator as _;
 use crate::wire::{decode, encode};
 
 /// Log records read per batch, and the bytes of versions per batch (under the frame limit).
@@ -79,12 +81,19 @@ pub struct Link {
     /// two regions trading empty batches forever.
     covered: AtomicU64,
     shipped_bytes: AtomicU64,
+    /// The remote's primary record as of its last answer.
+    remote_primary: Mutex<Option<PrimaryRecord>>,
+    /// The remote's mark, for writers waiting on it (`semi_sync`).
+    acked: tokio::sync::watch::Sender<u64>,
 }
 
 /// The log positions and versions of one batch.
 struct Batch {
     through: u64,
     writes: Vec<KeyValue>,
+    /// Client writes among the entries read (a write superseded at once ships no version,
+    /// but its position must still reach the remote for `semi_sync`).
+    stamped: usize,
 }
 
 impl Link {
@@ -105,7 +114,14 @@ impl Link {
             caught_up_at: Mutex::new(Instant::now()),
             covered: AtomicU64::new(0),
             shipped_bytes: AtomicU64::new(0),
+            remote_primary: Mutex::new(None),
+            acked: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Watches the remote's mark for this region.
+    pub fn acked(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.acked.subscribe()
     }
 
     pub fn status(&self, applied: u64) -> LinkStatus {
@@ -117,14 +133,8 @@ impl Link {
     }
 
     /// Ships while `is_leader()` holds, forever; returns only when `stopped()`.
-    pub async fn run(
-        self: Arc<Self>,
-        transport: Transport,
-        wal: Wal,
-        sm: Arc<dyn StateMachine>,
-        is_leader: impl Fn() -> bool + Send + Sync,
-        stopped: impl Fn() -> bool + Send + Sync,
-    ) {
+    pub async fn run(self: Arc<Self>, transport: Transport, wal: Wal, sm: Arc<dyn StateMachine>, raft: Arc<RaftNode>, stopped: impl Fn() -> bool + Send + Sync) {
+        let is_leader = || raft.is_leader();
         let mut backoff = Duration::from_millis(50);
         let mut next_peer = 0usize;
         while !stopped() {
@@ -134,7 +144,7 @@ impl Link {
                 continue;
             }
             self.status.lock().unwrap().shipping = true;
-            match self.ship_while_leader(&transport, &wal, &sm, &is_leader, &stopped, &mut next_peer).await {
+            match self.ship_while_leader(&transport, &wal, &sm, &raft, &stopped, &mut next_peer).await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     tracing::debug!(region = %self.region, error = %e, "cross-region shipping failed; retrying");
@@ -159,15 +169,20 @@ impl Link {
         transport: &Transport,
         wal: &Wal,
         sm: &Arc<dyn StateMachine>,
-        is_leader: &(impl Fn() -> bool + Send + Sync),
+        raft: &Arc<RaftNode>,
         stopped: &(impl Fn() -> bool + Send + Sync),
         next_peer: &mut usize,
     ) -> Result<(), String> {
         let peer = self.peers[*next_peer % self.peers.len()].clone();
-        let mut covered = self.send(transport, &peer, Batch { through: 0, writes: Vec::new() }).await?;
+        let mut covered = self.send(transport, &peer, sm, raft, Batch { through: 0, writes: Vec::new(), stamped: 0 }).await?;
         self.covered.store(covered, Ordering::Relaxed);
-        while is_leader() && !stopped() {
+        while raft.is_leader() && !stopped() {
             let applied = sm.applied_index();
+            if self.remote_primary_behind(sm) {
+                // A promotion the remote has not heard of: tell it, with or without data.
+                covered = self.send(transport, &peer, sm, raft, Batch { through: covered, writes: Vec::new(), stamped: 0 }).await?.max(covered);
+                continue;
+            }
             if covered >= applied {
                 *self.caught_up_at.lock().unwrap() = Instant::now();
                 tokio::time::sleep(IDLE_POLL).await;
@@ -178,14 +193,14 @@ impl Link {
             let read = tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?;
             match read {
                 Ok(batch) if batch.through < from => tokio::time::sleep(IDLE_POLL).await, // not durable here yet
-                Ok(batch) if batch.writes.is_empty() => covered = batch.through, // nothing to ship up to here
+                Ok(batch) if batch.writes.is_empty() && batch.stamped == 0 => covered = batch.through, // nothing to ship up to here
                 Ok(batch) => {
                     let through = batch.through;
-                    covered = self.send(transport, &peer, batch).await?.max(through);
+                    covered = self.send(transport, &peer, sm, raft, batch).await?.max(through);
                 }
                 Err(Collect::Purged) => {
                     tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
-                    covered = self.resend_all(transport, &peer, sm).await?;
+                    covered = self.resend_all(transport, &peer, sm, raft).await?;
                 }
                 Err(Collect::Failed(e)) => return Err(e),
             }
@@ -194,7 +209,7 @@ impl Link {
         Ok(())
     }
 
-    async fn resend_all(&self, transport: &Transport, peer: &NodeId, sm: &Arc<dyn StateMachine>) -> Result<u64, String> {
+    async fn resend_all(&self, transport: &Transport, peer: &NodeId, sm: &Arc<dyn StateMachine>, raft: &Arc<RaftNode>) -> Result<u64, String> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
         let (s, own) = (sm.clone(), self.own_region.clone());
         let scan = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -210,7 +225,7 @@ impl Link {
                         if batch.len() >= MAX_REGION_BATCH || bytes >= BATCH_BYTES {
                             bytes = 0;
                             let writes = std::mem::take(&mut batch);
-                            tx.blocking_send(Batch { through: 0, writes })
+                            tx.blocking_send(Batch { through: 0, writes, stamped: 0 })
                                 .map_err(|_| crate::state_machine::StateMachineError::Storage("the resend stopped".into()))?;
                         }
                     }
@@ -219,24 +234,41 @@ impl Link {
                 Ok(())
             })
             .map_err(|e| e.to_string())?;
-            tx.blocking_send(Batch { through: view, writes: batch }).map_err(|_| "the resend stopped".to_string())
+            tx.blocking_send(Batch { through: view, writes: batch, stamped: 0 }).map_err(|_| "the resend stopped".to_string())
         });
         let mut mark = 0;
         while let Some(b) = rx.recv().await {
-            mark = self.send(transport, peer, b).await?;
+            mark = self.send(transport, peer, sm, raft, b).await?;
         }
         scan.await.map_err(|e| e.to_string())??;
         Ok(mark)
     }
 
-    /// Sends one batch and returns the remote's mark for this region.
-    async fn send(&self, transport: &Transport, peer: &NodeId, batch: Batch) -> Result<u64, String> {
+    /// True when this region holds a primary record the remote has not confirmed.
+    fn remote_primary_behind(&self, sm: &Arc<dyn StateMachine>) -> bool {
+        let local = primary_record(&**sm);
+        local.is_some_and(|l| l.supersedes(self.remote_primary.lock().unwrap().as_ref()))
+    }
+
+    /// Sends one batch (with this region's primary record) and returns the remote's mark
+    /// for this region. A newer primary record in the answer is adopted through this
+    /// region's Raft log.
+    async fn send(&self, transport: &Transport, peer: &NodeId, sm: &Arc<dyn StateMachine>, raft: &Arc<RaftNode>, batch: Batch) -> Result<u64, String> {
         let bytes: usize = batch.writes.iter().map(|w| w.key.len() + w.value.len()).sum();
         let versions = batch.writes.len() as u64;
-        let req = ShipRequest { origin: self.own_region.clone(), through: batch.through, writes: batch.writes };
+        let local_primary = primary_record(&**sm);
+        let req = ShipRequest { origin: self.own_region.clone(), through: batch.through, writes: batch.writes, primary: local_primary.clone() };
         let reply = transport.request(peer, SHIP, encode(&req), Some(SHIP_TIMEOUT)).await.map_err(|e| format!("{peer}: {e}"))?;
         match decode::<ShipReply>("region", &reply)? {
-            ShipReply::Merged { high_water } => {
+            ShipReply::Merged { high_water, primary } => {
+                if let Some(p) = &primary {
+                    if p.supersedes(local_primary.as_ref()) {
+                        tracing::info!(region = %p.region, epoch = p.epoch, from = %self.region, "learned of a newer primary region; adopting it");
+                        raft.submit(Command::SetPrimary(p.clone())).await.map_err(|e| format!("adopting primary region {}: {e}", p.region))?;
+                    }
+                }
+                *self.remote_primary.lock().unwrap() = primary;
+                self.acked.send_modify(|a| *a = (*a).max(high_water));
                 self.shipped_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 let mut s = self.status.lock().unwrap();
                 s.acknowledged = s.acknowledged.max(high_water);
@@ -268,10 +300,11 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
     }
     let mut seen = BTreeSet::new();
     let mut writes = Vec::new();
-    let (mut through, mut bytes) = (from - 1, 0usize);
+    let (mut through, mut bytes, mut stamped) = (from - 1, 0usize, 0usize);
     for r in records.iter().take_while(|r| r.index <= applied) {
         let payload = LogPayload::decode(&r.payload).map_err(|e| Collect::Failed(format!("WAL record {}: {e}", r.index)))?;
         if let LogPayload::Normal(Command::Stamped { command, .. }) = payload {
+            stamped += 1;
             let mut keys = BTreeSet::new();
             touched(&command, &mut keys);
             for k in keys {
@@ -293,7 +326,7 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
             break; // a whole entry at most over: a txn holds at most 256 ops
         }
     }
-    Ok(Batch { through, writes })
+    Ok(Batch { through, writes, stamped })
 }
 
 /// Every key a command may have written or deleted (both branches of a txn: which one ran
@@ -311,6 +344,11 @@ fn touched(c: &Command, keys: &mut BTreeSet<String>) {
             }
         }
         Command::Stamped { command, .. } => touched(command, keys),
-        Command::Noop | Command::RegionBatch { .. } => {}
+        Command::Noop | Command::RegionBatch { .. } | Command::SetPrimary(_) => {}
     }
+}
+
+/// The primary record this node's state holds.
+pub fn primary_record(sm: &dyn StateMachine) -> Option<PrimaryRecord> {
+    sm.get_version(&primary_key()).ok().flatten().and_then(|kv| PrimaryRecord::decode(&kv.value))
 }
