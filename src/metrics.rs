@@ -226,8 +226,35 @@ impl Collector for StatusCollector {
                 ConstGauge::new(lag).encode(fam.encode_family(&PeerLabel { peer: p.id.clone() })?)?;
             }
         }
+        // multi_region, on the region leader (the node that ships).
+        let links: Vec<_> = self.replicator.region_links().into_iter().filter(|l| l.shipping).collect();
+        if !links.is_empty() {
+            {
+                let mut fam = enc.encode_descriptor("region_lag_entries", "log positions committed in this region that a remote region may still miss", None, MetricType::Gauge)?;
+                for l in &links {
+                    ConstGauge::new(i64::try_from(l.lag_entries).unwrap_or(i64::MAX)).encode(fam.encode_family(&RegionLabel { region: l.region.clone() })?)?;
+                }
+            }
+            {
+                let mut fam = enc.encode_descriptor("region_lag_seconds", "how long a remote region has been behind this one (0 when it has everything)", None, MetricType::Gauge)?;
+                for l in &links {
+                    ConstGauge::new(l.lag_seconds).encode(fam.encode_family(&RegionLabel { region: l.region.clone() })?)?;
+                }
+            }
+            {
+                let mut fam = enc.encode_descriptor("region_shipped_bytes", "key and value bytes shipped to a remote region by this node", None, MetricType::Counter)?;
+                for l in &links {
+                    ConstCounter::new(l.shipped_bytes).encode(fam.encode_family(&RegionLabel { region: l.region.clone() })?)?;
+                }
+            }
+        }
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabel {
+    region: String,
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@
 //!   majority keeps acknowledging) and reconnected; the voters' digests must agree and every
 //!   acknowledged write be readable on every voter (and on the replica, once replicas join).
 //!
+//! - `docker-compose.multiregion.yml`: two regions (us, eu) of three voters each over mutual
+//!   TLS, each on its own network plus a shared `wan`; writes in the primary region reach the
+//!   other; the primary region is cut from `wan`, the other region promoted and written to,
+//!   the link restored: the old primary stops taking writes and all six digests agree, with
+//!   every acknowledged write (or a later version of its key) on every node.
+//!
 //! Needs a Docker engine with docker-compose and the image: run `docker/build-image.sh`,
 //! then `cargo test --test docker_compose -- --ignored`. Ignored by default because
 //! `cargo test --workspace` must also pass where there is no Docker engine; `.ci/run` runs
@@ -404,4 +410,90 @@ fn the_raft_compose_file_survives_a_killed_leader_and_a_disconnected_voter() {
     assert_eq!(get_at(&replica.url(""), "after-faults").as_deref(), Some("1"));
     note(format!("raft docker: the replica {REPLICA} holds every acknowledged write"));
     note(format!("raft docker: done in {:.0}s", begin.elapsed().as_secs_f64()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Multi-region: docker-compose.multiregion.yml
+
+const REGION_NODES: [&str; 6] = ["us1", "us2", "us3", "eu1", "eu2", "eu3"];
+
+fn region_digest(s: &Service) -> Option<(String, u64)> {
+    digest(s).map(|d| (d["sha256"].as_str().unwrap_or_default().to_owned(), d["keys"].as_u64().unwrap_or(0)))
+}
+
+#[test]
+#[ignore = "needs a Docker engine and the meridian:dev image: docker/build-image.sh, then --ignored"]
+fn the_multiregion_compose_file_promotes_the_other_region_across_a_cut_and_converges() {
+    let Some(_serial) = docker_or_skip("the multi-region compose test") else { return };
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let vars = ["MERIDIAN_US1_PORT", "MERIDIAN_US2_PORT", "MERIDIAN_US3_PORT", "MERIDIAN_EU1_PORT", "MERIDIAN_EU2_PORT", "MERIDIAN_EU3_PORT"];
+    let project = Project {
+        file: "docker-compose.multiregion.yml",
+        name: format!("meridian-region-test-{}", std::process::id()),
+        env: vars.iter().zip(&ports).map(|(v, p)| (*v, p.to_string())).collect(),
+    };
+    let (ok, text) = project.compose(&["up", "-d"]);
+    assert!(ok, "docker-compose up failed:\n{text}");
+    let nodes: Vec<Service> = REGION_NODES.iter().zip(&ports).map(|(n, p)| project.service(n, *p)).collect();
+    let t = Instant::now();
+    // Both regions have a leader and us1 takes writes (us is primary).
+    let leader_of = |range: std::ops::Range<usize>| range.into_iter().find(|&i| raft_status(&nodes[i]).is_some_and(|(c, r)| c == 200 && r["is_leader"] == true));
+    while leader_of(0..3).is_none() || leader_of(3..6).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(90), "no leader in each region after 90 s:\n{}", project.all_logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for n in &nodes {
+        assert!(n.log_text().contains("tls=true"), "{}: the cluster transport did not start with TLS", n.name);
+    }
+    let t0 = Instant::now();
+    let writers = start_writers(nodes[..3].iter().map(|n| n.url("")).collect(), 4, "region-docker", t0);
+    std::thread::sleep(Duration::from_secs(3));
+    writers.stop();
+    let before = writers.finish();
+    assert!(before.iter().filter(|w| w.ok).count() > 50, "too few writes acknowledged in us");
+    let (code, body) = http("PUT", &nodes[3].url("/v1/kv/refused"), Some(b"x".to_vec()));
+    assert_eq!(code, 403, "eu took a write while us is primary: {}", String::from_utf8_lossy(&body));
+
+    // Cut us from the wan, promote eu, write there.
+    let wan = format!("{}_wan", project.name);
+    for n in &nodes[..3] {
+        docker(&["network", "disconnect", &wan, &project.container(n.name)]);
+    }
+    note("multi-region docker: us cut from the wan");
+    let (code, v) = call_json("POST", &nodes[4].url("/admin/region/promote"), None, Duration::from_secs(10)).unwrap();
+    assert_eq!(code, 200, "promote: {v}");
+    let writers = start_writers(nodes[3..].iter().map(|n| n.url("")).collect(), 4, "region-docker-eu", t0);
+    std::thread::sleep(Duration::from_secs(3));
+    writers.stop();
+    let during = writers.finish();
+    assert!(during.iter().filter(|w| w.ok).count() > 50, "too few writes acknowledged in eu after its promotion");
+
+    // Reconnect: us learns of the promotion, stops taking writes, and everything converges.
+    for n in &nodes[..3] {
+        docker(&["network", "connect", "--alias", n.name, &wan, &project.container(n.name)]);
+    }
+    let t = Instant::now();
+    loop {
+        let (code, _) = http("PUT", &nodes[0].url("/v1/kv/after-heal"), Some(b"x".to_vec()));
+        if code == 403 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "us still takes writes 60 s after reconnecting (last {code})");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let t = Instant::now();
+    loop {
+        let ds: Vec<Option<(String, u64)>> = nodes.iter().map(region_digest).collect();
+        if ds[0].is_some() && ds.iter().all(|d| *d == ds[0]) {
+            note(format!("multi-region docker: six digests agree ({:?}) {:.1}s after reconnecting", ds[0], t.elapsed().as_secs_f64()));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "digests never agreed: {ds:?}\n{}", project.all_logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Keys are unique per writer: every acknowledged write is on every node.
+    for n in &nodes {
+        let lost = missing_on(&n.url(""), &before, "local").len() + missing_on(&n.url(""), &during, "local").len();
+        assert_eq!(lost, 0, "{}: {lost} acknowledged writes missing", n.name);
+    }
 }

@@ -122,6 +122,11 @@ fn writes_in_the_primary_region_reach_the_other_over_a_delayed_link() {
     assert_eq!(remote["region"], "eu", "{st}");
     assert_eq!(remote["lag_entries"], 0, "{st}");
     assert!(remote["shipped_versions"].as_u64().unwrap() >= N as u64, "{st}");
+    let (_, metrics) = call("GET", &format!("{}/metrics", rg.base(0, leader)), None, T).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    for m in ["meridian_region_lag_entries{region=\"eu\"} 0", "meridian_region_lag_seconds{region=\"eu\"}", "meridian_region_shipped_bytes_total{region=\"eu\"}"] {
+        assert!(metrics.contains(m), "{m} missing from the leader's /metrics");
+    }
 }
 
 struct Acked {

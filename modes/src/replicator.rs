@@ -112,6 +112,17 @@ pub struct PeerInfo {
     pub lag_entries: Option<u64>,
 }
 
+/// One link to another region (multi_region).
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionLink {
+    pub region: String,
+    /// True on the node shipping to it (its region's leader).
+    pub shipping: bool,
+    pub lag_entries: u64,
+    pub lag_seconds: f64,
+    pub shipped_bytes: u64,
+}
+
 /// A point-in-time view of the node's replication state.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReplicationStatus {
@@ -184,6 +195,11 @@ pub trait Replicator: Send + Sync + 'static {
     /// apply failed: disk full, I/O error), if it did; it takes no writes until restarted.
     fn storage_failure(&self) -> Option<String> {
         None
+    }
+    /// multi_region: this node's links to the other regions (shipping only on the region
+    /// leader), for metrics.
+    fn region_links(&self) -> Vec<RegionLink> {
+        Vec::new()
     }
     /// Divergent tails kept in this node's data directory (ha_standby), for operators to
     /// inspect; also listed as notes in `/health`.

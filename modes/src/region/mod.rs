@@ -339,6 +339,17 @@ impl Replicator for MultiRegion {
         s
     }
 
+    fn region_links(&self) -> Vec<crate::replicator::RegionLink> {
+        let applied = self.sm.applied_index();
+        self.links
+            .iter()
+            .map(|l| {
+                let s = l.status(applied);
+                crate::replicator::RegionLink { region: s.region, shipping: s.shipping, lag_entries: s.lag_entries, lag_seconds: s.lag_seconds, shipped_bytes: s.shipped_bytes }
+            })
+            .collect()
+    }
+
     fn storage_failure(&self) -> Option<String> {
         self.raft.storage_failure()
     }
