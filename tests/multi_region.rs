@@ -51,6 +51,12 @@ fn writes_in_the_primary_region_reach_the_other_over_a_delayed_link() {
     let (code, _) = call("PUT", &format!("{}/v1/kv/cas?if_revision=0", rg.base(0, 1)), Some(b"1".to_vec()), T).unwrap();
     assert_eq!(code, 200);
 
+    // Warm-up: the link is up and eu's followers know their leader.
+    let t = Instant::now();
+    while rg.get_local(1, 2, "cas").map(|r| r.0) != Some(200) {
+        assert!(t.elapsed() < Duration::from_secs(30), "the first write never reached eu");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // 300 writes spread over us's nodes (followers forward to the leader), while a reader on
     // an eu follower notes when each appears there.
     const N: usize = 300;
@@ -365,4 +371,124 @@ fn semi_sync_writes_survive_the_loss_of_the_whole_primary_region() {
     }
     let (code, _) = call("PUT", &format!("{}/v1/kv/after", rg.base(1, 0)), Some(b"1".to_vec()), Duration::from_secs(20)).unwrap();
     assert_eq!(code, 504, "semi_sync in eu with no other region reachable cannot confirm");
+}
+
+/// `meridian bench` against `url` with 64 clients for `secs`: (ops/s, p50 ms, p99 ms).
+fn bench_put(url: &str, secs: u64) -> (f64, f64, f64) {
+    let out = std::process::Command::new(common::BIN)
+        .args(["bench", "--url", url, "--clients", "64", "--duration", &format!("{secs}s")])
+        .output()
+        .expect("run meridian bench");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with("64 ")).unwrap_or_else(|| panic!("no result line in:\n{text}"));
+    let f: Vec<f64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (f[1], f[2], f[3])
+}
+
+/// Issue 13, "what must be shown" 7. Run on an idle machine with a release build:
+/// `cargo test --release --test multi_region -- --ignored --nocapture region_benchmark`.
+/// Prints primary-region PUT throughput (64 clients) for one Raft group, `async` and
+/// `semi_sync` (50 ms added each way between regions), and the cross-region lag of writes
+/// sent at 1,000/s with the same delay. Figures, no assertions on them.
+#[test]
+#[ignore = "a benchmark: run with --release on an idle machine"]
+fn region_benchmark() {
+    let _g = serial();
+    let secs = 8;
+    let single = {
+        let c = common::raft::RaftCluster::start(3, common::raft::RaftOpts::default());
+        let (leader, _) = c.wait_stable_leader(Duration::from_secs(20));
+        bench_put(&c.base(leader), secs)
+    };
+    let mut rows = vec![("one Raft group (3 nodes)", single)];
+    let mut lag = Vec::new();
+    for mode in ["async", "semi_sync"] {
+        let rg = Regions::start(RegionOpts {
+            names: vec!["us", "eu"],
+            nodes_per_region: 3,
+            primary: Some("us"),
+            extra: vec![("MERIDIAN_CLUSTER_CROSS_REGION_MODE".into(), mode.into())],
+        });
+        rg.set_links(Some(Duration::from_millis(50)));
+        let leader = rg.wait_leader(0, T);
+        rows.push((if mode == "async" { "2 regions x 3, async" } else { "2 regions x 3, semi_sync" }, bench_put(&rg.base(0, leader), secs)));
+        if mode == "async" {
+            lag = measure_lag(&rg, leader, 1000, 10);
+        }
+    }
+    eprintln!("\n| setup | PUT/s (64 clients) | p50 ms | p99 ms | vs one group |\n|---|---|---|---|---|");
+    for (name, (ops, p50, p99)) in &rows {
+        eprintln!("| {name} | {ops:.0} | {p50:.2} | {p99:.2} | {:.2}x |", ops / single.0);
+    }
+    lag.sort();
+    eprintln!(
+        "\ncross-region lag, {} writes at 1000/s, 50 ms added each way (RTT 100 ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lag.len(),
+        percentile(&lag, 0.5).as_secs_f64() * 1e3,
+        percentile(&lag, 0.99).as_secs_f64() * 1e3,
+        lag.last().unwrap().as_secs_f64() * 1e3
+    );
+}
+
+/// Writes `rate` keys a second for `secs` to the primary region's leader (open loop: each
+/// PUT its own task) while 4 readers poll an eu follower for each key in turn; a key's lag is
+/// from its acknowledgement to its first sighting in eu.
+fn measure_lag(rg: &Regions, leader: usize, rate: u64, secs: u64) -> Vec<Duration> {
+    let us = rg.base(0, leader);
+    let eu = rg.base(1, 2);
+    let n = (rate * secs) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+        let acked: Arc<Vec<Mutex<Option<Instant>>>> = Arc::new((0..n).map(|_| Mutex::new(None)).collect());
+        let t0 = Instant::now();
+        let mut writers = Vec::new();
+        for i in 0..n {
+            let due = t0 + Duration::from_micros(i as u64 * 1_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let (client, us, acked) = (client.clone(), us.clone(), acked.clone());
+            writers.push(tokio::spawn(async move {
+                let r = client.put(format!("{us}/v1/kv/lag{i:06}")).body("x").send().await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    *acked[i].lock().unwrap() = Some(Instant::now());
+                }
+            }));
+        }
+        let readers: Vec<_> = (0..4)
+            .map(|r| {
+                let (client, eu, acked) = (client.clone(), eu.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let mut lags = Vec::new();
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    for i in (r..n).step_by(4) {
+                        loop {
+                            let got = client.get(format!("{eu}/v1/kv/lag{i:06}?consistency=local")).send().await;
+                            if got.is_ok_and(|g| g.status() == 200) {
+                                break;
+                            }
+                            assert!(Instant::now() < deadline, "lag{i:06} never reached eu");
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        let seen = Instant::now();
+                        let ack = loop {
+                            if let Some(a) = *acked[i].lock().unwrap() {
+                                break a;
+                            }
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        };
+                        lags.push(seen.saturating_duration_since(ack));
+                    }
+                    lags
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let mut all = Vec::new();
+        for r in readers {
+            all.extend(r.await.unwrap());
+        }
+        all
+    })
 }

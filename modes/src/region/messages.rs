@@ -13,6 +13,10 @@ pub const SHIP: u16 = Family::Region.msg(0x01);
 pub struct ShipRequest {
     /// The sending region (`CLUSTER_REGION_ID`); must be one the receiver lists.
     pub origin: String,
+    /// Ordered batches (0: none, e.g. a probe or a full resend): the position the previous
+    /// batch went up to. The receiver merges it only once its mark for the origin has
+    /// reached `after`, so a mark never passes a batch that was lost on the way.
+    pub after: u64,
     /// The origin's log position every version up to which is in this batch or an earlier
     /// one; 0 for a batch that must not move the mark (part of a full-state resend).
     pub through: u64,

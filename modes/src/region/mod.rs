@@ -144,6 +144,8 @@ pub struct MultiRegion {
     stopped: Arc<AtomicBool>,
     /// Versions merged here that their region wrote after it was demoted.
     demoted_writes: AtomicU64,
+    /// Per origin: merges one at a time, and the highest mark this node saw merged.
+    order: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
 }
 
 impl MultiRegion {
@@ -175,7 +177,7 @@ impl MultiRegion {
         if let Some(s) = semi_sync {
             let _ = s.marks.set(links.iter().map(|l| l.acked()).collect());
         }
-        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, stopped, demoted_writes: AtomicU64::new(0) });
+        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
         let _ = handler.node.set(Arc::downgrade(&node));
         node
     }
@@ -189,6 +191,28 @@ impl MultiRegion {
                 format!("region {:?} is not in this node's MERIDIAN_CLUSTER_REMOTE_REGIONS (this is region {})", req.origin, self.cfg.region),
             );
         }
+        // One batch per origin at a time, in the order the origin sent them: a batch that
+        // continues from a position this region has not merged yet waits a moment for the
+        // one before it, and is refused (the origin resumes from the mark) if it never comes.
+        let order = self.order.lock().unwrap().entry(req.origin.clone()).or_default().clone();
+        let mut merged = order.lock().await;
+        if req.after > 0 {
+            // Long enough for the batch before it to be forwarded to this region's leader and
+            // committed, even right after an election.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let held = (*merged).max(self.high_water(&req.origin));
+                if req.after <= held {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return refused("out_of_order", format!("batch from {} continues from {} but this region holds up to {held}", req.origin, req.after));
+                }
+                drop(merged);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                merged = order.lock().await;
+            }
+        }
         self.report_demoted_writes(&req);
         let cmd = Command::RegionBatch { origin: req.origin, through: req.through, writes: req.writes, primary: req.primary };
         if let Err(e) = cmd.validate(&self.raft.limits()) {
@@ -196,11 +220,19 @@ impl MultiRegion {
         }
         match self.raft.submit(cmd).await {
             Ok(Committed { result, .. }) => match result.outcome {
-                Outcome::RegionMerged { high_water, .. } => ShipReply::Merged { high_water, primary: shipper::primary_record(&*self.sm) },
+                Outcome::RegionMerged { high_water, .. } => {
+                    *merged = (*merged).max(high_water);
+                    ShipReply::Merged { high_water, primary: shipper::primary_record(&*self.sm) }
+                }
                 other => refused("internal", format!("a region batch applied as {other:?}")),
             },
             Err(e) => refused("unavailable", e.to_string()),
         }
+    }
+
+    /// This node's applied mark for `origin`.
+    fn high_water(&self, origin: &str) -> u64 {
+        self.sm.get_version(&crate::apply::high_water_key(origin)).ok().flatten().and_then(|kv| kv.value.try_into().ok()).map_or(0, u64::from_le_bytes)
     }
 
     fn region_status(&self) -> serde_json::Value {
@@ -220,11 +252,7 @@ impl MultiRegion {
             "hlc": self.hlc.last(),
             "remotes": self.links.iter().map(|l| l.status(applied)).collect::<Vec<_>>(),
             // What this region has merged from each other region: that region's log position.
-            "received": self.cfg.remote_names().iter().map(|r| {
-                let mark = self.sm.get_version(&crate::apply::high_water_key(r)).ok().flatten()
-                    .and_then(|kv| kv.value.try_into().ok()).map_or(0, u64::from_le_bytes);
-                (r.clone(), serde_json::json!(mark))
-            }).collect::<serde_json::Map<_, _>>(),
+            "received": self.cfg.remote_names().iter().map(|r| (r.clone(), serde_json::json!(self.high_water(r)))).collect::<serde_json::Map<_, _>>(),
         })
     }
 

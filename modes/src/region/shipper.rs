@@ -42,6 +42,8 @@ use crate::wire::{decode, encode};
 const READ_RECORDS: usize = 1024;
 const BATCH_BYTES: usize = 4 << 20;
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// Batches in flight to one remote region at most.
+const PIPELINE: usize = 16;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const SHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,6 +91,8 @@ pub struct Link {
 
 /// The log positions and versions of one batch.
 struct Batch {
+    /// The position this batch continues from (see [`ShipRequest::after`]).
+    after: u64,
     through: u64,
     writes: Vec<KeyValue>,
     /// Client writes among the entries read (a write superseded at once ships no version,
@@ -163,7 +167,12 @@ impl Link {
         }
     }
 
-    /// Learns the remote's mark, then ships from it while this node leads its region.
+    /// Learns the remote's mark, then ships from it while this node leads its region, with
+    /// up to [`PIPELINE`] batches in flight: batch k+1 leaves before batch k's answer is back,
+    /// so the lag is about one round trip, not two. Each batch says where it continues from
+    /// (`after`); the receiver merges an origin's batches one at a time, in that order, and
+    /// refuses one that would leave a gap ([`ShipRequest::after`]), so the remote's mark
+    /// still only ever covers versions it holds.
     async fn ship_while_leader(
         &self,
         transport: &Transport,
@@ -173,38 +182,60 @@ impl Link {
         stopped: &(impl Fn() -> bool + Send + Sync),
         next_peer: &mut usize,
     ) -> Result<(), String> {
+        use futures_util::StreamExt as _;
         let peer = self.peers[*next_peer % self.peers.len()].clone();
-        let mut covered = self.send(transport, &peer, sm, raft, Batch { through: 0, writes: Vec::new(), stamped: 0 }).await?;
+        let mut covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: 0, writes: Vec::new(), stamped: 0 }).await?;
         self.covered.store(covered, Ordering::Relaxed);
+        // Positions up to `sent` are in flight, at the remote, or hold nothing to ship.
+        let mut sent = covered;
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
         while raft.is_leader() && !stopped() {
             let applied = sm.applied_index();
-            if self.remote_primary_behind(sm) {
+            if in_flight.is_empty() && self.remote_primary_behind(sm) {
                 // A promotion the remote has not heard of: tell it, with or without data.
-                covered = self.send(transport, &peer, sm, raft, Batch { through: covered, writes: Vec::new(), stamped: 0 }).await?.max(covered);
+                covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: covered, writes: Vec::new(), stamped: 0 }).await?.max(covered);
                 continue;
             }
-            if covered >= applied {
-                *self.caught_up_at.lock().unwrap() = Instant::now();
-                tokio::time::sleep(IDLE_POLL).await;
+            if in_flight.len() < PIPELINE && sent < applied {
+                let (w, s, from) = (wal.clone(), sm.clone(), sent + 1);
+                let own = self.own_region.clone();
+                let read = tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?;
+                match read {
+                    Ok(batch) if batch.through < from => tokio::time::sleep(Duration::from_millis(1)).await, // not durable here yet
+                    Ok(batch) if batch.writes.is_empty() && batch.stamped == 0 => sent = batch.through, // nothing to ship up to here
+                    Ok(mut batch) => {
+                        batch.after = sent;
+                        sent = batch.through;
+                        in_flight.push_back(self.send(transport, &peer, sm, raft, batch));
+                    }
+                    Err(Collect::Purged) if in_flight.is_empty() => {
+                        tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
+                        covered = self.resend_all(transport, &peer, sm, raft).await?;
+                        sent = covered;
+                    }
+                    Err(Collect::Purged) => {} // after the batches in flight
+                    Err(Collect::Failed(e)) => return Err(e),
+                }
+            }
+            if in_flight.is_empty() {
+                covered = covered.max(sent);
+                self.covered.store(covered, Ordering::Relaxed);
+                if covered >= sm.applied_index() {
+                    *self.caught_up_at.lock().unwrap() = Instant::now();
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
                 continue;
             }
-            let (w, s, from) = (wal.clone(), sm.clone(), covered + 1);
-            let own = self.own_region.clone();
-            let read = tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?;
-            match read {
-                Ok(batch) if batch.through < from => tokio::time::sleep(IDLE_POLL).await, // not durable here yet
-                Ok(batch) if batch.writes.is_empty() && batch.stamped == 0 => covered = batch.through, // nothing to ship up to here
-                Ok(batch) => {
-                    let through = batch.through;
-                    covered = self.send(transport, &peer, sm, raft, batch).await?.max(through);
+            // Collect answers in order; look for more to send every IDLE_POLL meanwhile.
+            let more = in_flight.len() < PIPELINE && sent < sm.applied_index();
+            tokio::select! {
+                answer = in_flight.next() => {
+                    covered = covered.max(answer.expect("not empty")?);
+                    self.covered.store(covered, Ordering::Relaxed);
                 }
-                Err(Collect::Purged) => {
-                    tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
-                    covered = self.resend_all(transport, &peer, sm, raft).await?;
-                }
-                Err(Collect::Failed(e)) => return Err(e),
+                _ = tokio::time::sleep(IDLE_POLL), if !more => {}
+                _ = std::future::ready(()), if more => {}
             }
-            self.covered.store(covered, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -225,7 +256,7 @@ impl Link {
                         if batch.len() >= MAX_REGION_BATCH || bytes >= BATCH_BYTES {
                             bytes = 0;
                             let writes = std::mem::take(&mut batch);
-                            tx.blocking_send(Batch { through: 0, writes, stamped: 0 })
+                            tx.blocking_send(Batch { after: 0, through: 0, writes, stamped: 0 })
                                 .map_err(|_| crate::state_machine::StateMachineError::Storage("the resend stopped".into()))?;
                         }
                     }
@@ -234,7 +265,7 @@ impl Link {
                 Ok(())
             })
             .map_err(|e| e.to_string())?;
-            tx.blocking_send(Batch { through: view, writes: batch, stamped: 0 }).map_err(|_| "the resend stopped".to_string())
+            tx.blocking_send(Batch { after: 0, through: view, writes: batch, stamped: 0 }).map_err(|_| "the resend stopped".to_string())
         });
         let mut mark = 0;
         while let Some(b) = rx.recv().await {
@@ -257,7 +288,7 @@ impl Link {
         let bytes: usize = batch.writes.iter().map(|w| w.key.len() + w.value.len()).sum();
         let versions = batch.writes.len() as u64;
         let local_primary = primary_record(&**sm);
-        let req = ShipRequest { origin: self.own_region.clone(), through: batch.through, writes: batch.writes, primary: local_primary.clone() };
+        let req = ShipRequest { origin: self.own_region.clone(), after: batch.after, through: batch.through, writes: batch.writes, primary: local_primary.clone() };
         let reply = transport.request(peer, SHIP, encode(&req), Some(SHIP_TIMEOUT)).await.map_err(|e| format!("{peer}: {e}"))?;
         match decode::<ShipReply>("region", &reply)? {
             ShipReply::Merged { high_water, primary } => {
@@ -326,7 +357,7 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
             break; // a whole entry at most over: a txn holds at most 256 ops
         }
     }
-    Ok(Batch { through, writes, stamped })
+    Ok(Batch { after: 0, through, writes, stamped })
 }
 
 /// Every key a command may have written or deleted (both branches of a txn: which one ran
