@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side PUT benchmark: Meridian standalone vs etcd 3.4 single node, both driven by
-# wrk with the same script shape (16-byte keys, 256-byte values), 1/16/64 connections.
+# wrk with the same script shape (16-byte keys, 256-byte values), 1/16/64 connections; then
+# GET at 64 connections of 1024 loaded keys: Meridian `?consistency=local` against etcd's
+# serializable range (both serve from local state without a consensus round).
 # Both fsync every acknowledged write. Needs: etcd (apt-get install etcd-server), wrk.
 # Usage: bench/compare-etcd.sh [seconds-per-step]   (default 10)
 set -euo pipefail
@@ -41,12 +43,37 @@ run() { # target port conns -> "rps p50ms p99ms errors"
 }
 
 # Each server runs alone on the machine while it is measured (side by side, one disturbs the other).
+VALUE=$(printf 'v%.0s' $(seq 1 256)); VALUE_B64=$(printf %s "$VALUE" | base64 -w0)
+load_keys() { # target port: PUT r000000000000001..r000000000001024 (bench/raft.lua's read keys)
+  local i k
+  for i in $(seq 1 1024); do
+    k=$(printf 'r%015d' "$i")
+    if [ "$1" = etcd ]; then echo "url = \"http://127.0.0.1:$2/v3/kv/put\""; echo "data = \"{\\\"key\\\":\\\"$(printf %s "$k" | base64 -w0)\\\",\\\"value\\\":\\\"$VALUE_B64\\\"}\""
+    else echo "url = \"http://127.0.0.1:$2/v1/kv/$k\""; echo "upload-file = \"$TMP/value\""; fi
+    echo 'output = "/dev/null"'; echo 'write-out = "%{http_code}\n"'; [ "$i" = 1024 ] || echo next
+  done >"$TMP/load.cfg"
+  printf %s "$VALUE" >"$TMP/value"
+  local ok; ok=$(curl -s -K "$TMP/load.cfg" | grep -c '^200$' || true)
+  [ "$ok" = 1024 ] || { echo "$1: only $ok of 1024 keys loaded"; exit 1; }
+}
+get_run() { # target port -> "rps p50ms p99ms errors" (64 connections, local / serializable)
+  TARGET=$1 OP=get READ=local KEYS=1024 wrk -t2 -c64 -d${DUR}s --latency -s bench/raft.lua "http://127.0.0.1:$2" >"$TMP/wrk.out" 2>&1
+  awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    / 50%/ { p50=ms($2) } / 99%/ { p99=ms($2) }
+    /Non-2xx/ { err=$NF }
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }' "$TMP/wrk.out"
+}
+
 declare -A M E
 start_meridian
 for c in 1 16 64; do M[$c]=$(run meridian $MPORT $c); done
+load_keys meridian $MPORT; MG=$(get_run meridian $MPORT)
 kill "$MPID"; wait "$MPID" 2>/dev/null || true; MPID=
 start_etcd
 for c in 1 16 64; do E[$c]=$(run etcd $EPORT $c); done
+load_keys etcd $EPORT; EG=$(get_run etcd $EPORT)
 kill "$EPID"; wait "$EPID" 2>/dev/null || true; EPID=
 
 printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" clients "meridian/s" "p50 ms" "p99 ms" "etcd/s" "p50 ms" "p99 ms" "ratio" "p99 ok?"
@@ -58,3 +85,8 @@ for c in 1 16 64; do
   printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" "$c" "$mr" "$m50" "$m99" "$er" "$e50" "$e99" "$ratio" "$ok"
   if [ "$merr" != "0" ] || [ "$eerr" != "0" ]; then echo "  (non-2xx: meridian $merr, etcd $eerr)"; fi
 done
+read -r mr m50 m99 merr <<<"$MG"
+read -r er e50 e99 eerr <<<"$EG"
+printf "%-8s %12s %9s %9s | %12s %9s %9s | %9s %s\n" "GET 64" "$mr" "$m50" "$m99" "$er" "$e50" "$e99" "$(awk -v a="$mr" -v b="$er" 'BEGIN { printf "%.2fx", (b>0)?a/b:0 }')" "$(awk -v a="$m99" -v b="$e99" 'BEGIN { print (a<=b)?"yes":"no" }')"
+echo "(GET 64: Meridian consistency=local vs etcd serializable range, 1024 keys)"
+if [ "$merr" != "0" ] || [ "$eerr" != "0" ]; then echo "  (non-2xx: meridian $merr, etcd $eerr)"; fi

@@ -11,6 +11,8 @@
 local target = os.getenv("TARGET") or "meridian"
 local op = os.getenv("OP") or "put"
 local nkeys = tonumber(os.getenv("KEYS") or "1024")
+-- READ=local: Meridian `?consistency=local`, etcd `"serializable": true` (bench/compare-etcd.sh)
+local read = os.getenv("READ") or "linearizable"
 local value = string.rep("v", 256)
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local function b64(data)
@@ -48,9 +50,10 @@ function init(args)
     for i = 1, nkeys do
       local key = string.format("r%015d", i)
       if target == "etcd" then
-        gets[i] = wrk.format("POST", "/v3/kv/range", { ["Content-Type"] = "application/json" }, '{"key":"' .. b64(key) .. '"}')
+        local serializable = (read == "local") and ',"serializable":true' or ""
+        gets[i] = wrk.format("POST", "/v3/kv/range", { ["Content-Type"] = "application/json" }, '{"key":"' .. b64(key) .. '"' .. serializable .. '}')
       else
-        gets[i] = wrk.format("GET", "/v1/kv/" .. key .. "?consistency=linearizable")
+        gets[i] = wrk.format("GET", "/v1/kv/" .. key .. "?consistency=" .. read)
       end
     end
     counter = thread_id * 97 -- threads start at different keys
