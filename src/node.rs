@@ -177,6 +177,7 @@ impl Node {
                         crate::config::RegionWrites::Primary => region::RegionWrites::Primary,
                         crate::config::RegionWrites::ActiveActive => region::RegionWrites::ActiveActive,
                     },
+                    forward_writes: cfg.forward_writes,
                 };
                 region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler, semi_sync)
             }

@@ -3,9 +3,9 @@
 //!
 //! | test | setting and faults | what must hold |
 //! |---|---|---|
-//! | `writes_in_the_primary_region_reach_the_other_over_a_delayed_link` | 2 regions × 3 nodes, primary `us`, 50 ms added each way between regions | writes in `eu` refused (403 naming `us`); 300 writes and 30 deletes in `us` all appear in `eu` (lag p50/p99 printed); all six digests equal |
-//! | `a_cut_between_active_active_regions_heals_to_one_state` | 2 regions × 1 node, active_active, writers in both on shared and own keys, the link cut for 30 s | digests equal after healing; every acknowledged write on an own key present in both; on shared keys every acknowledged write present or overwritten by a version stamped after it was sent |
-//! | `promotion_while_the_primary_is_cut_off_demotes_it_on_heal` | 2 regions × 1 node, primary `us`; the link cut, writes in `us` (unaware), `eu` promoted, writes in `eu`; healed | `us` refuses writes (403 naming `eu`) once it hears; digests equal; every acknowledged write present or overwritten by a later stamp; `eu` reports the versions `us` wrote after the promotion |
+//! | `writes_in_the_primary_region_reach_the_other_over_a_delayed_link` | 2 regions × 3 nodes, primary `us`, 50 ms added each way between regions | a write in `eu` relayed to `us`; 300 writes and 30 deletes in `us` all appear in `eu` (lag p50/p99 printed); all six digests equal |
+//! | `a_cut_between_active_active_regions_heals_to_one_state` | 2 regions × 1 node, active_active, writers in both on shared and own keys, the link cut for 30 s; snapshots every 500 entries so the logs are purged past the marks meanwhile | the full-state resend runs; digests equal after healing; every acknowledged write on an own key present in both; on shared keys every acknowledged write present or overwritten by a version stamped after it was sent |
+//! | `promotion_while_the_primary_is_cut_off_demotes_it_on_heal` | 2 regions × 1 node, primary `us`, `FORWARD_WRITES=false`; the link cut, writes in `us` (unaware), `eu` promoted, writes in `eu`; healed | `us` refuses writes (403 naming `eu`) once it hears; digests equal; every acknowledged write present or overwritten by a later stamp; `eu` reports the versions `us` wrote after the promotion |
 //! | `semi_sync_writes_survive_the_loss_of_the_whole_primary_region` | 2 regions × 1 node, `semi_sync`, 100 ms added each way; kill -9 of `us` right after its last acknowledged write | after promoting `eu`, every write `us` acknowledged is in `eu` |
 //! | `a_killed_region_leader_is_replaced_and_shipping_resumes` | 2 regions × 3 nodes, primary `us`, kill -9 of `us`'s leader under writes | the new leader resumes from `eu`'s mark: every acknowledged write in `eu`, digests equal, `eu`'s mark for `us` never moves back |
 
@@ -43,10 +43,10 @@ fn writes_in_the_primary_region_reach_the_other_over_a_delayed_link() {
     let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 3, primary: Some("us"), extra: vec![] });
     rg.set_links(Some(Duration::from_millis(50)));
 
-    // The other region refuses writes and names the primary.
-    let (code, body) = call("PUT", &format!("{}/v1/kv/nope", rg.base(1, 0)), Some(b"x".to_vec()), T).unwrap();
-    let body = String::from_utf8_lossy(&body).to_string();
-    assert!(code == 403 && body.contains("read_only") && body.contains("us"), "a write in eu answered {code} {body}");
+    // The other region relays writes to the primary region.
+    let (code, body) = call("PUT", &format!("{}/v1/kv/relayed", rg.base(1, 0)), Some(b"x".to_vec()), T).unwrap();
+    assert_eq!(code, 200, "a write in eu answered {code} {}", String::from_utf8_lossy(&body));
+    assert_eq!(rg.get_local(0, 0, "relayed").map(|r| r.0), Some(200), "the relayed write is not in us");
     // Conditional writes are available in the primary region.
     let (code, _) = call("PUT", &format!("{}/v1/kv/cas?if_revision=0", rg.base(0, 1)), Some(b"1".to_vec()), T).unwrap();
     assert_eq!(code, 200);
@@ -112,7 +112,7 @@ fn writes_in_the_primary_region_reach_the_other_over_a_delayed_link() {
     );
 
     let (digest, keys) = rg.wait_converged(Duration::from_secs(60));
-    assert_eq!(keys as usize, N + 1, "300 live keys, 30 tombstones, and 'cas' ({digest})");
+    assert_eq!(keys as usize, N + 2, "300 live keys, 30 tombstones, 'cas' and 'relayed' ({digest})");
     for i in 0..N {
         let got = rg.get_local(1, 0, &format!("k{i:04}")).unwrap();
         if i % 10 == 0 {
@@ -144,7 +144,13 @@ struct Acked {
 #[test]
 fn a_cut_between_active_active_regions_heals_to_one_state() {
     let _g = serial();
-    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: None, extra: vec![] });
+    // Snapshots every 500 entries, 100 kept behind: during the cut each region's log is
+    // purged past the other's mark, so healing takes the full-state resend.
+    let snapshots = vec![
+        ("MERIDIAN_CLUSTER_RAFT_SNAPSHOT_THRESHOLD".to_string(), "500".to_string()),
+        ("MERIDIAN_CLUSTER_RAFT_TRAILING_LOGS".to_string(), "100".to_string()),
+    ];
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: None, extra: snapshots });
     // Conditional writes are refused in active_active.
     let (code, body) = call("PUT", &format!("{}/v1/kv/c?if_revision=0", rg.base(0, 0)), Some(b"1".to_vec()), T).unwrap();
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
@@ -215,6 +221,9 @@ fn a_cut_between_active_active_regions_heals_to_one_state() {
         }
     }
     eprintln!("{overwritten} acknowledged shared-key writes overwritten by later ones (both regions counted)");
+    for r in 0..2 {
+        assert!(rg.nodes[r][0].log_shows("resending every version", T), "{}: healing did not take the full-state resend (the log was not purged?)", rg.names[r]);
+    }
 }
 
 #[test]
@@ -267,7 +276,8 @@ fn a_killed_region_leader_is_replaced_and_shipping_resumes() {
 #[test]
 fn promotion_while_the_primary_is_cut_off_demotes_it_on_heal() {
     let _g = serial();
-    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: Some("us"), extra: vec![] });
+    // Without relaying, so that a region that does not take writes says so (403).
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: Some("us"), extra: vec![("MERIDIAN_FORWARD_WRITES".into(), "false".into())] });
     let (us, eu) = (rg.base(0, 0), rg.base(1, 0));
     let put = |base: &str, key: &str, value: &str| -> (u16, u64) {
         let sent = wall_ms();

@@ -9,6 +9,10 @@ use crate::transport::Family;
 /// empty batch with `through = 0` only asks for the receiver's high-water mark of `origin`.
 pub const SHIP: u16 = Family::Region.msg(0x01);
 
+/// A client write relayed to the primary region (request: [`crate::forward::ForwardRequest`],
+/// reply: [`crate::forward::ForwardReply`]).
+pub const FORWARD: u16 = Family::Region.msg(0x02);
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShipRequest {
     /// The sending region (`CLUSTER_REGION_ID`); must be one the receiver lists.

@@ -76,6 +76,9 @@ pub struct RegionConfig {
     pub remotes: Vec<(String, String)>,
     pub primary_region: Option<String>,
     pub writes: RegionWrites,
+    /// `MERIDIAN_FORWARD_WRITES`: a region that does not take writes relays them to the
+    /// primary region (true) or answers `403 read_only` naming it (false).
+    pub forward_writes: bool,
 }
 
 impl RegionConfig {
@@ -141,6 +144,7 @@ pub struct MultiRegion {
     sm: Arc<dyn StateMachine>,
     hlc: Arc<Hlc>,
     links: Vec<Arc<Link>>,
+    transport: Transport,
     stopped: Arc<AtomicBool>,
     /// Versions merged here that their region wrote after it was demoted.
     demoted_writes: AtomicU64,
@@ -174,10 +178,11 @@ impl MultiRegion {
             let stop = stopped.clone();
             tokio::spawn(link.clone().run(transport.clone(), wal.clone(), sm.clone(), raft.clone(), move || stop.load(Ordering::Relaxed)));
         }
+        let transport = transport.clone();
         if let Some(s) = semi_sync {
             let _ = s.marks.set(links.iter().map(|l| l.acked()).collect());
         }
-        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
+        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, transport, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
         let _ = handler.node.set(Arc::downgrade(&node));
         node
     }
@@ -254,6 +259,47 @@ impl MultiRegion {
             // What this region has merged from each other region: that region's log position.
             "received": self.cfg.remote_names().iter().map(|r| (r.clone(), serde_json::json!(self.high_water(r)))).collect::<serde_json::Map<_, _>>(),
         })
+    }
+
+    /// Takes the write in this region, or relays it to the primary region when this one
+    /// does not take writes and `forward` allows it (a relayed write is never relayed again).
+    async fn submit_here_or_forward(&self, cmd: Command, forward: bool) -> Result<Committed, SubmitError> {
+        if let Err(e) = self.takes_writes() {
+            return match self.primary() {
+                Some(p) if forward => self.forward_to(&p.region, cmd).await,
+                _ => Err(e),
+            };
+        }
+        if self.cfg.writes == RegionWrites::ActiveActive && conditional(&cmd) {
+            return Err(SubmitError::Refused(
+                "if_revision and /v1/txn are not available with MERIDIAN_CLUSTER_REGION_WRITES=active_active: two regions could both pass the same compare; use CLUSTER_REGION_WRITES=primary for conditional writes".into(),
+            ));
+        }
+        self.raft.submit(cmd).await
+    }
+
+    /// Relays a write to a node of `region` (any listed one that answers; it forwards to its
+    /// leader). The answer's bookmark names a position in *that* region's log, which means
+    /// nothing here: the client gets this node's applied position instead, so a bookmark read
+    /// here never waits for a position this region will not reach — and does not promise to
+    /// see the write either (it arrives with the primary region's next batch).
+    async fn forward_to(&self, region: &str, cmd: Command) -> Result<Committed, SubmitError> {
+        let Some(link) = self.links.iter().find(|l| l.region == region) else {
+            return Err(SubmitError::ReadOnly(format!("the primary region {region} is not in MERIDIAN_CLUSTER_REMOTE_REGIONS")));
+        };
+        let req = crate::forward::ForwardRequest { epoch: 0, command: cmd };
+        let mut last = None;
+        for peer in link.peers() {
+            match crate::forward::forward(&self.transport, peer, messages::FORWARD, &req, std::time::Duration::from_secs(30)).await {
+                Err(e @ SubmitError::Unavailable(_)) => last = Some(e),
+                Ok(mut c) => {
+                    c.bookmark = crate::bookmark::Bookmark { epoch: self.raft.status().epoch, index: self.sm.applied_index() };
+                    return Ok(c);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| SubmitError::Unavailable(format!("no node of the primary region {region} answered"))))
     }
 
     /// The primary record in force: the replicated one, else epoch 0 from the configuration.
@@ -333,13 +379,7 @@ impl Replicator for MultiRegion {
     }
 
     async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
-        self.takes_writes()?;
-        if self.cfg.writes == RegionWrites::ActiveActive && conditional(&cmd) {
-            return Err(SubmitError::Refused(
-                "if_revision and /v1/txn are not available with MERIDIAN_CLUSTER_REGION_WRITES=active_active: two regions could both pass the same compare; use CLUSTER_REGION_WRITES=primary for conditional writes".into(),
-            ));
-        }
-        self.raft.submit(cmd).await
+        self.submit_here_or_forward(cmd, self.cfg.forward_writes).await
     }
 
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError> {
@@ -416,6 +456,13 @@ impl Handler for RegionHandler {
             SHIP => {
                 let req: ShipRequest = decode("region", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
                 Ok(encode(&node.receive(req).await))
+            }
+            messages::FORWARD => {
+                let req: crate::forward::ForwardRequest = decode("region", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
+                if let Err(refused) = crate::forward::check(&req, &node.raft.limits()) {
+                    return Ok(encode(&refused));
+                }
+                Ok(encode(&crate::forward::ForwardReply::from_result(node.submit_here_or_forward(req.command, false).await)))
             }
             other => Err(RemoteError::new("unknown_message", format!("region message type {other:#06x} is not one this build knows"))),
         }

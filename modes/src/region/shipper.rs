@@ -123,6 +123,11 @@ impl Link {
         })
     }
 
+    /// The transport peers (one per listed address) of the remote region.
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
     /// Watches the remote's mark for this region.
     pub fn acked(&self) -> tokio::sync::watch::Receiver<u64> {
         self.acked.subscribe()
