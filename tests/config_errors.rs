@@ -80,3 +80,32 @@ fn bad_tls_settings_exit_2_naming_the_variable() {
         refused(&env, variable);
     }
 }
+
+#[test]
+fn bad_multi_region_settings_exit_2_naming_the_variable() {
+    let base = [
+        ("MERIDIAN_CLUSTER_MODE", "multi_region"),
+        ("MERIDIAN_CLUSTER_NODE_ID", "us1"),
+        ("MERIDIAN_CLUSTER_RAFT_PEERS", "us1:127.0.0.1:1"),
+        ("MERIDIAN_CLUSTER_SECRET", "multi-region-config-test-secret-0123456789"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> { base.iter().copied().chain(extra.iter().copied()).collect() };
+    refused(&with(&[]), "MERIDIAN_CLUSTER_REGION_ID");
+    refused(&with(&[("MERIDIAN_CLUSTER_REGION_ID", "us east")]), "MERIDIAN_CLUSTER_REGION_ID");
+    refused(&with(&[("MERIDIAN_CLUSTER_REGION_ID", "us")]), "MERIDIAN_CLUSTER_REMOTE_REGIONS");
+    refused(&with(&[("MERIDIAN_CLUSTER_REGION_ID", "us"), ("MERIDIAN_CLUSTER_REMOTE_REGIONS", "us:127.0.0.1:2")]), "MERIDIAN_CLUSTER_REMOTE_REGIONS");
+    refused(&with(&[("MERIDIAN_CLUSTER_REGION_ID", "us"), ("MERIDIAN_CLUSTER_REMOTE_REGIONS", "eu:127.0.0.1:2")]), "MERIDIAN_CLUSTER_PRIMARY_REGION");
+    refused(
+        &with(&[("MERIDIAN_CLUSTER_REGION_ID", "us"), ("MERIDIAN_CLUSTER_REMOTE_REGIONS", "eu:127.0.0.1:2"), ("MERIDIAN_CLUSTER_PRIMARY_REGION", "ap")]),
+        "MERIDIAN_CLUSTER_PRIMARY_REGION",
+    );
+    refused(
+        &with(&[
+            ("MERIDIAN_CLUSTER_REGION_ID", "us"),
+            ("MERIDIAN_CLUSTER_REMOTE_REGIONS", "eu:127.0.0.1:2"),
+            ("MERIDIAN_CLUSTER_REGION_WRITES", "active_active"),
+            ("MERIDIAN_CLUSTER_CONFLICT_STRATEGY", "manual"),
+        ]),
+        "MERIDIAN_CLUSTER_CONFLICT_STRATEGY",
+    );
+}

@@ -421,9 +421,24 @@ fn region_benchmark() {
         });
         rg.set_links(Some(Duration::from_millis(50)));
         let leader = rg.wait_leader(0, T);
-        rows.push((if mode == "async" { "2 regions x 3, async" } else { "2 regions x 3, semi_sync" }, bench_put(&rg.base(0, leader), secs)));
         if mode == "async" {
             lag = measure_lag(&rg, leader, 1000, 10);
+        }
+        let put = bench_put(&rg.base(0, leader), secs);
+        rows.push((if mode == "async" { "2 regions x 3, async" } else { "2 regions x 3, semi_sync" }, put));
+        if mode == "async" {
+            // How long eu takes to hold everything the load wrote: the shipping rate.
+            let behind = |st: &serde_json::Value| st["remotes"][0]["lag_entries"].as_u64().unwrap_or(u64::MAX);
+            let (_, st) = call_json("GET", &format!("{}/admin/region/status", rg.base(0, leader)), None, T).unwrap();
+            let (start, t) = (behind(&st), Instant::now());
+            loop {
+                let (_, st) = call_json("GET", &format!("{}/admin/region/status", rg.base(0, leader)), None, T).unwrap();
+                if behind(&st) == 0 || t.elapsed() > Duration::from_secs(120) {
+                    eprintln!("after the async load eu was {start} entries behind; caught up in {:.1} s ({:.0} entries/s shipped)", t.elapsed().as_secs_f64(), start as f64 / t.elapsed().as_secs_f64().max(0.001));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     eprintln!("\n| setup | PUT/s (64 clients) | p50 ms | p99 ms | vs one group |\n|---|---|---|---|---|");
@@ -451,19 +466,7 @@ fn measure_lag(rg: &Regions, leader: usize, rate: u64, secs: u64) -> Vec<Duratio
     rt.block_on(async move {
         let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
         let acked: Arc<Vec<Mutex<Option<Instant>>>> = Arc::new((0..n).map(|_| Mutex::new(None)).collect());
-        let t0 = Instant::now();
-        let mut writers = Vec::new();
-        for i in 0..n {
-            let due = t0 + Duration::from_micros(i as u64 * 1_000_000 / rate);
-            tokio::time::sleep_until(due.into()).await;
-            let (client, us, acked) = (client.clone(), us.clone(), acked.clone());
-            writers.push(tokio::spawn(async move {
-                let r = client.put(format!("{us}/v1/kv/lag{i:06}")).body("x").send().await;
-                if r.is_ok_and(|r| r.status() == 200) {
-                    *acked[i].lock().unwrap() = Some(Instant::now());
-                }
-            }));
-        }
+        // The readers start first: a key's lag counts from its acknowledgement.
         let readers: Vec<_> = (0..4)
             .map(|r| {
                 let (client, eu, acked) = (client.clone(), eu.clone(), acked.clone());
@@ -492,6 +495,19 @@ fn measure_lag(rg: &Regions, leader: usize, rate: u64, secs: u64) -> Vec<Duratio
                 })
             })
             .collect();
+        let t0 = Instant::now();
+        let mut writers = Vec::new();
+        for i in 0..n {
+            let due = t0 + Duration::from_micros(i as u64 * 1_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let (client, us, acked) = (client.clone(), us.clone(), acked.clone());
+            writers.push(tokio::spawn(async move {
+                let r = client.put(format!("{us}/v1/kv/lag{i:06}")).body("x").send().await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    *acked[i].lock().unwrap() = Some(Instant::now());
+                }
+            }));
+        }
         for w in writers {
             w.await.unwrap();
         }
@@ -502,3 +518,4 @@ fn measure_lag(rg: &Regions, leader: usize, rate: u64, secs: u64) -> Vec<Duratio
         all
     })
 }
+

@@ -193,6 +193,11 @@ impl Link {
         self.covered.store(covered, Ordering::Relaxed);
         // Positions up to `sent` are in flight, at the remote, or hold nothing to ship.
         let mut sent = covered;
+        // The `through` of the last batch sent (or the remote's mark): the next batch continues
+        // from it. Not `sent`: ranges skipped for holding nothing never reach the remote, whose
+        // mark therefore stays below them, and a batch continuing from them would look to it
+        // like one after a lost batch.
+        let mut last_sent = covered;
         let mut in_flight = futures_util::stream::FuturesOrdered::new();
         while raft.is_leader() && !stopped() {
             let applied = sm.applied_index();
@@ -209,14 +214,17 @@ impl Link {
                     Ok(batch) if batch.through < from => tokio::time::sleep(Duration::from_millis(1)).await, // not durable here yet
                     Ok(batch) if batch.writes.is_empty() && batch.stamped == 0 => sent = batch.through, // nothing to ship up to here
                     Ok(mut batch) => {
-                        batch.after = sent;
+                        tracing::debug!(region = %self.region, after = last_sent, through = batch.through, versions = batch.writes.len(), in_flight = in_flight.len(), "shipping a batch");
+                        batch.after = last_sent;
                         sent = batch.through;
+                        last_sent = batch.through;
                         in_flight.push_back(self.send(transport, &peer, sm, raft, batch));
                     }
                     Err(Collect::Purged) if in_flight.is_empty() => {
                         tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
                         covered = self.resend_all(transport, &peer, sm, raft).await?;
                         sent = covered;
+                        last_sent = covered;
                     }
                     Err(Collect::Purged) => {} // after the batches in flight
                     Err(Collect::Failed(e)) => return Err(e),
@@ -235,6 +243,7 @@ impl Link {
             let more = in_flight.len() < PIPELINE && sent < sm.applied_index();
             tokio::select! {
                 answer = in_flight.next() => {
+                    tracing::debug!(region = %self.region, ?answer, "batch answered");
                     covered = covered.max(answer.expect("not empty")?);
                     self.covered.store(covered, Ordering::Relaxed);
                 }
