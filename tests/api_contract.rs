@@ -166,6 +166,12 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() {
     let long_txn = json!({"success":[{"op":"delete","key": long}]});
     assert_eq!(bad(c.post(node.url("/v1/txn")).json(&long_txn).send().await.unwrap()).await.1, "bad_request");
     assert_eq!(bad(c.put(node.url("/v1/kv/k?if_revision=minus")).body("x").send().await.unwrap()).await.1, "bad_request");
+    // A key may not start with NUL: those are the store's own (multi_region high-water marks,
+    // the primary record), never a client's to write or delete.
+    assert_eq!(bad(c.put(node.url("/v1/kv/%00region%2Fprimary")).body("x").send().await.unwrap()).await.1, "bad_request");
+    assert_eq!(bad(c.delete(node.url("/v1/kv/%00hwm%2Fus")).send().await.unwrap()).await.1, "bad_request");
+    let reserved_txn = json!({"success":[{"op":"put","key":"\u{0}hwm/us","value_b64":"eA=="}]});
+    assert_eq!(bad(c.post(node.url("/v1/txn")).json(&reserved_txn).send().await.unwrap()).await.1, "bad_request");
 
     // Reads: bad consistency or bookmark.
     assert_eq!(bad(c.get(node.url("/v1/kv/k?consistency=eventual")).send().await.unwrap()).await.1, "bad_request");

@@ -30,6 +30,10 @@ pub fn check_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(ApiError::bad_request(format!("keys must be 1 to {MAX_KEY_BYTES} bytes of UTF-8; this one is {} bytes", key.len())));
     }
+    if meridian_modes::command::is_reserved(key) {
+        // The store's own keys (multi_region marks and primary record) start with NUL.
+        return Err(ApiError::bad_request("keys may not start with a NUL character (reserved for the store's own keys)"));
+    }
     Ok(())
 }
 
