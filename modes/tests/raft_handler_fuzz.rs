@@ -77,6 +77,7 @@ fn subject() -> Subject {
             http_addr: None,
             data_dir: dir.path().to_path_buf(),
             limits: Limits { max_key_bytes: 64, max_value_bytes: 1024, max_txn_ops: 4 },
+            propose_hook: None,
         };
         let node = RaftNode::start(cfg, wal, dyn_sm, store, handler.clone(), t).await.unwrap();
         (node, handler)

@@ -66,8 +66,8 @@ impl StateMachine for GapFilling {
     fn checkpoint(&self) -> Result<u64, StateMachineError> {
         self.0.checkpoint()
     }
-    fn get(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
-        self.0.get(key)
+    fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
+        self.0.get_version(key)
     }
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
         self.0.list(prefix, start_after, limit)
