@@ -128,6 +128,11 @@ fn writes_in_the_primary_region_reach_the_other_over_a_delayed_link() {
     assert_eq!(remote["region"], "eu", "{st}");
     assert_eq!(remote["lag_entries"], 0, "{st}");
     assert!(remote["shipped_versions"].as_u64().unwrap() >= N as u64, "{st}");
+    // The cluster page's data carries the region leader's view of its link.
+    let (_, view) = call_json("GET", &format!("{}/ui/cluster.json", rg.base(0, (leader + 1) % 3)), None, T).unwrap();
+    let shipping: Vec<&serde_json::Value> = view["nodes"].as_array().unwrap().iter().filter(|n| n["region"]["is_region_leader"] == true).collect();
+    assert_eq!(shipping.len(), 1, "{view}");
+    assert_eq!(shipping[0]["region"]["remotes"][0]["region"], "eu", "{view}");
     let (_, metrics) = call("GET", &format!("{}/metrics", rg.base(0, leader)), None, T).unwrap();
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     for m in ["meridian_region_lag_entries{region=\"eu\"} 0", "meridian_region_lag_seconds{region=\"eu\"}", "meridian_region_shipped_bytes_total{region=\"eu\"}"] {

@@ -66,6 +66,9 @@ pub struct NodeView {
     /// raft: voter or learner, from the membership.
     pub membership: Option<String>,
     pub leader_changes: u64,
+    /// multi_region: this node's `/admin/region/status` (the region leader's has the links'
+    /// lag; the page shows that one).
+    pub region: Option<Value>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -114,6 +117,7 @@ pub async fn local_view(st: &AppState) -> NodeView {
         divergent_tails: st.replicator.divergent_tails(),
         membership: None,
         leader_changes: s.leader_changes,
+        region: if s.mode == "multi_region" { st.replicator.admin(AdminRequest::RegionStatus).await.ok() } else { None },
     }
 }
 

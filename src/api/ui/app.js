@@ -69,12 +69,31 @@ function row(n, view) {
     "</tr>";
 }
 
+// multi_region: the region leader's view of its links (it is the node that ships).
+function renderRegions(view) {
+  const withRegion = view.nodes.filter(n => n.region);
+  const section = document.getElementById("regions-section");
+  section.hidden = !withRegion.length;
+  if (!withRegion.length) return;
+  const r = (withRegion.find(n => n.region.is_region_leader) || withRegion[0]).region;
+  document.getElementById("region-summary").innerHTML =
+    `region <b>${esc(r.region)}</b> · primary region <b>${esc(r.primary_region || "none (active_active)")}</b>` +
+    (r.region_epoch != null ? ` · region epoch ${r.region_epoch}` : "") +
+    ` · ${r.takes_writes ? "takes writes" : "relays writes to the primary region"}` +
+    (r.demoted_writes_merged ? ` · <span class="bad">${r.demoted_writes_merged} version(s) from a demoted region merged</span>` : "");
+  document.querySelector("#regions tbody").innerHTML = (r.remotes || []).map(l =>
+    "<tr>" + cell(esc(l.region)) + cell(esc(l.address || "—")) + cell(String(l.acknowledged)) +
+    cell(String(l.lag_entries)) + cell(l.lag_seconds.toFixed(2)) + cell(String(l.shipped_versions)) +
+    cell(l.last_error ? `<span class="bad">${esc(l.last_error)}</span>` : "—") + "</tr>").join("");
+}
+
 function render(view) {
   last = view;
   document.querySelector("#nodes tbody").innerHTML = view.nodes.map(n => row(n, view)).join("");
   const tails = view.nodes.flatMap(n => (n.divergent_tails || []).map(t => `<li>${esc(n.node_id)}: ${t.records} record(s) after index ${t.after_index} in <code>${esc(t.file)}</code></li>`));
   document.getElementById("divergent").innerHTML = tails.length ? tails.join("") : "<li>none</li>";
   document.getElementById("updated").textContent = "updated " + new Date(view.generated_at_ms).toLocaleTimeString();
+  renderRegions(view);
   const now = Date.now();
   for (const n of view.nodes) {
     const h = (lagHistory[n.node_id] = lagHistory[n.node_id] || []);
