@@ -389,6 +389,9 @@ impl Replicator for MultiRegion {
     fn status(&self) -> ReplicationStatus {
         let mut s = self.raft.status();
         s.mode = "multi_region";
+        // The transport lists each dialled address of a remote region; one entry per region
+        // (below) says more.
+        s.peers.retain(|p| !p.id.starts_with("region:"));
         let applied = self.sm.applied_index();
         for l in &self.links {
             let st = l.status(applied);
