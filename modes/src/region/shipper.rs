@@ -174,7 +174,8 @@ impl Link {
 
     /// Learns the remote's mark, then ships from it while this node leads its region, with
     /// up to [`PIPELINE`] batches in flight: batch k+1 leaves before batch k's answer is back,
-    /// so the lag is about one round trip, not two. Each batch says where it continues from
+    /// so a version reaches the remote about one one-way delay after its commit here instead
+    /// of waiting behind the previous batch's round trip. Each batch says where it continues from
     /// (`after`); the receiver merges an origin's batches one at a time, in that order, and
     /// refuses one that would leave a gap ([`ShipRequest::after`]), so the remote's mark
     /// still only ever covers versions it holds.
@@ -241,7 +242,10 @@ impl Link {
             }
             // Collect answers in order; look for more to send every IDLE_POLL meanwhile.
             let more = in_flight.len() < PIPELINE && sent < sm.applied_index();
+            // `biased`: the batches in flight are polled first on every turn (a request is sent
+            // only when its future is polled), then the loop goes on to send more.
             tokio::select! {
+                biased;
                 answer = in_flight.next() => {
                     tracing::debug!(region = %self.region, ?answer, "batch answered");
                     covered = covered.max(answer.expect("not empty")?);
