@@ -31,15 +31,22 @@ pub struct RaftCommand(pub Command);
 
 impl fmt::Display for RaftCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Command::Put { key, .. } => write!(f, "put {key:?}"),
-            Command::Delete { key, .. } => write!(f, "delete {key:?}"),
-            Command::Txn(t) => write!(f, "txn of {} ops", t.success.len() + t.failure.len()),
-            Command::Noop => write!(f, "noop"),
-            Command::Stamped { command, .. } => write!(f, "stamped {}", RaftCommand((**command).clone())),
-            Command::RegionBatch { origin, through, writes, .. } => write!(f, "{} versions from region {origin} through {through}", writes.len()),
-            Command::SetPrimary(p) => write!(f, "primary region {} (epoch {})", p.region, p.epoch),
+        describe(&self.0, f)
+    }
+}
+
+fn describe(c: &Command, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match c {
+        Command::Put { key, .. } => write!(f, "put {key:?}"),
+        Command::Delete { key, .. } => write!(f, "delete {key:?}"),
+        Command::Txn(t) => write!(f, "txn of {} ops", t.success.len() + t.failure.len()),
+        Command::Noop => write!(f, "noop"),
+        Command::Stamped { command, .. } => {
+            write!(f, "stamped ")?;
+            describe(command, f)
         }
+        Command::RegionBatch { origin, through, writes, .. } => write!(f, "{} versions from region {origin} through {through}", writes.len()),
+        Command::SetPrimary(p) => write!(f, "primary region {} (epoch {})", p.region, p.epoch),
     }
 }
 

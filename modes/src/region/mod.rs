@@ -84,7 +84,6 @@ pub struct RegionConfig {
 impl RegionConfig {
     fn remote_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.remotes.iter().map(|(r, _)| r.clone()).collect();
-        v.dedup();
         v.sort();
         v.dedup();
         v
