@@ -82,6 +82,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("CLUSTER_CONFLICT_STRATEGY", "last_write_wins or manual"),
     ("CLUSTER_PRIMARY_REGION", "a region name"),
     ("CLUSTER_REGION_WRITES", "primary or active_active"),
+    ("CLUSTER_TOMBSTONE_GC_INTERVAL", "a duration such as 60s, or a bare number of seconds; 0 never collects tombstones"),
     ("CLUSTER_TLS_ENABLED", "true or false"),
     ("CLUSTER_TLS_CERT_FILE", "a path to a PEM certificate chain"),
     ("CLUSTER_TLS_KEY_FILE", "a path to a PEM private key"),
@@ -312,6 +313,8 @@ pub struct Config {
     pub cluster_conflict_strategy: ConflictStrategy,
     pub cluster_primary_region: Option<String>,
     pub cluster_region_writes: RegionWrites,
+    /// multi_region: how often the region leader collects tombstones every region has (0: never).
+    pub cluster_tombstone_gc_interval: HumanDuration,
 
     pub cluster_tls_enabled: bool,
     pub cluster_tls_cert_file: Option<PathBuf>,
@@ -386,6 +389,7 @@ impl Default for Config {
             cluster_conflict_strategy: ConflictStrategy::LastWriteWins,
             cluster_primary_region: None,
             cluster_region_writes: RegionWrites::Primary,
+            cluster_tombstone_gc_interval: HumanDuration(Duration::from_secs(60)),
             cluster_tls_enabled: false,
             cluster_tls_cert_file: None,
             cluster_tls_key_file: None,

@@ -178,6 +178,7 @@ impl Node {
                         crate::config::RegionWrites::ActiveActive => region::RegionWrites::ActiveActive,
                     },
                     forward_writes: cfg.forward_writes,
+                    tombstone_gc_interval: cfg.cluster_tombstone_gc_interval.0,
                 };
                 region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler, semi_sync)
             }

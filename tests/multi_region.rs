@@ -231,6 +231,84 @@ fn a_cut_between_active_active_regions_heals_to_one_state() {
     }
 }
 
+/// Tombstones are collected once every region has them, never before, and a collected key
+/// stays deleted (issue 13: "collected only once every region has acknowledged past them").
+/// The deletes happen while us cannot reach eu, though eu still reaches us: us keeps hearing
+/// eu's clock move past its deletes, and must still keep its own tombstones until eu has them.
+#[test]
+fn tombstones_are_collected_once_every_region_has_them() {
+    let _g = serial();
+    let gc = vec![("MERIDIAN_CLUSTER_TOMBSTONE_GC_INTERVAL".to_string(), "1s".to_string())];
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: None, extra: gc });
+    let digest = |r: usize| call_json("GET", &format!("{}/admin/digest", rg.base(r, 0)), None, T).unwrap().1;
+    let status = |r: usize| call_json("GET", &format!("{}/admin/region/status", rg.base(r, 0)), None, T).unwrap().1;
+    for i in 0..100 {
+        let (code, _) = call("PUT", &format!("{}/v1/kv/gc-{i}", rg.base(0, 0)), Some(b"v".to_vec()), T).unwrap();
+        assert_eq!(code, 200);
+    }
+    rg.wait_converged(Duration::from_secs(30));
+
+    // One way cut (the proxies us dials to reach eu); us deletes everything; both keep writing.
+    for p in &rg.proxies[1] {
+        p.cut();
+    }
+    for i in 0..100 {
+        let (code, _) = call("DELETE", &format!("{}/v1/kv/gc-{i}", rg.base(0, 0)), None, T).unwrap();
+        assert_eq!(code, 200);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let tickers: Vec<_> = (0..2)
+        .map(|r| {
+            let (base, stop, name) = (rg.base(r, 0), stop.clone(), rg.names[r]);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    n += 1;
+                    let _ = call("PUT", &format!("{base}/v1/kv/tick-{name}"), Some(n.to_string().into_bytes()), T);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4)); // four collection passes
+    let (d, st) = (digest(0), status(0));
+    assert!(st["tombstones"]["next_horizon"].as_u64().unwrap() > 0, "eu's clock did not reach us: {st:#}");
+    assert_eq!(d["tombstones"], 100, "us collected tombstones eu never received: {d}\n{st:#}");
+
+    // Healed: each region's tombstones reach the other, and the clocks move past them.
+    rg.set_links(Some(Duration::ZERO));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = (digest(0), digest(1));
+        if a["tombstones"] == 0 && b["tombstones"] == 0 {
+            eprintln!("every tombstone collected: us {a}, eu {b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "tombstones not collected within 60 s: us {a}, eu {b}\nus: {:#}\neu: {:#}", status(0), status(1));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tickers {
+        t.join().unwrap();
+    }
+    for r in 0..2 {
+        let st = status(r);
+        assert!(st["tombstones"]["collected"].as_u64().unwrap() >= 100, "{}: {st:#}", rg.names[r]);
+        assert!(st["tombstones"]["horizon"].as_u64().unwrap() > 0, "{}: {st:#}", rg.names[r]);
+        for i in 0..100 {
+            let (code, _) = rg.get_local(r, 0, &format!("gc-{i}")).unwrap();
+            assert_eq!(code, 404, "{}: gc-{i} came back after its tombstone was collected", rg.names[r]);
+        }
+    }
+    // A collected key can be written again, and the write reaches the other region.
+    let (code, _) = call("PUT", &format!("{}/v1/kv/gc-7", rg.base(1, 0)), Some(b"again".to_vec()), T).unwrap();
+    assert_eq!(code, 200);
+    let (_, keys) = rg.wait_converged(Duration::from_secs(30));
+    assert_eq!(rg.get_local(0, 0, "gc-7").unwrap(), (200, b"again".to_vec()));
+    eprintln!("converged again at {keys} keys");
+}
+
 #[test]
 fn a_killed_region_leader_is_replaced_and_shipping_resumes() {
     let _g = serial();

@@ -3,6 +3,32 @@
 //! Every [`StateMachine`](crate::StateMachine) implementation (redb in the `meridian`
 //! package, the in-memory one here) exposes its write transaction as [`KvAccess`] and calls
 //! [`apply_command`], so all replicas and all storage engines agree on the result.
+//!
+//! ## multi_region: stamps, received clocks, collecting tombstones
+//!
+//! Three invariants make deleted keys collectable without letting them come back; each is
+//! enforced here, in the one place every replica goes through.
+//!
+//! 1. **A region's own stamps strictly increase along its log.** The leader stamps a write as
+//!    it proposes it, but two proposals can reach the log in the other order, and a new
+//!    leader's clock may trail the old one's. So applying a [`Command::Stamped`] raises its
+//!    stamp above the last one this region applied ([`own_stamp`], the reserved key
+//!    [`clock_key`]), and to at least the collection horizon (3); every replica computes the
+//!    same stamp from the same log.
+//! 2. **A received clock only claims what has arrived.** A region batch carries `clock`, the
+//!    highest raw stamp of the origin's writes up to `through`. By 1, every version the origin
+//!    stamps later is stamped above it; batches of one origin are merged in order; so once a
+//!    batch is merged, every version of that origin stamped at or below `clock` has arrived
+//!    here (or was superseded at the origin before it was shipped). Stored per origin
+//!    ([`received_clock_key`]), raised in the same entry as the versions.
+//! 3. **Below the horizon, absence is final.** A tombstone is removed only by a
+//!    [`Command::CollectTombstones`], only if its stamp is below that command's horizon, and
+//!    the horizon is stored ([`horizon_key`]). The region's collector chooses the horizon no
+//!    higher than every remote's received clock, and collects this region's own tombstones
+//!    only once every remote region has acknowledged them (`region::collect`). A shipped
+//!    version below the horizon for a key with no version here is a late copy of something
+//!    that has already arrived and lost (by 2), so [`merge`] drops it instead of resurrecting
+//!    a collected key.
 
 use crate::command::{primary_key, Command, CommandResult, CompareTarget, KeyValue, Op, OpResult, Outcome, PrimaryRecord, Stamp, RESERVED_PREFIX};
 use crate::state_machine::StateMachineError;
@@ -39,13 +65,17 @@ fn apply_in<K: KvAccess + ?Sized>(
 ) -> Result<CommandResult, StateMachineError> {
     let outcome = match cmd {
         Command::Noop => Outcome::Noop,
-        Command::Stamped { stamp, command } => return apply_in(kv, index, command, Some(stamp)),
-        Command::RegionBatch { origin, through, writes, primary } => {
+        Command::Stamped { stamp, command } => {
+            let stamp = own_stamp(kv, index, stamp)?;
+            return apply_in(kv, index, command, Some(&stamp));
+        }
+        Command::RegionBatch { origin, through, clock, writes, primary } => {
             if let Some(p) = primary {
                 set_primary(kv, index, p)?;
             }
-            merge(kv, index, origin, *through, writes)?
+            merge(kv, index, origin, *through, *clock, writes)?
         }
+        Command::CollectTombstones { horizon, tombstones } => collect(kv, index, *horizon, tombstones)?,
         Command::SetPrimary(p) => {
             set_primary(kv, index, p)?;
             Outcome::Noop
@@ -155,19 +185,66 @@ pub fn high_water_key(origin: &str) -> String {
     format!("{RESERVED_PREFIX}hwm/{origin}")
 }
 
+/// The reserved key holding the last stamp this region gave one of its own writes (invariant 1).
+pub fn clock_key() -> String {
+    format!("{RESERVED_PREFIX}region/clock")
+}
+
+/// The reserved key holding the highest `clock` merged from `origin` (invariant 2).
+pub fn received_clock_key(origin: &str) -> String {
+    format!("{RESERVED_PREFIX}rclk/{origin}")
+}
+
+/// The reserved key holding this region's collection horizon (invariant 3).
+pub fn horizon_key() -> String {
+    format!("{RESERVED_PREFIX}region/horizon")
+}
+
+/// A reserved key's number (0 when absent).
+pub fn reserved_u64<K: KvAccess + ?Sized>(kv: &mut K, key: &str) -> Result<u64, StateMachineError> {
+    Ok(kv.get(key)?.and_then(|v| v.value.try_into().ok()).map_or(0, u64::from_le_bytes))
+}
+
+/// Raises a reserved key's number to `to` (never lowers it).
+fn raise_u64<K: KvAccess + ?Sized>(kv: &mut K, index: u64, key: String, to: u64) -> Result<u64, StateMachineError> {
+    let held = reserved_u64(kv, &key)?;
+    if to > held {
+        kv.put(KeyValue::plain(key, to.to_le_bytes().to_vec(), index, index))?;
+        return Ok(to);
+    }
+    Ok(held)
+}
+
+/// The stamp a [`Command::Stamped`] is applied with: the leader's, raised above the last one
+/// this region applied (invariant 1) and to at least the collection horizon, so that a write
+/// made here after a tombstone was collected beats that tombstone as it would have had it
+/// been kept (invariant 3).
+fn own_stamp<K: KvAccess + ?Sized>(kv: &mut K, index: u64, proposed: &Stamp) -> Result<Stamp, StateMachineError> {
+    let last = reserved_u64(kv, &clock_key())?;
+    let hlc = proposed.hlc.max(last + 1).max(reserved_u64(kv, &horizon_key())?);
+    kv.put(KeyValue::plain(clock_key(), hlc.to_le_bytes().to_vec(), index, index))?;
+    Ok(Stamp { hlc, region: proposed.region.clone() })
+}
+
 /// The high-water mark stored for `origin` (0 = nothing received yet).
 pub fn high_water<K: KvAccess + ?Sized>(kv: &mut K, origin: &str) -> Result<u64, StateMachineError> {
-    Ok(kv.get(&high_water_key(origin))?.and_then(|v| v.value.try_into().ok()).map_or(0, u64::from_le_bytes))
+    reserved_u64(kv, &high_water_key(origin))
 }
 
 /// Applies a [`Command::RegionBatch`]: each shipped version by last-write-wins, then the
-/// origin's high-water mark raised (never lowered) to `through`. Applying the same batch
-/// twice, or an older one after a newer, changes nothing: every step is a maximum.
-fn merge<K: KvAccess + ?Sized>(kv: &mut K, index: u64, origin: &str, through: u64, writes: &[KeyValue]) -> Result<Outcome, StateMachineError> {
+/// origin's high-water mark raised (never lowered) to `through` and its received clock to
+/// `clock`. Applying the same batch twice, or an older one after a newer, changes nothing:
+/// every step is a maximum. A version for an absent key stamped below the collection horizon
+/// is dropped (invariant 3).
+fn merge<K: KvAccess + ?Sized>(kv: &mut K, index: u64, origin: &str, through: u64, clock: u64, writes: &[KeyValue]) -> Result<Outcome, StateMachineError> {
+    let horizon = reserved_u64(kv, &horizon_key())?;
     let mut won = 0;
     for w in writes {
         let Some(stamp) = &w.stamp else { continue }; // validated on the way in; never unstamped
         let stored = kv.get(&w.key)?;
+        if stored.is_none() && stamp.hlc < horizon {
+            continue; // arrived before and lost to a tombstone since collected
+        }
         if !wins(stamp, stored.as_ref()) {
             continue;
         }
@@ -179,10 +256,23 @@ fn merge<K: KvAccess + ?Sized>(kv: &mut K, index: u64, origin: &str, through: u6
         kv.put(KeyValue { key: w.key.clone(), value, create_revision, mod_revision: index, stamp: Some(stamp.clone()), tombstone: w.tombstone })?;
         won += 1;
     }
-    let mut high = high_water(kv, origin)?;
-    if through > high {
-        high = through;
-        kv.put(KeyValue::plain(high_water_key(origin), high.to_le_bytes().to_vec(), index, index))?;
-    }
+    let high = raise_u64(kv, index, high_water_key(origin), through)?;
+    raise_u64(kv, index, received_clock_key(origin), clock)?;
     Ok(Outcome::RegionMerged { high_water: high, won })
+}
+
+/// Applies a [`Command::CollectTombstones`]: a named tombstone goes only if it is still the
+/// key's version (a newer version may have arrived since the collector looked) and is below
+/// the horizon, which is raised first (invariant 3).
+fn collect<K: KvAccess + ?Sized>(kv: &mut K, index: u64, horizon: u64, tombstones: &[(String, Stamp)]) -> Result<Outcome, StateMachineError> {
+    let horizon = raise_u64(kv, index, horizon_key(), horizon)?;
+    let mut removed = 0;
+    for (key, stamp) in tombstones {
+        let Some(v) = kv.get(key)? else { continue };
+        if v.tombstone && v.stamp.as_ref() == Some(stamp) && stamp.hlc < horizon {
+            kv.delete(key)?;
+            removed += 1;
+        }
+    }
+    Ok(Outcome::Collected { removed })
 }

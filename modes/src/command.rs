@@ -25,11 +25,17 @@ pub enum Command {
     Stamped { stamp: Stamp, command: Box<Command> },
     /// multi_region: versions shipped from region `origin`, merged key by key (last write
     /// wins), and that region's high-water mark raised to `through` (a position in the
-    /// origin's log), all in one entry so that both land together.
-    RegionBatch { origin: String, through: u64, writes: Vec<KeyValue>, primary: Option<PrimaryRecord> },
+    /// origin's log), all in one entry so that both land together. `clock`: every version the
+    /// origin stamps after `through` is stamped above it (see [`crate::apply`], "received
+    /// clocks"); 0 when the batch says nothing about it.
+    RegionBatch { origin: String, through: u64, clock: u64, writes: Vec<KeyValue>, primary: Option<PrimaryRecord> },
     /// multi_region: which region takes writes, stored if it is newer than the record held
     /// (see [`PrimaryRecord`]).
     SetPrimary(PrimaryRecord),
+    /// multi_region: removes each named tombstone if it is still the key's version, and
+    /// raises the region's collection horizon to `horizon` (see [`crate::apply`], "collecting
+    /// tombstones"). Proposed by the region leader's collector, never by a client.
+    CollectTombstones { horizon: u64, tombstones: Vec<(String, Stamp)> },
 }
 
 /// multi_region with one primary region: which region takes writes since which promotion.
@@ -173,6 +179,8 @@ pub enum Outcome {
     /// A [`Command::RegionBatch`] applied: the origin's high-water mark now, and how many of
     /// the shipped versions won over what was here.
     RegionMerged { high_water: u64, won: u64 },
+    /// A [`Command::CollectTombstones`] applied: how many tombstones were removed.
+    Collected { removed: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +289,12 @@ impl Command {
             Command::SetPrimary(p) => {
                 if p.region.is_empty() || p.region.len() > 64 {
                     return Err(Invalid::BadRequest("a primary record needs a region name of 1 to 64 bytes".into()));
+                }
+                Ok(())
+            }
+            Command::CollectTombstones { tombstones, .. } => {
+                if tombstones.len() > MAX_REGION_BATCH {
+                    return Err(Invalid::BadRequest(format!("a collection names at most {MAX_REGION_BATCH} tombstones")));
                 }
                 Ok(())
             }

@@ -177,11 +177,20 @@ pub struct StateDigest {
     /// Hex SHA-256 over (key, value) pairs in key order, and for multi-region versions their
     /// stamp and tombstone flag. Reserved keys (per-region high-water marks) are left out.
     pub sha256: String,
+    /// multi_region: tombstones among `keys`. Each region collects its tombstones on its own
+    /// schedule, so two converged regions' `sha256` can differ by tombstones one has
+    /// collected; `live_sha256` (over what clients can read) cannot.
+    #[serde(default)]
+    pub tombstones: u64,
+    /// Hex SHA-256 over the live (key, value, stamp) entries only.
+    #[serde(default)]
+    pub live_sha256: String,
 }
 
 pub fn digest(sm: &dyn StateMachine) -> Result<StateDigest, StateMachineError> {
     let mut h = Sha256::new();
-    let mut keys = 0u64;
+    let mut live = Sha256::new();
+    let (mut keys, mut tombstones) = (0u64, 0u64);
     let mut applied_index = 0;
     sm.scan(&mut |ev| {
         let kv = match ev {
@@ -194,21 +203,28 @@ pub fn digest(sm: &dyn StateMachine) -> Result<StateDigest, StateMachineError> {
         if crate::command::is_reserved(&kv.key) {
             return Ok(());
         }
-        h.update((kv.key.len() as u64).to_le_bytes());
-        h.update(kv.key.as_bytes());
-        h.update((kv.value.len() as u64).to_le_bytes());
-        h.update(&kv.value);
+        let mut entry = Vec::with_capacity(kv.key.len() + kv.value.len() + 48);
+        entry.extend_from_slice(&(kv.key.len() as u64).to_le_bytes());
+        entry.extend_from_slice(kv.key.as_bytes());
+        entry.extend_from_slice(&(kv.value.len() as u64).to_le_bytes());
+        entry.extend_from_slice(&kv.value);
         // Unstamped keys hash as they always did, so digests from before multi-region hold.
         if let Some(st) = &kv.stamp {
-            h.update([0xFF, kv.tombstone as u8]);
-            h.update(st.hlc.to_le_bytes());
-            h.update((st.region.len() as u64).to_le_bytes());
-            h.update(st.region.as_bytes());
+            entry.extend_from_slice(&[0xFF, kv.tombstone as u8]);
+            entry.extend_from_slice(&st.hlc.to_le_bytes());
+            entry.extend_from_slice(&(st.region.len() as u64).to_le_bytes());
+            entry.extend_from_slice(st.region.as_bytes());
+        }
+        h.update(&entry);
+        if kv.tombstone {
+            tombstones += 1;
+        } else {
+            live.update(&entry);
         }
         keys += 1;
         Ok(())
     })?;
-    Ok(StateDigest { applied_index, keys, sha256: hex::encode(h.finalize()) })
+    Ok(StateDigest { applied_index, keys, sha256: hex::encode(h.finalize()), tombstones, live_sha256: hex::encode(live.finalize()) })
 }
 
 /// An in-memory state machine for tests of the modes (durable index == applied index).

@@ -63,6 +63,9 @@ impl Regions {
                     ("MERIDIAN_CLUSTER_HTTP_ADVERTISE_ADDR".into(), format!("http://127.0.0.1:{}", http[r][i])),
                     ("MERIDIAN_CLUSTER_REGION_ID".into(), name.to_string()),
                     ("MERIDIAN_CLUSTER_REMOTE_REGIONS".into(), remotes.join(",")),
+                    // Off unless a test turns it on: regions collect tombstones at different
+                    // moments, and the tests compare whole digests, tombstones included.
+                    ("MERIDIAN_CLUSTER_TOMBSTONE_GC_INTERVAL".into(), "0".into()),
                 ];
                 match o.primary {
                     Some(p) => env.push(("MERIDIAN_CLUSTER_PRIMARY_REGION".into(), p.into())),

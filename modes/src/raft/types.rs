@@ -47,6 +47,7 @@ fn describe(c: &Command, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         }
         Command::RegionBatch { origin, through, writes, .. } => write!(f, "{} versions from region {origin} through {through}", writes.len()),
         Command::SetPrimary(p) => write!(f, "primary region {} (epoch {})", p.region, p.epoch),
+        Command::CollectTombstones { horizon, tombstones } => write!(f, "collect {} tombstones below {horizon}", tombstones.len()),
     }
 }
 

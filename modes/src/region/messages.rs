@@ -24,6 +24,11 @@ pub struct ShipRequest {
     /// The origin's log position every version up to which is in this batch or an earlier
     /// one; 0 for a batch that must not move the mark (part of a full-state resend).
     pub through: u64,
+    /// The highest stamp the origin gave its own writes up to `through` (0: says nothing).
+    /// The origin stamps everything after `through` higher, so once this batch is merged every
+    /// version of the origin stamped at or below `clock` is here: the receiver may collect
+    /// tombstones below it (invariant 2 in [`crate::apply`]).
+    pub clock: u64,
     /// Versions written in the origin, each with its stamp.
     pub writes: Vec<KeyValue>,
     /// The origin's primary record, so a promotion reaches every region with the data.

@@ -7,6 +7,7 @@
 //! - [`messages`]: the Region message family (a batch of versions and its answer).
 //! - [`shipper`]: one [`shipper::Link`] per remote region: reads committed entries, ships the
 //!   versions this region wrote, resumes from the remote's high-water mark.
+//! - [`collect`]: the region leader's tombstone collector.
 //! - this file: [`MultiRegion`], the [`Replicator`] (write routing, status) and the receiving
 //!   side ([`RegionHandler`]).
 //!
@@ -37,6 +38,7 @@
 //! they do in `raft`. With `active_active` two regions could each pass a compare the other
 //! would fail, so they are refused (400) rather than silently weakened.
 
+pub mod collect;
 pub mod hlc;
 pub mod messages;
 pub mod observe;
@@ -79,6 +81,8 @@ pub struct RegionConfig {
     /// `MERIDIAN_FORWARD_WRITES`: a region that does not take writes relays them to the
     /// primary region (true) or answers `403 read_only` naming it (false).
     pub forward_writes: bool,
+    /// How often the region leader collects tombstones (zero: never).
+    pub tombstone_gc_interval: std::time::Duration,
 }
 
 impl RegionConfig {
@@ -143,6 +147,7 @@ pub struct MultiRegion {
     sm: Arc<dyn StateMachine>,
     hlc: Arc<Hlc>,
     links: Vec<Arc<Link>>,
+    collector: Arc<collect::Collector>,
     transport: Transport,
     stopped: Arc<AtomicBool>,
     /// Versions merged here that their region wrote after it was demoted.
@@ -177,11 +182,16 @@ impl MultiRegion {
             let stop = stopped.clone();
             tokio::spawn(link.clone().run(transport.clone(), wal.clone(), sm.clone(), raft.clone(), move || stop.load(Ordering::Relaxed)));
         }
+        let collector = Arc::new(collect::Collector::new(cfg.region.clone(), cfg.remote_names(), links.clone(), sm.clone(), raft.clone()));
+        if !cfg.tombstone_gc_interval.is_zero() {
+            let stop = stopped.clone();
+            tokio::spawn(collector.clone().run(cfg.tombstone_gc_interval, move || stop.load(Ordering::Relaxed)));
+        }
         let transport = transport.clone();
         if let Some(s) = semi_sync {
             let _ = s.marks.set(links.iter().map(|l| l.acked()).collect());
         }
-        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, transport, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
+        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, collector, transport, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
         let _ = handler.node.set(Arc::downgrade(&node));
         node
     }
@@ -218,7 +228,7 @@ impl MultiRegion {
             }
         }
         self.report_demoted_writes(&req);
-        let cmd = Command::RegionBatch { origin: req.origin, through: req.through, writes: req.writes, primary: req.primary };
+        let cmd = Command::RegionBatch { origin: req.origin, through: req.through, clock: req.clock, writes: req.writes, primary: req.primary };
         if let Err(e) = cmd.validate(&self.raft.limits()) {
             return refused(e.code(), e.to_string());
         }
@@ -236,7 +246,7 @@ impl MultiRegion {
 
     /// This node's applied mark for `origin`.
     fn high_water(&self, origin: &str) -> u64 {
-        self.sm.get_version(&crate::apply::high_water_key(origin)).ok().flatten().and_then(|kv| kv.value.try_into().ok()).map_or(0, u64::from_le_bytes)
+        collect::read_u64(&*self.sm, &crate::apply::high_water_key(origin))
     }
 
     fn region_status(&self) -> serde_json::Value {
@@ -257,6 +267,13 @@ impl MultiRegion {
             "remotes": self.links.iter().map(|l| l.status(applied)).collect::<Vec<_>>(),
             // What this region has merged from each other region: that region's log position.
             "received": self.cfg.remote_names().iter().map(|r| (r.clone(), serde_json::json!(self.high_water(r)))).collect::<serde_json::Map<_, _>>(),
+            // Tombstones stamped below `horizon` were collected; the next collection may go up
+            // to `next_horizon` (see `collect`).
+            "tombstones": {
+                "horizon": self.collector.horizon(),
+                "next_horizon": self.collector.next_horizon(),
+                "collected": self.collector.collected.load(Ordering::Relaxed),
+            },
         })
     }
 

@@ -23,7 +23,10 @@ fn highest_stamp(c: &Command) -> u64 {
     match c {
         Command::Stamped { stamp, .. } => stamp.hlc,
         Command::SetPrimary(p) => p.hlc,
-        Command::RegionBatch { writes, .. } => writes.iter().filter_map(|w| w.stamp.as_ref()).map(|s| s.hlc).max().unwrap_or(0),
+        // The batch's clock too: the origin's writes up to it have all arrived, so a write
+        // here should be stamped after them.
+        Command::RegionBatch { writes, clock, .. } => writes.iter().filter_map(|w| w.stamp.as_ref()).map(|s| s.hlc).max().unwrap_or(0).max(*clock),
+        Command::CollectTombstones { horizon, .. } => *horizon,
         _ => 0,
     }
 }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use meridian_wal::{Wal, WalError};
 
 use super::messages::{ShipReply, ShipRequest, SHIP};
+use crate::apply::clock_key;
 use crate::command::{primary_key, Command, KeyValue, Op, PrimaryRecord, MAX_REGION_BATCH};
 use crate::raft::RaftNode;
 use crate::payload::LogPayload;
@@ -98,6 +99,9 @@ struct Batch {
     /// Client writes among the entries read (a write superseded at once ships no version,
     /// but its position must still reach the remote for `semi_sync`).
     stamped: usize,
+    /// The highest stamp among this region's writes up to `through` (see
+    /// [`ShipRequest::clock`]); 0 says nothing.
+    clock: u64,
 }
 
 impl Link {
@@ -190,7 +194,7 @@ impl Link {
     ) -> Result<(), String> {
         use futures_util::StreamExt as _;
         let peer = self.peers[*next_peer % self.peers.len()].clone();
-        let mut covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: 0, writes: Vec::new(), stamped: 0 }).await?;
+        let mut covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: 0, writes: Vec::new(), stamped: 0, clock: 0 }).await?;
         self.covered.store(covered, Ordering::Relaxed);
         // Positions up to `sent` are in flight, at the remote, or hold nothing to ship.
         let mut sent = covered;
@@ -204,7 +208,7 @@ impl Link {
             let applied = sm.applied_index();
             if in_flight.is_empty() && self.remote_primary_behind(sm) {
                 // A promotion the remote has not heard of: tell it, with or without data.
-                covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: covered, writes: Vec::new(), stamped: 0 }).await?.max(covered);
+                covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: covered, writes: Vec::new(), stamped: 0, clock: 0 }).await?.max(covered);
                 continue;
             }
             if in_flight.len() < PIPELINE && sent < applied {
@@ -262,19 +266,22 @@ impl Link {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
         let (s, own) = (sm.clone(), self.own_region.clone());
         let scan = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut view = 0;
+            let (mut view, mut clock) = (0, 0);
             let mut batch = Vec::new();
             let mut bytes = 0;
             s.scan(&mut |ev| {
                 match ev {
                     ScanEvent::View { applied_index, .. } => view = applied_index,
+                    // This region's last own stamp as of the view: every write after it is
+                    // stamped higher (invariant 1 in `apply`), so the last batch may claim it.
+                    ScanEvent::Entry(kv) if kv.key == clock_key() => clock = kv.value.try_into().map_or(0, u64::from_le_bytes),
                     ScanEvent::Entry(kv) if kv.stamp.as_ref().is_some_and(|st| st.region == own) => {
                         bytes += kv.key.len() + kv.value.len() + 64;
                         batch.push(kv);
                         if batch.len() >= MAX_REGION_BATCH || bytes >= BATCH_BYTES {
                             bytes = 0;
                             let writes = std::mem::take(&mut batch);
-                            tx.blocking_send(Batch { after: 0, through: 0, writes, stamped: 0 })
+                            tx.blocking_send(Batch { after: 0, through: 0, writes, stamped: 0, clock: 0 })
                                 .map_err(|_| crate::state_machine::StateMachineError::Storage("the resend stopped".into()))?;
                         }
                     }
@@ -283,7 +290,7 @@ impl Link {
                 Ok(())
             })
             .map_err(|e| e.to_string())?;
-            tx.blocking_send(Batch { after: 0, through: view, writes: batch, stamped: 0 }).map_err(|_| "the resend stopped".to_string())
+            tx.blocking_send(Batch { after: 0, through: view, writes: batch, stamped: 0, clock }).map_err(|_| "the resend stopped".to_string())
         });
         let mut mark = 0;
         while let Some(b) = rx.recv().await {
@@ -306,7 +313,7 @@ impl Link {
         let bytes: usize = batch.writes.iter().map(|w| w.key.len() + w.value.len()).sum();
         let versions = batch.writes.len() as u64;
         let local_primary = primary_record(&**sm);
-        let req = ShipRequest { origin: self.own_region.clone(), after: batch.after, through: batch.through, writes: batch.writes, primary: local_primary.clone() };
+        let req = ShipRequest { origin: self.own_region.clone(), after: batch.after, through: batch.through, clock: batch.clock, writes: batch.writes, primary: local_primary.clone() };
         let reply = transport.request(peer, SHIP, encode(&req), Some(SHIP_TIMEOUT)).await.map_err(|e| format!("{peer}: {e}"))?;
         match decode::<ShipReply>("region", &reply)? {
             ShipReply::Merged { high_water, primary } => {
@@ -349,11 +356,13 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
     }
     let mut seen = BTreeSet::new();
     let mut writes = Vec::new();
-    let (mut through, mut bytes, mut stamped) = (from - 1, 0usize, 0usize);
+    let (mut through, mut bytes, mut stamped, mut clock) = (from - 1, 0usize, 0usize, 0u64);
     for r in records.iter().take_while(|r| r.index <= applied) {
         let payload = LogPayload::decode(&r.payload).map_err(|e| Collect::Failed(format!("WAL record {}: {e}", r.index)))?;
-        if let LogPayload::Normal(Command::Stamped { command, .. }) = payload {
+        if let LogPayload::Normal(Command::Stamped { command, stamp }) = payload {
             stamped += 1;
+            // The proposed stamp; the applied one is at least as high (invariant 1 in `apply`).
+            clock = clock.max(stamp.hlc);
             let mut keys = BTreeSet::new();
             touched(&command, &mut keys);
             for k in keys {
@@ -375,7 +384,7 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
             break; // a whole entry at most over: a txn holds at most 256 ops
         }
     }
-    Ok(Batch { after: 0, through, writes, stamped })
+    Ok(Batch { after: 0, through, writes, stamped, clock })
 }
 
 /// Every key a command may have written or deleted (both branches of a txn: which one ran
@@ -393,7 +402,7 @@ fn touched(c: &Command, keys: &mut BTreeSet<String>) {
             }
         }
         Command::Stamped { command, .. } => touched(command, keys),
-        Command::Noop | Command::RegionBatch { .. } | Command::SetPrimary(_) => {}
+        Command::Noop | Command::RegionBatch { .. } | Command::SetPrimary(_) | Command::CollectTombstones { .. } => {}
     }
 }
 
