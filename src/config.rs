@@ -719,9 +719,6 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.cluster_conflict_strategy == ConflictStrategy::Manual {
-            return Err(ConfigError::new("CLUSTER_CONFLICT_STRATEGY", "manual is not available in this build yet (see the README's status table); use last_write_wins"));
-        }
         Ok(())
     }
 

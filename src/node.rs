@@ -179,6 +179,7 @@ impl Node {
                     },
                     forward_writes: cfg.forward_writes,
                     tombstone_gc_interval: cfg.cluster_tombstone_gc_interval.0,
+                    keep_conflicts: cfg.cluster_conflict_strategy == crate::config::ConflictStrategy::Manual,
                 };
                 region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler, semi_sync)
             }

@@ -36,8 +36,9 @@
 //! ```
 //!
 //! A multi-region version (one with a [`Stamp`]) is a format-3 record: the same header with
-//! `format = 3`, then `flags u8` (bit 0: tombstone), `hlc u64 LE`, `region_len u8`, `region`,
-//! and the value; the checksum covers all of it. Unstamped values stay format 2, so the other
+//! `format = 3`, then `flags u8` (bit 0: tombstone, bit 1: has a parent), `hlc u64 LE`,
+//! `region_len u8`, `region`, with bit 1 the parent stamp the same way (`hlc`, `region_len`,
+//! `region`), and the value; the checksum covers all of it. Unstamped values stay format 2, so the other
 //! modes write exactly what they did. The store's `value_format` is 3 from this build on
 //! (raised at open, no record rewritten), so an older build refuses the file by name instead
 //! of meeting a record it cannot read.
@@ -86,6 +87,7 @@ const VALUE_FORMAT: u8 = 3;
 /// The record format of unstamped values (see the module docs).
 const PLAIN_FORMAT: u8 = 2;
 const TOMBSTONE_FLAG: u8 = 1;
+const PARENT_FLAG: u8 = 2;
 const RECORD_HEADER: usize = 21;
 /// Indexes reserved per durable raise of the revision ceiling: one fsync'd apply per this many
 /// writes, and at most this many revisions skipped after a `meridian wal reset`.
@@ -151,10 +153,12 @@ fn encode(kv: &KeyValue) -> Vec<u8> {
     v.extend_from_slice(&kv.mod_revision.to_le_bytes());
     if let Some(st) = &kv.stamp {
         // Region names are checked to be at most 64 bytes by the configuration.
-        v.push(if kv.tombstone { TOMBSTONE_FLAG } else { 0 });
-        v.extend_from_slice(&st.hlc.to_le_bytes());
-        v.push(st.region.len().min(255) as u8);
-        v.extend_from_slice(&st.region.as_bytes()[..st.region.len().min(255)]);
+        v.push(if kv.tombstone { TOMBSTONE_FLAG } else { 0 } | if kv.parent.is_some() { PARENT_FLAG } else { 0 });
+        for st in std::iter::once(st).chain(kv.parent.as_ref()) {
+            v.extend_from_slice(&st.hlc.to_le_bytes());
+            v.push(st.region.len().min(255) as u8);
+            v.extend_from_slice(&st.region.as_bytes()[..st.region.len().min(255)]);
+        }
     }
     v.extend_from_slice(&kv.value);
     let crc = checksum(&kv.key, format, &v[5..]);
@@ -183,14 +187,26 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StateMachineError> {
     );
     let mut rest = &raw[RECORD_HEADER..];
     if raw[0] == VALUE_FORMAT {
-        if rest.len() < 10 || rest.len() < 10 + rest[9] as usize {
-            return Err(corrupt("the stamp is cut short".into()));
+        let Some((&flags, after)) = rest.split_first() else { return Err(corrupt("the stamp is cut short".into())) };
+        if flags & !(TOMBSTONE_FLAG | PARENT_FLAG) != 0 {
+            return Err(corrupt(format!("unknown version flags {flags:#04x}")));
         }
-        let region_len = rest[9] as usize;
-        let region = std::str::from_utf8(&rest[10..10 + region_len]).map_err(|_| corrupt("the stamp's region is not UTF-8".into()))?;
-        kv.tombstone = rest[0] & TOMBSTONE_FLAG != 0;
-        kv.stamp = Some(Stamp { hlc: u64::from_le_bytes(rest[1..9].try_into().unwrap()), region: region.to_owned() });
-        rest = &rest[10 + region_len..];
+        kv.tombstone = flags & TOMBSTONE_FLAG != 0;
+        rest = after;
+        let mut stamp = || -> Result<Stamp, StateMachineError> {
+            if rest.len() < 9 || rest.len() < 9 + rest[8] as usize {
+                return Err(corrupt("the stamp is cut short".into()));
+            }
+            let region_len = rest[8] as usize;
+            let region = std::str::from_utf8(&rest[9..9 + region_len]).map_err(|_| corrupt("the stamp's region is not UTF-8".into()))?;
+            let st = Stamp { hlc: u64::from_le_bytes(rest[..8].try_into().unwrap()), region: region.to_owned() };
+            rest = &rest[9 + region_len..];
+            Ok(st)
+        };
+        kv.stamp = Some(stamp()?);
+        if flags & PARENT_FLAG != 0 {
+            kv.parent = Some(stamp()?);
+        }
     }
     kv.value = rest.to_vec();
     Ok(kv)
@@ -678,6 +694,10 @@ impl StateMachine for RedbStore {
         }
     }
 
+    fn list_versions(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
+        self.list_stored(prefix, start_after, limit)
+    }
+
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
         // Tombstones and reserved keys are stored among the rest: page past them until the
         // page is full or the prefix ends. Each page is one consistent view; only a list that
@@ -856,8 +876,20 @@ mod tests {
             stamped(2, Command::Put { key: "b".into(), value: b"2".to_vec(), if_revision: None }, 11),
             stamped(3, Command::Put { key: "c".into(), value: b"3".to_vec(), if_revision: None }, 12),
             stamped(4, Command::Delete { key: "b".into(), if_revision: None }, 13),
-            // An older stamp loses: "c" keeps its value.
-            stamped(5, Command::Put { key: "c".into(), value: b"old".to_vec(), if_revision: None }, 5),
+            // An older version from another region loses: "c" keeps its value.
+            LogEntry {
+                index: 5,
+                epoch: 1,
+                command: Command::RegionBatch {
+                    origin: "us".into(),
+                    through: 1,
+                    clock: 5,
+                    writes: vec![KeyValue { stamp: Some(Stamp { hlc: 5, region: "us".into() }), ..KeyValue::plain("c", b"old".to_vec(), 0, 0) }],
+                    primary: None,
+                    keep_conflicts: false,
+                },
+                meta: None,
+            },
         ])
         .unwrap();
         s.checkpoint().unwrap();
@@ -866,6 +898,7 @@ mod tests {
         assert_eq!(s.get("b").unwrap(), None);
         let tomb = s.get_version("b").unwrap().unwrap();
         assert!(tomb.tombstone && tomb.stamp == Some(st(13)));
+        assert_eq!(tomb.parent, Some(st(11)), "a version keeps the stamp of the one it replaced");
         assert_eq!(s.get("c").unwrap().unwrap().value, b"3");
         assert_eq!(s.get("a").unwrap().unwrap().stamp, Some(st(10)));
         let keys: Vec<String> = s.list("", None, 1).unwrap().into_iter().chain(s.list("", Some("a"), 1).unwrap()).map(|kv| kv.key).collect();

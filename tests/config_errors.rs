@@ -104,7 +104,7 @@ fn bad_multi_region_settings_exit_2_naming_the_variable() {
             ("MERIDIAN_CLUSTER_REGION_ID", "us"),
             ("MERIDIAN_CLUSTER_REMOTE_REGIONS", "eu:127.0.0.1:2"),
             ("MERIDIAN_CLUSTER_REGION_WRITES", "active_active"),
-            ("MERIDIAN_CLUSTER_CONFLICT_STRATEGY", "manual"),
+            ("MERIDIAN_CLUSTER_CONFLICT_STRATEGY", "first_write_wins"),
         ]),
         "MERIDIAN_CLUSTER_CONFLICT_STRATEGY",
     );

@@ -292,6 +292,8 @@ fn tombstones_are_collected_once_every_region_has_them() {
     for t in tickers {
         t.join().unwrap();
     }
+    let (code, body) = call_json("GET", &format!("{}/admin/conflicts", rg.base(0, 0)), None, T).unwrap();
+    assert_eq!(code, 400, "conflicts are kept only with CLUSTER_CONFLICT_STRATEGY=manual: {body}");
     for r in 0..2 {
         let st = status(r);
         assert!(st["tombstones"]["collected"].as_u64().unwrap() >= 100, "{}: {st:#}", rg.names[r]);
@@ -307,6 +309,113 @@ fn tombstones_are_collected_once_every_region_has_them() {
     let (_, keys) = rg.wait_converged(Duration::from_secs(30));
     assert_eq!(rg.get_local(0, 0, "gc-7").unwrap(), (200, b"again".to_vec()));
     eprintln!("converged again at {keys} keys");
+}
+
+/// `CLUSTER_CONFLICT_STRATEGY=manual` (issue 13): the same key written in both regions while
+/// they are cut apart is one conflict, listed with both versions in both regions after the
+/// heal; an operator keeps one side, and the conflict is gone everywhere.
+#[test]
+fn manual_conflicts_are_listed_in_both_regions_and_settled_by_an_operator() {
+    let _g = serial();
+    let manual = vec![("MERIDIAN_CLUSTER_CONFLICT_STRATEGY".to_string(), "manual".to_string())];
+    let rg = Regions::start(RegionOpts { names: vec!["us", "eu"], nodes_per_region: 1, primary: None, extra: manual });
+    let put = |r: usize, key: &str, value: &str| {
+        let (code, body) = call("PUT", &format!("{}/v1/kv/{key}", rg.base(r, 0)), Some(value.as_bytes().to_vec()), T).unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    };
+    let conflicts = |r: usize| {
+        let (code, c) = call_json("GET", &format!("{}/admin/conflicts", rg.base(r, 0)), None, T).unwrap();
+        assert_eq!(code, 200, "{c}");
+        c["conflicts"].as_array().unwrap().clone()
+    };
+    put(0, "k", "base");
+    put(0, "seq", "first");
+    rg.wait_converged(Duration::from_secs(30));
+    put(1, "seq", "second"); // written in eu having seen us's version: no conflict
+    rg.wait_converged(Duration::from_secs(30));
+
+    rg.set_links(None);
+    put(0, "k", "from-us");
+    put(1, "k", "from-eu");
+    put(0, "solo", "only-us");
+    // Heal eu -> us first: us merges eu's later version over its own before it ships
+    // anything, so eu can only learn of the version it beat from the conflict itself.
+    for p in &rg.proxies[0] {
+        p.heal();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rg.get_local(0, 0, "k").unwrap() != (200, b"from-eu".to_vec()) {
+        assert!(Instant::now() < deadline, "eu's version never reached us");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rg.set_links(Some(Duration::ZERO));
+    rg.wait_converged(Duration::from_secs(30));
+    // The digests leave the conflict records out: wait for eu to hear of the version it beat.
+    let wait = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (us, eu) = (conflicts(0), conflicts(1));
+            if us.len() == want && eu.len() == want {
+                return (us, eu);
+            }
+            assert!(Instant::now() < deadline, "want {want} conflict(s) in each region: us {us:?}, eu {eu:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (us, eu) = wait(1);
+    // Nothing is traded back and forth while the conflict is open.
+    let shipped = |r: usize| call_json("GET", &format!("{}/admin/region/status", rg.base(r, 0)), None, T).unwrap().1["remotes"][0]["shipped_versions"].as_u64().unwrap();
+    let before = (shipped(0), shipped(1));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((shipped(0), shipped(1)), before, "the regions keep shipping versions to each other");
+    eprintln!("conflicts in us: {us:?}");
+    assert_eq!(us.len(), 1, "one conflict, on k: {us:?}");
+    assert_eq!(us[0]["key"], "k");
+    assert_eq!(eu.len(), 1, "{eu:?}");
+    assert_eq!(eu[0]["id"], us[0]["id"], "the same id in both regions");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut sides: Vec<(String, String)> = us[0]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["region"].as_str().unwrap().to_owned(), String::from_utf8(b64.decode(v["value_b64"].as_str().unwrap()).unwrap()).unwrap()))
+        .collect();
+    sides.sort();
+    assert_eq!(sides, vec![("eu".to_string(), "from-eu".to_string()), ("us".to_string(), "from-us".to_string())]);
+    let id = us[0]["id"].as_str().unwrap().to_owned();
+    // Reads flag the key while the conflict is open.
+    let head = |r: usize, key: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(rg.base(r, 0).trim_start_matches("http://").trim_end_matches('/')).unwrap();
+        write!(s, "GET /v1/kv/{key}?consistency=local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.to_ascii_lowercase()
+    };
+    for r in 0..2 {
+        assert!(head(r, "k").contains(&format!("x-conflict: {id}")), "{}: {}", rg.names[r], head(r, "k"));
+        assert!(!head(r, "seq").contains("x-conflict"), "{}", rg.names[r]);
+    }
+
+    // Bad resolutions are refused and change nothing.
+    let resolve = |r: usize, id: &str, body: &str| call_json("POST", &format!("{}/admin/conflicts/{id}/resolve", rg.base(r, 0)), Some(body.as_bytes().to_vec()), T).unwrap();
+    assert_eq!(resolve(0, &id, "{}").0, 400);
+    assert_eq!(resolve(0, &id, r#"{"value":"x","delete":true}"#).0, 400);
+    assert_eq!(resolve(0, &id, r#"{"keep":"ap"}"#).0, 400);
+    assert_eq!(resolve(0, "6e6f6e65", r#"{"delete":true}"#).0, 404, "no conflict on key \"none\"");
+    assert_eq!(conflicts(0).len(), 1);
+
+    // Keep eu's side, from us.
+    let (code, r) = resolve(0, &id, r#"{"keep":"eu"}"#);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["settled_here"], true, "{r}");
+    let (_, keys) = rg.wait_converged(Duration::from_secs(30));
+    wait(0);
+    for r in 0..2 {
+        assert!(!head(r, "k").contains("x-conflict"), "{}", rg.names[r]);
+        assert_eq!(rg.get_local(r, 0, "k").unwrap(), (200, b"from-eu".to_vec()), "{}", rg.names[r]);
+    }
+    eprintln!("conflict {id} settled in both regions; {keys} keys");
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! 1. **A region's own stamps strictly increase along its log.** The leader stamps a write as
 //!    it proposes it, but two proposals can reach the log in the other order, and a new
 //!    leader's clock may trail the old one's. So applying a [`Command::Stamped`] raises its
-//!    stamp above the last one this region applied ([`own_stamp`], the reserved key
+//!    stamp above the last one this region applied (`own_stamp`, the reserved key
 //!    [`clock_key`]), and to at least the collection horizon (3); every replica computes the
 //!    same stamp from the same log.
 //! 2. **A received clock only claims what has arrived.** A region batch carries `clock`, the
@@ -31,6 +31,7 @@
 //!    a collected key.
 
 use crate::command::{primary_key, Command, CommandResult, CompareTarget, KeyValue, Op, OpResult, Outcome, PrimaryRecord, Stamp, RESERVED_PREFIX};
+use crate::conflicts;
 use crate::state_machine::StateMachineError;
 
 /// Key-value access inside one write transaction.
@@ -69,11 +70,11 @@ fn apply_in<K: KvAccess + ?Sized>(
             let stamp = own_stamp(kv, index, stamp)?;
             return apply_in(kv, index, command, Some(&stamp));
         }
-        Command::RegionBatch { origin, through, clock, writes, primary } => {
+        Command::RegionBatch { origin, through, clock, writes, primary, keep_conflicts } => {
             if let Some(p) = primary {
                 set_primary(kv, index, p)?;
             }
-            merge(kv, index, origin, *through, *clock, writes)?
+            merge(kv, index, origin, *through, *clock, writes, *keep_conflicts)?
         }
         Command::CollectTombstones { horizon, tombstones } => collect(kv, index, *horizon, tombstones)?,
         Command::SetPrimary(p) => {
@@ -145,6 +146,7 @@ pub fn wins(new: &Stamp, stored: Option<&KeyValue>) -> bool {
     }
 }
 
+/// Stamped, the version's parent is the stamp of the version it replaces here.
 fn put<K: KvAccess + ?Sized>(kv: &mut K, key: &str, value: &[u8], index: u64, stamp: Option<&Stamp>) -> Result<(), StateMachineError> {
     let stored = kv.get(key)?;
     if let Some(s) = stamp {
@@ -152,8 +154,12 @@ fn put<K: KvAccess + ?Sized>(kv: &mut K, key: &str, value: &[u8], index: u64, st
             return Ok(()); // a later version is already here: this one is superseded at once
         }
     }
+    let parent = stored.as_ref().and_then(|c| c.stamp.clone());
     let create_revision = stored.filter(|c| !c.tombstone).map_or(index, |c| c.create_revision);
-    kv.put(KeyValue { key: key.to_owned(), value: value.to_vec(), create_revision, mod_revision: index, stamp: stamp.cloned(), tombstone: false })
+    if stamp.is_some() {
+        settle(kv, key, parent.as_ref())?;
+    }
+    kv.put(KeyValue { key: key.to_owned(), value: value.to_vec(), create_revision, mod_revision: index, stamp: stamp.cloned(), tombstone: false, parent })
 }
 
 /// Removes `key`; stamped, leaves a tombstone instead. Returns whether a live version existed.
@@ -162,9 +168,31 @@ fn delete<K: KvAccess + ?Sized>(kv: &mut K, key: &str, index: u64, stamp: Option
     let stored = kv.get(key)?;
     let existed = stored.as_ref().is_some_and(|c| !c.tombstone);
     if wins(s, stored.as_ref()) {
-        kv.put(KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: index, mod_revision: index, stamp: Some(s.clone()), tombstone: true })?;
+        let parent = stored.and_then(|c| c.stamp);
+        settle(kv, key, parent.as_ref())?;
+        kv.put(KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: index, mod_revision: index, stamp: Some(s.clone()), tombstone: true, parent })?;
     }
     Ok(existed)
+}
+
+/// Removes the conflict on `key`, if any, when a version with parent `parent` replaces it
+/// having seen every side (see [`crate::conflicts`]).
+fn settle<K: KvAccess + ?Sized>(kv: &mut K, key: &str, parent: Option<&Stamp>) -> Result<(), StateMachineError> {
+    let record = conflicts::record_key(key);
+    if let Some(held) = kv.get(&record)? {
+        if conflicts::decode(&held.value).is_none_or(|versions| conflicts::settles(parent, &versions)) {
+            kv.delete(&record)?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps `a` and `b` in the conflict on their key (created if there is none).
+fn record_conflict<K: KvAccess + ?Sized>(kv: &mut K, index: u64, a: &KeyValue, b: &KeyValue) -> Result<(), StateMachineError> {
+    let record = conflicts::record_key(&a.key);
+    let held = kv.get(&record)?.and_then(|r| conflicts::decode(&r.value)).unwrap_or_default();
+    let versions = conflicts::with(held, &[a, b]);
+    kv.put(KeyValue::plain(record, conflicts::encode(&versions), index, index))
 }
 
 /// The primary record held, if any.
@@ -235,15 +263,31 @@ pub fn high_water<K: KvAccess + ?Sized>(kv: &mut K, origin: &str) -> Result<u64,
 /// origin's high-water mark raised (never lowered) to `through` and its received clock to
 /// `clock`. Applying the same batch twice, or an older one after a newer, changes nothing:
 /// every step is a maximum. A version for an absent key stamped below the collection horizon
-/// is dropped (invariant 3).
-fn merge<K: KvAccess + ?Sized>(kv: &mut K, index: u64, origin: &str, through: u64, clock: u64, writes: &[KeyValue]) -> Result<Outcome, StateMachineError> {
+/// is dropped (invariant 3). With `keep_conflicts` (`CLUSTER_CONFLICT_STRATEGY=manual`), a
+/// shipped version concurrent with the one held is recorded as a conflict beside the
+/// last-write-wins outcome ([`crate::conflicts`]).
+fn merge<K: KvAccess + ?Sized>(
+    kv: &mut K,
+    index: u64,
+    origin: &str,
+    through: u64,
+    clock: u64,
+    writes: &[KeyValue],
+    keep_conflicts: bool,
+) -> Result<Outcome, StateMachineError> {
     let horizon = reserved_u64(kv, &horizon_key())?;
-    let mut won = 0;
+    let (mut won, mut conflicts) = (0, 0);
     for w in writes {
         let Some(stamp) = &w.stamp else { continue }; // validated on the way in; never unstamped
         let stored = kv.get(&w.key)?;
         if stored.is_none() && stamp.hlc < horizon {
             continue; // arrived before and lost to a tombstone since collected
+        }
+        if keep_conflicts {
+            if let Some(held) = stored.as_ref().filter(|held| conflicts::concurrent(held, w)) {
+                record_conflict(kv, index, held, w)?;
+                conflicts += 1;
+            }
         }
         if !wins(stamp, stored.as_ref()) {
             continue;
@@ -252,13 +296,14 @@ fn merge<K: KvAccess + ?Sized>(kv: &mut K, index: u64, origin: &str, through: u6
             (Some(c), false) if !c.tombstone => c.create_revision,
             _ => index,
         };
+        settle(kv, &w.key, w.parent.as_ref())?;
         let value = if w.tombstone { Vec::new() } else { w.value.clone() };
-        kv.put(KeyValue { key: w.key.clone(), value, create_revision, mod_revision: index, stamp: Some(stamp.clone()), tombstone: w.tombstone })?;
+        kv.put(KeyValue { key: w.key.clone(), value, create_revision, mod_revision: index, stamp: Some(stamp.clone()), tombstone: w.tombstone, parent: w.parent.clone() })?;
         won += 1;
     }
     let high = raise_u64(kv, index, high_water_key(origin), through)?;
     raise_u64(kv, index, received_clock_key(origin), clock)?;
-    Ok(Outcome::RegionMerged { high_water: high, won })
+    Ok(Outcome::RegionMerged { high_water: high, won, conflicts })
 }
 
 /// Applies a [`Command::CollectTombstones`]: a named tombstone goes only if it is still the

@@ -28,7 +28,8 @@ pub enum Command {
     /// origin's log), all in one entry so that both land together. `clock`: every version the
     /// origin stamps after `through` is stamped above it (see [`crate::apply`], "received
     /// clocks"); 0 when the batch says nothing about it.
-    RegionBatch { origin: String, through: u64, clock: u64, writes: Vec<KeyValue>, primary: Option<PrimaryRecord> },
+    /// `keep_conflicts`: the receiving region's `CLUSTER_CONFLICT_STRATEGY` is `manual`.
+    RegionBatch { origin: String, through: u64, clock: u64, writes: Vec<KeyValue>, primary: Option<PrimaryRecord>, keep_conflicts: bool },
     /// multi_region: which region takes writes, stored if it is newer than the record held
     /// (see [`PrimaryRecord`]).
     SetPrimary(PrimaryRecord),
@@ -142,12 +143,16 @@ pub struct KeyValue {
     /// A deleted key kept so that an older version arriving later cannot resurrect it
     /// (multi_region only; always with a stamp). Reads treat it as absent.
     pub tombstone: bool,
+    /// multi_region only: the stamp of the version this one replaced where it was written
+    /// (`None`: the key had none there). Two versions conflict when neither region had seen
+    /// the other's version as it wrote its own (see `apply`, "conflicts").
+    pub parent: Option<Stamp>,
 }
 
 impl KeyValue {
     /// A live key written at `index` with no stamp (every mode but multi_region).
     pub fn plain(key: impl Into<String>, value: Vec<u8>, create_revision: u64, mod_revision: u64) -> KeyValue {
-        KeyValue { key: key.into(), value, create_revision, mod_revision, stamp: None, tombstone: false }
+        KeyValue { key: key.into(), value, create_revision, mod_revision, stamp: None, tombstone: false, parent: None }
     }
 
     /// True when a client may see this entry: not a tombstone and not a reserved key.
@@ -178,7 +183,7 @@ pub enum Outcome {
     Noop,
     /// A [`Command::RegionBatch`] applied: the origin's high-water mark now, and how many of
     /// the shipped versions won over what was here.
-    RegionMerged { high_water: u64, won: u64 },
+    RegionMerged { high_water: u64, won: u64, conflicts: u64 },
     /// A [`Command::CollectTombstones`] applied: how many tombstones were removed.
     Collected { removed: u64 },
 }

@@ -24,6 +24,9 @@
 //! - [`ha`]: the `ha_standby` mode (primary, standby, witness).
 //! - [`region`]: the `multi_region` mode: a [`raft`] group per region, last-write-wins
 //!   replication between regions.
+//! - [`apply`]: the one definition of what a command does to key-value state (and the
+//!   multi-region invariants on stamps, received clocks and collected tombstones).
+//! - [`conflicts`]: `CLUSTER_CONFLICT_STRATEGY=manual`: which versions conflict, and their record.
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
 //!
@@ -61,6 +64,7 @@
 //!   and admin views; mode-specific operations go through [`Replicator::admin`].
 
 pub mod apply;
+pub mod conflicts;
 pub mod bookmark;
 pub mod command;
 pub mod forward;

@@ -74,6 +74,9 @@ pub enum AdminError {
     Rejected(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// What the request names does not exist here (404).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -175,6 +178,22 @@ pub enum AdminRequest {
     RaftSnapshot,
     RegionPromote,
     RegionStatus,
+    /// multi_region with `CLUSTER_CONFLICT_STRATEGY=manual`: the conflicts this region holds.
+    Conflicts,
+    /// Settles the conflict `id` (see [`crate::conflicts`]) by writing `resolution`.
+    ResolveConflict { id: String, resolution: Resolution },
+}
+
+/// How `POST /admin/conflicts/{id}/resolve` settles a conflict: a new version of the key,
+/// written by a region that has seen every side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Write this value.
+    Value(Vec<u8>),
+    /// Delete the key.
+    Delete,
+    /// Write again what the version from this region held (a value, or a delete).
+    Keep(String),
 }
 
 #[async_trait]

@@ -5,8 +5,9 @@
 //! header   "MERIDSNP" | version u32 = 3 | applied_index u64 | epoch u64
 //!          | meta_len u32 (u32::MAX = no metadata) | meta (meta_len bytes)
 //! entry*   key_len u32 (!= u32::MAX) | key | create_revision u64 | mod_revision u64
-//!          | flags u8 (bit 0: stamped, bit 1: tombstone)
-//!          | [stamped: hlc u64 | region_len u8 | region] | value_len u32 | value
+//!          | flags u8 (bit 0: stamped, bit 1: tombstone, bit 2: has a parent)
+//!          | [stamped: hlc u64 | region_len u8 | region]
+//!          | [parent: hlc u64 | region_len u8 | region] | value_len u32 | value
 //! trailer  u32::MAX | entry_count u64 | crc32 u32 (crc32fast/IEEE over every byte before it)
 //! ```
 //! All integers little-endian. A stream that ends early or fails the checksum is rejected
@@ -30,6 +31,7 @@ const VERSION_2: u32 = 2;
 const VERSION_1: u32 = 1;
 const STAMPED: u8 = 1;
 const TOMBSTONE: u8 = 2;
+const PARENT: u8 = 4;
 /// `meta_len` of a snapshot without metadata (an empty blob is `Some(vec![])`, length 0).
 const NO_META: u32 = u32::MAX;
 const END: u32 = u32::MAX;
@@ -100,9 +102,9 @@ impl<W: Write> SnapshotWriter<W> {
         self.put(kv.key.as_bytes())?;
         self.put(&kv.create_revision.to_le_bytes())?;
         self.put(&kv.mod_revision.to_le_bytes())?;
-        let flags = if kv.stamp.is_some() { STAMPED } else { 0 } | if kv.tombstone { TOMBSTONE } else { 0 };
+        let flags = if kv.stamp.is_some() { STAMPED } else { 0 } | if kv.tombstone { TOMBSTONE } else { 0 } | if kv.parent.is_some() { PARENT } else { 0 };
         self.put(&[flags])?;
-        if let Some(st) = &kv.stamp {
+        for st in kv.stamp.iter().chain(&kv.parent) {
             let len = u8::try_from(st.region.len())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("region name of {} bytes is over 255", st.region.len())))?;
             self.put(&st.hlc.to_le_bytes())?;
@@ -217,26 +219,33 @@ impl<R: Read> SnapshotReader<R> {
         let key = String::from_utf8(self.bytes(key_len)?).map_err(|_| SnapshotError::Damaged("key is not UTF-8".into()))?;
         let create_revision = self.u64()?;
         let mod_revision = self.u64()?;
-        let (mut stamp, mut tombstone) = (None, false);
+        let (mut stamp, mut tombstone, mut parent) = (None, false, None);
         if self.version >= VERSION {
             let mut flags = [0u8];
             self.take(&mut flags)?;
-            if flags[0] & !(STAMPED | TOMBSTONE) != 0 {
+            if flags[0] & !(STAMPED | TOMBSTONE | PARENT) != 0 {
                 return Err(SnapshotError::Damaged(format!("entry {key:?} has unknown flags {:#04x}", flags[0])));
             }
             tombstone = flags[0] & TOMBSTONE != 0;
             if flags[0] & STAMPED != 0 {
-                let hlc = self.u64()?;
-                let mut len = [0u8];
-                self.take(&mut len)?;
-                let region = String::from_utf8(self.bytes(len[0] as u32)?).map_err(|_| SnapshotError::Damaged("region is not UTF-8".into()))?;
-                stamp = Some(Stamp { hlc, region });
+                stamp = Some(self.stamp()?);
+                if flags[0] & PARENT != 0 {
+                    parent = Some(self.stamp()?);
+                }
             }
         }
         let vlen = self.u32()?;
         let value = self.bytes(vlen)?;
         self.count += 1;
-        Ok(Some(KeyValue { key, value, create_revision, mod_revision, stamp, tombstone }))
+        Ok(Some(KeyValue { key, value, create_revision, mod_revision, stamp, tombstone, parent }))
+    }
+
+    fn stamp(&mut self) -> Result<Stamp, SnapshotError> {
+        let hlc = self.u64()?;
+        let mut len = [0u8];
+        self.take(&mut len)?;
+        let region = String::from_utf8(self.bytes(len[0] as u32)?).map_err(|_| SnapshotError::Damaged("region is not UTF-8".into()))?;
+        Ok(Stamp { hlc, region })
     }
 
     /// The underlying reader (e.g. to report how much was read).
@@ -313,7 +322,12 @@ mod tests {
     #[test]
     fn stamps_and_tombstones_round_trip_and_a_version_2_stream_still_reads() {
         let stamped = KeyValue { stamp: Some(Stamp { hlc: 77 << 16, region: "eu".into() }), ..KeyValue::plain("a", b"x".to_vec(), 1, 2) };
-        let tomb = KeyValue { stamp: Some(Stamp { hlc: 78 << 16, region: "us".into() }), tombstone: true, ..KeyValue::plain("b", vec![], 3, 3) };
+        let tomb = KeyValue {
+            stamp: Some(Stamp { hlc: 78 << 16, region: "us".into() }),
+            tombstone: true,
+            parent: Some(Stamp { hlc: 60 << 16, region: "ap".into() }),
+            ..KeyValue::plain("b", vec![], 3, 3)
+        };
         let plain = KeyValue::plain("c", b"y".to_vec(), 4, 4);
         let mut w = SnapshotWriter::new(Vec::new(), 4, 1, None).unwrap();
         for kv in [&stamped, &tomb, &plain] {

@@ -101,6 +101,21 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Visible keys ([`KeyValue::is_visible`]) starting with `prefix`, strictly after
     /// `start_after`, in key order, at most `limit`.
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError>;
+    /// Stored keys starting with `prefix` (tombstones and reserved keys included), strictly
+    /// after `start_after`, in key order, at most `limit`: how the store's own records under
+    /// a reserved prefix are listed (multi-region conflicts). This default scans everything.
+    fn list_versions(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
+        let mut out = Vec::new();
+        self.scan(&mut |ev| {
+            if let ScanEvent::Entry(kv) = ev {
+                if out.len() < limit && kv.key.starts_with(prefix) && start_after.is_none_or(|s| kv.key.as_str() > s) {
+                    out.push(kv);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
     /// Visits one consistent view: first [`ScanEvent::View`], then every stored key in key
     /// order, tombstones and reserved keys included.
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError>;
@@ -299,6 +314,15 @@ impl StateMachine for MemStateMachine {
             .range((from, std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, v)| v.is_visible())
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+    fn list_versions(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
+        let g = self.inner.lock().unwrap();
+        Ok(g.kv.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| start_after.is_none_or(|s| k.as_str() > s))
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect())

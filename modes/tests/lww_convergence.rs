@@ -91,7 +91,7 @@ proptest! {
                     .iter()
                     .map(|(i, w)| KeyValue { stamp: Some(stamps[*i].clone()), tombstone: w.value.is_none(), ..KeyValue::plain(key(w.key), w.value.map(|v| vec![v]).unwrap_or_default(), 0, 0) })
                     .collect();
-                batches.push((origin, Command::RegionBatch { origin: REGIONS[origin].into(), through: (n as u64 + 1) * 3, clock: 0, writes: versions, primary: None }));
+                batches.push((origin, Command::RegionBatch { origin: REGIONS[origin].into(), through: (n as u64 + 1) * 3, clock: 0, writes: versions, primary: None, keep_conflicts: false }));
             }
         }
         // Deliver every batch to every other region in a shuffled order, some twice.

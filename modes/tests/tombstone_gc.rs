@@ -158,7 +158,7 @@ impl Model {
                 let keys: BTreeSet<String> = new.iter().map(|(.., k)| k.clone()).collect();
                 let writes = region.own_versions(REGIONS[o], keys.into_iter());
                 let through = region.next;
-                link.in_flight.push_back(Command::RegionBatch { origin: REGIONS[o].into(), through, clock, writes, primary: None });
+                link.in_flight.push_back(Command::RegionBatch { origin: REGIONS[o].into(), through, clock, writes, primary: None, keep_conflicts: false });
                 link.shipped = through;
                 link.last_through = through;
             }
@@ -196,7 +196,7 @@ impl Model {
                         Ok(())
                     })
                     .unwrap();
-                let b = Command::RegionBatch { origin: REGIONS[o].into(), through: region.next, clock: region.reserved(&clock_key()), writes, primary: None };
+                let b = Command::RegionBatch { origin: REGIONS[o].into(), through: region.next, clock: region.reserved(&clock_key()), writes, primary: None, keep_conflicts: false };
                 let link = self.links.get_mut(&(o, t)).unwrap();
                 link.shipped = region.next;
                 link.last_through = region.next;

@@ -84,6 +84,7 @@ impl From<AdminError> for ApiError {
         match e {
             AdminError::NotSupported { .. } | AdminError::Rejected(_) => ApiError::bad_request(msg),
             AdminError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg),
+            AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
         }
     }
 }

@@ -152,10 +152,16 @@ pub async fn get(
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert("x-revision", HeaderValue::from(kv.mod_revision));
-    if let Some(st) = &kv.stamp {
+    if let Some(stamp) = &kv.stamp {
         // multi_region: which version this is under last-write-wins, `hlc@region`.
-        if let Ok(v) = HeaderValue::from_str(&format!("{}@{}", st.hlc, st.region)) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}@{}", stamp.hlc, stamp.region)) {
             headers.insert("x-stamp", v);
+        }
+        // CLUSTER_CONFLICT_STRATEGY=manual: the key is flagged while a conflict on it is open.
+        if st.sm.get_version(&meridian_modes::conflicts::record_key(&key))?.is_some() {
+            if let Ok(v) = HeaderValue::from_str(&meridian_modes::conflicts::id_of(&key)) {
+                headers.insert("x-conflict", v);
+            }
         }
     }
     headers.insert("x-create-revision", HeaderValue::from(kv.create_revision));

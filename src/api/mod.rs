@@ -88,6 +88,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/admin/raft/snapshot", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::RaftSnapshot)))
         .route("/admin/region/promote", post(|s: State<Arc<AppState>>| simple(s, AdminRequest::RegionPromote)))
         .route("/admin/region/status", get(|s: State<Arc<AppState>>| simple(s, AdminRequest::RegionStatus)))
+        .route("/admin/conflicts", get(|s: State<Arc<AppState>>| simple(s, AdminRequest::Conflicts)))
+        .route("/admin/conflicts/{id}/resolve", post(resolve_conflict))
         .route("/admin/cluster/add", post(cluster_add))
         .route("/admin/cluster/remove", post(cluster_remove))
         .route("/admin/raft/transfer-leadership", post(transfer_leadership))
@@ -152,6 +154,42 @@ struct Transfer {
 async fn transfer_leadership(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let b: Transfer = json_body(&body)?;
     admin::admin_call(&st, AdminRequest::TransferLeadership { target: b.target }).await
+}
+
+/// `POST /admin/conflicts/{id}/resolve` takes exactly one of these.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resolve {
+    value: Option<String>,
+    value_b64: Option<String>,
+    #[serde(default)]
+    delete: bool,
+    keep: Option<String>,
+}
+
+async fn resolve_conflict(State(st): State<Arc<AppState>>, axum::extract::Path(id): axum::extract::Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    use meridian_modes::replicator::Resolution;
+    let b: Resolve = json_body(&body)?;
+    let resolution = match (b.value, b.value_b64, b.delete, b.keep) {
+        (Some(v), None, false, None) => Resolution::Value(v.into_bytes()),
+        (None, Some(v), false, None) => {
+            Resolution::Value(base64::engine::general_purpose::STANDARD.decode(v).map_err(|e| ApiError::bad_request(format!("value_b64 is not base64: {e}")))?)
+        }
+        (None, None, true, None) => Resolution::Delete,
+        (None, None, false, Some(region)) => Resolution::Keep(region),
+        _ => return Err(ApiError::bad_request("give exactly one of \"value\", \"value_b64\", \"delete\": true, or \"keep\": \"<region>\"")),
+    };
+    if let Resolution::Value(v) = &resolution {
+        if v.len() > st.max_value_bytes {
+            return Err(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("value is {} bytes; the limit is {} (MERIDIAN_MAX_VALUE_BYTES)", v.len(), st.max_value_bytes),
+            ));
+        }
+    }
+    admin::admin_call(&st, AdminRequest::ResolveConflict { id, resolution }).await
 }
 
 async fn record_latency(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {

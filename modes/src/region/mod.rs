@@ -83,6 +83,10 @@ pub struct RegionConfig {
     pub forward_writes: bool,
     /// How often the region leader collects tombstones (zero: never).
     pub tombstone_gc_interval: std::time::Duration,
+    /// `CLUSTER_CONFLICT_STRATEGY=manual`: concurrent versions are kept as conflicts for an
+    /// operator to settle ([`crate::conflicts`]); last-write-wins still decides what the key
+    /// holds meanwhile.
+    pub keep_conflicts: bool,
 }
 
 impl RegionConfig {
@@ -228,7 +232,7 @@ impl MultiRegion {
             }
         }
         self.report_demoted_writes(&req);
-        let cmd = Command::RegionBatch { origin: req.origin, through: req.through, clock: req.clock, writes: req.writes, primary: req.primary };
+        let cmd = Command::RegionBatch { origin: req.origin, through: req.through, clock: req.clock, writes: req.writes, primary: req.primary, keep_conflicts: self.cfg.keep_conflicts };
         if let Err(e) = cmd.validate(&self.raft.limits()) {
             return refused(e.code(), e.to_string());
         }
@@ -380,6 +384,84 @@ impl MultiRegion {
     }
 }
 
+impl MultiRegion {
+    fn require_manual(&self) -> Result<(), AdminError> {
+        if self.cfg.keep_conflicts {
+            return Ok(());
+        }
+        Err(AdminError::Rejected(
+            "conflicts are kept only with MERIDIAN_CLUSTER_CONFLICT_STRATEGY=manual; with last_write_wins the higher stamp decides and nothing is kept".into(),
+        ))
+    }
+
+    /// `GET /admin/conflicts`: the conflicts this node's region holds, each with every
+    /// version in it and the version the key holds now.
+    fn conflicts(&self) -> Result<serde_json::Value, AdminError> {
+        use base64::Engine as _;
+        self.require_manual()?;
+        const LIMIT: usize = 1000;
+        let records = self.sm.list_versions(&crate::conflicts::record_prefix(), None, LIMIT + 1).map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let version = |v: &crate::command::KeyValue| {
+            serde_json::json!({
+                "region": v.stamp.as_ref().map(|s| &s.region),
+                "hlc": v.stamp.as_ref().map(|s| s.hlc),
+                "deleted": v.tombstone,
+                "value_b64": (!v.tombstone).then(|| b64.encode(&v.value)),
+            })
+        };
+        let list: Vec<serde_json::Value> = records
+            .iter()
+            .take(LIMIT)
+            .filter_map(|r| {
+                let key = crate::conflicts::key_of_record(&r.key)?;
+                let versions = crate::conflicts::decode(&r.value)?;
+                let current = self.sm.get_version(key).ok().flatten();
+                Some(serde_json::json!({
+                    "id": crate::conflicts::id_of(key),
+                    "key": key,
+                    "versions": versions.iter().map(version).collect::<Vec<_>>(),
+                    "current": current.as_ref().map(version),
+                }))
+            })
+            .collect();
+        Ok(serde_json::json!({"region": self.cfg.region, "conflicts": list, "truncated": records.len() > LIMIT}))
+    }
+
+    /// `POST /admin/conflicts/{id}/resolve`: writes the resolution as a new version of the key
+    /// (relayed to the primary region if this one does not take writes). Applied in a region
+    /// that holds the conflict, the new version's parent is the winner of every side, so it
+    /// settles the conflict there, and in every region it reaches.
+    async fn resolve(&self, id: &str, resolution: crate::replicator::Resolution) -> Result<serde_json::Value, AdminError> {
+        use crate::replicator::Resolution;
+        self.require_manual()?;
+        let missing = || AdminError::NotFound(format!("no conflict {id:?} in region {} (GET /admin/conflicts lists them)", self.cfg.region));
+        let key = crate::conflicts::key_of_id(id).ok_or_else(missing)?;
+        let record = self.sm.get_version(&crate::conflicts::record_key(&key)).map_err(|e| AdminError::Unavailable(e.to_string()))?.ok_or_else(missing)?;
+        let versions = crate::conflicts::decode(&record.value).ok_or_else(|| AdminError::Unavailable(format!("the conflict on {key:?} is stored damaged")))?;
+        let delete = |key: String| Command::Delete { key, if_revision: None };
+        let cmd = match resolution {
+            Resolution::Value(value) => Command::Put { key: key.clone(), value, if_revision: None },
+            Resolution::Delete => delete(key.clone()),
+            Resolution::Keep(region) => {
+                let Some(v) = versions.iter().rev().find(|v| v.stamp.as_ref().is_some_and(|s| s.region == region)) else {
+                    let regions: Vec<&str> = versions.iter().filter_map(|v| v.stamp.as_ref().map(|s| s.region.as_str())).collect();
+                    return Err(AdminError::Rejected(format!("the conflict on {key:?} has no version from region {region:?}; it has versions from {regions:?}")));
+                };
+                if v.tombstone {
+                    delete(key.clone())
+                } else {
+                    Command::Put { key: key.clone(), value: v.value.clone(), if_revision: None }
+                }
+            }
+        };
+        let committed = self.submit_here_or_forward(cmd, self.cfg.forward_writes).await.map_err(|e| AdminError::Unavailable(format!("the resolution was not written: {e}")))?;
+        let settled_here = self.sm.get_version(&crate::conflicts::record_key(&key)).ok().flatten().is_none();
+        tracing::info!(%key, settled_here, "conflict resolved by an operator");
+        Ok(serde_json::json!({"id": id, "key": key, "revision": committed.result.revision, "settled_here": settled_here}))
+    }
+}
+
 fn conditional(cmd: &Command) -> bool {
     match cmd {
         Command::Put { if_revision, .. } | Command::Delete { if_revision, .. } => if_revision.is_some(),
@@ -445,6 +527,8 @@ impl Replicator for MultiRegion {
         match req {
             AdminRequest::RegionStatus => Ok(self.region_status()),
             AdminRequest::RegionPromote => self.promote().await,
+            AdminRequest::Conflicts => self.conflicts(),
+            AdminRequest::ResolveConflict { id, resolution } => self.resolve(&id, resolution).await,
             other => self.raft.admin(other).await,
         }
     }

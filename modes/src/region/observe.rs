@@ -57,6 +57,9 @@ impl StateMachine for Observed {
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
         self.inner.list(prefix, start_after, limit)
     }
+    fn list_versions(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
+        self.inner.list_versions(prefix, start_after, limit)
+    }
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
         self.inner.scan(visit)
     }

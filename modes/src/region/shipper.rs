@@ -15,6 +15,12 @@
 //!   stored in its replicated state, so a new leader on either side resumes from what the
 //!   remote region agreed on, with no gap; a batch sent twice is merged twice, which changes
 //!   nothing.
+//! - **Versions that lost a conflict** (`CLUSTER_CONFLICT_STRATEGY=manual`): a version this
+//!   region wrote that a concurrent one from another region replaced here is no longer any
+//!   key's current version, so the rules above would never ship it, and the other region
+//!   would never learn of the conflict. When an entry merging another region's batch left a
+//!   conflict on a key, this region's versions in that conflict are shipped too; they lose
+//!   the merge there (the winner is already there) and the receiver records the same conflict.
 //! - **When the log is gone** (purged behind a snapshot), every version this region wrote is
 //!   resent from one state scan, the mark moving only with the last batch.
 //!
@@ -31,6 +37,7 @@ use meridian_wal::{Wal, WalError};
 
 use super::messages::{ShipReply, ShipRequest, SHIP};
 use crate::apply::clock_key;
+use crate::conflicts;
 use crate::command::{primary_key, Command, KeyValue, Op, PrimaryRecord, MAX_REGION_BATCH};
 use crate::raft::RaftNode;
 use crate::payload::LogPayload;
@@ -275,6 +282,11 @@ impl Link {
                     // This region's last own stamp as of the view: every write after it is
                     // stamped higher (invariant 1 in `apply`), so the last batch may claim it.
                     ScanEvent::Entry(kv) if kv.key == clock_key() => clock = kv.value.try_into().map_or(0, u64::from_le_bytes),
+                    // This region's versions that lost a conflict (see the module docs).
+                    ScanEvent::Entry(kv) if conflicts::key_of_record(&kv.key).is_some() => {
+                        let lost = conflicts::decode(&kv.value).unwrap_or_default();
+                        batch.extend(lost.into_iter().filter(|v| v.stamp.as_ref().is_some_and(|st| st.region == own)));
+                    }
                     ScanEvent::Entry(kv) if kv.stamp.as_ref().is_some_and(|st| st.region == own) => {
                         bytes += kv.key.len() + kv.value.len() + 64;
                         batch.push(kv);
@@ -359,6 +371,14 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
     let (mut through, mut bytes, mut stamped, mut clock) = (from - 1, 0usize, 0usize, 0u64);
     for r in records.iter().take_while(|r| r.index <= applied) {
         let payload = LogPayload::decode(&r.payload).map_err(|e| Collect::Failed(format!("WAL record {}: {e}", r.index)))?;
+        if let LogPayload::Normal(Command::RegionBatch { origin, writes: merged, keep_conflicts: true, .. }) = &payload {
+            for w in merged {
+                for v in own_conflict_versions(sm, own, origin, &w.key).map_err(Collect::Failed)? {
+                    bytes += v.key.len() + v.value.len() + 64;
+                    writes.push(v);
+                }
+            }
+        }
         if let LogPayload::Normal(Command::Stamped { command, stamp }) = payload {
             stamped += 1;
             // The proposed stamp; the applied one is at least as high (invariant 1 in `apply`).
@@ -385,6 +405,18 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
         }
     }
     Ok(Batch { after: 0, through, writes, stamped, clock })
+}
+
+/// This region's versions in the conflict on `key`, if there is one and a version from
+/// `origin` holds the key. Only then: the origin's answer, our versions merged there, holds
+/// its own version, so it ships nothing back (no versions traded back and forth).
+fn own_conflict_versions(sm: &dyn StateMachine, own: &str, origin: &str, key: &str) -> Result<Vec<KeyValue>, String> {
+    let current = sm.get_version(key).map_err(|e| e.to_string())?;
+    if !current.is_some_and(|c| c.stamp.is_some_and(|s| s.region == origin)) {
+        return Ok(Vec::new());
+    }
+    let Some(record) = sm.get_version(&conflicts::record_key(key)).map_err(|e| e.to_string())? else { return Ok(Vec::new()) };
+    Ok(conflicts::decode(&record.value).unwrap_or_default().into_iter().filter(|v| v.stamp.as_ref().is_some_and(|s| s.region == own)).collect())
 }
 
 /// Every key a command may have written or deleted (both branches of a txn: which one ran
