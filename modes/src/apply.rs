@@ -27,7 +27,7 @@
 //!    higher than every remote's received clock, and collects this region's own tombstones
 //!    only once every remote region has acknowledged them (`region::collect`). A shipped
 //!    version below the horizon for a key with no version here is a late copy of something
-//!    that has already arrived and lost (by 2), so [`merge`] drops it instead of resurrecting
+//!    that has already arrived and lost (by 2), so `merge` drops it instead of resurrecting
 //!    a collected key.
 
 use crate::command::{primary_key, Command, CommandResult, CompareTarget, KeyValue, Op, OpResult, Outcome, PrimaryRecord, Stamp, RESERVED_PREFIX};
