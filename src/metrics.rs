@@ -169,7 +169,8 @@ impl Collector for StatusCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.replicator.status();
         let s_divergent = self.replicator.divergent_tails().len();
-        let pos = self.wal.position();
+        let wal = self.replicator.wal().unwrap_or_else(|| self.wal.clone());
+        let pos = wal.position();
         {
             let mut fam = enc.encode_descriptor("replication_mode", "the node's replication mode (1 for the active one)", None, MetricType::Gauge)?;
             ConstGauge::new(1i64).encode(fam.encode_family(&ModeLabel { mode: s.mode.to_string() })?)?;
@@ -192,7 +193,7 @@ impl Collector for StatusCollector {
         // A former primary that learned of a higher epoch and has not yet followed the new one.
         gauge(&mut enc, "fenced", "1 while this node is fenced (a former primary that stopped taking writes on a higher epoch)", u8::from(s.state == "fenced"))?;
         gauge(&mut enc, "divergent_tails", "divergent WAL tails kept in DATA_DIR/divergent/ (ha_standby rejoin); inspect, then remove them", s_divergent as f64)?;
-        let storage_failed = self.wal.failure().is_some() || self.replicator.storage_failure().is_some();
+        let storage_failed = wal.failure().is_some() || self.replicator.storage_failure().is_some();
         gauge(
             &mut enc,
             "storage_failed",

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_modes::ha::gate::SyncMode;
 use meridian_modes::ha::witness::{Witness, WitnessHandler, WitnessNode};
@@ -22,7 +23,7 @@ use meridian_modes::transport::{
     Admission, AllowedPeer, ClusterSecret, Families, Family, Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig,
 };
 use meridian_modes::{Replicator, StateMachine};
-use meridian_wal::WalOptions;
+use meridian_wal::{Wal, WalOptions};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -106,6 +107,7 @@ impl Node {
             }));
         }
         let data_dir = cfg.data_dir.clone();
+        let reopen_opts = opts.clone();
         // The state first: it names the WAL it was built from, and the WAL must be that one.
         // In ha_standby the mode replays (only what is agreed, or everything once primary); in
         // raft openraft does (only what is committed).
@@ -183,11 +185,19 @@ impl Node {
                 };
                 region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler, semi_sync)
             }
-            ClusterMode::Standalone => Standalone::start(
-                StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
-                wal.clone(),
-                sm.clone(),
-            ),
+            ClusterMode::Standalone => {
+                let node = Standalone::start(
+                    StandaloneConfig { node_id: cfg.cluster_node_id.clone(), checkpoint_interval: cfg.checkpoint_interval.0, max_batch: 1024 },
+                    wal.clone(),
+                    sm.clone(),
+                );
+                // After a full disk: the same WAL again (bound to this store), once there is room.
+                let mut opts = reopen_opts;
+                opts.expected_id = Some(wal.id());
+                let reopen: meridian_modes::standalone::ReopenWal = Arc::new(move || Wal::open(opts.clone()).map(|(w, _)| w).map_err(|e| format!("opening the WAL again: {e}")));
+                node.resume_after_storage_errors(reopen, cfg.data_dir.join("wal"), Duration::from_secs(2));
+                node
+            }
         };
         metrics.watch(replicator.clone(), wal.clone(), sm.clone(), raft_transport);
 

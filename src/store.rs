@@ -771,6 +771,74 @@ impl StateMachine for RedbStore {
         Ok(())
     }
 
+    /// redb latches an I/O error: after a failed commit every later one fails too
+    /// (`PreviousIo`), even with room again. So when a durable empty commit fails, the
+    /// database is closed and opened again (redb repairs it if it must). Applies and
+    /// checkpoints wait meanwhile, readers too (the swap holds the handle's lock). What the
+    /// old handle held beyond its last durable commit (non-durable commits, the overlay) is
+    /// gone with it: the applied index goes back to the file's, and the caller replays the
+    /// WAL from there, as a restart would.
+    fn reopen_storage(&self) -> Result<(), StateMachineError> {
+        let _c = self.checkpointing.lock().unwrap();
+        let _w = self.write.lock().unwrap();
+        let probe = || -> Result<(), StateMachineError> {
+            let txn = self.db().begin_write().map_err(storage)?;
+            txn.commit().map_err(storage)
+        };
+        if probe().is_ok() {
+            return Ok(());
+        }
+        let mut handle = self.db.write().unwrap();
+        let placeholder = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(storage)?;
+        let mut old = std::mem::replace(&mut *handle, Arc::new(placeholder));
+        // Readers that took the handle before the lock finish in moments; redb refuses a
+        // second open of the file while they hold it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    break;
+                }
+                Err(still) if std::time::Instant::now() < deadline => {
+                    old = still;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(still) => {
+                    *handle = still;
+                    return Err(StateMachineError::Storage("the state store is still in use; not reopened".into()));
+                }
+            }
+        }
+        // The old handle is gone: until the file is open again nothing may read (the
+        // placeholder is empty), so the lock is held until it is, and a store that cannot be
+        // opened again stops the node rather than serve an empty state (a restart recovers
+        // it from the file and the WAL, as after a crash).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Database::create(&self.path) {
+                Ok(db) => {
+                    let on_file = Self::applied_state_in(&db.begin_read().map_err(storage)?)?.index;
+                    self.overlay.write().unwrap().clear();
+                    self.applied.store(on_file, Ordering::Release);
+                    self.durable.store(on_file, Ordering::Release);
+                    *handle = Arc::new(db);
+                    drop(handle);
+                    info!(path = %self.path.display(), applied = on_file, "state store reopened after a storage error; the WAL is replayed from its last durable state");
+                    return probe();
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "reopening the state store; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "the state store cannot be opened again after a storage error; stopping (a restart recovers it)");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+
     fn damage(&self) -> Option<String> {
         self.damage.lock().unwrap().clone()
     }

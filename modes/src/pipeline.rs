@@ -278,8 +278,18 @@ fn apply_loop(
         std::thread::Builder::new()
             .name("meridian-checkpointer".into())
             .spawn(move || {
+                // A failing checkpoint (a full disk) is said once per distinct error, not
+                // every interval.
+                let mut last_error = None;
                 while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every.max(Duration::from_millis(1))) {
-                    checkpoint(&*sm, &wal, &purge);
+                    let e = checkpoint_quietly(&*sm, &wal, &purge);
+                    if e.is_some() && e != last_error {
+                        warn!("{}", e.as_deref().unwrap_or_default());
+                    }
+                    if e.is_none() && last_error.is_some() {
+                        tracing::info!("state machine checkpoints succeed again");
+                    }
+                    last_error = e;
                 }
             })
             .expect("spawn checkpointer")
@@ -353,12 +363,15 @@ fn apply_loop(
 
 /// Makes the applied state durable, then drops the WAL below what the policy allows.
 pub fn checkpoint(sm: &dyn StateMachine, wal: &Wal, purge: &PurgePolicy) {
+    if let Some(e) = checkpoint_quietly(sm, wal, purge) {
+        warn!("{e}");
+    }
+}
+
+/// [`checkpoint`], returning what went wrong instead of logging it.
+fn checkpoint_quietly(sm: &dyn StateMachine, wal: &Wal, purge: &PurgePolicy) -> Option<String> {
     match sm.checkpoint() {
-        Ok(durable) => {
-            if let Err(e) = wal.purge_before(purge(durable)) {
-                warn!("WAL purge after checkpoint failed: {e}");
-            }
-        }
-        Err(e) => warn!("state machine checkpoint failed (the WAL keeps everything since the last one): {e}"),
+        Ok(durable) => wal.purge_before(purge(durable)).err().map(|e| format!("WAL purge after checkpoint failed: {e}")),
+        Err(e) => Some(format!("state machine checkpoint failed (the WAL keeps everything since the last one): {e}")),
     }
 }

@@ -211,8 +211,14 @@ pub trait Replicator: Send + Sync + 'static {
         Vec::new()
     }
     /// Why this node's write path stopped on a storage error (a WAL append or a state-store
-    /// apply failed: disk full, I/O error), if it did; it takes no writes until restarted.
+    /// apply failed: disk full, I/O error), if it did; it takes no writes until restarted,
+    /// or (standalone) until the disk has room again.
     fn storage_failure(&self) -> Option<String> {
+        None
+    }
+    /// The WAL this mode writes now, where it may replace the one it started with
+    /// (standalone, after a storage error); `None`: the node's own.
+    fn wal(&self) -> Option<meridian_wal::Wal> {
         None
     }
     /// multi_region: this node's links to the other regions (shipping only on the region

@@ -1,8 +1,21 @@
 //! `standalone`: one node, durable. A write is acknowledged once its WAL record is fsynced
 //! and the command is applied — the [`Pipeline`] with no commit gate.
+//!
+//! ## After a storage error (a full disk)
+//!
+//! A failed WAL write or apply stops the pipeline: every write is refused (503) and
+//! `/health` says why. Given a way to open the WAL again ([`Standalone::resume_after_storage_errors`]),
+//! a watcher then checks every few seconds whether the disk has room (it writes and syncs a
+//! probe file of [`PROBE_BYTES`] beside the WAL). Once it has, the storage is opened again the
+//! way a restart would: the pipeline stops, the WAL is closed and opened (its recovery drops
+//! a torn tail; a record that reached the disk whole but was never acknowledged may stay,
+//! like any write whose answer was lost), the state store reopens what latched the error,
+//! the WAL is replayed into it, and a new pipeline takes writes. Nothing acknowledged was
+//! ever outside the WAL and the store, so nothing acknowledged is lost.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,17 +42,39 @@ impl Default for StandaloneConfig {
     }
 }
 
+/// Opens the WAL again with the options it was first opened with.
+pub type ReopenWal = Arc<dyn Fn() -> Result<Wal, String> + Send + Sync>;
+
+/// Room the disk must have before the node takes writes again after a storage error.
+pub const PROBE_BYTES: usize = 8 << 20;
+
 pub struct Standalone {
     cfg: StandaloneConfig,
-    pipeline: Arc<Pipeline>,
+    /// Replaced, with the WAL, when the storage is opened again after an error.
+    pipeline: RwLock<Arc<Pipeline>>,
     sm: Arc<dyn StateMachine>,
-    wal: Wal,
+    wal: RwLock<Wal>,
     stopped: AtomicBool,
+    /// True while the storage is being opened again: reads wait it out (the state goes
+    /// back to its last durable point until the WAL is replayed).
+    resuming: AtomicBool,
 }
 
 impl Standalone {
     /// Starts taking writes. The WAL must already be replayed into `sm` ([`crate::recovery::replay`]).
     pub fn start(cfg: StandaloneConfig, wal: Wal, sm: Arc<dyn StateMachine>) -> Arc<Standalone> {
+        let pipeline = Arc::new(Self::pipeline(&cfg, &wal, &sm));
+        Arc::new(Standalone {
+            cfg,
+            pipeline: RwLock::new(pipeline),
+            sm,
+            wal: RwLock::new(wal),
+            stopped: AtomicBool::new(false),
+            resuming: AtomicBool::new(false),
+        })
+    }
+
+    fn pipeline(cfg: &StandaloneConfig, wal: &Wal, sm: &Arc<dyn StateMachine>) -> Pipeline {
         let pcfg = PipelineConfig {
             epoch: wal.hard_state().epoch,
             checkpoint_interval: cfg.checkpoint_interval,
@@ -48,9 +83,77 @@ impl Standalone {
             purge: None,
             tail: None,
         };
-        let pipeline = Arc::new(Pipeline::start(pcfg, wal.clone(), sm.clone()));
-        Arc::new(Standalone { cfg, pipeline, sm, wal, stopped: AtomicBool::new(false) })
+        Pipeline::start(pcfg, wal.clone(), sm.clone())
     }
+
+    fn current(&self) -> Arc<Pipeline> {
+        self.pipeline.read().unwrap().clone()
+    }
+
+    /// Watches for a storage failure and, once the disk at `probe_dir` has room again,
+    /// opens the storage again and takes writes (see the module docs). Runs on its own
+    /// thread until the node shuts down.
+    pub fn resume_after_storage_errors(self: &Arc<Self>, reopen: ReopenWal, probe_dir: PathBuf, every: Duration) {
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("meridian-storage-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(node) = me.upgrade() else { return };
+                if node.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(why) = node.current().failure() else { continue };
+                match node.resume(&reopen, &probe_dir) {
+                    Ok(replayed) => tracing::warn!(after = %why, replayed, "storage has room again: this node is taking writes again"),
+                    Err(e) => tracing::debug!(error = %e, "storage not usable yet; writes stay refused"),
+                }
+            })
+            .expect("spawn the storage watcher");
+    }
+
+    /// One attempt; returns how many WAL entries were replayed into the state.
+    fn resume(&self, reopen: &ReopenWal, probe_dir: &std::path::Path) -> Result<u64, String> {
+        probe_room(probe_dir)?;
+        self.resuming.store(true, Ordering::SeqCst);
+        let result = self.reopen_storage(reopen);
+        self.resuming.store(false, Ordering::SeqCst);
+        result
+    }
+
+    fn reopen_storage(&self, reopen: &ReopenWal) -> Result<u64, String> {
+        let old = self.current();
+        old.stop_blocking();
+        let old_wal = self.wal.read().unwrap().clone();
+        if let Err(e) = old_wal.close() {
+            tracing::debug!(error = %e, "closing the failed WAL");
+        }
+        // From here on, any error leaves the old (stopped, failed) pipeline in place: writes
+        // stay refused and the next attempt starts over.
+        self.sm.reopen_storage().map_err(|e| format!("reopening the state store: {e}"))?;
+        let wal = reopen()?;
+        let replayed = crate::recovery::replay(&wal, &*self.sm).map_err(|e| format!("replaying the WAL: {e}"))?;
+        let pipeline = Arc::new(Self::pipeline(&self.cfg, &wal, &self.sm));
+        *self.wal.write().unwrap() = wal;
+        *self.pipeline.write().unwrap() = pipeline;
+        Ok(replayed)
+    }
+}
+
+/// Writes and syncs [`PROBE_BYTES`] in `dir`, then removes them: is there room to go on?
+fn probe_room(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let path = dir.join(".room-probe");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..PROBE_BYTES / chunk.len() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| format!("no room yet in {}: {e}", dir.display()))
 }
 
 #[async_trait]
@@ -60,23 +163,36 @@ impl Replicator for Standalone {
     }
 
     async fn submit(&self, cmd: Command) -> Result<Committed, SubmitError> {
-        self.pipeline.submit(cmd).await
+        self.current().submit(cmd).await
     }
 
     async fn read_fence(&self, req: &ReadRequest) -> Result<(), ReadError> {
+        // Reopening after a storage error: the state is behind until the WAL is replayed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.resuming.load(Ordering::SeqCst) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReadError::Unavailable("the storage is being opened again after a storage error".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // One node: every acknowledged write is already applied, so local reads are linearizable.
         if let Some(b) = req.bookmark {
-            wait_for_applied(&mut self.pipeline.applied(), b.index, req.wait).await?;
+            wait_for_applied(&mut self.current().applied(), b.index, req.wait).await?;
         }
         Ok(())
     }
 
     fn storage_failure(&self) -> Option<String> {
-        self.pipeline.failure()
+        self.current().failure()
+    }
+
+    fn wal(&self) -> Option<Wal> {
+        Some(self.wal.read().unwrap().clone())
     }
 
     fn status(&self) -> ReplicationStatus {
-        let failed = self.pipeline.failure();
+        let failed = self.current().failure();
+        let wal = self.wal.read().unwrap().clone();
         let stopped = self.stopped.load(Ordering::Relaxed);
         let (health, state) = match (&failed, stopped) {
             (Some(_), _) => (Health::Unhealthy, "failed"),
@@ -89,9 +205,9 @@ impl Replicator for Standalone {
             role: "primary".into(),
             is_leader: true,
             state: state.into(),
-            commit_index: self.wal.durable_index(),
+            commit_index: wal.durable_index(),
             applied_index: self.sm.applied_index(),
-            epoch: self.wal.hard_state().epoch,
+            epoch: wal.hard_state().epoch,
             peers: vec![],
             health,
             lag_seconds: 0.0,
@@ -106,8 +222,8 @@ impl Replicator for Standalone {
             return;
         }
         // Let queued writes finish and checkpoint, then close the WAL.
-        let pipeline = self.pipeline.clone();
-        let wal = self.wal.clone();
+        let pipeline = self.current();
+        let wal = self.wal.read().unwrap().clone();
         let _ = tokio::task::spawn_blocking(move || {
             pipeline.stop_blocking();
             if let Err(e) = wal.close() {

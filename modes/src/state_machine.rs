@@ -119,6 +119,13 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Visits one consistent view: first [`ScanEvent::View`], then every stored key in key
     /// order, tombstones and reserved keys included.
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError>;
+    /// After a storage I/O error (a full disk): makes the store usable again, reopening what
+    /// latched the error, without losing anything applied (what was not yet durable is still
+    /// held, or still in the WAL). Called once the disk has room again; an error means not
+    /// yet. The default has nothing to reopen.
+    fn reopen_storage(&self) -> Result<(), StateMachineError> {
+        Ok(())
+    }
     /// The latest damage found in stored data, for `/health` (see [`StateMachineError::Corrupt`]).
     fn damage(&self) -> Option<String> {
         None

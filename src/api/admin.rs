@@ -60,7 +60,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>, headers: axum::http::Heade
 }
 
 pub async fn wal_position(State(st): State<Arc<AppState>>) -> Response {
-    let p = st.wal.position();
+    let p = st.current_wal().position();
     Json(json!({
         "first_index": p.first_index,
         "last_index": p.last_index,

@@ -86,7 +86,7 @@ pub struct ClusterView {
 /// What this node reports about itself.
 pub async fn local_view(st: &AppState) -> NodeView {
     let s = node_status(st);
-    let pos = st.wal.position();
+    let pos = st.current_wal().position();
     let lag = st.replicator.admin(AdminRequest::ReplicationLag).await.ok();
     let lag_records = lag.as_ref().and_then(|l| l["records"].as_u64());
     let in_sync = lag.as_ref().and_then(|l| l.get("standby_in_sync").or_else(|| l.get("in_sync"))).and_then(Value::as_bool);

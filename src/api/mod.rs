@@ -54,6 +54,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The WAL written now: a standalone node opens it again after a storage error.
+    pub fn current_wal(&self) -> Wal {
+        self.replicator.wal().unwrap_or_else(|| self.wal.clone())
+    }
+
     /// A txn carries its values base64-encoded in JSON: room for one maximal value and change.
     pub fn txn_body_limit(&self) -> usize {
         self.max_value_bytes * 2 + (1 << 20)

@@ -66,6 +66,9 @@ impl StateMachine for Observed {
     fn damage(&self) -> Option<String> {
         self.inner.damage()
     }
+    fn reopen_storage(&self) -> Result<(), StateMachineError> {
+        self.inner.reopen_storage()
+    }
     fn replace_all(
         &self,
         applied_index: u64,
