@@ -597,8 +597,23 @@ fn bench_put(url: &str, secs: u64) -> (f64, f64, f64) {
 fn region_benchmark() {
     let _g = serial();
     let secs = 8;
+    // REGION_BENCH_PIN=1: each region gets a core of its own, as it would get machines of its
+    // own: the single group and `us` on CPU 0, `eu` on CPU 1 (the load generator unpinned).
+    let pin_to = std::env::var("REGION_BENCH_PIN").is_ok_and(|v| v == "1");
+    let pin = |pid: i32, cpu: usize| {
+        if pin_to {
+            let ok = std::process::Command::new("taskset").args(["-a", "-pc", &cpu.to_string(), &pid.to_string()]).stdout(std::process::Stdio::null()).status();
+            assert!(ok.is_ok_and(|s| s.success()), "taskset failed for pid {pid}");
+        }
+    };
+    if pin_to {
+        eprintln!("pinned: the single group and us on CPU 0, eu on CPU 1");
+    }
     let single = {
         let c = common::raft::RaftCluster::start(3, common::raft::RaftOpts::default());
+        for n in &c.nodes {
+            pin(n.pid(), 0);
+        }
         let (leader, _) = c.wait_stable_leader(Duration::from_secs(20));
         bench_put(&c.base(leader), secs)
     };
@@ -612,6 +627,11 @@ fn region_benchmark() {
             extra: vec![("MERIDIAN_CLUSTER_CROSS_REGION_MODE".into(), mode.into())],
         });
         rg.set_links(Some(Duration::from_millis(50)));
+        for (r, region) in rg.nodes.iter().enumerate() {
+            for n in region {
+                pin(n.pid(), r);
+            }
+        }
         let leader = rg.wait_leader(0, T);
         if mode == "async" {
             lag = measure_lag(&rg, leader, 1000, 10);
