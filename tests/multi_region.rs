@@ -309,6 +309,25 @@ fn tombstones_are_collected_once_every_region_has_them() {
     let (_, keys) = rg.wait_converged(Duration::from_secs(30));
     assert_eq!(rg.get_local(0, 0, "gc-7").unwrap(), (200, b"again".to_vec()));
     eprintln!("converged again at {keys} keys");
+
+    // Idle afterwards: the last deletes are the newest stamps anywhere, and no write follows
+    // them. The collectors' clock ticks still carry both regions' clocks past them.
+    for i in 0..10 {
+        let (code, _) = call("DELETE", &format!("{}/v1/kv/gc-{i}b", rg.base(1, 0)), None, T).unwrap();
+        assert_eq!(code, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (digest(0), digest(1));
+        if a["tombstones"] == 0 && b["tombstones"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an idle pair kept its last tombstones for 30 s: us {a}, eu {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let idle = digest(0)["applied_index"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(digest(0)["applied_index"].as_u64().unwrap(), idle, "with no tombstone left the collectors stop ticking");
 }
 
 /// `CLUSTER_CONFLICT_STRATEGY=manual` (issue 13): the same key written in both regions while

@@ -16,6 +16,12 @@
 //!
 //! A tombstone another region wrote needs no acknowledgement here: that region keeps it until
 //! every region has it.
+//!
+//! Received clocks move only with writes. So that an idle cluster still collects its last
+//! tombstones, a pass that saw any tombstone ends with a **clock tick**: a stamped no-op
+//! committed through this region's log, which the shipper sends like any write. The tick
+//! raises this region's clock (invariant 1) and, once shipped, every remote's received clock
+//! for this region. Passes stop ticking once no tombstone is left.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +36,7 @@ use crate::state_machine::{ScanEvent, StateMachine, StateMachineError};
 
 pub struct Collector {
     own_region: String,
+    hlc: Arc<super::hlc::Hlc>,
     remotes: Vec<String>,
     links: Vec<Arc<Link>>,
     sm: Arc<dyn StateMachine>,
@@ -39,8 +46,8 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(own_region: String, remotes: Vec<String>, links: Vec<Arc<Link>>, sm: Arc<dyn StateMachine>, raft: Arc<RaftNode>) -> Collector {
-        Collector { own_region, remotes, links, sm, raft, collected: AtomicU64::new(0) }
+    pub fn new(own_region: String, hlc: Arc<super::hlc::Hlc>, remotes: Vec<String>, links: Vec<Arc<Link>>, sm: Arc<dyn StateMachine>, raft: Arc<RaftNode>) -> Collector {
+        Collector { own_region, hlc, remotes, links, sm, raft, collected: AtomicU64::new(0) }
     }
 
     /// Collects every `interval` while this node leads its region, until `stopped()`.
@@ -72,20 +79,22 @@ impl Collector {
     }
 
     /// One pass: scans for tombstones that meet both conditions and proposes their removal in
-    /// batches. Returns how many were removed.
+    /// batches, then a clock tick if it saw any tombstone. Returns how many were removed.
     pub async fn collect_once(&self) -> Result<u64, String> {
         let horizon = self.next_horizon();
-        if horizon == 0 {
-            return Ok(0);
-        }
         // The remotes' marks as this leader last heard them: lower bounds, so safe to use.
         let acked = self.links.iter().map(|l| l.status(0).acknowledged).min().unwrap_or(0);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, Stamp)>>(2);
         let (sm, own) = (self.sm.clone(), self.own_region.clone());
+        let seen = Arc::new(AtomicU64::new(0));
+        let seen_in_scan = seen.clone();
         let scan = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let mut batch = Vec::new();
             sm.scan(&mut |ev| {
                 let ScanEvent::Entry(kv) = ev else { return Ok(()) };
+                if kv.tombstone {
+                    seen_in_scan.fetch_add(1, Ordering::Relaxed);
+                }
                 let Some(stamp) = collectable(&kv, &own, horizon, acked) else { return Ok(()) };
                 batch.push((kv.key, stamp));
                 if batch.len() >= MAX_REGION_BATCH {
@@ -112,6 +121,10 @@ impl Collector {
         }
         scan.await.map_err(|e| e.to_string())??;
         self.collected.fetch_add(removed, Ordering::Relaxed);
+        if seen.load(Ordering::Relaxed) > 0 {
+            let tick = Command::Stamped { stamp: Stamp { hlc: self.hlc.now(), region: self.own_region.clone() }, command: Box::new(Command::Noop) };
+            self.raft.submit(tick).await.map_err(|e| format!("the clock tick was not committed: {e}"))?;
+        }
         Ok(removed)
     }
 }

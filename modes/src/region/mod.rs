@@ -186,7 +186,7 @@ impl MultiRegion {
             let stop = stopped.clone();
             tokio::spawn(link.clone().run(transport.clone(), wal.clone(), sm.clone(), raft.clone(), move || stop.load(Ordering::Relaxed)));
         }
-        let collector = Arc::new(collect::Collector::new(cfg.region.clone(), cfg.remote_names(), links.clone(), sm.clone(), raft.clone()));
+        let collector = Arc::new(collect::Collector::new(cfg.region.clone(), hlc.clone(), cfg.remote_names(), links.clone(), sm.clone(), raft.clone()));
         if !cfg.tombstone_gc_interval.is_zero() {
             let stop = stopped.clone();
             tokio::spawn(collector.clone().run(cfg.tombstone_gc_interval, move || stop.load(Ordering::Relaxed)));
