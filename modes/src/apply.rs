@@ -228,9 +228,14 @@ pub fn horizon_key() -> String {
     format!("{RESERVED_PREFIX}region/horizon")
 }
 
+/// The number a reserved key holds (0 when absent or not 8 bytes).
+pub fn number(v: Option<KeyValue>) -> u64 {
+    v.and_then(|v| v.value.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
 /// A reserved key's number (0 when absent).
 pub fn reserved_u64<K: KvAccess + ?Sized>(kv: &mut K, key: &str) -> Result<u64, StateMachineError> {
-    Ok(kv.get(key)?.and_then(|v| v.value.try_into().ok()).map_or(0, u64::from_le_bytes))
+    Ok(number(kv.get(key)?))
 }
 
 /// Raises a reserved key's number to `to` (never lowers it).

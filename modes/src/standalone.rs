@@ -42,6 +42,12 @@ impl Default for StandaloneConfig {
     }
 }
 
+/// The pipeline and the WAL it writes: they are replaced together.
+struct Running {
+    pipeline: Arc<Pipeline>,
+    wal: Wal,
+}
+
 /// Opens the WAL again with the options it was first opened with.
 pub type ReopenWal = Arc<dyn Fn() -> Result<Wal, String> + Send + Sync>;
 
@@ -50,10 +56,9 @@ pub const PROBE_BYTES: usize = 8 << 20;
 
 pub struct Standalone {
     cfg: StandaloneConfig,
-    /// Replaced, with the WAL, when the storage is opened again after an error.
-    pipeline: RwLock<Arc<Pipeline>>,
+    /// Replaced as a whole when the storage is opened again after an error.
+    running: RwLock<Running>,
     sm: Arc<dyn StateMachine>,
-    wal: RwLock<Wal>,
     stopped: AtomicBool,
     /// True while the storage is being opened again: reads wait it out (the state goes
     /// back to its last durable point until the WAL is replayed).
@@ -66,9 +71,8 @@ impl Standalone {
         let pipeline = Arc::new(Self::pipeline(&cfg, &wal, &sm));
         Arc::new(Standalone {
             cfg,
-            pipeline: RwLock::new(pipeline),
+            running: RwLock::new(Running { pipeline, wal }),
             sm,
-            wal: RwLock::new(wal),
             stopped: AtomicBool::new(false),
             resuming: AtomicBool::new(false),
         })
@@ -87,7 +91,11 @@ impl Standalone {
     }
 
     fn current(&self) -> Arc<Pipeline> {
-        self.pipeline.read().unwrap().clone()
+        self.running.read().unwrap().pipeline.clone()
+    }
+
+    fn current_wal(&self) -> Wal {
+        self.running.read().unwrap().wal.clone()
     }
 
     /// Watches for a storage failure and, once the disk at `probe_dir` has room again,
@@ -124,8 +132,7 @@ impl Standalone {
     fn reopen_storage(&self, reopen: &ReopenWal) -> Result<u64, String> {
         let old = self.current();
         old.stop_blocking();
-        let old_wal = self.wal.read().unwrap().clone();
-        if let Err(e) = old_wal.close() {
+        if let Err(e) = self.current_wal().close() {
             tracing::debug!(error = %e, "closing the failed WAL");
         }
         // From here on, any error leaves the old (stopped, failed) pipeline in place: writes
@@ -134,8 +141,7 @@ impl Standalone {
         let wal = reopen()?;
         let replayed = crate::recovery::replay(&wal, &*self.sm).map_err(|e| format!("replaying the WAL: {e}"))?;
         let pipeline = Arc::new(Self::pipeline(&self.cfg, &wal, &self.sm));
-        *self.wal.write().unwrap() = wal;
-        *self.pipeline.write().unwrap() = pipeline;
+        *self.running.write().unwrap() = Running { pipeline, wal };
         Ok(replayed)
     }
 }
@@ -187,12 +193,12 @@ impl Replicator for Standalone {
     }
 
     fn wal(&self) -> Option<Wal> {
-        Some(self.wal.read().unwrap().clone())
+        Some(self.current_wal())
     }
 
     fn status(&self) -> ReplicationStatus {
         let failed = self.current().failure();
-        let wal = self.wal.read().unwrap().clone();
+        let wal = self.current_wal();
         let stopped = self.stopped.load(Ordering::Relaxed);
         let (health, state) = match (&failed, stopped) {
             (Some(_), _) => (Health::Unhealthy, "failed"),
@@ -222,8 +228,7 @@ impl Replicator for Standalone {
             return;
         }
         // Let queued writes finish and checkpoint, then close the WAL.
-        let pipeline = self.current();
-        let wal = self.wal.read().unwrap().clone();
+        let (pipeline, wal) = (self.current(), self.current_wal());
         let _ = tokio::task::spawn_blocking(move || {
             pipeline.stop_blocking();
             if let Err(e) = wal.close() {

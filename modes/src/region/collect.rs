@@ -86,15 +86,12 @@ impl Collector {
         let acked = self.links.iter().map(|l| l.status(0).acknowledged).min().unwrap_or(0);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, Stamp)>>(2);
         let (sm, own) = (self.sm.clone(), self.own_region.clone());
-        let seen = Arc::new(AtomicU64::new(0));
-        let seen_in_scan = seen.clone();
-        let scan = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut batch = Vec::new();
+        // Returns how many tombstones the scan saw.
+        let scan = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let (mut batch, mut seen) = (Vec::new(), 0);
             sm.scan(&mut |ev| {
                 let ScanEvent::Entry(kv) = ev else { return Ok(()) };
-                if kv.tombstone {
-                    seen_in_scan.fetch_add(1, Ordering::Relaxed);
-                }
+                seen += u64::from(kv.tombstone);
                 let Some(stamp) = collectable(&kv, &own, horizon, acked) else { return Ok(()) };
                 batch.push((kv.key, stamp));
                 if batch.len() >= MAX_REGION_BATCH {
@@ -106,7 +103,7 @@ impl Collector {
             if !batch.is_empty() {
                 tx.blocking_send(batch).map_err(|_| "the collection stopped".to_string())?;
             }
-            Ok(())
+            Ok(seen)
         });
         let mut removed = 0;
         while let Some(tombstones) = rx.recv().await {
@@ -119,9 +116,9 @@ impl Collector {
                 Err(e) => return Err(format!("the collection was not committed: {e}")),
             }
         }
-        scan.await.map_err(|e| e.to_string())??;
+        let seen = scan.await.map_err(|e| e.to_string())??;
         self.collected.fetch_add(removed, Ordering::Relaxed);
-        if seen.load(Ordering::Relaxed) > 0 {
+        if seen > 0 {
             let tick = Command::Stamped { stamp: Stamp { hlc: self.hlc.now(), region: self.own_region.clone() }, command: Box::new(Command::Noop) };
             self.raft.submit(tick).await.map_err(|e| format!("the clock tick was not committed: {e}"))?;
         }
@@ -148,5 +145,5 @@ pub fn collectable(kv: &KeyValue, own: &str, horizon: u64, acked: u64) -> Option
 
 /// A reserved key's number as this node's state holds it (0 when absent).
 pub(crate) fn read_u64(sm: &dyn StateMachine, key: &str) -> u64 {
-    sm.get_version(key).ok().flatten().and_then(|kv| kv.value.try_into().ok()).map_or(0, u64::from_le_bytes)
+    crate::apply::number(sm.get_version(key).ok().flatten())
 }

@@ -281,7 +281,7 @@ impl Link {
                     ScanEvent::View { applied_index, .. } => view = applied_index,
                     // This region's last own stamp as of the view: every write after it is
                     // stamped higher (invariant 1 in `apply`), so the last batch may claim it.
-                    ScanEvent::Entry(kv) if kv.key == clock_key() => clock = kv.value.try_into().map_or(0, u64::from_le_bytes),
+                    ScanEvent::Entry(kv) if kv.key == clock_key() => clock = crate::apply::number(Some(kv)),
                     // This region's versions that lost a conflict (see the module docs).
                     ScanEvent::Entry(kv) if conflicts::key_of_record(&kv.key).is_some() => {
                         let lost = conflicts::decode(&kv.value).unwrap_or_default();
