@@ -12,6 +12,8 @@
 //!   start, `meridian wal reset`.
 //! - [`node`]: opens the data directory (lock, WAL, store, recovery), starts the mode and
 //!   the HTTP server, and shuts them down in order.
+//! - [`resume`]: a cluster mode that stops on a storage error and starts again, on the same
+//!   port, once the disk has room.
 //! - [`lock`]: the data-directory lock that keeps a second process out.
 //! - [`node_id`]: the node's name when none is configured (generated once, kept in DATA_DIR).
 //! - [`cert_check`]: warns at start when the node's own cluster certificate is out of date.
@@ -31,5 +33,6 @@ pub mod lock;
 pub mod metrics;
 pub mod node;
 pub mod node_id;
+pub mod resume;
 pub mod storage;
 pub mod store;

@@ -20,7 +20,8 @@ use meridian_modes::region;
 use meridian_modes::recovery::RecoveryError;
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
 use meridian_modes::transport::{
-    Admission, AllowedPeer, ClusterSecret, Families, Family, Handler, TlsPaths, TlsSettings, TlsVersion, Transport, TransportConfig,
+    Admission, AllowedPeer, ClusterSecret, Families, Family, Handler, Switch, TlsPaths, TlsSettings, TlsVersion, Transport,
+    TransportConfig,
 };
 use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::{Wal, WalOptions};
@@ -32,6 +33,7 @@ use crate::api::{self, AppState};
 use crate::config::{ClusterMode, Config, ConfigError, HaRole, HaSyncMode, TlsMinVersion};
 use crate::lock::{DirLock, LockError};
 use crate::metrics::Metrics;
+use crate::resume::{Restart, Resumable};
 use crate::store::RedbStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,8 @@ pub struct Node {
     pub state: Arc<AppState>,
     listener: TcpListener,
     limits: HttpLimits,
+    /// The cluster port of `ha_standby`, `raft` and `multi_region`: shut down after the mode.
+    transport: Option<Transport>,
     _lock: DirLock,
 }
 
@@ -109,27 +113,29 @@ impl Node {
         let data_dir = cfg.data_dir.clone();
         let reopen_opts = opts.clone();
         // The state first: it names the WAL it was built from, and the WAL must be that one.
-        // In ha_standby the mode replays (only what is agreed, or everything once primary); in
-        // raft openraft does (only what is committed).
-        let replay = match cfg.cluster_mode {
-            ClusterMode::HaStandby => crate::storage::Replay::Checked,
-            ClusterMode::Raft | ClusterMode::MultiRegion => crate::storage::Replay::Raft,
-            _ => crate::storage::Replay::All,
-        };
+        let replay = replay_of(cfg.cluster_mode);
         let (wal, store) = tokio::task::spawn_blocking(move || crate::storage::open(&data_dir, opts, replay))
             .await
             .expect("recovery task panicked")?;
 
-        let sm: Arc<dyn StateMachine> = store;
+        let sm: Arc<dyn StateMachine> = store.clone();
         // Raft counts no replication bytes of its own: its cluster traffic stands in.
         let mut raft_transport = None;
+        // The cluster modes' transport: the node's, for its whole life (see `resume.rs`).
+        let mut cluster_transport = None;
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
-            ClusterMode::HaStandby => {
-                let ha = HaStandby::new(ha_config(cfg), wal.clone(), sm.clone())?;
-                let handler = Arc::new(Families::new().with(Family::Ha, ha.handler()));
-                let transport = start_transport(cfg, tls, handler, &metrics).await?;
-                ha.start(transport);
-                ha
+            ClusterMode::HaStandby | ClusterMode::Raft | ClusterMode::MultiRegion => {
+                let switch = Arc::new(Switch::detached("this node is starting"));
+                let transport = start_transport(cfg, tls, switch.clone(), &metrics).await?;
+                if cfg.cluster_mode.runs_raft() {
+                    raft_transport = Some(transport.clone());
+                }
+                cluster_transport = Some(transport.clone());
+                let mode = Arc::new(ClusterModeStarter { cfg: cfg.clone(), store, wal_opts: reopen_opts, transport, switch });
+                let running = mode.start(wal.clone()).await?;
+                let resumable = Resumable::new(running, wal.clone());
+                resumable.watch(mode, cfg.data_dir.join("wal"), Duration::from_secs(2));
+                resumable
             }
             ClusterMode::Witness => {
                 let witness = Arc::new(Witness::open(&cfg.data_dir, cfg.cluster_ha_failover_timeout.0).map_err(|e| {
@@ -138,52 +144,6 @@ impl Node {
                 let handler = Arc::new(Families::new().with(Family::Ha, Arc::new(WitnessHandler(witness.clone()))));
                 let transport = start_transport(cfg, tls, handler, &metrics).await?;
                 Arc::new(WitnessNode { node_id: cfg.cluster_node_id.clone(), witness, transport })
-            }
-            ClusterMode::Raft => {
-                let store = SmStore::new(sm.clone(), &cfg.data_dir).map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(format!("Raft snapshots: {e}"))))?;
-                let handler = RaftHandler::new(cfg.cluster_raft_cluster_id.clone(), store.clone());
-                let families = Families::new().with(Family::Raft, handler.clone());
-                let transport = start_transport(cfg, tls, Arc::new(families), &metrics).await?;
-                raft_transport = Some(transport.clone());
-                let node = RaftNode::start(raft_config(cfg)?, wal.clone(), sm.clone(), store, handler, transport)
-                    .await
-                    .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
-                node
-            }
-            ClusterMode::MultiRegion => {
-                // The region's Raft group sees the state through the clock-moving wrapper; the
-                // API reads the same store directly.
-                let hlc = Arc::new(region::hlc::Hlc::default());
-                let observed: Arc<dyn StateMachine> = Arc::new(region::observe::Observed::new(sm.clone(), hlc.clone()));
-                let store = SmStore::new(observed.clone(), &cfg.data_dir).map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(format!("Raft snapshots: {e}"))))?;
-                let mut rcfg = raft_config(cfg)?;
-                let region_name = cfg.cluster_region_id.clone().unwrap_or_default();
-                // One Raft group per region: its own cluster name, so node ids and cluster
-                // names never collide across regions; the transport's cluster id stays shared.
-                rcfg.cluster_id = format!("{}/{}", cfg.cluster_raft_cluster_id, region_name);
-                let semi_sync = (cfg.cluster_cross_region_mode == crate::config::CrossRegionMode::SemiSync).then(|| Arc::new(region::SemiSync::default()));
-                rcfg.propose_hook = Some(region::stamper(region_name.clone(), hlc.clone(), semi_sync.clone()));
-                let handler = RaftHandler::new(rcfg.cluster_id.clone(), store.clone());
-                let region_handler = region::RegionHandler::new();
-                let families = Families::new().with(Family::Raft, handler.clone()).with(Family::Region, region_handler.clone());
-                let transport = start_transport(cfg, tls, Arc::new(families), &metrics).await?;
-                raft_transport = Some(transport.clone());
-                let node = RaftNode::start(rcfg, wal.clone(), observed.clone(), store, handler, transport.clone())
-                    .await
-                    .map_err(|e| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e)))?;
-                let rc = region::RegionConfig {
-                    region: region_name,
-                    remotes: cfg.remote_regions()?.into_iter().map(|r| (r.id, r.addr)).collect(),
-                    primary_region: cfg.cluster_primary_region.clone(),
-                    writes: match cfg.cluster_region_writes {
-                        crate::config::RegionWrites::Primary => region::RegionWrites::Primary,
-                        crate::config::RegionWrites::ActiveActive => region::RegionWrites::ActiveActive,
-                    },
-                    forward_writes: cfg.forward_writes,
-                    tombstone_gc_interval: cfg.cluster_tombstone_gc_interval.0,
-                    keep_conflicts: cfg.cluster_conflict_strategy == crate::config::ConflictStrategy::Manual,
-                };
-                region::MultiRegion::start(rc, node, observed, wal.clone(), transport, hlc, &region_handler, semi_sync)
             }
             ClusterMode::Standalone => {
                 let node = Standalone::start(
@@ -224,7 +184,7 @@ impl Node {
                 (cfg.cluster_mode == ClusterMode::HaStandby).then(|| sync_mode_name(cfg.cluster_ha_sync_mode).to_owned()),
             ),
         });
-        Ok(Node { state, listener, limits: HttpLimits::from_config(cfg), _lock: lock })
+        Ok(Node { state, listener, limits: HttpLimits::from_config(cfg), transport: cluster_transport, _lock: lock })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -240,8 +200,115 @@ impl Node {
         // In-flight requests have finished; drain the write pipeline and make state durable.
         info!("shutting down: finishing queued writes and checkpointing");
         self.state.replicator.shutdown().await;
+        if let Some(t) = &self.transport {
+            t.shutdown().await;
+        }
         info!("shutdown complete");
         served.map_err(NodeError::Serve)
+    }
+}
+
+/// Starts `ha_standby`, `raft` or `multi_region` on the node's storage and cluster port, and
+/// starts it again after a storage error once the disk has room ([`Resumable`]).
+struct ClusterModeStarter {
+    cfg: Config,
+    store: Arc<RedbStore>,
+    /// The options the WAL was first opened with.
+    wal_opts: WalOptions,
+    transport: Transport,
+    /// What the port serves: the running mode's message families, or a refusal.
+    switch: Arc<Switch>,
+}
+
+impl ClusterModeStarter {
+    /// Starts the mode on `wal` (replayed as the mode's start-up wants: [`crate::storage::Replay`]).
+    async fn start(&self, wal: Wal) -> Result<Arc<dyn Replicator>, NodeError> {
+        let (cfg, transport) = (&self.cfg, self.transport.clone());
+        let sm: Arc<dyn StateMachine> = self.store.clone();
+        let store_err = |e: String| NodeError::Store(meridian_modes::state_machine::StateMachineError::Storage(e));
+        Ok(match cfg.cluster_mode {
+            ClusterMode::HaStandby => {
+                let ha = HaStandby::new(ha_config(cfg), wal, sm)?;
+                self.switch.attach(Arc::new(Families::new().with(Family::Ha, ha.handler())));
+                ha.start(transport);
+                ha
+            }
+            ClusterMode::Raft => {
+                let store = SmStore::new(sm.clone(), &cfg.data_dir).map_err(|e| store_err(format!("Raft snapshots: {e}")))?;
+                let handler = RaftHandler::new(cfg.cluster_raft_cluster_id.clone(), store.clone());
+                self.switch.attach(Arc::new(Families::new().with(Family::Raft, handler.clone())));
+                RaftNode::start(raft_config(cfg)?, wal, sm, store, handler, transport).await.map_err(store_err)?
+            }
+            ClusterMode::MultiRegion => {
+                // The region's Raft group sees the state through the clock-moving wrapper; the
+                // API reads the same store directly.
+                let hlc = Arc::new(region::hlc::Hlc::default());
+                let observed: Arc<dyn StateMachine> = Arc::new(region::observe::Observed::new(sm, hlc.clone()));
+                let store = SmStore::new(observed.clone(), &cfg.data_dir).map_err(|e| store_err(format!("Raft snapshots: {e}")))?;
+                let mut rcfg = raft_config(cfg)?;
+                let region_name = cfg.cluster_region_id.clone().unwrap_or_default();
+                // One Raft group per region: its own cluster name, so node ids and cluster
+                // names never collide across regions; the transport's cluster id stays shared.
+                rcfg.cluster_id = format!("{}/{}", cfg.cluster_raft_cluster_id, region_name);
+                let semi_sync = (cfg.cluster_cross_region_mode == crate::config::CrossRegionMode::SemiSync).then(|| Arc::new(region::SemiSync::default()));
+                rcfg.propose_hook = Some(region::stamper(region_name.clone(), hlc.clone(), semi_sync.clone()));
+                let handler = RaftHandler::new(rcfg.cluster_id.clone(), store.clone());
+                let region_handler = region::RegionHandler::new();
+                self.switch.attach(Arc::new(Families::new().with(Family::Raft, handler.clone()).with(Family::Region, region_handler.clone())));
+                let node = RaftNode::start(rcfg, wal.clone(), observed.clone(), store, handler, transport.clone()).await.map_err(store_err)?;
+                let rc = region::RegionConfig {
+                    region: region_name,
+                    remotes: cfg.remote_regions()?.into_iter().map(|r| (r.id, r.addr)).collect(),
+                    primary_region: cfg.cluster_primary_region.clone(),
+                    writes: match cfg.cluster_region_writes {
+                        crate::config::RegionWrites::Primary => region::RegionWrites::Primary,
+                        crate::config::RegionWrites::ActiveActive => region::RegionWrites::ActiveActive,
+                    },
+                    forward_writes: cfg.forward_writes,
+                    tombstone_gc_interval: cfg.cluster_tombstone_gc_interval.0,
+                    keep_conflicts: cfg.cluster_conflict_strategy == crate::config::ConflictStrategy::Manual,
+                };
+                region::MultiRegion::start(rc, node, observed, wal, transport, hlc, &region_handler, semi_sync)
+            }
+            ClusterMode::Standalone | ClusterMode::Witness => unreachable!("{} is not a cluster mode with a WAL", cfg.cluster_mode.as_str()),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Restart for ClusterModeStarter {
+    fn detach(&self, why: &str) {
+        self.switch.detach(format!("this node's storage failed ({why}); it rejoins once its disk has room"));
+    }
+
+    async fn restart(&self) -> Result<(Arc<dyn Replicator>, Wal), String> {
+        let (dir, store, opts) = (self.cfg.data_dir.clone(), self.store.clone(), self.wal_opts.clone());
+        let replay = replay_of(self.cfg.cluster_mode);
+        let wal = tokio::task::spawn_blocking(move || -> Result<Wal, String> {
+            store.reopen_storage().map_err(|e| format!("reopening the state store: {e}"))?;
+            crate::storage::attach(&dir, &store, opts, replay).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("the reopen task failed: {e}"))??;
+        match self.start(wal.clone()).await {
+            Ok(mode) => Ok((mode, wal)),
+            Err(e) => {
+                self.switch.detach("this node's replication mode did not start again after a storage error");
+                let _ = wal.close();
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// How the WAL is replayed into the state at start for `mode` ([`crate::storage::Replay`]):
+/// in ha_standby the mode replays (only what is agreed, or everything once primary); in raft
+/// openraft does (only what is committed).
+fn replay_of(mode: ClusterMode) -> crate::storage::Replay {
+    match mode {
+        ClusterMode::HaStandby => crate::storage::Replay::Checked,
+        ClusterMode::Raft | ClusterMode::MultiRegion => crate::storage::Replay::Raft,
+        _ => crate::storage::Replay::All,
     }
 }
 

@@ -65,12 +65,20 @@ pub enum Replay {
 
 /// Opens the state, then the WAL it is bound to, replays (see [`Replay`]), and binds a state
 /// not bound yet. Blocking.
-pub fn open(data_dir: &Path, mut opts: WalOptions, replay: Replay) -> Result<(Wal, Arc<RedbStore>), NodeError> {
+pub fn open(data_dir: &Path, opts: WalOptions, replay: Replay) -> Result<(Wal, Arc<RedbStore>), NodeError> {
     let store = Arc::new(RedbStore::open(&data_dir.join(STATE_FILE))?);
+    let wal = attach(data_dir, &store, opts, replay)?;
+    Ok((wal, store))
+}
+
+/// Opens the WAL `store` is bound to and replays it (see [`Replay`]): the second half of
+/// [`open`], also how a node whose mode stopped on a storage error reattaches the WAL to its
+/// reopened store. Blocking.
+pub fn attach(data_dir: &Path, store: &RedbStore, mut opts: WalOptions, replay: Replay) -> Result<Wal, NodeError> {
     opts.expected_id = store.wal_binding()?;
     let (wal, report) = Wal::open(opts).map_err(|e| match e {
         WalError::Missing { .. } | WalError::Foreign { .. } | WalError::Corrupt { .. } => {
-            NodeError::from(WalUnusable { problem: e.to_string(), advice: advice(data_dir, &store) })
+            NodeError::from(WalUnusable { problem: e.to_string(), advice: advice(data_dir, store) })
         }
         other => other.into(),
     })?;
@@ -83,11 +91,11 @@ pub fn open(data_dir: &Path, mut opts: WalOptions, replay: Replay) -> Result<(Wa
         info!(wal_last = wal.last_index(), applied = store.applied_index(), "the state is past the WAL's end (a Raft snapshot install); Raft purges the log behind it");
         0
     } else {
-        replay_to(&wal, &*store, upto)?
+        replay_to(&wal, store, upto)?
     };
     store.bind_wal(wal.id())?;
     info!(first = report.first_index, last = report.last_index, replayed, applied = store.applied_index(), wal_id = %wal.id(), "storage recovered");
-    Ok((wal, store))
+    Ok(wal)
 }
 
 fn advice(data_dir: &Path, store: &RedbStore) -> String {

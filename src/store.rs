@@ -772,12 +772,12 @@ impl StateMachine for RedbStore {
     }
 
     /// redb latches an I/O error: after a failed commit every later one fails too
-    /// (`PreviousIo`), even with room again. So when a durable empty commit fails, the
-    /// database is closed and opened again (redb repairs it if it must). Applies and
-    /// checkpoints wait meanwhile, readers too (the swap holds the handle's lock). What the
-    /// old handle held beyond its last durable commit (non-durable commits, the overlay) is
-    /// gone with it: the applied index goes back to the file's, and the caller replays the
-    /// WAL from there, as a restart would.
+    /// (`PreviousIo`), even with room again. So the database is closed and opened again
+    /// (redb repairs it if it must), whether or not it latched one: the store is then what a
+    /// restart would find. Applies and checkpoints wait meanwhile, readers too (the swap
+    /// holds the handle's lock). What the old handle held beyond its last durable commit
+    /// (non-durable commits, the overlay) is gone with it: the applied index goes back to the
+    /// file's, and the caller replays the WAL from there, as a restart would.
     fn reopen_storage(&self) -> Result<(), StateMachineError> {
         let _c = self.checkpointing.lock().unwrap();
         let _w = self.write.lock().unwrap();
@@ -785,9 +785,6 @@ impl StateMachine for RedbStore {
             let txn = self.db().begin_write().map_err(storage)?;
             txn.commit().map_err(storage)
         };
-        if probe().is_ok() {
-            return Ok(());
-        }
         let mut handle = self.db.write().unwrap();
         let placeholder = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(storage)?;
         let mut old = std::mem::replace(&mut *handle, Arc::new(placeholder));

@@ -175,6 +175,30 @@ fn a_full_disk_under_the_wal_loses_nothing_acknowledged() {
     println!("WAL filled after {acked_total} acknowledged overwrites; every key at or past its last acknowledged value");
 }
 
+/// `WRITERS` writers put 4 KiB values under `prefix` at `base` (`…/v1/kv`) until each is
+/// refused (at most 4 × `MAX_WRITES` each); acknowledged writes go to `acked`. Returns the
+/// refusals.
+fn write_until_refused(base: &str, prefix: &str, acked: &Arc<Mutex<HashMap<String, Vec<u8>>>>) -> Vec<(u16, String)> {
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (acked, base, prefix) = (acked.clone(), base.to_owned(), prefix.to_owned());
+            thread::spawn(move || -> Option<(u16, String)> {
+                for n in 0..4 * MAX_WRITES {
+                    let key = format!("{prefix}{w}/{n:05}");
+                    let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
+                    let (status, body) = http("PUT", &format!("{base}/{key}"), Some(value.clone()));
+                    if status != 200 {
+                        return Some((status, String::from_utf8_lossy(&body).into_owned()));
+                    }
+                    acked.lock().unwrap().insert(key, value);
+                }
+                None
+            })
+        })
+        .collect();
+    writers.into_iter().filter_map(|t| t.join().expect("a writer panicked")).collect()
+}
+
 /// A tmpfs of `bytes` mounted on a fresh directory (needs root, as in CI and on the dev
 /// machine); unmounted on drop. `None` where mounting is not permitted.
 struct Tmpfs {
@@ -227,28 +251,8 @@ fn a_full_disk_with_room_again_takes_writes_without_a_restart() {
     node.spawn();
     node.wait_ready();
 
-    let write_until_refused = |prefix: &str, acked: &Arc<Mutex<HashMap<String, Vec<u8>>>>| -> Vec<(u16, String)> {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let (acked, base, prefix) = (acked.clone(), node.url("/v1/kv"), prefix.to_owned());
-                thread::spawn(move || -> Option<(u16, String)> {
-                    for n in 0..4 * MAX_WRITES {
-                        let key = format!("{prefix}{w}/{n:05}");
-                        let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
-                        let (status, body) = http("PUT", &format!("{base}/{key}"), Some(value.clone()));
-                        if status != 200 {
-                            return Some((status, String::from_utf8_lossy(&body).into_owned()));
-                        }
-                        acked.lock().unwrap().insert(key, value);
-                    }
-                    None
-                })
-            })
-            .collect();
-        writers.into_iter().filter_map(|t| t.join().expect("a writer panicked")).collect()
-    };
     let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-    let refusals = write_until_refused("a", &acked);
+    let refusals = write_until_refused(&node.url("/v1/kv"), "a", &acked);
     assert_eq!(refusals.len(), WRITERS, "every writer must meet the full disk");
     for (status, body) in &refusals {
         assert_eq!(*status, 503, "{body}");
@@ -297,4 +301,210 @@ fn a_full_disk_with_room_again_takes_writes_without_a_restart() {
     }
     println!("{before} writes acknowledged before the disk filled; writes taken again {resumed_after:?} after room came back; all present after kill -9");
     node.kill9();
+}
+
+/// Every acknowledged write in `acked` reads back from `node` with its value.
+fn assert_all_present(node: &Node, acked: &HashMap<String, Vec<u8>>, when: &str) {
+    for (key, value) in acked {
+        let (status, body) = http("GET", &node.url(&format!("/v1/kv/{key}")), None);
+        assert_eq!((status, &body), (200, value), "acknowledged {key} {when}");
+    }
+}
+
+/// The HA primary's disk fills (its data directory is a small tmpfs): it must leave the pair
+/// so that the standby takes over, rather than go on heartbeating with a write path that
+/// refuses everything; once its disk has room again it must come back without a restart,
+/// as the standby of the new primary, and catch up. No acknowledged write is lost, on
+/// either side.
+#[test]
+fn a_full_disk_on_the_ha_primary_hands_over_and_the_node_rejoins_once_there_is_room() {
+    let Some(fs) = Tmpfs::mount(48 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
+        return;
+    };
+    // The data directory is the tmpfs itself, so the node's log (beside it) is not on it.
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 16 << 20]).unwrap();
+    let pair = common::ha::HaPair::start(common::ha::HaOpts {
+        a_data: Some(fs.path().to_path_buf()),
+        extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES", (4u64 << 20).to_string())],
+        ..Default::default()
+    });
+    let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let refusals = write_until_refused(&pair.a.url("/v1/kv"), "a", &acked);
+    assert_eq!(refusals.len(), WRITERS, "every writer must meet the full disk");
+    for (status, body) in &refusals {
+        assert_eq!(*status, 503, "{body}");
+    }
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0);
+
+    // A cannot take writes: B must take over.
+    let took = common::ha::wait_role(&pair.b, "primary", std::time::Duration::from_secs(20));
+    let more: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    for n in 0..200 {
+        let key = format!("b/{n}");
+        let (status, body) = http("PUT", &pair.b.url(&format!("/v1/kv/{key}")), Some(key.clone().into_bytes()));
+        assert_eq!(status, 200, "the new primary refused a write: {}", String::from_utf8_lossy(&body));
+        more.lock().unwrap().insert(key.clone(), key.into_bytes());
+    }
+    let (status, body) = http("GET", &pair.a.url("/health"), None);
+    assert_eq!(status, 503, "A's health while its disk is full: {}", String::from_utf8_lossy(&body));
+
+    // Room again: A rejoins as B's standby without a restart and catches up.
+    std::fs::remove_file(&ballast).unwrap();
+    let t = std::time::Instant::now();
+    common::ha::wait_streaming(&pair.a, std::time::Duration::from_secs(40));
+    let rejoined = t.elapsed();
+    assert_eq!(common::ha::role(&pair.a), "standby");
+    common::ha::wait_converged(&pair.a, &pair.b, std::time::Duration::from_secs(30));
+    assert!(pair.a.log_text().contains("room again"), "A's log must say it came back:\n{}", pair.a.log_text());
+    let (status, body) = http("GET", &pair.a.url("/health"), None);
+    assert_eq!(status, 200, "A's health after rejoining: {}", String::from_utf8_lossy(&body));
+    let all: HashMap<String, Vec<u8>> = acked.lock().unwrap().clone().into_iter().chain(more.lock().unwrap().clone()).collect();
+    assert_all_present(&pair.b, &all, "on the new primary");
+    assert_all_present(&pair.a, &all, "on the node whose disk filled, after it rejoined");
+    println!("{before} writes acknowledged before A's disk filled; B primary {took:?} later; A streaming {rejoined:?} after room came back");
+}
+
+/// A Raft leader's disk fills (its data directory moved onto a small tmpfs): openraft stops
+/// its core on the storage error, so the node must leave the group (the others elect a
+/// leader and go on taking writes) and, once its disk has room, start its mode again without
+/// a restart, rejoin as a follower and catch up. Every acknowledged write is on the new
+/// leader and, after convergence, on the node whose disk filled.
+#[test]
+fn a_full_disk_on_the_raft_leader_moves_leadership_and_the_node_rejoins_once_there_is_room() {
+    use common::raft::{RaftCluster, RaftOpts};
+    use std::time::Duration;
+    let Some(fs) = Tmpfs::mount(64 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
+        return;
+    };
+    let mut c = RaftCluster::start(3, RaftOpts { extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES".into(), (4u64 << 20).to_string())], ..Default::default() });
+    let (leader, _) = c.wait_stable_leader(Duration::from_secs(30));
+    // Move a follower onto the tmpfs (kill -9, copy, restart there), then hand it leadership.
+    let f = c.others(leader)[0];
+    c.kill9(f);
+    let old = c.nodes[f].data_dir.clone().unwrap();
+    let ok = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", old.display())).arg(fs.path()).status().unwrap().success();
+    assert!(ok, "copying {} onto the tmpfs", old.display());
+    c.nodes[f].data_dir = Some(fs.path().to_path_buf());
+    c.restart(f);
+    c.wait_converged(Duration::from_secs(30));
+    let (status, body) = http("POST", &c.nodes[leader].url("/admin/raft/transfer-leadership"), Some(format!(r#"{{"target":"{}"}}"#, c.ids[f]).into_bytes()));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, term) = c.wait_leader(&[f], 0, Duration::from_secs(20));
+    let ballast = fs.path().join("ballast");
+    let free = free_bytes(fs.path());
+    std::fs::write(&ballast, vec![7u8; free.saturating_sub(24 << 20) as usize]).unwrap();
+
+    let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let refusals = write_until_refused(&c.nodes[f].url("/v1/kv"), "a", &acked);
+    assert_eq!(refusals.len(), WRITERS, "every writer must meet the full disk");
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0);
+
+    // The group goes on without it.
+    let others = c.others(f);
+    let (new_leader, _) = c.wait_leader(&others, term + 1, Duration::from_secs(20));
+    let mut more = HashMap::new();
+    for n in 0..200 {
+        let key = format!("b/{n}");
+        let (status, body) = http("PUT", &c.nodes[new_leader].url(&format!("/v1/kv/{key}")), Some(key.clone().into_bytes()));
+        assert_eq!(status, 200, "the new leader refused a write: {}", String::from_utf8_lossy(&body));
+        more.insert(key.clone(), key.into_bytes());
+    }
+    let (status, body) = http("GET", &c.nodes[f].url("/health"), None);
+    assert_eq!(status, 503, "health of the node with the full disk: {}", String::from_utf8_lossy(&body));
+
+    // Room again: it rejoins without a restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let (status, _) = http("GET", &c.nodes[f].url("/health"), None);
+        if status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(40), "{} did not come back 40 s after room came back:\n{}", c.ids[f], c.nodes[f].log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rejoined = t.elapsed();
+    c.wait_converged(Duration::from_secs(60));
+    assert!(c.nodes[f].log_text().contains("room again"), "its log must say it came back:\n{}", c.nodes[f].log_text());
+    let all: HashMap<String, Vec<u8>> = acked.lock().unwrap().clone().into_iter().chain(more).collect();
+    assert_all_present(&c.nodes[new_leader], &all, "on the new leader");
+    for (key, value) in &all {
+        let got = c.get(f, key, "local").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.as_deref().map(str::as_bytes), Some(value.as_slice()), "acknowledged {key} on the node whose disk filled, after it rejoined");
+    }
+    println!("{before} writes acknowledged by the leader before its disk filled; {} leads after; the old leader healthy {rejoined:?} after room came back", c.ids[new_leader]);
+    drop(c);
+}
+
+/// Free bytes of the filesystem holding `path` (`df`, so no extra crate).
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df prints the free bytes")
+}
+
+/// multi_region, two one-node regions: the primary region's only node fills its disk, so its
+/// region is down (its Raft group has no one else). Once the disk has room the node starts
+/// its mode again without a restart: its region takes writes again, ships what it had not
+/// shipped, and both regions converge with every acknowledged write.
+#[test]
+fn a_full_disk_in_a_region_stops_it_and_it_ships_everything_once_there_is_room() {
+    use common::region::{RegionOpts, Regions};
+    use std::time::Duration;
+    let Some(fs) = Tmpfs::mount(64 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
+        return;
+    };
+    let mut rg = Regions::start(RegionOpts {
+        names: vec!["us", "eu"],
+        nodes_per_region: 1,
+        primary: Some("us"),
+        extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES".into(), (4u64 << 20).to_string())],
+    });
+    // Move us1 onto the tmpfs (kill -9, copy, restart there).
+    rg.nodes[0][0].kill9();
+    let old = rg.nodes[0][0].data_dir.clone().unwrap();
+    let ok = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", old.display())).arg(fs.path()).status().unwrap().success();
+    assert!(ok, "copying {} onto the tmpfs", old.display());
+    rg.nodes[0][0].data_dir = Some(fs.path().to_path_buf());
+    rg.nodes[0][0].spawn();
+    common::raft::wait_serving(&mut rg.nodes[0][0], Duration::from_secs(30)).unwrap();
+    rg.wait_leader(0, Duration::from_secs(30));
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; free_bytes(fs.path()).saturating_sub(24 << 20) as usize]).unwrap();
+
+    let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let refusals = write_until_refused(&rg.nodes[0][0].url("/v1/kv"), "a", &acked);
+    assert_eq!(refusals.len(), WRITERS, "every writer must meet the full disk");
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, body) = http("GET", &rg.nodes[0][0].url("/health"), None);
+    assert_eq!(status, 503, "health of the node with the full disk: {}", String::from_utf8_lossy(&body));
+
+    std::fs::remove_file(&ballast).unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let (status, _) = http("PUT", &rg.nodes[0][0].url("/v1/kv/room-again"), Some(b"y".to_vec()));
+        if status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(40), "us1 took no write 40 s after room came back:\n{}", rg.nodes[0][0].log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let resumed = t.elapsed();
+    acked.lock().unwrap().insert("room-again".into(), b"y".to_vec());
+    rg.wait_converged(Duration::from_secs(60));
+    assert!(rg.nodes[0][0].log_text().contains("room again"), "its log must say it came back:\n{}", rg.nodes[0][0].log_text());
+    for (key, value) in acked.lock().unwrap().iter() {
+        for r in 0..2 {
+            let got = rg.get_local(r, 0, key);
+            assert_eq!(got.as_ref().map(|(s, b)| (*s, b)), Some((200, value)), "acknowledged {key} in region {}", rg.names[r]);
+        }
+    }
+    println!("{before} writes acknowledged in us before its disk filled; writes taken again {resumed:?} after room came back; both regions hold them all");
 }

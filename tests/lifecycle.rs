@@ -154,7 +154,9 @@ fn garbage_on_the_http_port_does_not_hurt_the_node() {
 fn cli_reads_and_writes_keys_and_dumps_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut node = Node::start(&data, &[]);
+    // No checkpoint during the test: one would purge the WAL this test dumps (a loaded
+    // machine made the default 1 s interval pass once, and the dump came out empty).
+    let mut node = Node::start(&data, &[("MERIDIAN_CHECKPOINT_INTERVAL", "1h")]);
     let url = node.url("");
     let (code, out, err) = run_to_exit(&["kv", "--url", &url, "put", "cfg/a b", "hello world"], &[], dir.path());
     assert_eq!(code, 0, "{err}");

@@ -10,6 +10,7 @@
 //! - [`replicator`]: the [`Replicator`] trait the HTTP layer talks to, its errors and status types.
 //! - [`bookmark`]: the opaque causal-consistency token handed to clients.
 //! - [`standalone`]: one node, durable: WAL group commit then apply.
+//! - [`room`]: after a storage error, the probe that says the disk has room again.
 //! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes;
 //!   message families (HA, Raft, …) share one port, each with its own handler.
 //! - [`raft`]: the `raft` mode on openraft — log storage on the WAL, state machine on the
@@ -79,6 +80,7 @@ pub mod snapshot_stream;
 pub mod pipeline;
 pub mod progress;
 pub mod read_round;
+pub mod room;
 pub mod standalone;
 pub mod state_machine;
 pub mod transport;

@@ -211,8 +211,9 @@ pub trait Replicator: Send + Sync + 'static {
         Vec::new()
     }
     /// Why this node's write path stopped on a storage error (a WAL append or a state-store
-    /// apply failed: disk full, I/O error), if it did; it takes no writes until restarted,
-    /// or (standalone) until the disk has room again.
+    /// apply failed: disk full, I/O error), if it did; it takes no writes until the disk has
+    /// room again (standalone reopens its storage in place; the cluster modes are stopped
+    /// and started again by the node, see its `resume.rs`).
     fn storage_failure(&self) -> Option<String> {
         None
     }
@@ -235,6 +236,8 @@ pub trait Replicator: Send + Sync + 'static {
         let _ = req;
         Err(AdminError::NotSupported { mode: self.mode() })
     }
-    /// Stops taking writes, finishes in-flight ones, and makes the state durable.
+    /// Stops taking writes, finishes in-flight ones, and makes the state durable. The
+    /// cluster transport belongs to the node, which shuts it down after this: a node whose
+    /// mode stops on a storage error keeps its port and starts the mode again on it.
     async fn shutdown(&self);
 }

@@ -6,7 +6,7 @@
 //! A failed WAL write or apply stops the pipeline: every write is refused (503) and
 //! `/health` says why. Given a way to open the WAL again ([`Standalone::resume_after_storage_errors`]),
 //! a watcher then checks every few seconds whether the disk has room (it writes and syncs a
-//! probe file of [`PROBE_BYTES`] beside the WAL). Once it has, the storage is opened again the
+//! probe file of [`crate::room::PROBE_BYTES`] beside the WAL). Once it has, the storage is opened again the
 //! way a restart would: the pipeline stops, the WAL is closed and opened (its recovery drops
 //! a torn tail; a record that reached the disk whole but was never acknowledged may stay,
 //! like any write whose answer was lost), the state store reopens what latched the error,
@@ -50,9 +50,6 @@ struct Running {
 
 /// Opens the WAL again with the options it was first opened with.
 pub type ReopenWal = Arc<dyn Fn() -> Result<Wal, String> + Send + Sync>;
-
-/// Room the disk must have before the node takes writes again after a storage error.
-pub const PROBE_BYTES: usize = 8 << 20;
 
 pub struct Standalone {
     cfg: StandaloneConfig,
@@ -122,7 +119,7 @@ impl Standalone {
 
     /// One attempt; returns how many WAL entries were replayed into the state.
     fn resume(&self, reopen: &ReopenWal, probe_dir: &std::path::Path) -> Result<u64, String> {
-        probe_room(probe_dir)?;
+        crate::room::probe_room(probe_dir)?;
         self.resuming.store(true, Ordering::SeqCst);
         let result = self.reopen_storage(reopen);
         self.resuming.store(false, Ordering::SeqCst);
@@ -144,22 +141,6 @@ impl Standalone {
         *self.running.write().unwrap() = Running { pipeline, wal };
         Ok(replayed)
     }
-}
-
-/// Writes and syncs [`PROBE_BYTES`] in `dir`, then removes them: is there room to go on?
-fn probe_room(dir: &std::path::Path) -> Result<(), String> {
-    use std::io::Write as _;
-    let path = dir.join(".room-probe");
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&path)?;
-        let chunk = vec![0u8; 1 << 20];
-        for _ in 0..PROBE_BYTES / chunk.len() {
-            f.write_all(&chunk)?;
-        }
-        f.sync_all()
-    })();
-    let _ = std::fs::remove_file(&path);
-    result.map_err(|e| format!("no room yet in {}: {e}", dir.display()))
 }
 
 #[async_trait]

@@ -120,9 +120,10 @@ pub trait StateMachine: Send + Sync + 'static {
     /// order, tombstones and reserved keys included.
     fn scan(&self, visit: &mut dyn FnMut(ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError>;
     /// After a storage I/O error (a full disk): makes the store usable again, reopening what
-    /// latched the error, without losing anything applied (what was not yet durable is still
-    /// held, or still in the WAL). Called once the disk has room again; an error means not
-    /// yet. The default has nothing to reopen.
+    /// latched the error, and leaves it as a restart would find it — what was applied but not
+    /// yet durable may be dropped (the applied index goes back), and the caller replays the
+    /// WAL from there. Called once the disk has room again; an error means not yet. The
+    /// default has nothing to reopen.
     fn reopen_storage(&self) -> Result<(), StateMachineError> {
         Ok(())
     }

@@ -22,11 +22,14 @@ pub struct HaOpts {
     /// With `witness`: start with both links to the witness cut, as when the witness starts
     /// after the data nodes (and do not wait for a primary and a standby).
     pub witness_late: bool,
+    /// Node A's data directory (default: `a` in the pair's directory): a test that fills
+    /// A's disk puts it on a small filesystem. Its log goes beside it.
+    pub a_data: Option<std::path::PathBuf>,
 }
 
 impl Default for HaOpts {
     fn default() -> Self {
-        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false }
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false, a_data: None }
     }
 }
 
@@ -127,7 +130,7 @@ impl HaPair {
         let mut b_env = node_env("node-b", "standby", cb, &b_to_a.addr(), b_to_w.as_ref().map(|p| p.addr()).as_deref(), &o);
         a_env.extend(tls("node-a"));
         b_env.extend(tls("node-b"));
-        let a = Node::start_env(&dir.path().join("a"), a_env);
+        let a = Node::start_env(&o.a_data.clone().unwrap_or_else(|| dir.path().join("a")), a_env);
         let b = Node::start_env(&dir.path().join("b"), b_env);
         let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };
         if o.partitioned || o.witness_late {

@@ -19,7 +19,10 @@ pub(crate) async fn drive(core: Arc<Core>) {
     while !core.stopping.load(Ordering::SeqCst) {
         let primary = matches!(*core.role.lock().unwrap(), Role::Primary { .. });
         let switching = matches!(*core.role.lock().unwrap(), Role::Switching { .. });
-        if primary {
+        if primary && core.write_path_failure().is_some() {
+            // Silent: see `Core::write_path_failure`.
+            tokio::time::sleep(core.cfg.heartbeat).await;
+        } else if primary {
             let start = Instant::now();
             super::heartbeat::tick(&core).await;
             tokio::time::sleep(core.cfg.heartbeat.saturating_sub(start.elapsed()).max(Duration::from_millis(10))).await;

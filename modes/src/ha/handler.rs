@@ -7,7 +7,7 @@
 //!
 //! | message | sent by | acted on when this node is | otherwise |
 //! |---|---|---|---|
-//! | `FETCH` | the standby | primary (or handing over) | `NotPrimary` with this node's epoch |
+//! | `FETCH` | the standby | primary (or handing over) whose write path works | `NotPrimary` with this node's epoch; `unavailable` from a primary whose write path failed |
 //! | `ACK` | the standby | primary, same epoch | ignored |
 //! | `SNAPSHOT_CHUNK` | the standby | holding the prepared snapshot | `snapshot_expired` |
 //! | `FENCE` | either node | any role: a higher epoch fences, an equal one is the primary's contact | — |
@@ -44,7 +44,11 @@ impl Handler for HaHandler {
     async fn on_request(&self, _from: &NodeId, msg_type: u16, payload: Bytes) -> Result<Bytes, RemoteError> {
         let core = &self.core;
         match msg_type {
-            FETCH => Ok(encode(&serve_fetch(core, decode(&payload).map_err(bad)?).await)),
+            FETCH => match core.write_path_failure() {
+                // Silent to its standby: see `Core::write_path_failure`.
+                Some(why) => Err(RemoteError::new("unavailable", format!("the primary's write path failed: {why}"))),
+                None => Ok(encode(&serve_fetch(core, decode(&payload).map_err(bad)?).await)),
+            },
             SNAPSHOT_CHUNK => serve_chunk(core, decode(&payload).map_err(bad)?).map(|c| encode(&c)),
             FENCE => Ok(encode(&on_fence(core, decode(&payload).map_err(bad)?).await)),
             FORWARD => Ok(encode(&on_forward(core, decode(&payload).map_err(bad)?).await)),

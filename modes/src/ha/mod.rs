@@ -200,6 +200,19 @@ impl Core {
         }
     }
 
+    /// Why this primary's write path stopped (a WAL append or an apply failed: a full disk),
+    /// if it did. Such a primary goes silent at once — no heartbeat, no fetch answered — so
+    /// that its standby takes over after its failover timeout: it could only refuse writes,
+    /// and its in-memory tail holds records it will never make durable, which a standby that
+    /// kept fetching would be told to truncate again and again. The node then stops the mode
+    /// and starts it again once the disk has room (the node's `resume.rs`).
+    pub(crate) fn write_path_failure(&self) -> Option<String> {
+        match &*self.role.lock().unwrap() {
+            Role::Primary { pipeline, .. } => pipeline.failure(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_primary(&self) -> bool {
         matches!(*self.role.lock().unwrap(), Role::Primary { .. })
     }
@@ -473,10 +486,7 @@ impl Replicator for HaStandby {
     }
 
     fn storage_failure(&self) -> Option<String> {
-        match &*self.core.role.lock().unwrap() {
-            Role::Primary { pipeline, .. } => pipeline.failure(),
-            _ => None,
-        }
+        self.core.write_path_failure()
     }
 
     fn divergent_tails(&self) -> Vec<crate::replicator::DivergentTailInfo> {
@@ -512,9 +522,7 @@ impl Replicator for HaStandby {
             let _ = wal.close();
         })
         .await;
-        if let Some(t) = self.core.transport.get() {
-            t.shutdown().await;
-        }
+        // The transport is the node's: it outlives this mode (see `Replicator::shutdown`).
     }
 }
 

@@ -563,6 +563,16 @@ impl Replicator for RaftNode {
         }
     }
 
+    /// openraft stops its core for good on a storage error (a log append, a vote save or an
+    /// apply failed) — or on a panic: either way this node takes no part in the group until
+    /// its mode is started again (the node's `resume.rs`).
+    fn storage_failure(&self) -> Option<String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.raft.metrics().borrow_watched().running_state.as_ref().err().map(|e| format!("the Raft core stopped: {e}"))
+    }
+
     fn status(&self) -> ReplicationStatus {
         let m = self.raft.metrics().borrow_watched().clone();
         let failed = m.running_state.as_ref().err().map(|e| format!("the Raft core stopped: {e}"));
@@ -664,7 +674,7 @@ impl Replicator for RaftNode {
             return;
         }
         let _ = self.raft.shutdown().await;
-        self.transport.shutdown().await;
+        // The transport is the node's: it outlives this mode (see `Replicator::shutdown`).
         let (sm, wal) = (self.sm.clone(), self.wal.clone());
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = sm.checkpoint() {

@@ -30,6 +30,8 @@
 //! - `endpoint`: [`Transport`], the handle the rest of the node holds.
 //! - [`families`]: message types as family (high byte) and message (low byte), and
 //!   [`Families`], the handler that routes each message to its family's handler.
+//! - [`switch`]: [`Switch`], the handler the port keeps while the mode behind it stops and
+//!   starts again (after a storage error).
 //! - [`config`], [`error`], `metrics`, `handler`, `shutdown`: settings, error enums,
 //!   Prometheus metrics, the [`Handler`] trait, and the stop signal shared by all tasks.
 //!
@@ -55,6 +57,7 @@ mod refusals;
 pub mod secret;
 mod server;
 mod shutdown;
+pub mod switch;
 pub mod tls;
 
 /// A node's name in the cluster, e.g. `node1`. With TLS it must also be a DNS name in the
@@ -70,4 +73,5 @@ pub use families::{Families, Family};
 pub use handler::Handler;
 pub use handshake::{HandshakeError, RejectReason};
 pub use secret::ClusterSecret;
+pub use switch::Switch;
 pub use tls::{TlsConfigError, TlsPaths, TlsSettings, TlsVersion};
