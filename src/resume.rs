@@ -18,6 +18,10 @@
 //! once it is durable where the mode's rules say (this node's WAL, its standby's, a Raft
 //! majority's).
 //!
+//! A node that fails again within a minute of starting again (a nearly full disk passes the
+//! probe once the stopped mode has released space, and fills again as it catches up) waits
+//! twice as long before its next probe, up to 32 intervals.
+//!
 //! While the mode is down, writes, reads and admin calls on this node answer 503 with the
 //! reason, and `/health` says `unhealthy` with the reason and the way back. `standalone` does
 //! not go through here: it has no one to hand over to, so it reopens its storage in place
@@ -37,6 +41,11 @@ use meridian_modes::replicator::{
 use meridian_modes::Replicator;
 use meridian_wal::Wal;
 use tracing::{error, warn};
+
+/// A failure this soon after the mode started again counts as the same episode (backoff).
+const SOON: Duration = Duration::from_secs(60);
+/// The longest wait before probing, in multiples of the watch interval.
+const MAX_BACKOFF: u32 = 32;
 
 /// How the node stops serving a mode and starts it again (`node.rs` implements it).
 #[async_trait]
@@ -95,6 +104,10 @@ impl Resumable {
     pub fn watch(self: &Arc<Self>, restart: Arc<dyn Restart>, probe_dir: PathBuf, every: Duration) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
+            // A disk that is nearly full can pass the probe and fill again as soon as the mode
+            // has caught up: a node that fails again soon after starting waits twice as long
+            // before it probes (up to `MAX_BACKOFF` × `every`), as a crash-looping service would.
+            let (mut last_start, mut backoff) = (None::<std::time::Instant>, every);
             loop {
                 tokio::time::sleep(every).await;
                 let Some(node) = me.upgrade() else { return };
@@ -108,6 +121,11 @@ impl Resumable {
                 restart.detach(&why);
                 mode.shutdown().await;
                 drop((node, mode, wal));
+                backoff = if last_start.is_some_and(|t| t.elapsed() < SOON) { (backoff * 2).min(every * MAX_BACKOFF) } else { every };
+                if backoff > every {
+                    warn!(wait_s = backoff.as_secs(), "the storage failed again soon after the mode started again; waiting longer before the next attempt");
+                }
+                tokio::time::sleep(backoff - every).await;
                 loop {
                     tokio::time::sleep(every).await;
                     let Some(node) = me.upgrade() else { return };
@@ -121,6 +139,7 @@ impl Resumable {
                     }
                     match restart.restart().await {
                         Ok((replicator, wal)) => {
+                            last_start = Some(std::time::Instant::now());
                             *node.running.write().unwrap() = Running { replicator, wal };
                             *node.down.write().unwrap() = None;
                             if node.stopping.load(Ordering::SeqCst) {

@@ -508,3 +508,79 @@ fn a_full_disk_in_a_region_stops_it_and_it_ships_everything_once_there_is_room()
     }
     println!("{before} writes acknowledged in us before its disk filled; writes taken again {resumed:?} after room came back; both regions hold them all");
 }
+
+/// The HA standby's disk fills: it leaves the pair, the `sync` primary records it out of sync
+/// at the witness after the sync timeout and goes on acknowledging alone (without a witness
+/// it would wait for the operator's `/admin/standby/release`: nothing else can keep the
+/// standby from promoting itself later with writes it lacks); once the standby's disk has
+/// room it starts its mode again without a restart, catches up, and holds every acknowledged
+/// write.
+#[test]
+fn a_full_disk_on_the_ha_standby_leaves_the_primary_writable_and_the_standby_catches_up() {
+    let Some(fs) = Tmpfs::mount(48 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
+        return;
+    };
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 16 << 20]).unwrap();
+    let pair = common::ha::HaPair::start(common::ha::HaOpts {
+        b_data: Some(fs.path().to_path_buf()),
+        witness: true,
+        extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES", (4u64 << 20).to_string())],
+        ..Default::default()
+    });
+    // Writers on the primary until the standby's disk fills (its /health answers 503); what
+    // the standby then holds fits its disk once the ballast is gone.
+    let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let t = std::time::Instant::now();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (full, health) = (full.clone(), pair.b.url("/health"));
+        thread::spawn(move || {
+            while !full.load(std::sync::atomic::Ordering::SeqCst) && t.elapsed() < std::time::Duration::from_secs(120) {
+                if http("GET", &health, None).0 == 503 {
+                    full.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (acked, base, full) = (acked.clone(), pair.a.url("/v1/kv"), full.clone());
+            thread::spawn(move || {
+                for n in 0..MAX_WRITES {
+                    if full.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let key = format!("w{w}/{n:05}");
+                    let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
+                    if http("PUT", &format!("{base}/{key}"), Some(value.clone())).0 == 200 {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    watcher.join().unwrap();
+    assert!(full.load(std::sync::atomic::Ordering::SeqCst), "the standby's disk never filled:\n{}", pair.b.log_text());
+    // The primary takes writes with its standby gone.
+    let (status, body) = http("PUT", &pair.a.url("/v1/kv/after-standby-filled"), Some(b"x".to_vec()));
+    assert_eq!(status, 200, "the primary refused a write with its standby's disk full: {}", String::from_utf8_lossy(&body));
+    acked.lock().unwrap().insert("after-standby-filled".into(), b"x".to_vec());
+    assert_eq!(common::ha::role(&pair.a), "primary");
+
+    std::fs::remove_file(&ballast).unwrap();
+    let room = std::time::Instant::now();
+    common::ha::wait_streaming(&pair.b, std::time::Duration::from_secs(60));
+    let rejoined = room.elapsed();
+    common::ha::wait_converged(&pair.a, &pair.b, std::time::Duration::from_secs(60));
+    assert!(pair.b.log_text().contains("room again"), "the standby's log must say it came back:\n{}", pair.b.log_text());
+    let all = acked.lock().unwrap().clone();
+    assert_all_present(&pair.a, &all, "on the primary");
+    assert_all_present(&pair.b, &all, "on the standby whose disk filled, after it rejoined");
+    println!("{} writes acknowledged in {:?} until the standby's disk filled; the standby streamed again {rejoined:?} after room came back", all.len(), t.elapsed());
+}

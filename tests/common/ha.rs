@@ -25,11 +25,13 @@ pub struct HaOpts {
     /// Node A's data directory (default: `a` in the pair's directory): a test that fills
     /// A's disk puts it on a small filesystem. Its log goes beside it.
     pub a_data: Option<std::path::PathBuf>,
+    /// Node B's data directory, likewise.
+    pub b_data: Option<std::path::PathBuf>,
 }
 
 impl Default for HaOpts {
     fn default() -> Self {
-        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false, a_data: None }
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false, a_data: None, b_data: None }
     }
 }
 
@@ -131,7 +133,7 @@ impl HaPair {
         a_env.extend(tls("node-a"));
         b_env.extend(tls("node-b"));
         let a = Node::start_env(&o.a_data.clone().unwrap_or_else(|| dir.path().join("a")), a_env);
-        let b = Node::start_env(&dir.path().join("b"), b_env);
+        let b = Node::start_env(&o.b_data.clone().unwrap_or_else(|| dir.path().join("b")), b_env);
         let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };
         if o.partitioned || o.witness_late {
             return pair;

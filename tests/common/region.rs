@@ -34,6 +34,19 @@ pub struct Regions {
 
 impl Regions {
     pub fn start(o: RegionOpts) -> Regions {
+        // A port taken by a parallel test between `free_port` and the node's bind: start
+        // every region again on fresh ports (every node's settings name the others' ports).
+        for attempt in 1..=4 {
+            match Self::try_start(&o) {
+                Ok(regions) => return regions,
+                Err(e) if attempt < 4 && e.contains("in use") => eprintln!("regions: a port was taken ({e:.200}); starting again"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start(o: &RegionOpts) -> Result<Regions, String> {
         let dir = tempfile::tempdir().unwrap();
         let n = o.nodes_per_region;
         let cluster: Vec<Vec<u16>> = o.names.iter().map(|_| (0..n).map(|_| free_port()).collect()).collect();
@@ -79,16 +92,17 @@ impl Regions {
             }
             nodes.push(region_nodes);
         }
+        // On an error the nodes started so far are stopped as `nodes` drops.
         for region in &mut nodes {
             for node in region.iter_mut() {
-                wait_serving(node, Duration::from_secs(30)).unwrap();
+                wait_serving(node, Duration::from_secs(30))?;
             }
         }
-        let regions = Regions { nodes, names: o.names, proxies, dir };
+        let regions = Regions { nodes, names: o.names.clone(), proxies, dir };
         for r in 0..regions.names.len() {
             regions.wait_leader(r, Duration::from_secs(30));
         }
-        regions
+        Ok(regions)
     }
 
     pub fn base(&self, r: usize, i: usize) -> String {
