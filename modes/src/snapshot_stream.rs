@@ -5,13 +5,17 @@
 //! The receiver pulls. The sender writes a snapshot file from one consistent view and offers
 //! it under an id; the receiver, told the id by the mode's own protocol (HA's `NeedSnapshot`
 //! fetch reply; in Raft e.g. an "install snapshot" request), asks for chunks until the
-//! last one and streams them into a file, from which the mode installs:
+//! last one and streams them into a file, from which the mode installs — or, with
+//! [`receive_into`], straight into an install running beside the transfer (HA does this):
 //!
 //! ```text
 //! sender:   let p = outgoing.prepare(sm, |id| usable(id)).await?;   // tell the receiver p.id, p.size
 //!           handler for MY_CHUNK: outgoing.serve(&decode(payload)?)   // each ChunkRequest
 //! receiver: receive(transport, sender, MY_CHUNK, id, &path, |_| {}).await?;
 //!           state_machine::install_snapshot(sm, BufReader::new(File::open(&path)?))  // + the mode's log reset
+//!       or: let (tx, rx) = tokio::sync::mpsc::channel(4);
+//!           spawn_blocking(|| install_snapshot(sm, ChannelReader::new(rx)));   // + the log reset
+//!           receive_into(transport, sender, MY_CHUNK, id, tx, |_| {}).await?;
 //! ```
 //!
 //! A sender offers one snapshot at a time and writes at most one at a time: preparing a new
@@ -204,11 +208,20 @@ impl Outgoing {
     }
 }
 
-/// Fetches snapshot `snapshot_id` from `from` as `msg_type` requests, chunk by chunk, into a
-/// new file at `path` (its directory is created; an existing file is replaced). Holds one
-/// chunk in memory at a time. `on_chunk` is called with the bytes received so far after each
-/// chunk — proof that the sender is alive, for a mode that watches its silence. Returns the
-/// file's size. The file is flushed but not fsynced: it is installed, then deleted.
+/// One chunk of snapshot `snapshot_id` from `offset`. A chunk that is empty before the end is
+/// malformed (a sender that sent it would be asked for the same bytes forever).
+async fn next_chunk(transport: &Transport, from: &NodeId, msg_type: u16, snapshot_id: u64, offset: u64) -> Result<Chunk, StreamError> {
+    let req = encode(&ChunkRequest { snapshot_id, offset, max_bytes: CHUNK_BYTES });
+    let b = transport.request(from, msg_type, req, Some(CHUNK_TIMEOUT)).await?;
+    let chunk: Chunk = decode("snapshot chunk", &b).map_err(StreamError::Malformed)?;
+    if chunk.data.is_empty() && !chunk.done {
+        return Err(StreamError::Malformed(format!("empty chunk at offset {offset} before the end")));
+    }
+    Ok(chunk)
+}
+
+/// Pulls snapshot `snapshot_id` from `from` into the file at `path`, chunk by chunk, calling
+/// `on_chunk` with the bytes received so far after each. Returns the total size.
 pub async fn receive(
     transport: &Transport,
     from: &NodeId,
@@ -224,21 +237,72 @@ pub async fn receive(
     let mut file = tokio::fs::File::create(path).await.map_err(io("cannot create"))?;
     let mut offset = 0u64;
     loop {
-        let req = encode(&ChunkRequest { snapshot_id, offset, max_bytes: CHUNK_BYTES });
-        let b = transport.request(from, msg_type, req, Some(CHUNK_TIMEOUT)).await?;
-        let chunk: Chunk = decode("snapshot chunk", &b).map_err(StreamError::Malformed)?;
+        let chunk = next_chunk(transport, from, msg_type, snapshot_id, offset).await?;
         file.write_all(&chunk.data).await.map_err(io("cannot write"))?;
         offset += chunk.data.len() as u64;
         on_chunk(offset);
         if chunk.done {
             break;
         }
-        if chunk.data.is_empty() {
-            return Err(StreamError::Malformed(format!("empty chunk at offset {offset} before the end")));
-        }
     }
     file.flush().await.map_err(io("cannot write"))?;
     Ok(offset)
+}
+
+/// Pulls snapshot `snapshot_id` into `sink` as it arrives, for an install reading it at the
+/// same time through a [`ChannelReader`]: transfer and install overlap, and the receiver holds
+/// at most the channel's chunks, never a copy of the snapshot. `on_chunk` as for [`receive`].
+/// Returns the total size; dropping `sink` (on return or error) ends the reader's stream, so
+/// an install of a stream cut short fails and installs nothing.
+pub async fn receive_into(
+    transport: &Transport,
+    from: &NodeId,
+    msg_type: u16,
+    snapshot_id: u64,
+    sink: tokio::sync::mpsc::Sender<Vec<u8>>,
+    mut on_chunk: impl FnMut(u64) + Send,
+) -> Result<u64, StreamError> {
+    let mut offset = 0u64;
+    loop {
+        let chunk = next_chunk(transport, from, msg_type, snapshot_id, offset).await?;
+        offset += chunk.data.len() as u64;
+        on_chunk(offset);
+        if sink.send(chunk.data).await.is_err() {
+            return Err(StreamError::Malformed(format!("the install stopped reading at offset {offset}")));
+        }
+        if chunk.done {
+            return Ok(offset);
+        }
+    }
+}
+
+/// A blocking [`Read`] over the chunks [`receive_into`] sends: the end of the stream once the
+/// sender is dropped. Read it from a blocking thread.
+pub struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> ChannelReader {
+        ChannelReader { rx, chunk: Vec::new(), pos: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(c) => (self.chunk, self.pos) = (c, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// `map_err` for file operations on `path`.
@@ -433,5 +497,69 @@ mod tests {
         assert!(matches!(&e, StreamError::Transport(TransportError::Remote(r)) if r.code == "snapshot_expired"), "{e}");
         receiver.shutdown().await;
         sender.shutdown().await;
+    }
+
+    /// Serves the first `n` chunk requests, then fails like a cut link.
+    struct CutAfter(Outgoing, std::sync::atomic::AtomicUsize, usize);
+
+    #[async_trait::async_trait]
+    impl crate::transport::Handler for CutAfter {
+        async fn on_request(&self, _from: &NodeId, _msg_type: u16, payload: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
+            if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.2 {
+                return Err(RemoteError::new("unavailable", "the link was cut"));
+            }
+            let req: ChunkRequest = decode("snapshot chunk", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
+            self.0.serve(&req).map(|c| encode(&c))
+        }
+        async fn on_message(&self, _from: &NodeId, _msg_type: u16, _payload: bytes::Bytes) {}
+    }
+
+    /// The receiver installs chunks as they arrive (`receive_into` + `ChannelReader`): a
+    /// snapshot of several chunks installs whole; one whose transfer is cut after its first
+    /// chunk has reached the install fails and leaves the old state exactly as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_installed_as_it_arrives_installs_whole_or_not_at_all() {
+        use crate::transport::{Families, Family, TransportConfig};
+        let chunk_msg = Family::Raft.msg(0x09);
+        let dir = tempfile::tempdir().unwrap();
+        let source = state(100_000);
+        let cfg = |n: &str| TransportConfig::new("c", n, "127.0.0.1:0".parse().unwrap());
+        for cut in [None, Some(1)] {
+            let out = Outgoing::new(dir.path().join(format!("out-{cut:?}")));
+            let p = out.prepare(source.clone(), |_| false).await.unwrap();
+            assert!(p.size > u64::from(CHUNK_BYTES) * 2, "the snapshot must take several chunks: {} bytes", p.size);
+            let handler: Arc<dyn crate::transport::Handler> = match cut {
+                None => Arc::new(Serve(out)),
+                Some(n) => Arc::new(CutAfter(out, Default::default(), n)),
+            };
+            let mut reg = prometheus_client::registry::Registry::default();
+            let sender = Transport::start(cfg("a"), Arc::new(Families::new().with(Family::Raft, handler)), &mut reg).await.unwrap();
+            let mut reg = prometheus_client::registry::Registry::default();
+            let receiver = Transport::start(cfg("b"), Arc::new(Families::new()), &mut reg).await.unwrap();
+            receiver.add_peer("a".into(), sender.local_addr().to_string());
+
+            let target = Arc::new(MemStateMachine::default());
+            target.apply(&[LogEntry { index: 1, epoch: 1, command: Command::Put { key: "old".into(), value: b"v".to_vec(), if_revision: None }, meta: None }]).unwrap();
+            let before = crate::state_machine::digest(&*target).unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let t = target.clone();
+            let install = tokio::task::spawn_blocking(move || install_snapshot(&*t, ChannelReader::new(rx)));
+            let got = receive_into(&receiver, &"a".to_string(), chunk_msg, p.id, tx, |_| {}).await;
+            let installed = install.await.unwrap();
+            match cut {
+                None => {
+                    assert_eq!(got.unwrap(), p.size);
+                    assert_eq!(installed.unwrap(), p.meta);
+                    assert_eq!(crate::state_machine::digest(&*target).unwrap(), crate::state_machine::digest(&*source).unwrap());
+                }
+                Some(_) => {
+                    assert!(got.is_err(), "the cut transfer reported success");
+                    assert!(installed.is_err(), "a snapshot cut after its first chunk installed");
+                    assert_eq!(crate::state_machine::digest(&*target).unwrap(), before, "a cut transfer changed the state");
+                }
+            }
+            receiver.shutdown().await;
+            sender.shutdown().await;
+        }
     }
 }

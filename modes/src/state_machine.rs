@@ -408,4 +408,29 @@ mod tests {
         assert_eq!(c.applied_state().unwrap(), a.applied_state().unwrap());
         assert_eq!(digest(&c).unwrap(), digest(&a).unwrap());
     }
+
+    /// A stream cut or damaged late — after most entries have reached the store — installs
+    /// nothing; the whole stream installs whole.
+    #[test]
+    fn a_snapshot_installs_whole_or_not_at_all() {
+        let a = MemStateMachine::default();
+        let n = 3089;
+        a.apply(&(1..=n).map(|i| put(i, 1, None)).collect::<Vec<_>>()).unwrap();
+        let buf = write_snapshot(&a, Vec::new()).unwrap().0;
+        let c = MemStateMachine::default();
+        c.apply(&[put(1, 1, Some(b"before"))]).unwrap();
+        let before = digest(&c).unwrap();
+        for cut in [buf.len() * 3 / 4, buf.len() - 5] {
+            assert!(install_snapshot(&c, &buf[..cut]).is_err(), "a stream cut at {cut} of {} installed", buf.len());
+            assert_eq!(digest(&c).unwrap(), before, "a stream cut at {cut} changed the state");
+        }
+        let mut flipped = buf.clone();
+        let at = buf.len() * 3 / 4;
+        flipped[at] ^= 0x20;
+        assert!(install_snapshot(&c, &flipped[..]).is_err(), "a damaged stream installed");
+        assert_eq!(digest(&c).unwrap(), before);
+        let meta = install_snapshot(&c, &buf[..]).unwrap();
+        assert_eq!(meta.keys, n);
+        assert_eq!(digest(&c).unwrap(), digest(&a).unwrap());
+    }
 }

@@ -1,6 +1,6 @@
 //! Re-seeding a standby from a snapshot: the primary offers one as a file, the standby
-//! streams it to a file and installs it from there ([`crate::snapshot_stream`]), so neither
-//! side holds a whole state in memory. What is HA's is here: the primary's announcement
+//! installs it as the chunks arrive ([`crate::snapshot_stream::receive_into`]), so neither
+//! side holds a whole state in memory and the transfer overlaps the install. What is HA's is here: the primary's announcement
 //! (`NeedSnapshot`), the WAL reset and the epoch history that come with the install, and the
 //! primary's contact kept fresh while the chunks arrive.
 
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::messages::*;
 use super::{Core, PEER};
-use crate::snapshot_stream::{receive, Prepared};
+use crate::snapshot_stream::{receive_into, ChannelReader, Prepared};
 use crate::state_machine::install_snapshot_sized;
 use crate::transport::RemoteError;
 
@@ -32,30 +32,39 @@ pub(super) fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<Sna
     core.primary.snapshots.serve(&req)
 }
 
-/// Streams the primary's snapshot `id` into a file and installs it. The caller has settled
-/// the background applies first and acknowledges the new positions after.
+/// Streams the primary's snapshot `id` straight into an install running beside the transfer
+/// (the chunks are installed as they arrive; nothing changes unless the whole stream arrives
+/// and verifies). The caller has settled the background applies first and acknowledges the
+/// new positions after.
 pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64, history: Vec<(u64, u64)>) -> Result<(), String> {
-    let path = core.cfg.data_dir.join("snapshots").join("incoming.snap");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (sm, wal) = (core.sm.clone(), core.wal.clone());
+    let install = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let meta = install_snapshot_sized(&*sm, ChannelReader::new(rx), Some(size)).map_err(|e| e.to_string())?;
+        wal.reset_to(meta.applied_index + 1).map_err(|e| e.to_string())?;
+        Ok(meta)
+    });
     // Each chunk is the primary's contact: a long transfer is not its silence.
-    let got = receive(core.transport(), &PEER.to_string(), SNAPSHOT_CHUNK, id, &path, |_| {
+    let got = receive_into(core.transport(), &PEER.to_string(), SNAPSHOT_CHUNK, id, tx, |_| {
         *core.standby.last_primary_contact.lock().unwrap() = Instant::now();
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    if got != size {
-        warn!(expected = size, got, "the snapshot's size differs from what the primary announced");
-    }
-    let (sm, wal) = (core.sm.clone(), core.wal.clone());
-    let meta = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let f = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let total = f.metadata().ok().map(|m| m.len());
-        let meta = install_snapshot_sized(&*sm, std::io::BufReader::new(f), total).map_err(|e| e.to_string())?;
-        wal.reset_to(meta.applied_index + 1).map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&path);
-        Ok(meta)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await;
+    let installed = install.await.map_err(|e| format!("the install task failed: {e}"))?;
+    // A transfer cut short ends the install's stream, so the install fails too: the
+    // transfer's error is the cause.
+    let meta = match (got, installed) {
+        (Err(e), Err(_)) => return Err(format!("receiving the snapshot: {e}")),
+        (_, Err(e)) => return Err(e),
+        (got, Ok(meta)) => {
+            match got {
+                Ok(got) if got != size => warn!(expected = size, got, "the snapshot's size differs from what the primary announced"),
+                Ok(_) => {}
+                // The whole snapshot arrived and verified; only the end of the exchange failed.
+                Err(e) => warn!("the snapshot installed, but its transfer ended with an error: {e}"),
+            }
+            meta
+        }
+    };
     // The state is now the primary's, so the history is too (whatever this node's own was).
     core.update_persisted(meta.epoch, |p, _| {
         p.history = super::epochs::EpochHistory { starts: history }.up_to(meta.applied_index);
