@@ -119,17 +119,12 @@ impl Node {
             .expect("recovery task panicked")?;
 
         let sm: Arc<dyn StateMachine> = store.clone();
-        // Raft counts no replication bytes of its own: its cluster traffic stands in.
-        let mut raft_transport = None;
         // The cluster modes' transport: the node's, for its whole life (see `resume.rs`).
         let mut cluster_transport = None;
         let replicator: Arc<dyn Replicator> = match cfg.cluster_mode {
             ClusterMode::HaStandby | ClusterMode::Raft | ClusterMode::MultiRegion => {
                 let switch = Arc::new(Switch::detached("this node is starting"));
                 let transport = start_transport(cfg, tls, switch.clone(), &metrics).await?;
-                if cfg.cluster_mode.runs_raft() {
-                    raft_transport = Some(transport.clone());
-                }
                 cluster_transport = Some(transport.clone());
                 let mode = Arc::new(ClusterModeStarter { cfg: cfg.clone(), store, wal_opts: reopen_opts, transport, switch });
                 let running = mode.start(wal.clone()).await?;
@@ -159,6 +154,8 @@ impl Node {
                 node
             }
         };
+        // Raft counts no replication bytes of its own: its cluster traffic stands in.
+        let raft_transport = cluster_transport.clone().filter(|_| cfg.cluster_mode.runs_raft());
         metrics.watch(replicator.clone(), wal.clone(), sm.clone(), raft_transport);
 
         if cfg.admin_token.is_none() {

@@ -215,8 +215,23 @@ impl Tmpfs {
             .is_ok_and(|s| s.success());
         ok.then_some(Tmpfs { dir })
     }
+    /// [`Tmpfs::mount`], or `None` after saying why the test skips.
+    fn mount_or_skip(bytes: u64) -> Option<Tmpfs> {
+        let fs = Tmpfs::mount(bytes);
+        if fs.is_none() {
+            eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
+        }
+        fs
+    }
     fn path(&self) -> &std::path::Path {
         self.dir.path()
+    }
+    /// Moves a stopped node's data directory onto this tmpfs.
+    fn take_data_of(&self, node: &mut Node) {
+        let old = node.data_dir.clone().unwrap();
+        let ok = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", old.display())).arg(self.path()).status().unwrap().success();
+        assert!(ok, "copying {} onto the tmpfs", old.display());
+        node.data_dir = Some(self.path().to_path_buf());
     }
 }
 
@@ -232,10 +247,7 @@ impl Drop for Tmpfs {
 /// later kill -9.
 #[test]
 fn a_full_disk_with_room_again_takes_writes_without_a_restart() {
-    let Some(fs) = Tmpfs::mount(48 << 20) else {
-        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
-        return;
-    };
+    let Some(fs) = Tmpfs::mount_or_skip(48 << 20) else { return };
     let ballast = fs.path().join("ballast");
     std::fs::write(&ballast, vec![7u8; 16 << 20]).unwrap();
     let mut node = Node {
@@ -318,10 +330,7 @@ fn assert_all_present(node: &Node, acked: &HashMap<String, Vec<u8>>, when: &str)
 /// either side.
 #[test]
 fn a_full_disk_on_the_ha_primary_hands_over_and_the_node_rejoins_once_there_is_room() {
-    let Some(fs) = Tmpfs::mount(48 << 20) else {
-        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
-        return;
-    };
+    let Some(fs) = Tmpfs::mount_or_skip(48 << 20) else { return };
     // The data directory is the tmpfs itself, so the node's log (beside it) is not on it.
     let ballast = fs.path().join("ballast");
     std::fs::write(&ballast, vec![7u8; 16 << 20]).unwrap();
@@ -376,19 +385,13 @@ fn a_full_disk_on_the_ha_primary_hands_over_and_the_node_rejoins_once_there_is_r
 fn a_full_disk_on_the_raft_leader_moves_leadership_and_the_node_rejoins_once_there_is_room() {
     use common::raft::{RaftCluster, RaftOpts};
     use std::time::Duration;
-    let Some(fs) = Tmpfs::mount(64 << 20) else {
-        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
-        return;
-    };
+    let Some(fs) = Tmpfs::mount_or_skip(64 << 20) else { return };
     let mut c = RaftCluster::start(3, RaftOpts { extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES".into(), (4u64 << 20).to_string())], ..Default::default() });
     let (leader, _) = c.wait_stable_leader(Duration::from_secs(30));
     // Move a follower onto the tmpfs (kill -9, copy, restart there), then hand it leadership.
     let f = c.others(leader)[0];
     c.kill9(f);
-    let old = c.nodes[f].data_dir.clone().unwrap();
-    let ok = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", old.display())).arg(fs.path()).status().unwrap().success();
-    assert!(ok, "copying {} onto the tmpfs", old.display());
-    c.nodes[f].data_dir = Some(fs.path().to_path_buf());
+    fs.take_data_of(&mut c.nodes[f]);
     c.restart(f);
     c.wait_converged(Duration::from_secs(30));
     let (status, body) = http("POST", &c.nodes[leader].url("/admin/raft/transfer-leadership"), Some(format!(r#"{{"target":"{}"}}"#, c.ids[f]).into_bytes()));
@@ -463,10 +466,7 @@ fn free_bytes(path: &std::path::Path) -> u64 {
 fn a_full_disk_in_a_region_stops_it_and_it_ships_everything_once_there_is_room() {
     use common::region::{RegionOpts, Regions};
     use std::time::Duration;
-    let Some(fs) = Tmpfs::mount(64 << 20) else {
-        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
-        return;
-    };
+    let Some(fs) = Tmpfs::mount_or_skip(64 << 20) else { return };
     let mut rg = Regions::start(RegionOpts {
         names: vec!["us", "eu"],
         nodes_per_region: 1,
@@ -475,10 +475,7 @@ fn a_full_disk_in_a_region_stops_it_and_it_ships_everything_once_there_is_room()
     });
     // Move us1 onto the tmpfs (kill -9, copy, restart there).
     rg.nodes[0][0].kill9();
-    let old = rg.nodes[0][0].data_dir.clone().unwrap();
-    let ok = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", old.display())).arg(fs.path()).status().unwrap().success();
-    assert!(ok, "copying {} onto the tmpfs", old.display());
-    rg.nodes[0][0].data_dir = Some(fs.path().to_path_buf());
+    fs.take_data_of(&mut rg.nodes[0][0]);
     rg.nodes[0][0].spawn();
     common::raft::wait_serving(&mut rg.nodes[0][0], Duration::from_secs(30)).unwrap();
     rg.wait_leader(0, Duration::from_secs(30));
@@ -525,10 +522,7 @@ fn a_full_disk_in_a_region_stops_it_and_it_ships_everything_once_there_is_room()
 /// write.
 #[test]
 fn a_full_disk_on_the_ha_standby_leaves_the_primary_writable_and_the_standby_catches_up() {
-    let Some(fs) = Tmpfs::mount(48 << 20) else {
-        eprintln!("skipped: mounting a tmpfs needs root (CI and the dev machine run as root)");
-        return;
-    };
+    let Some(fs) = Tmpfs::mount_or_skip(48 << 20) else { return };
     let ballast = fs.path().join("ballast");
     std::fs::write(&ballast, vec![7u8; 16 << 20]).unwrap();
     let pair = common::ha::HaPair::start(common::ha::HaOpts {

@@ -5,15 +5,13 @@
 //! The receiver pulls. The sender writes a snapshot file from one consistent view and offers
 //! it under an id; the receiver, told the id by the mode's own protocol (HA's `NeedSnapshot`
 //! fetch reply; in Raft e.g. an "install snapshot" request), asks for chunks until the
-//! last one and streams them into a file, from which the mode installs — or, with
-//! [`receive_into`], straight into an install running beside the transfer (HA does this):
+//! last one and hands them, as they arrive, to an install running beside the transfer
+//! ([`receive_into`]):
 //!
 //! ```text
 //! sender:   let p = outgoing.prepare(sm, |id| usable(id)).await?;   // tell the receiver p.id, p.size
 //!           handler for MY_CHUNK: outgoing.serve(&decode(payload)?)   // each ChunkRequest
-//! receiver: receive(transport, sender, MY_CHUNK, id, &path, |_| {}).await?;
-//!           state_machine::install_snapshot(sm, BufReader::new(File::open(&path)?))  // + the mode's log reset
-//!       or: let (tx, rx) = tokio::sync::mpsc::channel(4);
+//! receiver: let (tx, rx) = tokio::sync::mpsc::channel(4);
 //!           spawn_blocking(|| install_snapshot(sm, ChannelReader::new(rx)));   // + the log reset
 //!           receive_into(transport, sender, MY_CHUNK, id, tx, |_| {}).await?;
 //! ```
@@ -30,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::snapshot::SnapshotMeta;
@@ -220,38 +217,9 @@ async fn next_chunk(transport: &Transport, from: &NodeId, msg_type: u16, snapsho
     Ok(chunk)
 }
 
-/// Pulls snapshot `snapshot_id` from `from` into the file at `path`, chunk by chunk, calling
-/// `on_chunk` with the bytes received so far after each. Returns the total size.
-pub async fn receive(
-    transport: &Transport,
-    from: &NodeId,
-    msg_type: u16,
-    snapshot_id: u64,
-    path: &Path,
-    mut on_chunk: impl FnMut(u64) + Send,
-) -> Result<u64, StreamError> {
-    let io = |what| io(what, path);
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(io("cannot create the directory of"))?;
-    }
-    let mut file = tokio::fs::File::create(path).await.map_err(io("cannot create"))?;
-    let mut offset = 0u64;
-    loop {
-        let chunk = next_chunk(transport, from, msg_type, snapshot_id, offset).await?;
-        file.write_all(&chunk.data).await.map_err(io("cannot write"))?;
-        offset += chunk.data.len() as u64;
-        on_chunk(offset);
-        if chunk.done {
-            break;
-        }
-    }
-    file.flush().await.map_err(io("cannot write"))?;
-    Ok(offset)
-}
-
 /// Pulls snapshot `snapshot_id` into `sink` as it arrives, for an install reading it at the
 /// same time through a [`ChannelReader`]: transfer and install overlap, and the receiver holds
-/// at most the channel's chunks, never a copy of the snapshot. `on_chunk` as for [`receive`].
+/// at most the channel's chunks, never a copy of the snapshot. `on_chunk` is called with the bytes received so far after each chunk.
 /// Returns the total size; dropping `sink` (on return or error) ends the reader's stream, so
 /// an install of a stream cut short fails and installs nothing.
 pub async fn receive_into(
@@ -484,16 +452,19 @@ mod tests {
         let receiver = Transport::start(cfg("b"), Arc::new(Families::new()), &mut reg).await.unwrap();
         receiver.add_peer("a".into(), sender.local_addr().to_string());
 
-        let path = dir.path().join("in/incoming.snap");
         let mut seen = 0;
-        let got = receive(&receiver, &"a".to_string(), chunk_msg, p.id, &path, |n| seen = n).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let copy = Arc::new(MemStateMachine::default());
+        let c = copy.clone();
+        let install = tokio::task::spawn_blocking(move || install_snapshot(&*c, ChannelReader::new(rx)));
+        let got = receive_into(&receiver, &"a".to_string(), chunk_msg, p.id, tx, |n| seen = n).await.unwrap();
         assert_eq!((got, seen), (p.size, p.size));
-        let copy = MemStateMachine::default();
-        let meta = install_snapshot(&copy, std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
+        let meta = install.await.unwrap().unwrap();
         assert_eq!(meta, p.meta);
 
         // An id the sender does not offer: the receiver learns it must start over.
-        let e = receive(&receiver, &"a".to_string(), chunk_msg, p.id + 1, &path, |_| {}).await.unwrap_err();
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let e = receive_into(&receiver, &"a".to_string(), chunk_msg, p.id + 1, tx, |_| {}).await.unwrap_err();
         assert!(matches!(&e, StreamError::Transport(TransportError::Remote(r)) if r.code == "snapshot_expired"), "{e}");
         receiver.shutdown().await;
         sender.shutdown().await;

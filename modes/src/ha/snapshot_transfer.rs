@@ -1,8 +1,8 @@
 //! Re-seeding a standby from a snapshot: the primary offers one as a file, the standby
 //! installs it as the chunks arrive ([`crate::snapshot_stream::receive_into`]), so neither
-//! side holds a whole state in memory and the transfer overlaps the install. What is HA's is here: the primary's announcement
-//! (`NeedSnapshot`), the WAL reset and the epoch history that come with the install, and the
-//! primary's contact kept fresh while the chunks arrive.
+//! side holds a whole state in memory and the transfer overlaps the install. What is HA's is
+//! here: the primary's announcement (`NeedSnapshot`), the WAL reset and the epoch history that
+//! come with the install, and the primary's contact kept fresh while the chunks arrive.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,13 +55,15 @@ pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: 
     let meta = match (got, installed) {
         (Err(e), Err(_)) => return Err(format!("receiving the snapshot: {e}")),
         (_, Err(e)) => return Err(e),
-        (got, Ok(meta)) => {
-            match got {
-                Ok(got) if got != size => warn!(expected = size, got, "the snapshot's size differs from what the primary announced"),
-                Ok(_) => {}
-                // The whole snapshot arrived and verified; only the end of the exchange failed.
-                Err(e) => warn!("the snapshot installed, but its transfer ended with an error: {e}"),
+        (Ok(got), Ok(meta)) => {
+            if got != size {
+                warn!(expected = size, got, "the snapshot's size differs from what the primary announced");
             }
+            meta
+        }
+        // The whole snapshot arrived and verified; only the end of the exchange failed.
+        (Err(e), Ok(meta)) => {
+            warn!("the snapshot installed, but its transfer ended with an error: {e}");
             meta
         }
     };
