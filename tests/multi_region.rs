@@ -616,6 +616,38 @@ fn bench_put(url: &str, secs: u64) -> (f64, f64, f64) {
 fn region_benchmark() {
     let _g = serial();
     let secs = 8;
+    // REGION_BENCH_QUOTA=1 (root, cgroup v1 `cpu`/`cpuacct` mounted): each region gets a CPU
+    // budget of its own, as it would get machines of its own, and so does the load: the
+    // single group and `us` 0.8 of a core, `eu` 0.6, this process and the load generator 0.6
+    // (2.0 in all, so no budget can be squeezed by another). The table then also gives the
+    // primary region's CPU time per acknowledged write and how often its budget ran out.
+    let budgets = std::env::var("REGION_BENCH_QUOTA").is_ok_and(|v| v == "1").then(|| {
+        let load = CpuBudget::new("load", 0.6);
+        load.add(std::process::id() as i32);
+        (CpuBudget::new("primary", 0.8), CpuBudget::new("remote", 0.6), load)
+    });
+    if budgets.is_some() {
+        eprintln!("budgets: the single group and us 0.8 core, eu 0.6, load generator 0.6");
+    }
+    let budget = |pid: i32, region: usize| {
+        if let Some((primary, remote, _)) = &budgets {
+            [primary, remote][region].add(pid);
+        }
+    };
+    // The primary region's CPU while `f` runs: (CPU µs per write at `ops`/s, share of periods throttled).
+    let measured = |f: &dyn Fn() -> (f64, f64, f64)| {
+        let before = budgets.as_ref().map(|(p, _, _)| (p.usage(), p.throttled()));
+        let r = f();
+        let cpu = match (&budgets, before) {
+            (Some((p, _, _)), Some((u0, (n0, t0)))) => {
+                let (n1, t1) = p.throttled();
+                let per_write = (p.usage() - u0).as_secs_f64() * 1e6 / (r.0 * secs as f64);
+                Some((per_write, (t1 - t0) as f64 / (n1 - n0).max(1) as f64))
+            }
+            _ => None,
+        };
+        (r, cpu)
+    };
     // REGION_BENCH_PIN=1: each region gets a core of its own, as it would get machines of its
     // own: the single group and `us` on CPU 0, `eu` on CPU 1 (the load generator unpinned).
     let pin_to = std::env::var("REGION_BENCH_PIN").is_ok_and(|v| v == "1");
@@ -632,11 +664,13 @@ fn region_benchmark() {
         let c = common::raft::RaftCluster::start(3, common::raft::RaftOpts::default());
         for n in &c.nodes {
             pin(n.pid(), 0);
+            budget(n.pid(), 0);
         }
         let (leader, _) = c.wait_stable_leader(Duration::from_secs(20));
-        bench_put(&c.base(leader), secs)
+        measured(&|| bench_put(&c.base(leader), secs))
     };
-    let mut rows = vec![("one Raft group (3 nodes)", single)];
+    let (single, single_cpu) = single;
+    let mut rows = vec![("one Raft group (3 nodes)", single, single_cpu)];
     let mut lag = Vec::new();
     for mode in ["async", "semi_sync"] {
         let rg = Regions::start(RegionOpts {
@@ -649,14 +683,15 @@ fn region_benchmark() {
         for (r, region) in rg.nodes.iter().enumerate() {
             for n in region {
                 pin(n.pid(), r);
+                budget(n.pid(), r);
             }
         }
         let leader = rg.wait_leader(0, T);
         if mode == "async" {
             lag = measure_lag(&rg, leader, 1000, 10);
         }
-        let put = bench_put(&rg.base(0, leader), secs);
-        rows.push((if mode == "async" { "2 regions x 3, async" } else { "2 regions x 3, semi_sync" }, put));
+        let (put, cpu) = measured(&|| bench_put(&rg.base(0, leader), secs));
+        rows.push((if mode == "async" { "2 regions x 3, async" } else { "2 regions x 3, semi_sync" }, put, cpu));
         if mode == "async" {
             // How long eu takes to hold everything the load wrote: the shipping rate.
             let behind = |st: &serde_json::Value| st["remotes"][0]["lag_entries"].as_u64().unwrap_or(u64::MAX);
@@ -672,9 +707,10 @@ fn region_benchmark() {
             }
         }
     }
-    eprintln!("\n| setup | PUT/s (64 clients) | p50 ms | p99 ms | vs one group |\n|---|---|---|---|---|");
-    for (name, (ops, p50, p99)) in &rows {
-        eprintln!("| {name} | {ops:.0} | {p50:.2} | {p99:.2} | {:.2}x |", ops / single.0);
+    eprintln!("\n| setup | PUT/s (64 clients) | p50 ms | p99 ms | vs one group | primary region CPU µs/write | budget throttled |\n|---|---|---|---|---|---|---|");
+    for (name, (ops, p50, p99), cpu) in &rows {
+        let (per_write, throttled) = cpu.map_or(("-".to_string(), "-".to_string()), |(w, t)| (format!("{w:.0}"), format!("{:.0}%", t * 100.0)));
+        eprintln!("| {name} | {ops:.0} | {p50:.2} | {p99:.2} | {:.2}x | {per_write} | {throttled} |", ops / single.0);
     }
     lag.sort();
     eprintln!(
@@ -684,6 +720,56 @@ fn region_benchmark() {
         percentile(&lag, 0.99).as_secs_f64() * 1e3,
         lag.last().unwrap().as_secs_f64() * 1e3
     );
+}
+
+/// A CPU budget (cgroup v1 `cpu` quota, with `cpuacct` for the time used) for the region
+/// benchmark's REGION_BENCH_QUOTA=1: stands in for a machine of its own on a shared host.
+struct CpuBudget {
+    dirs: [std::path::PathBuf; 2],
+}
+
+impl CpuBudget {
+    fn new(name: &str, cores: f64) -> Self {
+        let dirs = ["cpu", "cpuacct"].map(|h| std::path::PathBuf::from(format!("/sys/fs/cgroup/{h}/meridian-bench-{name}")));
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("REGION_BENCH_QUOTA needs root and cgroup v1 cpu/cpuacct: {}: {e}", d.display()));
+        }
+        std::fs::write(dirs[0].join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(dirs[0].join("cpu.cfs_quota_us"), format!("{}", (cores * 100_000.0) as u64)).unwrap();
+        CpuBudget { dirs }
+    }
+
+    /// Moves a process (all its threads; its later threads and children follow) in.
+    fn add(&self, pid: i32) {
+        for d in &self.dirs {
+            std::fs::write(d.join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| panic!("cannot move {pid} into {}: {e}", d.display()));
+        }
+    }
+
+    fn usage(&self) -> Duration {
+        Duration::from_nanos(std::fs::read_to_string(self.dirs[1].join("cpuacct.usage")).unwrap().trim().parse().unwrap())
+    }
+
+    /// (periods, periods in which the budget ran out).
+    fn throttled(&self) -> (u64, u64) {
+        let stat = std::fs::read_to_string(self.dirs[0].join("cpu.stat")).unwrap();
+        let field = |k: &str| stat.lines().find_map(|l| l.strip_prefix(k)?.trim().parse().ok()).unwrap_or(0);
+        (field("nr_periods "), field("nr_throttled "))
+    }
+}
+
+impl Drop for CpuBudget {
+    /// Processes still inside (this test process, for the load budget) go back to the root.
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = std::fs::write(d.parent().unwrap().join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// Writes `rate` keys a second for `secs` to the primary region's leader (open loop: each

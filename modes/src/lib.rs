@@ -27,6 +27,8 @@
 //!   replication between regions.
 //! - [`apply`]: the one definition of what a command does to key-value state (and the
 //!   multi-region invariants on stamps, received clocks and collected tombstones).
+//! - [`batch_kv`]: the access one apply batch goes through: reserved keys read once and
+//!   written once per batch, a key's repeated read served from memory.
 //! - [`conflicts`]: `CLUSTER_CONFLICT_STRATEGY=manual`: which versions conflict, and their record.
 //!
 //! Dependencies point one way: this crate knows the WAL, never HTTP.
@@ -65,6 +67,7 @@
 //!   and admin views; mode-specific operations go through [`Replicator::admin`].
 
 pub mod apply;
+pub mod batch_kv;
 pub mod conflicts;
 pub mod bookmark;
 pub mod command;
