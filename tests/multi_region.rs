@@ -615,7 +615,8 @@ fn bench_put(url: &str, secs: u64) -> (f64, f64, f64) {
 #[ignore = "a benchmark: run with --release on an idle machine"]
 fn region_benchmark() {
     let _g = serial();
-    let secs = 8;
+    // REGION_BENCH_SECS: seconds per PUT load (default 8).
+    let secs: u64 = std::env::var("REGION_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     // REGION_BENCH_QUOTA=1 (root, cgroup v1 `cpu`/`cpuacct` mounted): each region gets a CPU
     // budget of its own, as it would get machines of its own, and so does the load: the
     // single group and `us` 0.8 of a core, `eu` 0.6, this process and the load generator 0.6
@@ -632,6 +633,7 @@ fn region_benchmark() {
     let budget = |pid: i32, region: usize| {
         if let Some((primary, remote, _)) = &budgets {
             [primary, remote][region].add(pid);
+            eprintln!("budget: pid {pid} in {}", ["primary", "remote"][region]);
         }
     };
     // The primary region's CPU while `f` runs: (CPU µs per write at `ops`/s, share of periods throttled).
