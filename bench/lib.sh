@@ -4,7 +4,7 @@
 BIN=${CARGO_TARGET_DIR:-./target}/release/meridian
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; budget_cleanup; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 start() { # name http_port env...  (sets LAST_PID; never call it in a subshell)
@@ -16,3 +16,27 @@ start() { # name http_port env...  (sets LAST_PID; never call it in a subshell)
 }
 wait_http() { for _ in $(seq 1 200); do curl -sf "localhost:$1/health" >/dev/null && return 0; sleep 0.05; done; echo "node on $1 never came up"; exit 1; }
 wait_streaming() { for _ in $(seq 1 400); do curl -s "localhost:$1/health" | grep -q '"state":"streaming"' && return 0; sleep 0.05; done; echo "standby on $1 never streamed"; exit 1; }
+
+# BUDGET=1 (root, cgroup v1 cpu controller): CPU budgets standing in for machines of their
+# own on this shared host: `budget NAME CORES` makes one, `budget_add NAME PID` moves a
+# process (all its threads) in. This shell joins the "load" budget (0.6 core) so the load
+# generators it starts follow it; a node started from it is moved out by budget_add.
+BUDGETS=()
+budget() {
+  local d=/sys/fs/cgroup/cpu/meridian-bench-$1
+  mkdir -p "$d" || { echo "BUDGET=1 needs root and cgroup v1 at /sys/fs/cgroup/cpu"; exit 1; }
+  echo 100000 >"$d/cpu.cfs_period_us"; awk -v c="$2" 'BEGIN { printf "%d\n", c * 100000 }' >"$d/cpu.cfs_quota_us"
+  BUDGETS+=("$d")
+}
+budget_add() { echo "$2" >"/sys/fs/cgroup/cpu/meridian-bench-$1/cgroup.procs"; }
+budget_cleanup() {
+  for d in "${BUDGETS[@]:-}"; do
+    [ -n "$d" ] || continue
+    for p in $(cat "$d/cgroup.procs" 2>/dev/null); do echo "$p" >/sys/fs/cgroup/cpu/cgroup.procs 2>/dev/null || true; done
+    rmdir "$d" 2>/dev/null || true
+  done
+}
+if [ "${BUDGET:-}" = 1 ]; then
+  budget load 0.6; budget node 0.8; budget peer 0.6
+  budget_add load $$
+fi
