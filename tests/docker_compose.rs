@@ -234,8 +234,7 @@ fn wait_agreed(project: &Project, nodes: &[Service], among: &[usize], min_term: 
     let mut previous = None;
     loop {
         let now = agreed_leader(nodes, among).filter(|(_, term)| *term >= min_term);
-        if now.is_some() && now == previous {
-            let (l, term) = now.unwrap();
+        if let Some((l, term)) = now.filter(|_| now == previous) {
             return (l, term, t.elapsed());
         }
         previous = now;

@@ -117,7 +117,7 @@ fn payload(msg_type: u16, e: u64, cmd: Command, garbage: &[u8], shape: u8) -> By
             wait_ms: 0,
             max_records: 5,
             http_addr: None,
-            want_snapshot: shape % 2 == 0,
+            want_snapshot: shape.is_multiple_of(2),
             agreed: e,
             history: vec![(e, 1), (e.wrapping_add(1), u64::from(shape))],
             failover_timeout_ms: e,

@@ -170,7 +170,7 @@ fn message(kind: u8, claimed: &str, term: u64, committed: bool, index: u64, byte
     let last = if index == 0 { None } else { log_id(term, index) };
     match kind % 10 {
         0 | 1 => {
-            let t = if kind % 10 == 0 { rpc::VOTE } else { rpc::PRE_VOTE };
+            let t = if kind.is_multiple_of(10) { rpc::VOTE } else { rpc::PRE_VOTE };
             (t, encode(&VoteRequest::<TypeConfig>::new(vote, last)))
         }
         2 => {

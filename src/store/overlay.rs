@@ -66,7 +66,7 @@ pub fn merge<E>(
     while out.len() < limit {
         let take_over = match (base.peek(), over.peek()) {
             (None, None) => break,
-            (Some(Err(_)), _) => return Err(base.next().expect("peeked").err().expect("an error")),
+            (Some(Err(_)), _) => return Err(base.next().expect("peeked").expect_err("an error")),
             (None, Some(_)) => true,
             (Some(_), None) => false,
             (Some(Ok((bk, _))), Some((ok, _))) => {

@@ -326,8 +326,8 @@ impl RaftCluster {
         let mut previous = None;
         loop {
             let now = self.agreed_leader();
-            if now.is_some() && now == previous {
-                return now.unwrap();
+            if let Some(agreed) = now.filter(|_| now == previous) {
+                return agreed;
             }
             previous = now;
             assert!(Instant::now() < deadline, "the live nodes did not agree on one leader within {within:?}:\n{}\n{}", self.describe(), self.logs());

@@ -155,8 +155,8 @@ impl Regions {
                 .map(|(r, i)| (format!("{}{}", self.names[r], i + 1), self.digest(r, i)))
                 .collect::<Vec<_>>();
             let first = last[0].1.clone();
-            if first.is_some() && last.iter().all(|(_, d)| *d == first) {
-                return first.unwrap();
+            if let Some(agreed) = first.clone().filter(|_| last.iter().all(|(_, d)| *d == first)) {
+                return agreed;
             }
             if Instant::now() > deadline {
                 let status: Vec<Value> =

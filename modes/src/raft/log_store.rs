@@ -202,7 +202,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        Ok(self.shared.hard.lock().unwrap().vote.clone())
+        Ok(self.shared.hard.lock().unwrap().vote)
     }
 }
 
@@ -222,7 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let shared = self.shared.clone();
-        let vote = vote.clone();
+        let vote = *vote;
         blocking(move || {
             let mut next = shared.hard.lock().unwrap().clone();
             next.vote = Some(vote);

@@ -107,7 +107,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 let data = data.map_err(|e| StreamingError::Unreachable(Unreachable::new(&Text(format!("reading the snapshot: {e}")))))?;
                 let done = data.len() < rpc::CHUNK_BYTES;
                 let len = data.len() as u64;
-                let chunk = SnapshotChunk { vote: vote.clone(), meta: meta.clone(), offset, data, done };
+                let chunk = SnapshotChunk { vote, meta: meta.clone(), offset, data, done };
                 // A chunk has its own generous deadline: a large snapshot must never time
                 // out as a whole and start over in a loop.
                 let reply: Option<SnapshotResponse<TypeConfig>> =

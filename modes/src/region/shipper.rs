@@ -412,7 +412,7 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
 /// its own version, so it ships nothing back (no versions traded back and forth).
 fn own_conflict_versions(sm: &dyn StateMachine, own: &str, origin: &str, key: &str) -> Result<Vec<KeyValue>, String> {
     let current = sm.get_version(key).map_err(|e| e.to_string())?;
-    if !current.is_some_and(|c| c.stamp.is_some_and(|s| s.region == origin)) {
+    if current.is_none_or(|c| c.stamp.is_none_or(|s| s.region != origin)) {
         return Ok(Vec::new());
     }
     let Some(record) = sm.get_version(&conflicts::record_key(key)).map_err(|e| e.to_string())? else { return Ok(Vec::new()) };
