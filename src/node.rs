@@ -128,7 +128,7 @@ impl Node {
                 cluster_transport = Some(transport.clone());
                 let mode = Arc::new(ClusterModeStarter { cfg: cfg.clone(), store, wal_opts: reopen_opts, transport, switch });
                 let running = mode.start(wal.clone()).await?;
-                let resumable = Resumable::new(running, wal.clone());
+                let resumable = Resumable::new(running, wal.clone(), sm.clone());
                 resumable.watch(mode, cfg.data_dir.join("wal"), Duration::from_secs(2));
                 resumable
             }

@@ -38,7 +38,7 @@ use meridian_modes::replicator::{
     AdminError, AdminRequest, Committed, DivergentTailInfo, Health, ReadError, ReadRequest, RegionLink, ReplicationStatus,
     SubmitError,
 };
-use meridian_modes::Replicator;
+use meridian_modes::{Replicator, StateMachine};
 use meridian_wal::Wal;
 use tracing::{error, warn};
 
@@ -67,6 +67,8 @@ struct Running {
 /// or the reason it is down.
 pub struct Resumable {
     mode: &'static str,
+    /// The state store, the same object across restarts (it reopens in place).
+    store: Arc<dyn StateMachine>,
     running: RwLock<Running>,
     /// `Some(why)` from the moment a storage failure is seen until the mode runs again.
     down: RwLock<Option<String>>,
@@ -74,9 +76,10 @@ pub struct Resumable {
 }
 
 impl Resumable {
-    pub fn new(replicator: Arc<dyn Replicator>, wal: Wal) -> Arc<Resumable> {
+    pub fn new(replicator: Arc<dyn Replicator>, wal: Wal, store: Arc<dyn StateMachine>) -> Arc<Resumable> {
         Arc::new(Resumable {
             mode: replicator.mode(),
+            store,
             running: RwLock::new(Running { replicator, wal }),
             down: RwLock::new(None),
             stopping: AtomicBool::new(false),
@@ -115,7 +118,10 @@ impl Resumable {
                     return;
                 }
                 let (mode, wal) = (node.current(), node.current_wal());
-                let Some(why) = mode.storage_failure().or_else(|| wal.failure()) else { continue };
+                // The store's own failure matters where no mode sees it: an HA standby's
+                // apply runs in the background and retries, and redb refuses every commit
+                // after a failed one until it is opened again.
+                let Some(why) = mode.storage_failure().or_else(|| wal.failure()).or_else(|| node.store.storage_failure()) else { continue };
                 error!(error = %why, "storage failed: this node stops its replication mode and leaves the cluster until its disk has room again; the others carry on without it");
                 *node.down.write().unwrap() = Some(why.clone());
                 restart.detach(&why);

@@ -130,6 +130,8 @@ pub struct RedbStore {
     diverted: AtomicBool,
     /// The latest damaged record found, for `/health`.
     damage: Mutex<Option<String>>,
+    /// A failed apply or checkpoint write, until `reopen_storage` (see `storage_failure`).
+    failed: Mutex<Option<String>>,
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> StateMachineError {
@@ -348,6 +350,7 @@ impl RedbStore {
             overlay: RwLock::new(overlay::Overlay::default()),
             diverted: AtomicBool::new(false),
             damage: Mutex::new(None),
+            failed: Mutex::new(None),
         })
     }
 
@@ -557,19 +560,8 @@ impl RedbStore {
         txn.open_table(KV).map_err(storage)?.len().map_err(storage)
     }
 
-    /// Passes `r` through; damage is logged and remembered for `/health` on the way.
-    fn checked<T>(&self, r: Result<T, StateMachineError>) -> Result<T, StateMachineError> {
-        if let Err(StateMachineError::Corrupt { key, reason }) = &r {
-            error!(key = %key, %reason, "state store: a stored value is damaged; it is not served");
-            *self.damage.lock().unwrap() =
-                Some(format!("state.redb: the stored value of key {key:?} is damaged ({reason}); it is not served: restore from a backup or rewrite the key"));
-        }
-        r
-    }
-}
-
-impl StateMachine for RedbStore {
-    fn apply(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError> {
+    /// Applies a batch (the trait's `apply`, with failures noted by the caller).
+    fn apply_batch(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError> {
         let last = entries.last().map_or(0, |e| e.index);
         let _w = loop {
             let w = self.write.lock().unwrap();
@@ -637,27 +629,8 @@ impl StateMachine for RedbStore {
         Ok(results)
     }
 
-    fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-
-    fn applied_state(&self) -> Result<AppliedState, StateMachineError> {
-        let ov = self.overlay.read().unwrap();
-        let mut s = Self::applied_state_in(&self.db().begin_read().map_err(storage)?)?;
-        if let Some((index, epoch)) = ov.applied {
-            (s.index, s.epoch) = (index, epoch);
-        }
-        if let Some(m) = &ov.meta {
-            s.meta = Some(m.clone());
-        }
-        Ok(s)
-    }
-
-    fn durable_index(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
-    }
-
-    fn checkpoint(&self) -> Result<u64, StateMachineError> {
+    /// Drains the overlay and commits durably (the trait's `checkpoint`).
+    fn checkpoint_now(&self) -> Result<u64, StateMachineError> {
         let _c = self.checkpointing.lock().unwrap();
         let applied = {
             let _w = self.write.lock().unwrap();
@@ -685,6 +658,62 @@ impl StateMachine for RedbStore {
         self.durable.store(applied, Ordering::Release);
         drained?;
         Ok(applied)
+    }
+
+    /// Passes `r` through; a storage error is remembered until `reopen_storage` (redb
+    /// refuses every later commit after a failed one, so only reopening clears it).
+    fn noting_failure<T>(&self, r: Result<T, StateMachineError>) -> Result<T, StateMachineError> {
+        if let Err(StateMachineError::Storage(why)) = &r {
+            let mut failed = self.failed.lock().unwrap();
+            if failed.is_none() {
+                error!(error = %why, "state store: a write failed; the store takes no write until it is opened again");
+                *failed = Some(format!("state.redb: {why}"));
+            }
+        }
+        r
+    }
+
+    /// Passes `r` through; damage is logged and remembered for `/health` on the way.
+    fn checked<T>(&self, r: Result<T, StateMachineError>) -> Result<T, StateMachineError> {
+        if let Err(StateMachineError::Corrupt { key, reason }) = &r {
+            error!(key = %key, %reason, "state store: a stored value is damaged; it is not served");
+            *self.damage.lock().unwrap() =
+                Some(format!("state.redb: the stored value of key {key:?} is damaged ({reason}); it is not served: restore from a backup or rewrite the key"));
+        }
+        r
+    }
+}
+
+impl StateMachine for RedbStore {
+    fn apply(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError> {
+        self.noting_failure(self.apply_batch(entries))
+    }
+
+    fn checkpoint(&self) -> Result<u64, StateMachineError> {
+        self.noting_failure(self.checkpoint_now())
+    }
+
+    fn storage_failure(&self) -> Option<String> {
+        self.failed.lock().unwrap().clone()
+    }
+    fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn applied_state(&self) -> Result<AppliedState, StateMachineError> {
+        let ov = self.overlay.read().unwrap();
+        let mut s = Self::applied_state_in(&self.db().begin_read().map_err(storage)?)?;
+        if let Some((index, epoch)) = ov.applied {
+            (s.index, s.epoch) = (index, epoch);
+        }
+        if let Some(m) = &ov.meta {
+            s.meta = Some(m.clone());
+        }
+        Ok(s)
+    }
+
+    fn durable_index(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
@@ -828,7 +857,11 @@ impl StateMachine for RedbStore {
                     *handle = Arc::new(db);
                     drop(handle);
                     info!(path = %self.path.display(), applied = on_file, "state store reopened after a storage error; the WAL is replayed from its last durable state");
-                    return probe();
+                    let probed = probe();
+                    if probed.is_ok() {
+                        *self.failed.lock().unwrap() = None;
+                    }
+                    return probed;
                 }
                 Err(e) if std::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "reopening the state store; retrying");

@@ -586,3 +586,59 @@ fn a_full_disk_on_the_ha_standby_leaves_the_primary_writable_and_the_standby_cat
     assert_all_present(&pair.b, &all, "on the standby whose disk filled, after it rejoined");
     println!("{} writes acknowledged in {:?} until the standby's disk filled; the standby streamed again {rejoined:?} after room came back", all.len(), t.elapsed());
 }
+
+/// The HA standby's state store fails a write while its WAL does not (here: state.redb grows
+/// past a file size limit the 4 MiB WAL segments stay under, as redb's growth can fail on a
+/// nearly full disk while the WAL's small appends still fit). The standby's apply runs in the
+/// background, and redb refuses every commit after a failed one until it is opened again, so
+/// before the store reported its failure such a standby went on streaming and never applied
+/// another record, even once writes could succeed again. Now it leaves the pair like a standby
+/// whose WAL failed, reopens its store once the probe passes, and catches up: every write the
+/// primary acknowledged ends up applied on it.
+#[test]
+fn a_failed_state_store_write_on_the_ha_standby_is_reopened_and_the_standby_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = common::ha::HaPair::start(common::ha::HaOpts {
+        sync_mode: "async",
+        b_data: Some(dir.path().join("b")),
+        // 12 MiB per file: the WAL's 4 MiB segments and the 8 MiB room probe fit, redb does not.
+        b_file_size_limit_blocks: Some(24 * 1024),
+        extra: vec![("MERIDIAN_WAL_SEGMENT_BYTES", (4u64 << 20).to_string())],
+        ..Default::default()
+    });
+    let store_failed = |node: &Node| node.log_text().contains("File too large");
+    let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let t = std::time::Instant::now();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (acked, base, log) = (acked.clone(), pair.a.url("/v1/kv"), pair.b.log.clone());
+            thread::spawn(move || {
+                for n in 0..2500 {
+                    if n % 50 == 0 && std::fs::read_to_string(&log).unwrap_or_default().contains("File too large") {
+                        return;
+                    }
+                    let key = format!("w{w}/{n:05}");
+                    let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
+                    if http("PUT", &format!("{base}/{key}"), Some(value.clone())).0 == 200 {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(store_failed(&pair.b), "the standby's store never failed a write (40 MiB written):\n{}", pair.b.log_text());
+    let written = acked.lock().unwrap().len();
+    // Lift the limit: writes can succeed again.
+    let lifted = std::process::Command::new("prlimit").args(["--pid", &pair.b.pid().to_string(), "--fsize=unlimited"]).status();
+    assert!(lifted.is_ok_and(|s| s.success()), "prlimit failed; the standby's log:\n{}", pair.b.log_text());
+    let room = std::time::Instant::now();
+    common::ha::wait_converged(&pair.a, &pair.b, std::time::Duration::from_secs(90));
+    let caught_up = room.elapsed();
+    let all = acked.lock().unwrap().clone();
+    assert_all_present(&pair.a, &all, "on the primary");
+    assert_all_present(&pair.b, &all, "on the standby whose store failed, after it caught up");
+    println!("{written} writes acknowledged in {:?} until the standby's store failed; converged {caught_up:?} after the limit was lifted", t.elapsed());
+}

@@ -127,6 +127,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn reopen_storage(&self) -> Result<(), StateMachineError> {
         Ok(())
     }
+    /// A write to the store failed with a storage error that stays until the store is opened
+    /// again ([`StateMachine::reopen_storage`]): redb refuses every later commit after one
+    /// failed (`PreviousIo`), room or not. The node treats it as it treats a failed WAL
+    /// (`resume.rs` in the `meridian` package). The default never fails this way.
+    fn storage_failure(&self) -> Option<String> {
+        None
+    }
     /// The latest damage found in stored data, for `/health` (see [`StateMachineError::Corrupt`]).
     fn damage(&self) -> Option<String> {
         None

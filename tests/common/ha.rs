@@ -27,11 +27,13 @@ pub struct HaOpts {
     pub a_data: Option<std::path::PathBuf>,
     /// Node B's data directory, likewise.
     pub b_data: Option<std::path::PathBuf>,
+    /// `ulimit -f` for node B, in 512-byte blocks (see `Node::start_env_limited`).
+    pub b_file_size_limit_blocks: Option<u64>,
 }
 
 impl Default for HaOpts {
     fn default() -> Self {
-        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false, a_data: None, b_data: None }
+        HaOpts { sync_mode: "sync", witness: false, heartbeat_ms: 200, failover: "1500ms", extra: vec![], tls: false, partitioned: false, witness_late: false, a_data: None, b_data: None, b_file_size_limit_blocks: None }
     }
 }
 
@@ -133,7 +135,7 @@ impl HaPair {
         a_env.extend(tls("node-a"));
         b_env.extend(tls("node-b"));
         let a = Node::start_env(&o.a_data.clone().unwrap_or_else(|| dir.path().join("a")), a_env);
-        let b = Node::start_env(&o.b_data.clone().unwrap_or_else(|| dir.path().join("b")), b_env);
+        let b = Node::start_env_limited(&o.b_data.clone().unwrap_or_else(|| dir.path().join("b")), b_env, o.b_file_size_limit_blocks);
         let pair = HaPair { dir, a, b, w, a_to_b, b_to_a, a_to_w, b_to_w };
         if o.partitioned || o.witness_late {
             return pair;

@@ -82,6 +82,12 @@ impl Node {
 
     /// Starts a node with a full environment list (cluster modes).
     pub fn start_env(data_dir: &Path, env: Vec<(String, String)>) -> Node {
+        Node::start_env_limited(data_dir, env, None)
+    }
+
+    /// Likewise, with `ulimit -f` (512-byte blocks, /bin/sh's unit) set for the node: a write past that size in
+    /// any one file fails with EFBIG (SIGXFSZ ignored). `prlimit --fsize` lifts it later.
+    pub fn start_env_limited(data_dir: &Path, env: Vec<(String, String)>, file_size_limit_blocks: Option<u64>) -> Node {
         let mut node = Node {
             child: None,
             port: free_port(),
@@ -89,7 +95,7 @@ impl Node {
             cwd: None,
             env,
             log: data_dir.with_extension("log"),
-            file_size_limit_blocks: None,
+            file_size_limit_blocks,
         };
         node.spawn_ready();
         node
@@ -103,10 +109,12 @@ impl Node {
 
     pub fn command(&self) -> Command {
         let mut cmd = match self.file_size_limit_blocks {
-            // `exec` keeps the PID, and an ignored signal stays ignored across exec.
+            // `exec` keeps the PID, and an ignored signal stays ignored across exec. The soft
+            // limit only: the hard one stays, so `prlimit --fsize` can lift it again without
+            // CAP_SYS_RESOURCE (a test's "room again").
             Some(blocks) => {
                 let mut c = Command::new("/bin/sh");
-                c.arg("-c").arg(format!("ulimit -f {blocks} && trap '' XFSZ && exec \"$0\"")).arg(BIN);
+                c.arg("-c").arg(format!("ulimit -S -f {blocks} && trap '' XFSZ && exec \"$0\"")).arg(BIN);
                 c
             }
             None => Command::new(BIN),

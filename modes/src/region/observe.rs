@@ -66,6 +66,9 @@ impl StateMachine for Observed {
     fn damage(&self) -> Option<String> {
         self.inner.damage()
     }
+    fn storage_failure(&self) -> Option<String> {
+        self.inner.storage_failure()
+    }
     fn reopen_storage(&self) -> Result<(), StateMachineError> {
         self.inner.reopen_storage()
     }
