@@ -316,6 +316,31 @@ fn a_full_disk_with_room_again_takes_writes_without_a_restart() {
 }
 
 /// Every acknowledged write in `acked` reads back from `node` with its value.
+/// `writers` threads PUT up to `per_writer` 4 KiB values each (keys `w{writer}/{n}`) to
+/// `base` until `stop` says so; what is acknowledged goes into `acked`.
+fn write_4k_until(base: &str, writers: usize, per_writer: usize, acked: &Arc<Mutex<HashMap<String, Vec<u8>>>>, stop: impl Fn() -> bool + Clone + Send + 'static) {
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (acked, base, stop) = (acked.clone(), base.to_owned(), stop.clone());
+            thread::spawn(move || {
+                for n in 0..per_writer {
+                    if stop() {
+                        return;
+                    }
+                    let key = format!("w{w}/{n:05}");
+                    let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
+                    if http("PUT", &format!("{base}/{key}"), Some(value.clone())).0 == 200 {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 fn assert_all_present(node: &Node, acked: &HashMap<String, Vec<u8>>, when: &str) {
     for (key, value) in acked {
         let (status, body) = http("GET", &node.url(&format!("/v1/kv/{key}")), None);
@@ -547,26 +572,8 @@ fn a_full_disk_on_the_ha_standby_leaves_the_primary_writable_and_the_standby_cat
             }
         })
     };
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (acked, base, full) = (acked.clone(), pair.a.url("/v1/kv"), full.clone());
-            thread::spawn(move || {
-                for n in 0..MAX_WRITES {
-                    if full.load(std::sync::atomic::Ordering::SeqCst) {
-                        return;
-                    }
-                    let key = format!("w{w}/{n:05}");
-                    let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
-                    if http("PUT", &format!("{base}/{key}"), Some(value.clone())).0 == 200 {
-                        acked.lock().unwrap().insert(key, value);
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    let stop = full.clone();
+    write_4k_until(&pair.a.url("/v1/kv"), WRITERS, MAX_WRITES, &acked, move || stop.load(std::sync::atomic::Ordering::SeqCst));
     watcher.join().unwrap();
     assert!(full.load(std::sync::atomic::Ordering::SeqCst), "the standby's disk never filled:\n{}", pair.b.log_text());
     // The primary takes writes with its standby gone.
@@ -609,26 +616,8 @@ fn a_failed_state_store_write_on_the_ha_standby_is_reopened_and_the_standby_catc
     let store_failed = |node: &Node| node.log_text().contains("File too large");
     let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
     let t = std::time::Instant::now();
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (acked, base, log) = (acked.clone(), pair.a.url("/v1/kv"), pair.b.log.clone());
-            thread::spawn(move || {
-                for n in 0..2500 {
-                    if n % 50 == 0 && std::fs::read_to_string(&log).unwrap_or_default().contains("File too large") {
-                        return;
-                    }
-                    let key = format!("w{w}/{n:05}");
-                    let value = format!("{key}:").into_bytes().into_iter().cycle().take(4096).collect::<Vec<u8>>();
-                    if http("PUT", &format!("{base}/{key}"), Some(value.clone())).0 == 200 {
-                        acked.lock().unwrap().insert(key, value);
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    let log = pair.b.log.clone();
+    write_4k_until(&pair.a.url("/v1/kv"), 4, 2500, &acked, move || std::fs::read_to_string(&log).unwrap_or_default().contains("File too large"));
     assert!(store_failed(&pair.b), "the standby's store never failed a write (40 MiB written):\n{}", pair.b.log_text());
     let written = acked.lock().unwrap().len();
     // Lift the limit: writes can succeed again.
