@@ -620,10 +620,18 @@ fn a_failed_state_store_write_on_the_ha_standby_is_reopened_and_the_standby_catc
     write_4k_until(&pair.a.url("/v1/kv"), 4, 2500, &acked, move || std::fs::read_to_string(&log).unwrap_or_default().contains("File too large"));
     assert!(store_failed(&pair.b), "the standby's store never failed a write (40 MiB written):\n{}", pair.b.log_text());
     let written = acked.lock().unwrap().len();
+    // The node sees its store's failure and leaves the pair (503) — the fix under test; until
+    // then its reads fail too (redb's PreviousIo), so the digests can only be compared after.
+    let seen = std::time::Instant::now();
+    while http("GET", &pair.b.url("/health"), None).0 != 503 {
+        assert!(seen.elapsed() < std::time::Duration::from_secs(30), "the standby never reported its store's failure:\n{}", pair.b.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // Lift the limit: writes can succeed again.
     let lifted = std::process::Command::new("prlimit").args(["--pid", &pair.b.pid().to_string(), "--fsize=unlimited"]).status();
     assert!(lifted.is_ok_and(|s| s.success()), "prlimit failed; the standby's log:\n{}", pair.b.log_text());
     let room = std::time::Instant::now();
+    common::ha::wait_streaming(&pair.b, std::time::Duration::from_secs(90));
     common::ha::wait_converged(&pair.a, &pair.b, std::time::Duration::from_secs(90));
     let caught_up = room.elapsed();
     let all = acked.lock().unwrap().clone();
