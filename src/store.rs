@@ -56,6 +56,7 @@
 //! before a checkpoint takes the newest writes with it; `meridian wal reset` continues above
 //! the ceiling, so no revision or bookmark is ever handed out twice.
 
+mod image;
 mod overlay;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use meridian_modes::apply::{apply_command, KvAccess};
 use meridian_modes::batch_kv::BatchKv;
+use meridian_modes::snapshot::SnapshotMeta;
 use meridian_modes::state_machine::{should_apply, AppliedState, LogEntry, ScanEvent, StateMachineError};
 use meridian_modes::command::Stamp;
 use meridian_modes::{CommandResult, KeyValue, StateMachine};
@@ -467,6 +469,23 @@ impl RedbStore {
         Ok(db)
     }
 
+    /// Makes the durable state file at `fresh_path` (open as `fresh`, at `applied_index`, with
+    /// revision ceiling `ceiling` stored) the store's state. The caller holds `checkpointing` and `write`.
+    fn swap_in(&self, fresh_path: &Path, fresh: Database, applied_index: u64, ceiling: u64) -> Result<(), StateMachineError> {
+        // The swap: one rename, made durable by syncing the directory. A crash before it
+        // leaves the old state and a stray `.installing` file (removed at open); after it,
+        // the new state. The open `fresh` handle follows its file to the new name.
+        std::fs::rename(fresh_path, &self.path)
+            .map_err(|e| StateMachineError::Storage(format!("moving {} over {}: {e}", fresh_path.display(), self.path.display())))?;
+        sync_dir(&self.path)?;
+        self.overlay.write().unwrap().clear();
+        *self.db.write().unwrap() = Arc::new(fresh);
+        self.applied.store(applied_index, Ordering::Release);
+        self.durable.store(applied_index, Ordering::Release);
+        self.ceiling.fetch_max(ceiling.max(applied_index), Ordering::AcqRel);
+        Ok(())
+    }
+
     /// No index above this was ever applied here (see the module docs).
     pub fn revision_ceiling(&self) -> u64 {
         self.ceiling.load(Ordering::Acquire)
@@ -792,18 +811,15 @@ impl StateMachine for RedbStore {
                 return Err(e);
             }
         };
-        // The swap: one rename, made durable by syncing the directory. A crash before it
-        // leaves the old state and a stray `.installing` file (removed at open); after it,
-        // the new state. The open `fresh` handle follows its file to the new name.
-        std::fs::rename(&fresh_path, &self.path)
-            .map_err(|e| StateMachineError::Storage(format!("moving {} over {}: {e}", fresh_path.display(), self.path.display())))?;
-        sync_dir(&self.path)?;
-        self.overlay.write().unwrap().clear();
-        *self.db.write().unwrap() = Arc::new(fresh);
-        self.applied.store(applied_index, Ordering::Release);
-        self.durable.store(applied_index, Ordering::Release);
-        self.ceiling.fetch_max(applied_index, Ordering::AcqRel);
-        Ok(())
+        self.swap_in(&fresh_path, fresh, applied_index, 0)
+    }
+
+    fn write_image(&self, dest: &Path) -> Result<Option<SnapshotMeta>, StateMachineError> {
+        self.noting_failure(self.write_image_now(dest)).map(Some)
+    }
+
+    fn install_image(&self, input: &mut dyn std::io::Read, size: u64) -> Result<SnapshotMeta, StateMachineError> {
+        self.install_image_now(input, size)
     }
 
     /// redb latches an I/O error: after a failed commit every later one fails too
@@ -1314,5 +1330,107 @@ mod tests {
         drop(s);
         let s = RedbStore::open(&path).unwrap();
         assert_eq!((all(&s), s.applied_index()), (all(&reference), index));
+    }
+
+    /// Writes `a`'s image to a file and installs it into `b`; returns what the install reported.
+    fn image_into(dir: &Path, a: &RedbStore, b: &RedbStore) -> Result<SnapshotMeta, StateMachineError> {
+        let file = dir.join("image");
+        a.write_image(&file).unwrap().expect("the redb store makes images");
+        let bytes = std::fs::read(&file).unwrap();
+        b.install_image(&mut &bytes[..], bytes.len() as u64)
+    }
+
+    #[test]
+    fn an_image_installs_the_same_state_and_keeps_the_receivers_own_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RedbStore::open(&dir.path().join("a.redb")).unwrap();
+        a.bind_wal(WalId::from_u128(0xa).unwrap()).unwrap();
+        a.apply(&(1..=300).map(|i| put(i, &format!("k{i:04}"), &"v".repeat(200))).collect::<Vec<_>>()).unwrap();
+        a.apply(&[del(301, "k0007")]).unwrap();
+        let bpath = dir.path().join("b.redb");
+        let b = RedbStore::open(&bpath).unwrap();
+        let bid = WalId::from_u128(0xb).unwrap();
+        b.bind_wal(bid).unwrap();
+        b.apply(&(1..=3).map(|i| put(i, "stale", "x")).collect::<Vec<_>>()).unwrap();
+        let b_ceiling = b.revision_ceiling();
+        let meta = image_into(dir.path(), &a, &b).unwrap();
+        assert_eq!((meta.applied_index, meta.keys), (301, 299));
+        assert_eq!(digest(&a).unwrap(), digest(&b).unwrap());
+        assert!(b.get("stale").unwrap().is_none());
+        assert_eq!((b.applied_index(), b.durable_index()), (301, 301));
+        // The WAL binding is the receiver's; the ceiling bounds both nodes' indexes.
+        assert_eq!(b.wal_binding().unwrap(), Some(bid));
+        assert!(b.revision_ceiling() >= b_ceiling.max(a.revision_ceiling()));
+        // Applies go on, and all of it is there after a restart.
+        b.apply(&[put(302, "after", "y")]).unwrap();
+        b.checkpoint().unwrap();
+        let want = digest(&b).unwrap();
+        drop(b);
+        let b = RedbStore::open(&bpath).unwrap();
+        assert_eq!((digest(&b).unwrap(), b.applied_index(), b.wal_binding().unwrap()), (want, 302, Some(bid)));
+        assert!(!installing_path(&bpath).exists());
+        // A receiver not yet bound to a WAL does not take the sender's binding.
+        let c = RedbStore::open(&dir.path().join("c.redb")).unwrap();
+        image_into(dir.path(), &a, &c).unwrap();
+        assert_eq!(c.wal_binding().unwrap(), None);
+    }
+
+    #[test]
+    fn a_short_long_or_damaged_image_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RedbStore::open(&dir.path().join("a.redb")).unwrap();
+        a.apply(&(1..=200).map(|i| put(i, &format!("k{i:04}"), &"v".repeat(200))).collect::<Vec<_>>()).unwrap();
+        let file = dir.path().join("image");
+        a.write_image(&file).unwrap().unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let bpath = dir.path().join("b.redb");
+        let b = RedbStore::open(&bpath).unwrap();
+        b.apply(&[put(1, "mine", "x")]).unwrap();
+        let before = digest(&b).unwrap();
+        let n = bytes.len() as u64;
+        let short = b.install_image(&mut &bytes[..bytes.len() - 1], n).unwrap_err();
+        assert!(short.to_string().contains("ended at byte"), "{short}");
+        let long = b.install_image(&mut &[&bytes[..], b"x"].concat()[..], n).unwrap_err();
+        assert!(long.to_string().contains("longer than"), "{long}");
+        // Not a store file at all.
+        assert!(b.install_image(&mut &vec![7u8; bytes.len()][..], n).is_err());
+        assert_eq!(digest(&b).unwrap(), before);
+        assert_eq!(b.applied_index(), 1);
+        assert!(!installing_path(&bpath).exists(), "a failed install left its file behind");
+    }
+
+    #[test]
+    fn applies_while_an_image_is_taken_are_kept_and_the_image_is_the_state_at_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(RedbStore::open(&dir.path().join("a.redb")).unwrap());
+        let entry = |i: u64| if i.is_multiple_of(5) { del(i, &format!("k{:03}", i % 97)) } else { put(i, &format!("k{:03}", i % 97), &format!("v{i}")) };
+        a.apply(&(1..=2000).map(entry).collect::<Vec<_>>()).unwrap();
+        let writer = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 2001..=6000u64 {
+                    a.apply(&[entry(i)]).unwrap();
+                }
+            })
+        };
+        let file = dir.path().join("image");
+        let mut metas = Vec::new();
+        for _ in 0..5 {
+            metas.push(a.write_image(&file).unwrap().unwrap());
+            let bytes = std::fs::read(&file).unwrap();
+            let b = RedbStore::open(&dir.path().join(format!("b{}.redb", metas.len()))).unwrap();
+            let meta = b.install_image(&mut &bytes[..], bytes.len() as u64).unwrap();
+            // The image is exactly the state at its applied index: a replay to there agrees.
+            let r = RedbStore::open(&dir.path().join(format!("r{}.redb", metas.len()))).unwrap();
+            r.apply(&(1..=meta.applied_index).map(entry).collect::<Vec<_>>()).unwrap();
+            assert_eq!(digest(&b).unwrap(), digest(&r).unwrap(), "image at {}", meta.applied_index);
+        }
+        writer.join().unwrap();
+        // Nothing applied meanwhile was lost, before or after a restart.
+        a.checkpoint().unwrap();
+        let r = RedbStore::open(&dir.path().join("all.redb")).unwrap();
+        r.apply(&(1..=6000).map(entry).collect::<Vec<_>>()).unwrap();
+        assert_eq!(digest(&*a).unwrap(), digest(&r).unwrap());
+        assert!(metas.windows(2).all(|w| w[0].applied_index <= w[1].applied_index));
     }
 }

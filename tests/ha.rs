@@ -384,6 +384,14 @@ fn a_lagging_standby_catches_up_from_the_wal_and_from_a_snapshot() {
             assert!(!incoming.exists(), "{} was written", incoming.display());
             let outgoing = std::fs::read_dir(pair.a.data_dir.as_ref().unwrap().join("snapshots")).unwrap().count();
             assert_eq!(outgoing, 1, "the primary keeps exactly its newest snapshot file");
+            // The re-seed moved the primary's store file itself (src/store/image.rs), and the
+            // standby, restarted after it, opens that file with its own WAL and loses nothing.
+            assert!(pair.b.log_text().contains("store image install finished"), "the snapshot was not a store image");
+            pair.b.kill9();
+            pair.b.restart();
+            wait_streaming(&pair.b, Duration::from_secs(120));
+            let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(120));
+            eprintln!("{prefix}: standby restarted after the install: {d}");
         } else {
             assert!(!pair.b.log_text().contains("installed a snapshot"), "the first catch-up should come from the WAL");
         }

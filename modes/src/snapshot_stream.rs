@@ -16,6 +16,14 @@
 //!           receive_into(transport, sender, MY_CHUNK, id, tx, |_| {}).await?;
 //! ```
 //!
+//! What is sent is the state machine's *store image* when it makes one
+//! ([`StateMachine::write_image`]: the redb file itself, installed as it is, at disk speed),
+//! else its logical snapshot ([`write_snapshot`]); [`Prepared::image`] says which, and the
+//! receiver installs accordingly ([`StateMachine::install_image`] or `install_snapshot`).
+//! Both nodes run the same build (cluster messages require it), so a receiver can install
+//! what its sender's store makes. Each chunk carries a CRC-32 of its bytes, checked on
+//! arrival: an image has no checksum of its own over the whole file.
+//!
 //! A sender offers one snapshot at a time and writes at most one at a time: preparing a new
 //! one deletes the old file, and a receiver still fetching the old id is answered
 //! `snapshot_expired` and starts over. Chunks
@@ -49,11 +57,12 @@ pub struct ChunkRequest {
     pub max_bytes: u32,
 }
 
-/// `done`: this chunk ends the file.
+/// `done`: this chunk ends the file. `crc`: CRC-32 (crc32fast) of `data`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Chunk {
     pub data: Vec<u8>,
     pub done: bool,
+    pub crc: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +92,8 @@ pub struct Prepared {
     pub id: u64,
     pub size: u64,
     pub meta: SnapshotMeta,
+    /// A store image ([`StateMachine::write_image`]), not a logical snapshot.
+    pub image: bool,
 }
 
 /// The snapshot this node offers to peers: at most one file, in `dir`, as
@@ -107,12 +118,15 @@ fn build(dir: &Path, sm: &dyn StateMachine) -> Result<(Prepared, PathBuf), Strea
     std::fs::create_dir_all(dir).map_err(io("cannot create the snapshot directory", dir))?;
     let tmp = dir.join("outgoing.tmp");
     let written = (|| {
+        if let Some(meta) = sm.write_image(&tmp)? {
+            return Ok::<_, StreamError>((meta, true));
+        }
         let file = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
         let (w, meta) = write_snapshot(sm, std::io::BufWriter::new(file))?;
         w.into_inner().map_err(|e| io("cannot write", &tmp)(e.into_error()))?;
-        Ok::<_, StreamError>(meta)
+        Ok((meta, false))
     })();
-    let meta = match written {
+    let (meta, image) = match written {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -122,7 +136,7 @@ fn build(dir: &Path, sm: &dyn StateMachine) -> Result<(Prepared, PathBuf), Strea
     let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
     std::fs::rename(&tmp, &path).map_err(io("cannot rename", &tmp))?;
     let size = std::fs::metadata(&path).map_err(io("cannot stat", &path))?.len();
-    Ok((Prepared { id: meta.applied_index, size, meta }, path))
+    Ok((Prepared { id: meta.applied_index, size, meta, image }, path))
 }
 
 impl Outgoing {
@@ -201,7 +215,7 @@ impl Outgoing {
         // A newer snapshot may have replaced this one (its file is gone): the receiver starts over.
         let data = read().map_err(|_| expired())?;
         let done = offset + data.len() as u64 >= size;
-        Ok(Chunk { data, done })
+        Ok(Chunk { crc: crc32fast::hash(&data), data, done })
     }
 }
 
@@ -213,6 +227,9 @@ async fn next_chunk(transport: &Transport, from: &NodeId, msg_type: u16, snapsho
     let chunk: Chunk = decode("snapshot chunk", &b).map_err(StreamError::Malformed)?;
     if chunk.data.is_empty() && !chunk.done {
         return Err(StreamError::Malformed(format!("empty chunk at offset {offset} before the end")));
+    }
+    if crc32fast::hash(&chunk.data) != chunk.crc {
+        return Err(StreamError::Malformed(format!("the chunk at offset {offset} fails its checksum")));
     }
     Ok(chunk)
 }
@@ -466,6 +483,44 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::channel(4);
         let e = receive_into(&receiver, &"a".to_string(), chunk_msg, p.id + 1, tx, |_| {}).await.unwrap_err();
         assert!(matches!(&e, StreamError::Transport(TransportError::Remote(r)) if r.code == "snapshot_expired"), "{e}");
+        receiver.shutdown().await;
+        sender.shutdown().await;
+    }
+
+    /// Serves chunks with one bit of their data flipped in transit, as a damaged link would.
+    struct Flip(Outgoing);
+
+    #[async_trait::async_trait]
+    impl crate::transport::Handler for Flip {
+        async fn on_request(&self, _from: &NodeId, _msg_type: u16, payload: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
+            let req: ChunkRequest = decode("snapshot chunk", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
+            let mut c = self.0.serve(&req)?;
+            let mid = c.data.len() / 2;
+            c.data[mid] ^= 0x10;
+            Ok(encode(&c))
+        }
+        async fn on_message(&self, _from: &NodeId, _msg_type: u16, _payload: bytes::Bytes) {}
+    }
+
+    /// A store image has no checksum of its own over the whole file: a chunk damaged in
+    /// transit must be caught by the chunk's own CRC, before any byte of it is handed on.
+    #[tokio::test]
+    async fn a_chunk_damaged_in_transit_is_refused() {
+        use crate::transport::{Families, Family, TransportConfig};
+        let chunk_msg = Family::Raft.msg(0x09);
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outgoing::new(dir.path().join("out"));
+        let p = out.prepare(state(20), |_| false).await.unwrap();
+        let cfg = |n: &str| TransportConfig::new("c", n, "127.0.0.1:0".parse().unwrap());
+        let mut reg = prometheus_client::registry::Registry::default();
+        let sender = Transport::start(cfg("a"), Arc::new(Families::new().with(Family::Raft, Arc::new(Flip(out)))), &mut reg).await.unwrap();
+        let mut reg = prometheus_client::registry::Registry::default();
+        let receiver = Transport::start(cfg("b"), Arc::new(Families::new()), &mut reg).await.unwrap();
+        receiver.add_peer("a".into(), sender.local_addr().to_string());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let e = receive_into(&receiver, &"a".to_string(), chunk_msg, p.id, tx, |_| {}).await.unwrap_err();
+        assert!(e.to_string().contains("fails its checksum"), "{e}");
+        assert!(rx.recv().await.is_none(), "a damaged chunk was handed to the install");
         receiver.shutdown().await;
         sender.shutdown().await;
     }

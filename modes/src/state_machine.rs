@@ -147,6 +147,21 @@ pub trait StateMachine: Send + Sync + 'static {
         meta: Option<Vec<u8>>,
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError>;
+    /// Writes a copy of the store's own file to `dest` at a durable applied point: an *image*
+    /// that a node of the same build installs as it is ([`StateMachine::install_image`]), so
+    /// a re-seed moves at disk speed instead of inserting every key again. `None`: this store
+    /// makes no images (the caller sends a logical snapshot instead). Applies go on meanwhile.
+    fn write_image(&self, dest: &std::path::Path) -> Result<Option<SnapshotMeta>, StateMachineError> {
+        let _ = dest;
+        Ok(None)
+    }
+    /// Replaces the whole state with an image of `size` bytes read from `input` (what
+    /// [`StateMachine::write_image`] wrote on another node), durably and all or nothing. The
+    /// facts that are this node's own (its WAL binding, its revision ceiling) stay its own.
+    fn install_image(&self, input: &mut dyn Read, size: u64) -> Result<SnapshotMeta, StateMachineError> {
+        let _ = (input, size);
+        Err(StateMachineError::Storage("this store cannot install a store image".into()))
+    }
 }
 
 /// The ordering rule every implementation of [`StateMachine::apply`] follows: `Ok(false)`

@@ -85,10 +85,11 @@ pub enum FetchReply {
     /// The standby's log diverged after `after`: keep the tail aside, truncate, fetch again.
     Diverged { epoch: u64, after: u64, leader: LeaderHint },
     /// The records needed were purged (or the standby must roll back state): install a
-    /// snapshot first. `snapshot_id` names the prepared snapshot of `size` bytes.
+    /// snapshot first. `snapshot_id` names the prepared snapshot of `size` bytes; `image`:
+    /// it is the primary's store image, not a logical snapshot (`snapshot_stream`).
     /// `history`: the primary's epoch history up to the snapshot, which the standby takes
     /// as its own with the snapshot.
-    NeedSnapshot { epoch: u64, snapshot_id: u64, size: u64, leader: LeaderHint, history: Vec<(u64, u64)> },
+    NeedSnapshot { epoch: u64, snapshot_id: u64, size: u64, image: bool, leader: LeaderHint, history: Vec<(u64, u64)> },
     /// The receiver is not a primary (anymore); `epoch` is its epoch. Two standbys use
     /// `last_index` and `node_id` to agree which of them may promote.
     NotPrimary { epoch: u64, leader: Option<LeaderHint>, last_index: u64, node_id: String },

@@ -16,16 +16,17 @@ use crate::snapshot_stream::{receive_into, ChannelReader, Prepared};
 use crate::state_machine::install_snapshot_sized;
 use crate::transport::RemoteError;
 
-/// The snapshot to offer the standby, (id, size): the one on offer while the WAL still holds
+/// The snapshot to offer the standby, (id, size, whether it is a store image): the one on offer while the WAL still holds
 /// every record after it (the standby streams on from there), else a new one — one build at
 /// a time, shared by every fetch that arrives meanwhile.
-pub(super) async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64), String> {
+pub(super) async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64, bool), String> {
     let wal = core.wal.clone();
     let usable = move |id: u64| id + 1 >= wal.first_index();
-    let Prepared { id, size, meta } = core.primary.snapshots.prepare(core.sm.clone(), usable).await.map_err(|e| e.to_string())?;
+    let Prepared { id, size, meta, image } = core.primary.snapshots.prepare(core.sm.clone(), usable).await.map_err(|e| e.to_string())?;
     let file = core.primary.snapshots.path().map(|p| p.display().to_string()).unwrap_or_default();
-    info!(index = meta.applied_index, keys = meta.keys, bytes = size, %file, "prepared a snapshot to re-seed the standby");
-    Ok((id, size))
+    let kind = if image { "store image" } else { "logical" };
+    info!(index = meta.applied_index, keys = meta.keys, bytes = size, %file, kind, "prepared a snapshot to re-seed the standby");
+    Ok((id, size, image))
 }
 
 pub(super) fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
@@ -36,11 +37,16 @@ pub(super) fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<Sna
 /// (the chunks are installed as they arrive; nothing changes unless the whole stream arrives
 /// and verifies). The caller has settled the background applies first and acknowledges the
 /// new positions after.
-pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64, history: Vec<(u64, u64)>) -> Result<(), String> {
+pub(super) async fn fetch_and_install_snapshot(core: &Arc<Core>, id: u64, size: u64, image: bool, history: Vec<(u64, u64)>) -> Result<(), String> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let (sm, wal) = (core.sm.clone(), core.wal.clone());
     let install = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let meta = install_snapshot_sized(&*sm, ChannelReader::new(rx), Some(size)).map_err(|e| e.to_string())?;
+        let meta = if image {
+            sm.install_image(&mut ChannelReader::new(rx), size)
+        } else {
+            install_snapshot_sized(&*sm, ChannelReader::new(rx), Some(size))
+        };
+        let meta = meta.map_err(|e| e.to_string())?;
         wal.reset_to(meta.applied_index + 1).map_err(|e| e.to_string())?;
         Ok(meta)
     });

@@ -93,9 +93,9 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
 
     if f.want_snapshot || f.from < core.wal.first_index() {
         return match prepare_snapshot(core).await {
-            Ok((snapshot_id, size)) => {
+            Ok((snapshot_id, size, image)) => {
                 let history = core.persisted.lock().unwrap().history.up_to(snapshot_id).starts;
-                FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader, history }
+                FetchReply::NeedSnapshot { epoch, snapshot_id, size, image, leader, history }
             }
             Err(e) => {
                 warn!("cannot prepare a snapshot for the standby: {e}");
@@ -286,7 +286,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
                 tokio::time::sleep(core.cfg.heartbeat).await;
             }
         }
-        FetchReply::NeedSnapshot { epoch, snapshot_id, size, leader, history } => {
+        FetchReply::NeedSnapshot { epoch, snapshot_id, size, image, leader, history } => {
             if epoch < core.epoch() {
                 return;
             }
@@ -299,7 +299,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
             // Background applies settle first (the snapshot replaces the state); the new
             // positions go to the primary at once after the install.
             let installed = match settle(core).await {
-                Ok(()) => fetch_and_install_snapshot(core, snapshot_id, size, history).await,
+                Ok(()) => fetch_and_install_snapshot(core, snapshot_id, size, image, history).await,
                 Err(e) => Err(e),
             };
             match installed {

@@ -1,0 +1,184 @@
+//! Store images: the redb file itself, copied at a durable point, as the fast way to re-seed a
+//! node of the same build (`bench/scale.sh`: a logical snapshot installs at ~90 MiB/s, bound
+//! by redb's single-threaded B-tree inserts; a file moves at disk speed).
+//!
+//! Taking one: the image is the file as it stands right after a durable commit, with no
+//! write to redb until the copy is done — exactly what a crash at that moment would leave,
+//! which redb recovers by design. Applies go on meanwhile into the overlay, as during a
+//! checkpoint; the commit raises the revision ceiling first, so they do not wait for it,
+//! and the ceiling bounds the overlay to [`REVISION_RESERVE`] entries. The copy is
+//! `std::fs::copy` (`copy_file_range` on Linux: in the kernel, mostly from the page cache)
+//! and is not synced: it is a transient file, rebuilt after a crash.
+//!
+//! Installing one: the bytes go to `state.redb.installing`, written back as they arrive and
+//! synced at the end; redb opens it (recovering it, as after a crash); its format must be
+//! this build's; the facts that are the receiving node's own, not the state's (the WAL
+//! binding, the revision ceiling), are written over the sender's in a durable commit; then
+//! the file is renamed over the state file, as a logical install is ([`RedbStore::swap_in`]).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use meridian_modes::progress::Progress;
+use meridian_modes::snapshot::{SnapshotError, SnapshotMeta};
+use meridian_modes::state_machine::StateMachineError;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::*;
+
+/// Bytes written between two requests to the kernel to start writing back: the disk works
+/// while the transfer goes on, and the final sync has little left to do.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+impl RedbStore {
+    /// [`meridian_modes::StateMachine::write_image`] (see the module docs).
+    pub(super) fn write_image_now(&self, dest: &Path) -> Result<SnapshotMeta, StateMachineError> {
+        let _c = self.checkpointing.lock().unwrap();
+        let applied = {
+            let _w = self.write.lock().unwrap();
+            self.drain()?;
+            self.diverted.store(true, Ordering::Release);
+            self.applied.load(Ordering::Acquire)
+        };
+        let ceiling = self.ceiling.load(Ordering::Acquire).max(applied + REVISION_RESERVE);
+        let committed = (|| {
+            let db = self.db();
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert(APPLIED, applied).map_err(storage)?;
+                meta.insert(CEILING, ceiling).map_err(storage)?;
+            }
+            txn.commit().map_err(storage)?;
+            self.ceiling.fetch_max(ceiling, Ordering::AcqRel);
+            self.durable.store(applied, Ordering::Release);
+            let read = db.begin_read().map_err(storage)?;
+            let state = Self::applied_state_in(&read)?;
+            let keys = read.open_table(KV).map_err(storage)?.len().map_err(storage)?;
+            Ok::<_, StateMachineError>(SnapshotMeta { applied_index: state.index, epoch: state.epoch, keys, meta: state.meta })
+        })();
+        // The copy is not the store's own write: its failure (no room for the image) is the
+        // image's error, not a storage failure of the store.
+        let copied = committed.and_then(|meta| {
+            let _ = std::fs::remove_file(dest);
+            std::fs::copy(&self.path, dest).map_err(|e| {
+                let _ = std::fs::remove_file(dest);
+                StateMachineError::Snapshot(SnapshotError::Io(std::io::Error::new(e.kind(), format!("copying {} to {}: {e}", self.path.display(), dest.display()))))
+            })?;
+            Ok(meta)
+        });
+        let drained = {
+            let _w = self.write.lock().unwrap();
+            self.drain()
+        };
+        let meta = copied?;
+        drained?;
+        Ok(meta)
+    }
+
+    /// [`meridian_modes::StateMachine::install_image`] (see the module docs).
+    pub(super) fn install_image_now(&self, input: &mut dyn Read, size: u64) -> Result<SnapshotMeta, StateMachineError> {
+        let _c = self.checkpointing.lock().unwrap();
+        let _w = self.write.lock().unwrap();
+        let fresh_path = installing_path(&self.path);
+        let built = self.receive_image(input, size, &fresh_path).and_then(|()| self.adopt_image(&fresh_path));
+        let (fresh, meta, ceiling) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = std::fs::remove_file(&fresh_path);
+                return Err(e);
+            }
+        };
+        self.swap_in(&fresh_path, fresh, meta.applied_index, ceiling)?;
+        Ok(meta)
+    }
+
+    /// Writes the image's `size` bytes from `input` to `path`, durably.
+    fn receive_image(&self, input: &mut dyn Read, size: u64, path: &Path) -> Result<(), StateMachineError> {
+        let io = |what: &str, e: std::io::Error| StateMachineError::Storage(format!("{what} {}: {e}", path.display()));
+        let _ = std::fs::remove_file(path);
+        let mut file = std::fs::File::create(path).map_err(|e| io("creating", e))?;
+        let mut progress = Progress::new("store image install", Some(size));
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut done, mut flushed) = (0u64, 0u64);
+        loop {
+            let n = input.read(&mut buf).map_err(|e| StateMachineError::Snapshot(SnapshotError::Io(e)))?;
+            if n == 0 {
+                break;
+            }
+            if done + n as u64 > size {
+                return Err(SnapshotError::Damaged(format!("the store image is longer than the {size} bytes announced")).into());
+            }
+            file.write_all(&buf[..n]).map_err(|e| io("writing", e))?;
+            done += n as u64;
+            progress.add(n as u64);
+            if done - flushed >= WRITEBACK_EVERY {
+                start_writeback(&file, flushed, done - flushed);
+                flushed = done;
+            }
+        }
+        if done != size {
+            return Err(SnapshotError::Damaged(format!("the store image ended at byte {done} of {size}")).into());
+        }
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        progress.finish();
+        Ok(())
+    }
+
+    /// Opens the received image, checks it is a state file of this build, and makes this
+    /// node's own facts its own. Returns the database, what it holds and its revision ceiling.
+    fn adopt_image(&self, path: &Path) -> Result<(Database, SnapshotMeta, u64), StateMachineError> {
+        let db = Database::create(path).map_err(|e| StateMachineError::Storage(format!("opening the received store image {}: {e}", path.display())))?;
+        let (wal_hi, wal_lo) = {
+            let old = self.db();
+            let txn = old.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            let get = |k| meta.get(k).map_err(storage).map(|g| g.map(|g| g.value()));
+            (get(WAL_ID_HI)?, get(WAL_ID_LO)?)
+        };
+        let (state, keys) = {
+            let txn = db.begin_read().map_err(storage)?;
+            let format = txn.open_table(META).map_err(storage)?.get(FORMAT).map_err(storage)?.map(|g| g.value());
+            if format != Some(VALUE_FORMAT as u64) {
+                return Err(SnapshotError::Damaged(format!("the store image holds value format {format:?}; this build writes {VALUE_FORMAT}")).into());
+            }
+            (Self::applied_state_in(&txn)?, txn.open_table(KV).map_err(storage)?.len().map_err(storage)?)
+        };
+        let txn = db.begin_write().map_err(storage)?;
+        let ceiling = {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let theirs = meta.get(CEILING).map_err(storage)?.map(|g| g.value()).unwrap_or(0);
+            let ceiling = theirs.max(self.ceiling.load(Ordering::Acquire)).max(state.index);
+            meta.insert(CEILING, ceiling).map_err(storage)?;
+            match (wal_hi, wal_lo) {
+                (Some(hi), Some(lo)) => {
+                    meta.insert(WAL_ID_HI, hi).map_err(storage)?;
+                    meta.insert(WAL_ID_LO, lo).map_err(storage)?;
+                }
+                // The sender's binding names the sender's WAL, never this node's.
+                _ => {
+                    meta.remove(WAL_ID_HI).map_err(storage)?;
+                    meta.remove(WAL_ID_LO).map_err(storage)?;
+                }
+            }
+            ceiling
+        };
+        txn.commit().map_err(storage)?;
+        Ok((db, SnapshotMeta { applied_index: state.index, epoch: state.epoch, keys, meta: state.meta }, ceiling))
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without
+/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`); durability comes from the final sync.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor; failure only loses the head start.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
