@@ -67,7 +67,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use meridian_modes::apply::{apply_command, KvAccess};
 use meridian_modes::batch_kv::BatchKv;
 use meridian_modes::snapshot::SnapshotMeta;
-use meridian_modes::state_machine::{should_apply, AppliedState, LogEntry, ScanEvent, StateMachineError};
+use meridian_modes::state_machine::{should_apply, AppliedState, ImageCopy, LogEntry, ScanEvent, StateMachineError};
 use meridian_modes::command::Stamp;
 use meridian_modes::{CommandResult, KeyValue, StateMachine};
 use meridian_wal::WalId;
@@ -814,8 +814,9 @@ impl StateMachine for RedbStore {
         self.swap_in(&fresh_path, fresh, applied_index, 0)
     }
 
-    fn write_image(&self, dest: &Path) -> Result<Option<SnapshotMeta>, StateMachineError> {
-        self.noting_failure(self.write_image_now(dest)).map(Some)
+    fn begin_image(&self) -> Result<Option<Box<dyn ImageCopy + '_>>, StateMachineError> {
+        let frozen = self.noting_failure(self.begin_image_now())?;
+        Ok(Some(Box::new(frozen)))
     }
 
     fn install_image(&self, input: &mut dyn std::io::Read, size: u64) -> Result<SnapshotMeta, StateMachineError> {
@@ -1332,10 +1333,19 @@ mod tests {
         assert_eq!((all(&s), s.applied_index()), (all(&reference), index));
     }
 
+    /// Writes `a`'s image to `file`; returns what it holds.
+    fn write_image(a: &RedbStore, file: &Path) -> SnapshotMeta {
+        let mut image = a.begin_image().unwrap().expect("the redb store makes images");
+        let mut seen = 0;
+        image.copy_to(file, &mut |n| seen = n).unwrap();
+        assert_eq!((seen, std::fs::metadata(file).unwrap().len()), (image.size(), image.size()));
+        image.meta().clone()
+    }
+
     /// Writes `a`'s image to a file and installs it into `b`; returns what the install reported.
     fn image_into(dir: &Path, a: &RedbStore, b: &RedbStore) -> Result<SnapshotMeta, StateMachineError> {
         let file = dir.join("image");
-        a.write_image(&file).unwrap().expect("the redb store makes images");
+        write_image(a, &file);
         let bytes = std::fs::read(&file).unwrap();
         b.install_image(&mut &bytes[..], bytes.len() as u64)
     }
@@ -1381,7 +1391,7 @@ mod tests {
         let a = RedbStore::open(&dir.path().join("a.redb")).unwrap();
         a.apply(&(1..=200).map(|i| put(i, &format!("k{i:04}"), &"v".repeat(200))).collect::<Vec<_>>()).unwrap();
         let file = dir.path().join("image");
-        a.write_image(&file).unwrap().unwrap();
+        write_image(&a, &file);
         let bytes = std::fs::read(&file).unwrap();
         let bpath = dir.path().join("b.redb");
         let b = RedbStore::open(&bpath).unwrap();
@@ -1416,7 +1426,7 @@ mod tests {
         let file = dir.path().join("image");
         let mut metas = Vec::new();
         for _ in 0..5 {
-            metas.push(a.write_image(&file).unwrap().unwrap());
+            metas.push(write_image(&a, &file));
             let bytes = std::fs::read(&file).unwrap();
             let b = RedbStore::open(&dir.path().join(format!("b{}.redb", metas.len()))).unwrap();
             let meta = b.install_image(&mut &bytes[..], bytes.len() as u64).unwrap();

@@ -104,29 +104,54 @@ pub struct Prepared {
 /// still meets gets it without a new build. (A standby retrying its fetch every second while
 /// a 3 GB snapshot took 90 s to write once started a build per retry: 74 files, 65 GB, a full
 /// disk — `bench/scale.sh`.)
+///
+/// A store image is offered as soon as its copy begins and served below the bytes copied so
+/// far, so the copy and the transfer overlap; a logical snapshot is offered once written.
 pub struct Outgoing {
     dir: PathBuf,
-    /// The snapshot on offer and its file.
-    held: Arc<Mutex<Option<(Prepared, PathBuf)>>>,
+    /// The snapshot on offer.
+    held: Arc<Mutex<Option<Offer>>>,
     /// The build under way, if any: its outcome, once known, for everyone waiting on it.
     building: Arc<Mutex<Option<watch::Receiver<Option<Result<Prepared, String>>>>>>,
 }
 
-/// Writes a snapshot of `sm` into `dir` (a temporary file, renamed when complete; removed if
-/// the write fails). Returns what it prepared and the file.
-fn build(dir: &Path, sm: &dyn StateMachine) -> Result<(Prepared, PathBuf), StreamError> {
+/// A snapshot on offer: its file and how much of it is written (the sender side is dropped,
+/// closing the channel, if the write fails).
+#[derive(Clone)]
+struct Offer {
+    prepared: Prepared,
+    path: PathBuf,
+    written: watch::Receiver<u64>,
+}
+
+/// Writes a snapshot of `sm` into `dir`, calling `offer` once it may be served and moving
+/// `written` as its bytes are: a store image is copied in place and offered before the copy;
+/// a logical snapshot goes to a temporary file, renamed and offered when complete. What a
+/// failed write left is removed.
+fn build(dir: &Path, sm: &dyn StateMachine, offer: &mut dyn FnMut(&Prepared, &Path), written: &watch::Sender<u64>) -> Result<(), StreamError> {
     std::fs::create_dir_all(dir).map_err(io("cannot create the snapshot directory", dir))?;
+    if let Some(mut image) = sm.begin_image()? {
+        let meta = image.meta().clone();
+        let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
+        let _ = std::fs::remove_file(&path);
+        let p = Prepared { id: meta.applied_index, size: image.size(), meta, image: true };
+        offer(&p, &path);
+        return image.copy_to(&path, &mut |n| {
+            written.send_replace(n);
+        })
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            e.into()
+        });
+    }
     let tmp = dir.join("outgoing.tmp");
-    let written = (|| {
-        if let Some(meta) = sm.write_image(&tmp)? {
-            return Ok::<_, StreamError>((meta, true));
-        }
+    let logical = (|| {
         let file = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
         let (w, meta) = write_snapshot(sm, std::io::BufWriter::new(file))?;
         w.into_inner().map_err(|e| io("cannot write", &tmp)(e.into_error()))?;
-        Ok((meta, false))
+        Ok::<_, StreamError>(meta)
     })();
-    let (meta, image) = match written {
+    let meta = match logical {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -136,7 +161,9 @@ fn build(dir: &Path, sm: &dyn StateMachine) -> Result<(Prepared, PathBuf), Strea
     let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
     std::fs::rename(&tmp, &path).map_err(io("cannot rename", &tmp))?;
     let size = std::fs::metadata(&path).map_err(io("cannot stat", &path))?.len();
-    Ok((Prepared { id: meta.applied_index, size, meta, image }, path))
+    written.send_replace(size);
+    offer(&Prepared { id: meta.applied_index, size, meta, image: false }, &path);
+    Ok(())
 }
 
 impl Outgoing {
@@ -156,11 +183,11 @@ impl Outgoing {
 
     /// The snapshot to offer: the one on offer if `reusable(its id)` says it still serves,
     /// else a new one of `sm` from one read view — the build under way if there is one, or a
-    /// new build that replaces the offered snapshot (whose file is deleted) when done.
+    /// new build that replaces the offered snapshot (whose file is deleted) once it is offered.
     pub async fn prepare(&self, sm: Arc<dyn StateMachine>, reusable: impl Fn(u64) -> bool) -> Result<Prepared, StreamError> {
         let mut done = {
-            if let Some((p, _)) = self.held.lock().unwrap().clone().filter(|(p, _)| reusable(p.id)) {
-                return Ok(p);
+            if let Some(o) = self.held.lock().unwrap().clone().filter(|o| reusable(o.prepared.id)) {
+                return Ok(o.prepared);
             }
             let mut building = self.building.lock().unwrap();
             match &*building {
@@ -172,15 +199,32 @@ impl Outgoing {
                     // A task of its own: a caller that gives up waiting does not stop the build
                     // (nor let a second one start beside it).
                     tokio::task::spawn_blocking(move || {
-                        let r = build(&dir, &*sm).map_err(|e| e.to_string());
-                        if let Ok(new) = &r {
-                            let old = held.lock().unwrap().replace(new.clone());
-                            if let Some((_, old_path)) = old.filter(|(_, op)| *op != new.1) {
-                                let _ = std::fs::remove_file(old_path);
+                        let (written_tx, written_rx) = watch::channel(0u64);
+                        let mut mine = None;
+                        let r = build(
+                            &dir,
+                            &*sm,
+                            &mut |p, path| {
+                                let new = Offer { prepared: p.clone(), path: path.to_path_buf(), written: written_rx.clone() };
+                                let old = held.lock().unwrap().replace(new);
+                                if let Some(old) = old.filter(|o| o.path != path) {
+                                    let _ = std::fs::remove_file(old.path);
+                                }
+                                mine = Some(path.to_path_buf());
+                                tx.send_replace(Some(Ok(p.clone())));
+                            },
+                            &written_tx,
+                        );
+                        if let Err(e) = r {
+                            // Withdraw an offer whose file could not be written (its readers
+                            // are told to start over), and tell whoever still waits.
+                            let mut held = held.lock().unwrap();
+                            if held.as_ref().is_some_and(|o| Some(&o.path) == mine.as_ref()) {
+                                *held = None;
                             }
+                            tx.send_replace(Some(Err(e.to_string())));
                         }
                         *slot.lock().unwrap() = None;
-                        let _ = tx.send(Some(r.map(|(p, _)| p)));
                     });
                     rx
                 }
@@ -192,19 +236,26 @@ impl Outgoing {
 
     /// The file of the snapshot on offer, if any.
     pub fn path(&self) -> Option<PathBuf> {
-        self.held.lock().unwrap().as_ref().map(|(_, path)| path.clone())
+        self.held.lock().unwrap().as_ref().map(|o| o.path.clone())
     }
 
-    /// Answers one [`ChunkRequest`]; `snapshot_expired` if `snapshot_id` is not the snapshot
-    /// on offer (any more). Blocking file I/O of at most [`CHUNK_BYTES`].
-    pub fn serve(&self, req: &ChunkRequest) -> Result<Chunk, RemoteError> {
+    /// Answers one [`ChunkRequest`] once its bytes are written (at most [`CHUNK_TIMEOUT`]
+    /// later); `snapshot_expired` if `snapshot_id` is not the snapshot on offer (any more) or
+    /// its write failed. Blocking file I/O of at most [`CHUNK_BYTES`].
+    pub async fn serve(&self, req: &ChunkRequest) -> Result<Chunk, RemoteError> {
         let held = self.held.lock().unwrap().clone();
         let expired = || RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again");
-        let Some((Prepared { size, .. }, path)) = held.filter(|(p, _)| p.id == req.snapshot_id) else {
+        let Some(Offer { prepared: Prepared { size, .. }, path, mut written }) = held.filter(|o| o.prepared.id == req.snapshot_id) else {
             return Err(expired());
         };
         let offset = req.offset.min(size);
         let want = u64::from(req.max_bytes.min(CHUNK_BYTES)).min(size - offset);
+        let ready = tokio::time::timeout(CHUNK_TIMEOUT / 2, written.wait_for(|w| *w >= offset + want)).await;
+        match ready {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(expired()),
+            Err(_) => return Err(RemoteError::new("unavailable", "the snapshot is still being written; ask again")),
+        }
         let read = || -> std::io::Result<Vec<u8>> {
             let mut f = std::fs::File::open(&path)?;
             f.seek(SeekFrom::Start(offset))?;
@@ -311,10 +362,10 @@ mod tests {
     }
 
     /// Reads the whole snapshot through `serve` in chunks of `max` bytes.
-    fn pull(out: &Outgoing, id: u64, max: u32) -> Result<Vec<u8>, RemoteError> {
+    async fn pull(out: &Outgoing, id: u64, max: u32) -> Result<Vec<u8>, RemoteError> {
         let mut all = Vec::new();
         loop {
-            let c = out.serve(&ChunkRequest { snapshot_id: id, offset: all.len() as u64, max_bytes: max })?;
+            let c = out.serve(&ChunkRequest { snapshot_id: id, offset: all.len() as u64, max_bytes: max }).await?;
             assert!(c.data.len() <= max as usize);
             all.extend_from_slice(&c.data);
             if c.done {
@@ -329,7 +380,7 @@ mod tests {
         let out = Outgoing::new(dir.path().join("snapshots"));
         let p = out.prepare(state(50), |_| false).await.unwrap();
         assert_eq!((p.id, p.meta.keys), (50, 50));
-        let bytes = pull(&out, p.id, 333).unwrap();
+        let bytes = pull(&out, p.id, 333).await.unwrap();
         assert_eq!(bytes.len() as u64, p.size);
         let copy = MemStateMachine::default();
         let meta = install_snapshot(&copy, &bytes[..]).unwrap();
@@ -345,9 +396,9 @@ mod tests {
         let old_path = out.path().unwrap();
         let new = out.prepare(state(7), |_| false).await.unwrap();
         assert!(!old_path.exists(), "the replaced snapshot's file was kept");
-        let e = pull(&out, old.id, 1024).unwrap_err();
+        let e = pull(&out, old.id, 1024).await.unwrap_err();
         assert_eq!(e.code, "snapshot_expired");
-        assert_eq!(pull(&out, new.id, 1024).unwrap().len() as u64, new.size);
+        assert_eq!(pull(&out, new.id, 1024).await.unwrap().len() as u64, new.size);
         // Only the offered snapshot is on disk: no temporary files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -393,6 +444,114 @@ mod tests {
             entries: &mut dyn FnMut() -> Result<Option<crate::command::KeyValue>, StateMachineError>,
         ) -> Result<(), StateMachineError> {
             self.inner.replace_all(applied_index, epoch, meta, entries)
+        }
+    }
+
+    /// A store that makes images: `bytes`, copied in 64 KiB steps; the copy writes the first
+    /// half, then waits for `gate` and writes the rest, or fails if the gate says so.
+    struct Imaging {
+        inner: Arc<dyn StateMachine>,
+        bytes: Vec<u8>,
+        gate: Mutex<Option<std::sync::mpsc::Receiver<bool>>>,
+    }
+
+    struct ImagingCopy<'a>(&'a Imaging, crate::snapshot::SnapshotMeta);
+
+    impl crate::state_machine::ImageCopy for ImagingCopy<'_> {
+        fn meta(&self) -> &crate::snapshot::SnapshotMeta {
+            &self.1
+        }
+        fn size(&self) -> u64 {
+            self.0.bytes.len() as u64
+        }
+        fn copy_to(&mut self, dest: &Path, progress: &mut dyn FnMut(u64)) -> Result<(), StateMachineError> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(dest).unwrap();
+            let half = self.0.bytes.len() / 2;
+            for (i, step) in self.0.bytes.chunks(64 << 10).enumerate() {
+                if i * (64 << 10) >= half {
+                    let go = self.0.gate.lock().unwrap().take().map(|g| g.recv().unwrap());
+                    if go == Some(false) {
+                        return Err(StateMachineError::Storage("no room for the image".into()));
+                    }
+                }
+                f.write_all(step).unwrap();
+                progress(((i + 1) * (64 << 10)).min(self.0.bytes.len()) as u64);
+            }
+            Ok(())
+        }
+    }
+
+    impl StateMachine for Imaging {
+        fn apply(&self, e: &[crate::state_machine::LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
+            self.inner.apply(e)
+        }
+        fn applied_index(&self) -> u64 {
+            self.inner.applied_index()
+        }
+        fn applied_state(&self) -> Result<crate::state_machine::AppliedState, StateMachineError> {
+            self.inner.applied_state()
+        }
+        fn durable_index(&self) -> u64 {
+            self.inner.durable_index()
+        }
+        fn checkpoint(&self) -> Result<u64, StateMachineError> {
+            self.inner.checkpoint()
+        }
+        fn get_version(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<crate::command::KeyValue>, StateMachineError> {
+            self.inner.list(prefix, start_after, limit)
+        }
+        fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
+            self.inner.scan(visit)
+        }
+        fn replace_all(
+            &self,
+            applied_index: u64,
+            epoch: u64,
+            meta: Option<Vec<u8>>,
+            entries: &mut dyn FnMut() -> Result<Option<crate::command::KeyValue>, StateMachineError>,
+        ) -> Result<(), StateMachineError> {
+            self.inner.replace_all(applied_index, epoch, meta, entries)
+        }
+        fn begin_image(&self) -> Result<Option<Box<dyn crate::state_machine::ImageCopy + '_>>, StateMachineError> {
+            let meta = crate::snapshot::SnapshotMeta { applied_index: self.applied_index(), epoch: 1, keys: 0, meta: None };
+            Ok(Some(Box::new(ImagingCopy(self, meta))))
+        }
+    }
+
+    /// An image is offered as soon as its copy begins: a reader gets the bytes already
+    /// copied and waits for the rest; a copy that fails withdraws the offer and its file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_image_is_served_while_it_is_copied_and_withdrawn_if_the_copy_fails() {
+        for completes in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = Arc::new(Outgoing::new(dir.path().to_path_buf()));
+            let (gate, wait) = std::sync::mpsc::channel();
+            let bytes: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+            let sm = Arc::new(Imaging { inner: state(5), bytes: bytes.clone(), gate: Mutex::new(Some(wait)) });
+            let p = out.prepare(sm, |_| false).await.unwrap();
+            assert!(p.image);
+            assert_eq!(p.size, bytes.len() as u64);
+            let o = out.clone();
+            let reader = tokio::spawn(async move { pull(&o, p.id, 100_000).await });
+            // The first half is served while the copy is held at the gate.
+            let mut copied = out.held.lock().unwrap().as_ref().unwrap().written.clone();
+            copied.wait_for(|w| *w >= bytes.len() as u64 / 2 - (64 << 10)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!reader.is_finished(), "the reader finished before the copy did");
+            gate.send(completes).unwrap();
+            let got = reader.await.unwrap();
+            if completes {
+                assert!(got.unwrap() == bytes, "the image served differs from the image");
+                assert!(out.path().unwrap().exists());
+            } else {
+                assert_eq!(got.unwrap_err().code, "snapshot_expired");
+                assert!(out.path().is_none(), "a failed image is still offered");
+                assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a failed image left its file");
+            }
         }
     }
 
@@ -450,7 +609,7 @@ mod tests {
     impl crate::transport::Handler for Serve {
         async fn on_request(&self, _from: &NodeId, _msg_type: u16, payload: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
             let req: ChunkRequest = decode("snapshot chunk", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
-            self.0.serve(&req).map(|c| encode(&c))
+            self.0.serve(&req).await.map(|c| encode(&c))
         }
         async fn on_message(&self, _from: &NodeId, _msg_type: u16, _payload: bytes::Bytes) {}
     }
@@ -494,7 +653,7 @@ mod tests {
     impl crate::transport::Handler for Flip {
         async fn on_request(&self, _from: &NodeId, _msg_type: u16, payload: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
             let req: ChunkRequest = decode("snapshot chunk", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
-            let mut c = self.0.serve(&req)?;
+            let mut c = self.0.serve(&req).await?;
             let mid = c.data.len() / 2;
             c.data[mid] ^= 0x10;
             Ok(encode(&c))
@@ -535,7 +694,7 @@ mod tests {
                 return Err(RemoteError::new("unavailable", "the link was cut"));
             }
             let req: ChunkRequest = decode("snapshot chunk", &payload).map_err(|e| RemoteError::new("bad_request", e))?;
-            self.0.serve(&req).map(|c| encode(&c))
+            self.0.serve(&req).await.map(|c| encode(&c))
         }
         async fn on_message(&self, _from: &NodeId, _msg_type: u16, _payload: bytes::Bytes) {}
     }

@@ -147,12 +147,12 @@ pub trait StateMachine: Send + Sync + 'static {
         meta: Option<Vec<u8>>,
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError>;
-    /// Writes a copy of the store's own file to `dest` at a durable applied point: an *image*
-    /// that a node of the same build installs as it is ([`StateMachine::install_image`]), so
-    /// a re-seed moves at disk speed instead of inserting every key again. `None`: this store
-    /// makes no images (the caller sends a logical snapshot instead). Applies go on meanwhile.
-    fn write_image(&self, dest: &std::path::Path) -> Result<Option<SnapshotMeta>, StateMachineError> {
-        let _ = dest;
+    /// Begins a store *image*: a copy of the store's own file at a durable applied point,
+    /// which a node of the same build installs as it is ([`StateMachine::install_image`]), so
+    /// a re-seed moves at disk speed instead of inserting every key again. The file stays as
+    /// it is until the returned [`ImageCopy`] is dropped (applies go on meanwhile). `None`:
+    /// this store makes no images (the caller sends a logical snapshot instead).
+    fn begin_image(&self) -> Result<Option<Box<dyn ImageCopy + '_>>, StateMachineError> {
         Ok(None)
     }
     /// Replaces the whole state with an image of `size` bytes read from `input` (what
@@ -162,6 +162,16 @@ pub trait StateMachine: Send + Sync + 'static {
         let _ = (input, size);
         Err(StateMachineError::Storage("this store cannot install a store image".into()))
     }
+}
+
+/// A store image being taken ([`StateMachine::begin_image`]): what it holds and how large it
+/// is are known at once, so it can be offered while it is copied.
+pub trait ImageCopy {
+    fn meta(&self) -> &SnapshotMeta;
+    fn size(&self) -> u64;
+    /// Copies the image to `dest` from its start, calling `progress` with the bytes written
+    /// so far after each step (a reader may read below that mark while the copy goes on).
+    fn copy_to(&mut self, dest: &std::path::Path, progress: &mut dyn FnMut(u64)) -> Result<(), StateMachineError>;
 }
 
 /// The ordering rule every implementation of [`StateMachine::apply`] follows: `Ok(false)`

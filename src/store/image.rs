@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 
 use meridian_modes::progress::Progress;
 use meridian_modes::snapshot::{SnapshotError, SnapshotMeta};
-use meridian_modes::state_machine::StateMachineError;
+use meridian_modes::state_machine::{ImageCopy, StateMachineError};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::*;
@@ -32,49 +32,34 @@ use super::*;
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
 impl RedbStore {
-    /// [`meridian_modes::StateMachine::write_image`] (see the module docs).
-    pub(super) fn write_image_now(&self, dest: &Path) -> Result<SnapshotMeta, StateMachineError> {
-        let _c = self.checkpointing.lock().unwrap();
+    /// [`meridian_modes::StateMachine::begin_image`] (see the module docs).
+    pub(super) fn begin_image_now(&self) -> Result<Frozen<'_>, StateMachineError> {
+        let checkpointing = self.checkpointing.lock().unwrap();
         let applied = {
             let _w = self.write.lock().unwrap();
             self.drain()?;
             self.diverted.store(true, Ordering::Release);
             self.applied.load(Ordering::Acquire)
         };
+        // From here on, dropping `frozen` ends the freeze, whatever fails below.
+        let mut frozen = Frozen { store: self, _checkpointing: checkpointing, meta: SnapshotMeta { applied_index: applied, epoch: 0, keys: 0, meta: None }, size: 0, started: std::time::Instant::now() };
         let ceiling = self.ceiling.load(Ordering::Acquire).max(applied + REVISION_RESERVE);
-        let committed = (|| {
-            let db = self.db();
-            let txn = db.begin_write().map_err(storage)?;
-            {
-                let mut meta = txn.open_table(META).map_err(storage)?;
-                meta.insert(APPLIED, applied).map_err(storage)?;
-                meta.insert(CEILING, ceiling).map_err(storage)?;
-            }
-            txn.commit().map_err(storage)?;
-            self.ceiling.fetch_max(ceiling, Ordering::AcqRel);
-            self.durable.store(applied, Ordering::Release);
-            let read = db.begin_read().map_err(storage)?;
-            let state = Self::applied_state_in(&read)?;
-            let keys = read.open_table(KV).map_err(storage)?.len().map_err(storage)?;
-            Ok::<_, StateMachineError>(SnapshotMeta { applied_index: state.index, epoch: state.epoch, keys, meta: state.meta })
-        })();
-        // The copy is not the store's own write: its failure (no room for the image) is the
-        // image's error, not a storage failure of the store.
-        let copied = committed.and_then(|meta| {
-            let _ = std::fs::remove_file(dest);
-            std::fs::copy(&self.path, dest).map_err(|e| {
-                let _ = std::fs::remove_file(dest);
-                StateMachineError::Snapshot(SnapshotError::Io(std::io::Error::new(e.kind(), format!("copying {} to {}: {e}", self.path.display(), dest.display()))))
-            })?;
-            Ok(meta)
-        });
-        let drained = {
-            let _w = self.write.lock().unwrap();
-            self.drain()
-        };
-        let meta = copied?;
-        drained?;
-        Ok(meta)
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(APPLIED, applied).map_err(storage)?;
+            meta.insert(CEILING, ceiling).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.ceiling.fetch_max(ceiling, Ordering::AcqRel);
+        self.durable.store(applied, Ordering::Release);
+        let read = db.begin_read().map_err(storage)?;
+        let state = Self::applied_state_in(&read)?;
+        let keys = read.open_table(KV).map_err(storage)?.len().map_err(storage)?;
+        frozen.meta = SnapshotMeta { applied_index: state.index, epoch: state.epoch, keys, meta: state.meta };
+        frozen.size = std::fs::metadata(&self.path).map_err(|e| StateMachineError::Storage(format!("reading the size of {}: {e}", self.path.display())))?.len();
+        Ok(frozen)
     }
 
     /// [`meridian_modes::StateMachine::install_image`] (see the module docs).
@@ -129,6 +114,7 @@ impl RedbStore {
     /// Opens the received image, checks it is a state file of this build, and makes this
     /// node's own facts its own. Returns the database, what it holds and its revision ceiling.
     fn adopt_image(&self, path: &Path) -> Result<(Database, SnapshotMeta, u64), StateMachineError> {
+        let started = std::time::Instant::now();
         let db = Database::create(path).map_err(|e| StateMachineError::Storage(format!("opening the received store image {}: {e}", path.display())))?;
         let (wal_hi, wal_lo) = {
             let old = self.db();
@@ -165,7 +151,63 @@ impl RedbStore {
             ceiling
         };
         txn.commit().map_err(storage)?;
+        info!(seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "opened the received store image (redb recovers a file copied while open)");
         Ok((db, SnapshotMeta { applied_index: state.index, epoch: state.epoch, keys, meta: state.meta }, ceiling))
+    }
+}
+
+/// The state file held still for an image: no write reaches redb while this lives (applies
+/// go to the overlay), and dropping it writes the overlay back.
+pub(super) struct Frozen<'a> {
+    store: &'a RedbStore,
+    _checkpointing: std::sync::MutexGuard<'a, ()>,
+    meta: SnapshotMeta,
+    size: u64,
+    started: std::time::Instant,
+}
+
+/// Bytes per copy step: how far ahead of a reader the copy's progress moves.
+const COPY_STEP: u64 = 16 << 20;
+
+impl ImageCopy for Frozen<'_> {
+    fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// `copy_file_range` in steps (std's `io::copy` between files): in the kernel, mostly
+    /// from the page cache. Not synced: the image is transient, rebuilt after a crash. Its
+    /// failure (no room for the image) is the image's error, not a storage failure of the store.
+    fn copy_to(&mut self, dest: &Path, progress: &mut dyn FnMut(u64)) -> Result<(), StateMachineError> {
+        let path = &self.store.path;
+        let failed = |what: &str, e: std::io::Error| StateMachineError::Snapshot(SnapshotError::Io(std::io::Error::new(e.kind(), format!("{what}: {e}"))));
+        let mut src = std::fs::File::open(path).map_err(|e| failed(&format!("opening {}", path.display()), e))?;
+        let mut out = std::fs::File::create(dest).map_err(|e| failed(&format!("creating {}", dest.display()), e))?;
+        let mut done = 0u64;
+        while done < self.size {
+            let step = COPY_STEP.min(self.size - done);
+            let n = std::io::copy(&mut (&mut src).take(step), &mut out).map_err(|e| failed(&format!("copying {} to {}", path.display(), dest.display()), e))?;
+            if n == 0 {
+                return Err(failed("copying", std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} ended at byte {done} of {}", path.display(), self.size))));
+            }
+            done += n;
+            progress(done);
+        }
+        info!(index = self.meta.applied_index, bytes = self.size, seconds = format!("{:.2}", self.started.elapsed().as_secs_f64()), "took a store image");
+        Ok(())
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _w = self.store.write.lock().unwrap();
+        // A failed drain leaves the overlay for the next apply to write (see `drain`).
+        if let Err(e) = self.store.drain() {
+            tracing::warn!(error = %e, "writing back the applies made while a store image was taken failed; the next apply retries");
+        }
     }
 }
 

@@ -49,7 +49,7 @@ impl Handler for HaHandler {
                 Some(why) => Err(RemoteError::new("unavailable", format!("the primary's write path failed: {why}"))),
                 None => Ok(encode(&serve_fetch(core, decode(&payload).map_err(bad)?).await)),
             },
-            SNAPSHOT_CHUNK => serve_chunk(core, decode(&payload).map_err(bad)?).map(|c| encode(&c)),
+            SNAPSHOT_CHUNK => serve_chunk(core, decode(&payload).map_err(bad)?).await.map(|c| encode(&c)),
             FENCE => Ok(encode(&on_fence(core, decode(&payload).map_err(bad)?).await)),
             FORWARD => Ok(encode(&on_forward(core, decode(&payload).map_err(bad)?).await)),
             READ_INDEX => Ok(encode(&super::read_index::on_read_index(core, decode(&payload).map_err(bad)?).await)),

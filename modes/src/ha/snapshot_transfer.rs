@@ -29,8 +29,8 @@ pub(super) async fn prepare_snapshot(core: &Arc<Core>) -> Result<(u64, u64, bool
     Ok((id, size, image))
 }
 
-pub(super) fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
-    core.primary.snapshots.serve(&req)
+pub(super) async fn serve_chunk(core: &Arc<Core>, req: SnapshotChunkReq) -> Result<SnapshotChunk, RemoteError> {
+    core.primary.snapshots.serve(&req).await
 }
 
 /// Streams the primary's snapshot `id` straight into an install running beside the transfer
