@@ -1425,9 +1425,18 @@ mod tests {
         };
         let file = dir.path().join("image");
         let mut metas = Vec::new();
-        for _ in 0..5 {
-            metas.push(write_image(&a, &file));
-            let bytes = std::fs::read(&file).unwrap();
+        for round in 0..6 {
+            // Copied, or read in place from the store's own file while it is held still.
+            let bytes = if round % 2 == 0 {
+                metas.push(write_image(&a, &file));
+                std::fs::read(&file).unwrap()
+            } else {
+                let image = a.begin_image().unwrap().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                let bytes = std::fs::read(image.live_path().unwrap()).unwrap();
+                metas.push(image.meta().clone());
+                bytes
+            };
             let b = RedbStore::open(&dir.path().join(format!("b{}.redb", metas.len()))).unwrap();
             let meta = b.install_image(&mut &bytes[..], bytes.len() as u64).unwrap();
             // The image is exactly the state at its applied index: a replay to there agrees.

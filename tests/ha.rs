@@ -383,7 +383,8 @@ fn a_lagging_standby_catches_up_from_the_wal_and_from_a_snapshot() {
             let incoming = pair.b.data_dir.as_ref().unwrap().join("snapshots/incoming.snap");
             assert!(!incoming.exists(), "{} was written", incoming.display());
             let outgoing = std::fs::read_dir(pair.a.data_dir.as_ref().unwrap().join("snapshots")).unwrap().count();
-            assert_eq!(outgoing, 1, "the primary keeps exactly its newest snapshot file");
+            // A store image read in place leaves no file; a copied one stays until replaced.
+            assert!(outgoing <= 1, "the primary keeps at most its newest snapshot file: {outgoing}");
             // The re-seed moved the primary's store file itself (src/store/image.rs), and the
             // standby, restarted after it, opens that file with its own WAL and loses nothing.
             assert!(pair.b.log_text().contains("store image install finished"), "the snapshot was not a store image");

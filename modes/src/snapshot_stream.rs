@@ -105,8 +105,12 @@ pub struct Prepared {
 /// a 3 GB snapshot took 90 s to write once started a build per retry: 74 files, 65 GB, a full
 /// disk — `bench/scale.sh`.)
 ///
-/// A store image is offered as soon as its copy begins and served below the bytes copied so
-/// far, so the copy and the transfer overlap; a logical snapshot is offered once written.
+/// A store image is offered at once. While the store holds its file still, that file itself
+/// is served (no copy: on one disk a copy would double the writes); the store is let go when
+/// the reader has read it all, when it goes quiet for [`LIVE_IDLE`], or when the store needs
+/// its writes back ([`ImageCopy::should_release`]) — then the image is first copied (from the
+/// page cache) and the copy is offered on. A store without a live file is copied at once and
+/// served below the bytes copied so far. A logical snapshot is offered once written.
 pub struct Outgoing {
     dir: PathBuf,
     /// The snapshot on offer.
@@ -115,34 +119,80 @@ pub struct Outgoing {
     building: Arc<Mutex<Option<watch::Receiver<Option<Result<Prepared, String>>>>>>,
 }
 
-/// A snapshot on offer: its file and how much of it is written (the sender side is dropped,
-/// closing the channel, if the write fails).
+/// A snapshot on offer: the file it is read from (`None` once withdrawn: readers are told to
+/// start over), how much of it is written (the sender side is dropped, closing the channel, if
+/// the write fails), and how far readers have read. `path` is the outgoing file, deleted when
+/// the offer is replaced; `source` is `path`, or the store's own file while a live image is held.
 #[derive(Clone)]
 struct Offer {
     prepared: Prepared,
     path: PathBuf,
+    source: Arc<std::sync::RwLock<Option<PathBuf>>>,
     written: watch::Receiver<u64>,
+    served: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Writes a snapshot of `sm` into `dir`, calling `offer` once it may be served and moving
-/// `written` as its bytes are: a store image is copied in place and offered before the copy;
-/// a logical snapshot goes to a temporary file, renamed and offered when complete. What a
-/// failed write left is removed.
-fn build(dir: &Path, sm: &dyn StateMachine, offer: &mut dyn FnMut(&Prepared, &Path), written: &watch::Sender<u64>) -> Result<(), StreamError> {
+/// A live image is let go when no chunk of it was asked for in this long.
+pub const LIVE_IDLE: Duration = if cfg!(test) { Duration::from_millis(500) } else { Duration::from_secs(10) };
+
+/// Writes a snapshot of `sm` into `dir` and offers it (see [`Outgoing`]): `offer` publishes
+/// it (with the file it is read from first), `written` moves as its bytes are written,
+/// `served` is how far readers have read. Returns with the store let go. What a failed write
+/// left is removed.
+fn build(
+    dir: &Path,
+    sm: &dyn StateMachine,
+    offer: &mut dyn FnMut(&Prepared, &Path, &Path),
+    source: &std::sync::RwLock<Option<PathBuf>>,
+    written: &watch::Sender<u64>,
+    served: &std::sync::atomic::AtomicU64,
+) -> Result<(), StreamError> {
+    use std::sync::atomic::Ordering::Acquire;
     std::fs::create_dir_all(dir).map_err(io("cannot create the snapshot directory", dir))?;
     if let Some(mut image) = sm.begin_image()? {
         let meta = image.meta().clone();
         let path = dir.join(format!("outgoing-{}.snap", meta.applied_index));
         let _ = std::fs::remove_file(&path);
-        let p = Prepared { id: meta.applied_index, size: image.size(), meta, image: true };
-        offer(&p, &path);
-        return image.copy_to(&path, &mut |n| {
-            written.send_replace(n);
-        })
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&path);
-            e.into()
-        });
+        let size = image.size();
+        let p = Prepared { id: meta.applied_index, size, meta, image: true };
+        let copy = |image: &mut dyn crate::state_machine::ImageCopy| {
+            image.copy_to(&path, &mut |n| {
+                written.send_replace(n);
+            })
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                StreamError::from(e)
+            })
+        };
+        let Some(live) = image.live_path().map(Path::to_path_buf) else {
+            offer(&p, &path, &path);
+            return copy(&mut *image);
+        };
+        written.send_replace(size);
+        offer(&p, &path, &live);
+        let (mut last, mut last_change) = (0, std::time::Instant::now());
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = served.load(Acquire);
+            if now >= size {
+                // Read to the end: nobody needs it any more. Withdrawn before the store moves.
+                *source.write().unwrap() = None;
+                return Ok(());
+            }
+            if now != last {
+                (last, last_change) = (now, std::time::Instant::now());
+            }
+            if last_change.elapsed() >= LIVE_IDLE {
+                *source.write().unwrap() = None;
+                return Ok(());
+            }
+            if image.should_release() {
+                // Copied while still held, then read from the copy; the store moves after.
+                let copied = copy(&mut *image);
+                *source.write().unwrap() = copied.as_ref().ok().map(|_| path.clone());
+                return copied;
+            }
+        }
     }
     let tmp = dir.join("outgoing.tmp");
     let logical = (|| {
@@ -162,7 +212,7 @@ fn build(dir: &Path, sm: &dyn StateMachine, offer: &mut dyn FnMut(&Prepared, &Pa
     std::fs::rename(&tmp, &path).map_err(io("cannot rename", &tmp))?;
     let size = std::fs::metadata(&path).map_err(io("cannot stat", &path))?.len();
     written.send_replace(size);
-    offer(&Prepared { id: meta.applied_index, size, meta, image: false }, &path);
+    offer(&Prepared { id: meta.applied_index, size, meta, image: false }, &path, &path);
     Ok(())
 }
 
@@ -200,12 +250,15 @@ impl Outgoing {
                     // (nor let a second one start beside it).
                     tokio::task::spawn_blocking(move || {
                         let (written_tx, written_rx) = watch::channel(0u64);
+                        let source = Arc::new(std::sync::RwLock::new(None));
+                        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
                         let mut mine = None;
                         let r = build(
                             &dir,
                             &*sm,
-                            &mut |p, path| {
-                                let new = Offer { prepared: p.clone(), path: path.to_path_buf(), written: written_rx.clone() };
+                            &mut |p, path, from| {
+                                *source.write().unwrap() = Some(from.to_path_buf());
+                                let new = Offer { prepared: p.clone(), path: path.to_path_buf(), source: source.clone(), written: written_rx.clone(), served: served.clone() };
                                 let old = held.lock().unwrap().replace(new);
                                 if let Some(old) = old.filter(|o| o.path != path) {
                                     let _ = std::fs::remove_file(old.path);
@@ -213,8 +266,17 @@ impl Outgoing {
                                 mine = Some(path.to_path_buf());
                                 tx.send_replace(Some(Ok(p.clone())));
                             },
+                            &source,
                             &written_tx,
+                            &served,
                         );
+                        // A withdrawn offer is no longer held: the next `prepare` builds anew.
+                        if source.read().unwrap().is_none() {
+                            let mut held = held.lock().unwrap();
+                            if held.as_ref().is_some_and(|o| Arc::ptr_eq(&o.source, &source)) {
+                                *held = None;
+                            }
+                        }
                         if let Err(e) = r {
                             // Withdraw an offer whose file could not be written (its readers
                             // are told to start over), and tell whoever still waits.
@@ -245,7 +307,7 @@ impl Outgoing {
     pub async fn serve(&self, req: &ChunkRequest) -> Result<Chunk, RemoteError> {
         let held = self.held.lock().unwrap().clone();
         let expired = || RemoteError::new("snapshot_expired", "that snapshot is no longer held; fetch again");
-        let Some(Offer { prepared: Prepared { size, .. }, path, mut written }) = held.filter(|o| o.prepared.id == req.snapshot_id) else {
+        let Some(Offer { prepared: Prepared { size, .. }, source, mut written, served, .. }) = held.filter(|o| o.prepared.id == req.snapshot_id) else {
             return Err(expired());
         };
         let offset = req.offset.min(size);
@@ -256,15 +318,20 @@ impl Outgoing {
             Ok(Err(_)) => return Err(expired()),
             Err(_) => return Err(RemoteError::new("unavailable", "the snapshot is still being written; ask again")),
         }
+        // The source cannot change under a read (a live image's store waits for it).
         let read = || -> std::io::Result<Vec<u8>> {
-            let mut f = std::fs::File::open(&path)?;
+            let source = source.read().unwrap();
+            let path = source.as_ref().ok_or_else(|| std::io::Error::other("withdrawn"))?;
+            let mut f = std::fs::File::open(path)?;
             f.seek(SeekFrom::Start(offset))?;
             let mut data = Vec::with_capacity(want as usize);
             f.take(want).read_to_end(&mut data)?;
             Ok(data)
         };
-        // A newer snapshot may have replaced this one (its file is gone): the receiver starts over.
+        // A newer snapshot may have replaced this one (its file is gone), or it was withdrawn:
+        // the receiver starts over.
         let data = read().map_err(|_| expired())?;
+        served.fetch_max(offset + data.len() as u64, std::sync::atomic::Ordering::AcqRel);
         let done = offset + data.len() as u64 >= size;
         Ok(Chunk { crc: crc32fast::hash(&data), data, done })
     }
@@ -449,10 +516,30 @@ mod tests {
 
     /// A store that makes images: `bytes`, copied in 64 KiB steps; the copy writes the first
     /// half, then waits for `gate` and writes the rest, or fails if the gate says so.
+    /// With `live`, the image is also readable in place from that file until released.
     struct Imaging {
         inner: Arc<dyn StateMachine>,
         bytes: Vec<u8>,
         gate: Mutex<Option<std::sync::mpsc::Receiver<bool>>>,
+        live: Option<PathBuf>,
+        release: std::sync::atomic::AtomicBool,
+        held: std::sync::atomic::AtomicUsize,
+        begun: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Imaging {
+        fn new(bytes: Vec<u8>, gate: Option<std::sync::mpsc::Receiver<bool>>, live: Option<PathBuf>) -> Imaging {
+            if let Some(l) = &live {
+                std::fs::write(l, &bytes).unwrap();
+            }
+            Imaging { inner: state(5), bytes, gate: Mutex::new(gate), live, release: Default::default(), held: Default::default(), begun: Default::default() }
+        }
+    }
+
+    impl Drop for ImagingCopy<'_> {
+        fn drop(&mut self) {
+            self.0.held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     struct ImagingCopy<'a>(&'a Imaging, crate::snapshot::SnapshotMeta);
@@ -479,6 +566,12 @@ mod tests {
                 progress(((i + 1) * (64 << 10)).min(self.0.bytes.len()) as u64);
             }
             Ok(())
+        }
+        fn live_path(&self) -> Option<&Path> {
+            self.0.live.as_deref()
+        }
+        fn should_release(&self) -> bool {
+            self.0.release.load(std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -518,6 +611,8 @@ mod tests {
         }
         fn begin_image(&self) -> Result<Option<Box<dyn crate::state_machine::ImageCopy + '_>>, StateMachineError> {
             let meta = crate::snapshot::SnapshotMeta { applied_index: self.applied_index(), epoch: 1, keys: 0, meta: None };
+            self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(Some(Box::new(ImagingCopy(self, meta))))
         }
     }
@@ -531,7 +626,7 @@ mod tests {
             let out = Arc::new(Outgoing::new(dir.path().to_path_buf()));
             let (gate, wait) = std::sync::mpsc::channel();
             let bytes: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
-            let sm = Arc::new(Imaging { inner: state(5), bytes: bytes.clone(), gate: Mutex::new(Some(wait)) });
+            let sm = Arc::new(Imaging::new(bytes.clone(), Some(wait), None));
             let p = out.prepare(sm, |_| false).await.unwrap();
             assert!(p.image);
             assert_eq!(p.size, bytes.len() as u64);
@@ -553,6 +648,58 @@ mod tests {
                 assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a failed image left its file");
             }
         }
+    }
+
+    /// A live image is served from the store's own file with no copy, and the store is let go
+    /// once it is read to the end (or nobody reads it for LIVE_IDLE): the offer is withdrawn and
+    /// the next fetch gets a new image. A store that needs its writes back gets its image copied
+    /// first, and the rest is served from the copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_image_is_served_in_place_and_let_go_when_read_idle_or_needed() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let bytes: Vec<u8> = (0..700_001u32).map(|i| (i * 13 % 253) as u8).collect();
+        let wait_released = |sm: Arc<Imaging>| async move {
+            for _ in 0..500 {
+                if sm.held.load(SeqCst) == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the store was never let go");
+        };
+        // Read to the end.
+        let dir = tempfile::tempdir().unwrap();
+        let out = Outgoing::new(dir.path().join("out"));
+        let sm = Arc::new(Imaging::new(bytes.clone(), None, Some(dir.path().join("live.redb"))));
+        let p = out.prepare(sm.clone(), |_| true).await.unwrap();
+        assert!(pull(&out, p.id, 100_000).await.unwrap() == bytes, "the live image served differs");
+        wait_released(sm.clone()).await;
+        assert!(out.path().is_none(), "a live image read to the end is still offered");
+        assert_eq!(std::fs::read_dir(dir.path().join("out")).unwrap().count(), 0, "a live image was copied");
+        assert_eq!(pull(&out, p.id, 100_000).await.unwrap_err().code, "snapshot_expired");
+        out.prepare(sm.clone(), |_| true).await.unwrap();
+        assert_eq!(sm.begun.load(SeqCst), 2, "a withdrawn image was offered again");
+        // Nobody reads (the second image above): let go after LIVE_IDLE.
+        wait_released(sm.clone()).await;
+        assert!(out.path().is_none());
+        // Needed back half-way: copied, and the rest served from the copy.
+        let out = Outgoing::new(dir.path().join("out2"));
+        let p = out.prepare(sm.clone(), |_| false).await.unwrap();
+        let first = out.serve(&ChunkRequest { snapshot_id: p.id, offset: 0, max_bytes: 300_000 }).await.unwrap();
+        sm.release.store(true, SeqCst);
+        wait_released(sm.clone()).await;
+        // The store's file moves on after it is let go: the copy must be what is served.
+        std::fs::write(sm.live.as_ref().unwrap(), b"moved on").unwrap();
+        let mut all = first.data;
+        for _ in 0..10 {
+            let c = out.serve(&ChunkRequest { snapshot_id: p.id, offset: all.len() as u64, max_bytes: 300_000 }).await.unwrap();
+            all.extend_from_slice(&c.data);
+            if c.done || c.data.is_empty() {
+                break;
+            }
+        }
+        assert!(all == bytes, "the image served after its copy differs");
+        assert!(out.path().unwrap().exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,16 @@ pub trait ImageCopy {
     /// Copies the image to `dest` from its start, calling `progress` with the bytes written
     /// so far after each step (a reader may read below that mark while the copy goes on).
     fn copy_to(&mut self, dest: &std::path::Path, progress: &mut dyn FnMut(u64)) -> Result<(), StateMachineError>;
+    /// The store's own file, which readers may read as the image itself while this lives (it
+    /// does not change until dropped), with no copy at all; `None`: only a copy serves.
+    fn live_path(&self) -> Option<&std::path::Path> {
+        None
+    }
+    /// The store needs its writes back soon (what piled up while it was held still nears its
+    /// bound): a live image should be copied and let go.
+    fn should_release(&self) -> bool {
+        false
+    }
 }
 
 /// The ordering rule every implementation of [`StateMachine::apply`] follows: `Ok(false)`

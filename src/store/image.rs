@@ -1,14 +1,16 @@
-//! Store images: the redb file itself, copied at a durable point, as the fast way to re-seed a
-//! node of the same build (`bench/scale.sh`: a logical snapshot installs at ~90 MiB/s, bound
-//! by redb's single-threaded B-tree inserts; a file moves at disk speed).
+//! Store images: the redb file itself, at a durable point, as the fast way to re-seed a node
+//! of the same build (`bench/scale.sh`: a logical snapshot installs at ~100 MiB/s, bound by
+//! redb's single-threaded B-tree inserts; a file moves at disk speed).
 //!
-//! Taking one: the image is the file as it stands right after a durable commit, with no
-//! write to redb until the copy is done — exactly what a crash at that moment would leave,
-//! which redb recovers by design. Applies go on meanwhile into the overlay, as during a
-//! checkpoint; the commit raises the revision ceiling first, so they do not wait for it,
-//! and the ceiling bounds the overlay to [`REVISION_RESERVE`] entries. The copy is
-//! `std::fs::copy` (`copy_file_range` on Linux: in the kernel, mostly from the page cache)
-//! and is not synced: it is a transient file, rebuilt after a crash.
+//! Taking one ([`Frozen`]): the image is the file as it stands right after a durable commit,
+//! with no write to redb until the image is let go — exactly what a crash at that moment would
+//! leave, which redb recovers by design. Invariant: while a `Frozen` lives, nothing writes the
+//! state file (it holds `checkpointing`, and applies go to the overlay, as during a
+//! checkpoint), so the file may be read in place as the image. The commit raises the revision
+//! ceiling first, so applies do not wait for it, and the ceiling bounds the overlay to
+//! [`REVISION_RESERVE`] entries; past half of that the image asks to be let go
+//! (`should_release`), and the sender copies it (`copy_to`: `copy_file_range` in steps, in
+//! the kernel, mostly from the page cache; not synced, it is transient) before letting go.
 //!
 //! Installing one: the bytes go to `state.redb.installing`, written back as they arrive and
 //! synced at the end; redb opens it (recovering it, as after a crash); its format must be
@@ -196,8 +198,24 @@ impl ImageCopy for Frozen<'_> {
             done += n;
             progress(done);
         }
-        info!(index = self.meta.applied_index, bytes = self.size, seconds = format!("{:.2}", self.started.elapsed().as_secs_f64()), "took a store image");
+        info!(index = self.meta.applied_index, bytes = self.size, seconds = format!("{:.2}", self.started.elapsed().as_secs_f64()), "copied a store image");
         Ok(())
+    }
+
+    fn live_path(&self) -> Option<&Path> {
+        Some(self.live())
+    }
+
+    /// Half the revision reserve applied since the freeze: the other half is the room left
+    /// for applies while the image is copied, before they wait for the ceiling.
+    fn should_release(&self) -> bool {
+        self.store.applied.load(Ordering::Acquire) >= self.meta.applied_index + REVISION_RESERVE / 2
+    }
+}
+
+impl Frozen<'_> {
+    fn live(&self) -> &Path {
+        &self.store.path
     }
 }
 
