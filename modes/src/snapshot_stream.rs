@@ -246,6 +246,14 @@ impl Outgoing {
                     let (tx, rx) = watch::channel(None);
                     *building = Some(rx.clone());
                     let (dir, held, slot) = (self.dir.clone(), self.held.clone(), self.building.clone());
+                    // Ends this build's turn (and not a later build's).
+                    let ours = rx.clone();
+                    let end_turn = move || {
+                        let mut slot = slot.lock().unwrap();
+                        if slot.as_ref().is_some_and(|r| r.same_channel(&ours)) {
+                            *slot = None;
+                        }
+                    };
                     // A task of its own: a caller that gives up waiting does not stop the build
                     // (nor let a second one start beside it).
                     tokio::task::spawn_blocking(move || {
@@ -264,6 +272,12 @@ impl Outgoing {
                                     let _ = std::fs::remove_file(old.path);
                                 }
                                 mine = Some(path.to_path_buf());
+                                // A logical snapshot is complete when offered: a caller told of
+                                // it and asking again must find the build over. An image's turn
+                                // lasts until the store is let go.
+                                if !p.image {
+                                    end_turn();
+                                }
                                 tx.send_replace(Some(Ok(p.clone())));
                             },
                             &source,
@@ -284,9 +298,11 @@ impl Outgoing {
                             if held.as_ref().is_some_and(|o| Some(&o.path) == mine.as_ref()) {
                                 *held = None;
                             }
+                            drop(held);
+                            end_turn();
                             tx.send_replace(Some(Err(e.to_string())));
                         }
-                        *slot.lock().unwrap() = None;
+                        end_turn();
                     });
                     rx
                 }
