@@ -195,7 +195,10 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
         from: core.wal.last_index() + 1,
         prev_epoch: last_record_epoch(core),
         positions: positions(core),
-        wait_ms: core.cfg.heartbeat.as_millis() as u64,
+        // Right after a snapshot install the standby asks not to be held in the long poll: it
+        // learns at once whether it is level with the primary (and streams), instead of a
+        // heartbeat later. The reply changes the note, so only that one fetch goes unheld.
+        wait_ms: if *core.state_note.lock().unwrap() == "snapshot" { 0 } else { core.cfg.heartbeat.as_millis() as u64 },
         max_records: core.cfg.batch_records as u32,
         http_addr: core.cfg.http_addr.clone(),
         want_snapshot: core.standby.want_snapshot.load(Ordering::SeqCst),
