@@ -102,7 +102,7 @@ t1=$(now); rss=$(stop_rss)
 s=$(secs "$t0" "$t1")
 rate=$(awk -v b="$STATE_BYTES" -v s="$s" 'BEGIN { printf "%.0f", b / 1048576 / s }')
 echo "catch-up of an empty standby (snapshot re-seed + stream): $s s, $rate MiB/s of state = $(awk -v r="$rate" -v d="${DISK_MIBS:-0}" 'BEGIN { if (d > 0) printf "%.2f", r / d; else print "?" }')x the disk's bandwidth (goal >= 0.5); peak RSS primary / standby $rss MiB"
-grep -E "snapshot install (in progress|finished)|catching up|caught up" "$TMP/b.log" | tail -3 | sed 's/^/  standby log: /' || true
+grep -E "snapshot install (in progress|finished)|store image install finished|opened the received store image|catching up|caught up" "$TMP/b.log" | tail -3 | sed 's/^/  standby log: /' || true
 d1=$(curl -sf localhost:18301/admin/digest); d2=$(curl -sf localhost:18302/admin/digest)
 [ "$d1" = "$d2" ] && echo "digests equal after catch-up" || echo "DIGESTS DIFFER: $d1 / $d2"
 kill "$PB"; wait "$PB" 2>/dev/null || true
