@@ -203,19 +203,13 @@ impl ImageCopy for Frozen<'_> {
     }
 
     fn live_path(&self) -> Option<&Path> {
-        Some(self.live())
+        Some(&self.store.path)
     }
 
     /// Half the revision reserve applied since the freeze: the other half is the room left
     /// for applies while the image is copied, before they wait for the ceiling.
     fn should_release(&self) -> bool {
         self.store.applied.load(Ordering::Acquire) >= self.meta.applied_index + REVISION_RESERVE / 2
-    }
-}
-
-impl Frozen<'_> {
-    fn live(&self) -> &Path {
-        &self.store.path
     }
 }
 
