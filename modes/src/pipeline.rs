@@ -151,6 +151,15 @@ struct Batch {
     replies: Vec<Reply>,
 }
 
+/// Durable batches applied in one state-machine transaction.
+struct Merged {
+    entries: Vec<LogEntry>,
+    replies: Vec<Reply>,
+}
+
+/// Bounds one apply transaction (a long run of durable batches is applied in pieces).
+const MERGE_MAX_ENTRIES: usize = 4096;
+
 pub struct Pipeline {
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
     gate: Option<Arc<dyn CommitGate>>,
@@ -305,15 +314,31 @@ fn apply_loop(
             let _ = r.send(Err(SubmitError::Unavailable(why.clone())));
         }
     };
-    'batches: for mut batch in rx {
+    // A batch taken off the queue that was not durable yet when the one before it was applied.
+    let mut held: Option<Batch> = None;
+    'batches: while let Some(Batch { ticket, entries, replies }) = held.take().or_else(|| rx.recv().ok()) {
         let stopped = failed.lock().unwrap().clone();
         if let Some(why) = stopped {
-            fail(why, batch.replies);
+            fail(why, replies);
             continue;
         }
-        if let Err(e) = batch.ticket.wait() {
-            fail(format!("WAL append failed: {e}"), batch.replies);
+        if let Err(e) = ticket.wait() {
+            fail(format!("WAL append failed: {e}"), replies);
             continue;
+        }
+        let mut batch = Merged { entries, replies };
+        // The sequencer's batches are small (what queued while it encoded the last one) and
+        // one fsync usually covers several: the ones behind this batch that are durable too
+        // go into the same state-machine transaction, so a group commit costs one redb commit
+        // instead of one per sequencer batch. A batch still in flight is held for the next turn.
+        while batch.entries.len() < MERGE_MAX_ENTRIES {
+            let Ok(mut next) = rx.try_recv() else { break };
+            if !next.ticket.is_durable() {
+                held = Some(next);
+                break;
+            }
+            batch.entries.append(&mut next.entries);
+            batch.replies.append(&mut next.replies);
         }
         let last = batch.entries.last().map_or(0, |e| e.index);
         if let Some(gate) = &cfg.gate {
@@ -373,5 +398,74 @@ fn checkpoint_quietly(sm: &dyn StateMachine, wal: &Wal, purge: &PurgePolicy) -> 
     match sm.checkpoint() {
         Ok(durable) => wal.purge_before(purge(durable)).err().map(|e| format!("WAL purge after checkpoint failed: {e}")),
         Err(e) => Some(format!("state machine checkpoint failed (the WAL keeps everything since the last one): {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::{MemStateMachine, StateMachineError};
+    use meridian_wal::WalOptions;
+
+    /// Records the size of every apply call; the first one waits until `release` is sent.
+    struct Recording {
+        inner: MemStateMachine,
+        applies: Mutex<Vec<usize>>,
+        release: Mutex<Option<std_mpsc::Receiver<()>>>,
+    }
+
+    impl StateMachine for Recording {
+        fn apply(&self, e: &[LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
+            if let Some(release) = self.release.lock().unwrap().take() {
+                release.recv().unwrap();
+            }
+            self.applies.lock().unwrap().push(e.len());
+            self.inner.apply(e)
+        }
+        crate::state_machine::delegate_to_inner!();
+        fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
+            self.inner.scan(visit)
+        }
+    }
+
+    fn put(i: u64) -> Command {
+        Command::Put { key: format!("k{i}"), value: vec![i as u8], if_revision: None }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_durable_by_the_time_the_applier_reaches_them_are_applied_in_one_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalOptions::new(dir.path().join("wal"))).unwrap();
+        let (release, held) = std_mpsc::channel();
+        let sm = Arc::new(Recording { inner: MemStateMachine::default(), applies: Mutex::new(Vec::new()), release: Mutex::new(Some(held)) });
+        let cfg = PipelineConfig { epoch: 1, checkpoint_interval: Duration::from_secs(3600), max_batch: 1024, gate: None, purge: None, tail: None };
+        let pipeline = Arc::new(Pipeline::start(cfg, wal.clone(), sm.clone()));
+        // The first write's apply is held; ten more are sequenced one at a time, so each is a
+        // batch of its own, and all are durable before the applier moves on.
+        let mut writes = vec![tokio::spawn({
+            let p = pipeline.clone();
+            async move { p.submit(put(1)).await }
+        })];
+        for i in 2..=11 {
+            while wal.last_index() < i - 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let p = pipeline.clone();
+            writes.push(tokio::spawn(async move { p.submit(put(i)).await }));
+        }
+        let mut durable = wal.subscribe_durable();
+        durable.wait_for(|d| *d >= 11).await.unwrap();
+        release.send(()).unwrap();
+        for (i, w) in writes.into_iter().enumerate() {
+            let c = w.await.unwrap().unwrap();
+            assert_eq!(c.bookmark.index, i as u64 + 1, "each write answered with its own index");
+        }
+        assert_eq!(*sm.applies.lock().unwrap(), vec![1, 10], "the ten durable batches were applied in one call");
+        assert_eq!(sm.applied_index(), 11);
+        for i in 1..=11 {
+            assert_eq!(sm.get(&format!("k{i}")).unwrap().unwrap().value, vec![i as u8]);
+        }
+        let p = pipeline.clone();
+        tokio::task::spawn_blocking(move || p.stop_blocking()).await.unwrap();
     }
 }

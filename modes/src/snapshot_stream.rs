@@ -487,42 +487,6 @@ mod tests {
     }
 
     /// Counts whole-state scans (snapshot builds) and makes each take a while.
-    /// The [`StateMachine`] methods a test wrapper passes to its `inner` unchanged; the
-    /// wrapper writes only the ones it changes.
-    macro_rules! delegate_to_inner {
-        () => {
-            fn apply(&self, e: &[crate::state_machine::LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
-                self.inner.apply(e)
-            }
-            fn applied_index(&self) -> u64 {
-                self.inner.applied_index()
-            }
-            fn applied_state(&self) -> Result<crate::state_machine::AppliedState, StateMachineError> {
-                self.inner.applied_state()
-            }
-            fn durable_index(&self) -> u64 {
-                self.inner.durable_index()
-            }
-            fn checkpoint(&self) -> Result<u64, StateMachineError> {
-                self.inner.checkpoint()
-            }
-            fn get_version(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
-                self.inner.get(key)
-            }
-            fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<crate::command::KeyValue>, StateMachineError> {
-                self.inner.list(prefix, start_after, limit)
-            }
-            fn replace_all(
-                &self,
-                applied_index: u64,
-                epoch: u64,
-                meta: Option<Vec<u8>>,
-                entries: &mut dyn FnMut() -> Result<Option<crate::command::KeyValue>, StateMachineError>,
-            ) -> Result<(), StateMachineError> {
-                self.inner.replace_all(applied_index, epoch, meta, entries)
-            }
-        };
-    }
 
     struct SlowScans {
         inner: Arc<dyn StateMachine>,
@@ -530,7 +494,7 @@ mod tests {
     }
 
     impl StateMachine for SlowScans {
-        delegate_to_inner!();
+        crate::state_machine::delegate_to_inner!(apply);
         fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
             self.scans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(300));
@@ -600,7 +564,7 @@ mod tests {
     }
 
     impl StateMachine for Imaging {
-        delegate_to_inner!();
+        crate::state_machine::delegate_to_inner!(apply);
         fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
             self.inner.scan(visit)
         }

@@ -404,6 +404,49 @@ impl StateMachine for MemStateMachine {
 }
 
 #[cfg(test)]
+/// The [`StateMachine`] methods a test wrapper passes to its `inner` unchanged; the
+/// wrapper writes only the ones it changes (`(apply)`: `apply` passes through too).
+macro_rules! delegate_to_inner {
+    (apply) => {
+        fn apply(&self, e: &[$crate::state_machine::LogEntry]) -> Result<Vec<$crate::command::CommandResult>, $crate::state_machine::StateMachineError> {
+            self.inner.apply(e)
+        }
+        $crate::state_machine::delegate_to_inner!();
+    };
+    () => {
+        fn applied_index(&self) -> u64 {
+            self.inner.applied_index()
+        }
+        fn applied_state(&self) -> Result<$crate::state_machine::AppliedState, $crate::state_machine::StateMachineError> {
+            self.inner.applied_state()
+        }
+        fn durable_index(&self) -> u64 {
+            self.inner.durable_index()
+        }
+        fn checkpoint(&self) -> Result<u64, $crate::state_machine::StateMachineError> {
+            self.inner.checkpoint()
+        }
+        fn get_version(&self, key: &str) -> Result<Option<$crate::command::KeyValue>, $crate::state_machine::StateMachineError> {
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<$crate::command::KeyValue>, $crate::state_machine::StateMachineError> {
+            self.inner.list(prefix, start_after, limit)
+        }
+        fn replace_all(
+            &self,
+            applied_index: u64,
+            epoch: u64,
+            meta: Option<Vec<u8>>,
+            entries: &mut dyn FnMut() -> Result<Option<$crate::command::KeyValue>, $crate::state_machine::StateMachineError>,
+        ) -> Result<(), $crate::state_machine::StateMachineError> {
+            self.inner.replace_all(applied_index, epoch, meta, entries)
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use delegate_to_inner;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -43,6 +43,19 @@ impl AppendTicket {
     pub fn wait(self) -> Result<u64, WalError> {
         block_on(self)
     }
+
+    /// Whether the append is already durable, without waiting. `false` while it is in
+    /// flight and when it failed (then [`wait`](Self::wait) returns the error at once).
+    pub fn is_durable(&mut self) -> bool {
+        if let State::Waiting(rx) = &mut self.state {
+            match rx.try_recv() {
+                Ok(r) => self.state = State::Ready(Some(r)),
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Err(oneshot::error::TryRecvError::Closed) => self.state = State::Ready(Some(Err(WalError::Closed))),
+            }
+        }
+        matches!(self.state, State::Ready(Some(Ok(_))))
+    }
 }
 
 impl Future for AppendTicket {
@@ -95,6 +108,23 @@ mod tests {
         let t = thread::spawn(move || AppendTicket::waiting(rx).wait());
         tx.send(Ok(42)).unwrap();
         assert_eq!(t.join().unwrap().unwrap(), 42);
+    }
+
+    #[test]
+    fn is_durable_looks_without_waiting_and_keeps_the_answer() {
+        let (tx, rx) = oneshot::channel();
+        let mut t = AppendTicket::waiting(rx);
+        assert!(!t.is_durable());
+        tx.send(Ok(7)).unwrap();
+        assert!(t.is_durable());
+        assert!(t.is_durable());
+        assert_eq!(t.wait().unwrap(), 7);
+
+        let (tx, rx) = oneshot::channel::<Result<u64, WalError>>();
+        let mut failed = AppendTicket::waiting(rx);
+        drop(tx);
+        assert!(!failed.is_durable());
+        assert!(matches!(failed.wait(), Err(WalError::Closed)));
     }
 
     #[test]
