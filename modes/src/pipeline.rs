@@ -38,6 +38,13 @@ pub trait CommitGate: Send + Sync + 'static {
     /// Blocks until entries up to `index` are committed, or says why they are not.
     fn wait_committed(&self, index: u64) -> Result<(), GateRefusal>;
 
+    /// Whether [`wait_committed`](Self::wait_committed) would let entries up to `index`
+    /// through at once (and then it counts as having done so); `false` when it would wait or
+    /// refuse. Lets the applier add durable batches to the one it applies without waiting.
+    fn committed_now(&self, _index: u64) -> bool {
+        false
+    }
+
     /// Why a new write would be refused right now, so it is refused before it is logged
     /// (e.g. a primary whose lease is out answers at once instead of queueing).
     fn refusal(&self) -> Option<SubmitError> {
@@ -327,19 +334,6 @@ fn apply_loop(
             continue;
         }
         let mut batch = Merged { entries, replies };
-        // The sequencer's batches are small (what queued while it encoded the last one) and
-        // one fsync usually covers several: the ones behind this batch that are durable too
-        // go into the same state-machine transaction, so a group commit costs one redb commit
-        // instead of one per sequencer batch. A batch still in flight is held for the next turn.
-        while batch.entries.len() < MERGE_MAX_ENTRIES {
-            let Ok(mut next) = rx.try_recv() else { break };
-            if !next.ticket.is_durable() {
-                held = Some(next);
-                break;
-            }
-            batch.entries.append(&mut next.entries);
-            batch.replies.append(&mut next.replies);
-        }
         let last = batch.entries.last().map_or(0, |e| e.index);
         if let Some(gate) = &cfg.gate {
             let mut told = false;
@@ -367,6 +361,23 @@ fn apply_loop(
                 }
             }
         }
+        // The sequencer's batches are small (what queued while it encoded the last one) and
+        // one fsync usually covers several: the ones behind this batch that are already
+        // durable, and committed by the gate, go into the same state-machine transaction, so a
+        // group commit costs one redb commit instead of one per sequencer batch. Only what
+        // needs no waiting is merged, so no writer waits for a later batch; a batch that is
+        // not ready is held for the next turn.
+        while batch.entries.len() < MERGE_MAX_ENTRIES {
+            let Ok(mut next) = rx.try_recv() else { break };
+            let next_last = next.entries.last().map_or(0, |e| e.index);
+            if !next.ticket.is_durable() || cfg.gate.as_ref().is_some_and(|g| !g.committed_now(next_last)) {
+                held = Some(next);
+                break;
+            }
+            batch.entries.append(&mut next.entries);
+            batch.replies.append(&mut next.replies);
+        }
+        let last = batch.entries.last().map_or(0, |e| e.index);
         match sm.apply(&batch.entries) {
             Ok(results) => {
                 applied.send_replace(last);
@@ -432,40 +443,83 @@ mod tests {
         Command::Put { key: format!("k{i}"), value: vec![i as u8], if_revision: None }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_durable_by_the_time_the_applier_reaches_them_are_applied_in_one_call() {
+    /// Commits up to a mark the test moves.
+    struct Mark {
+        upto: Mutex<u64>,
+        moved: std::sync::Condvar,
+    }
+
+    impl CommitGate for Mark {
+        fn wait_committed(&self, index: u64) -> Result<(), GateRefusal> {
+            drop(self.moved.wait_while(self.upto.lock().unwrap(), |u| *u < index).unwrap());
+            Ok(())
+        }
+        fn committed_now(&self, index: u64) -> bool {
+            *self.upto.lock().unwrap() >= index
+        }
+    }
+
+    /// Starts a pipeline whose first apply waits for the returned sender, and eleven writes:
+    /// the first, then ten sequenced one at a time (each a batch of its own), all durable
+    /// when this returns.
+    async fn eleven_batches_behind_a_held_apply(
+        gate: Option<Arc<dyn CommitGate>>,
+    ) -> (Arc<Pipeline>, Arc<Recording>, std_mpsc::Sender<()>, Vec<tokio::task::JoinHandle<Result<Committed, SubmitError>>>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalOptions::new(dir.path().join("wal"))).unwrap();
         let (release, held) = std_mpsc::channel();
         let sm = Arc::new(Recording { inner: MemStateMachine::default(), applies: Mutex::new(Vec::new()), release: Mutex::new(Some(held)) });
-        let cfg = PipelineConfig { epoch: 1, checkpoint_interval: Duration::from_secs(3600), max_batch: 1024, gate: None, purge: None, tail: None };
+        let cfg = PipelineConfig { epoch: 1, checkpoint_interval: Duration::from_secs(3600), max_batch: 1024, gate, purge: None, tail: None };
         let pipeline = Arc::new(Pipeline::start(cfg, wal.clone(), sm.clone()));
-        // The first write's apply is held; ten more are sequenced one at a time, so each is a
-        // batch of its own, and all are durable before the applier moves on.
-        let mut writes = vec![tokio::spawn({
-            let p = pipeline.clone();
-            async move { p.submit(put(1)).await }
-        })];
-        for i in 2..=11 {
+        let mut writes = Vec::new();
+        for i in 1..=11 {
             while wal.last_index() < i - 1 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let p = pipeline.clone();
             writes.push(tokio::spawn(async move { p.submit(put(i)).await }));
         }
-        let mut durable = wal.subscribe_durable();
-        durable.wait_for(|d| *d >= 11).await.unwrap();
-        release.send(()).unwrap();
+        wal.subscribe_durable().wait_for(|d| *d >= 11).await.unwrap();
+        (pipeline, sm, release, writes, dir)
+    }
+
+    async fn check_and_stop(pipeline: Arc<Pipeline>, sm: &Recording, writes: Vec<tokio::task::JoinHandle<Result<Committed, SubmitError>>>) {
         for (i, w) in writes.into_iter().enumerate() {
             let c = w.await.unwrap().unwrap();
             assert_eq!(c.bookmark.index, i as u64 + 1, "each write answered with its own index");
         }
-        assert_eq!(*sm.applies.lock().unwrap(), vec![1, 10], "the ten durable batches were applied in one call");
         assert_eq!(sm.applied_index(), 11);
         for i in 1..=11 {
             assert_eq!(sm.get(&format!("k{i}")).unwrap().unwrap().value, vec![i as u8]);
         }
-        let p = pipeline.clone();
-        tokio::task::spawn_blocking(move || p.stop_blocking()).await.unwrap();
+        tokio::task::spawn_blocking(move || pipeline.stop_blocking()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_durable_by_the_time_the_applier_reaches_them_are_applied_in_one_call() {
+        let (pipeline, sm, release, writes, _dir) = eleven_batches_behind_a_held_apply(None).await;
+        release.send(()).unwrap();
+        check_and_stop(pipeline, &sm, writes).await;
+        assert_eq!(*sm.applies.lock().unwrap(), vec![1, 10], "the ten durable batches were applied in one call");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_the_gate_has_not_committed_is_not_merged_into_one_it_has() {
+        let mark = Arc::new(Mark { upto: Mutex::new(6), moved: std::sync::Condvar::new() });
+        let (pipeline, sm, release, writes, _dir) = eleven_batches_behind_a_held_apply(Some(mark.clone())).await;
+        release.send(()).unwrap();
+        // Up to 6 goes through (in two applies); 7 waits for the gate, and the writers of 2..6
+        // are answered meanwhile.
+        for w in &writes[..6] {
+            while !w.is_finished() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sm.applied_index(), 6, "applied past what the gate committed");
+        *mark.upto.lock().unwrap() = 11;
+        mark.moved.notify_all();
+        check_and_stop(pipeline, &sm, writes).await;
+        assert_eq!(*sm.applies.lock().unwrap(), vec![1, 5, 5]);
     }
 }

@@ -255,6 +255,18 @@ impl SyncGate {
 }
 
 impl SyncGate {
+    /// Lets entries up to `index` through if they need no waiting: out of sync, alone; in
+    /// sync, once the standby has them. Either way under the lock `update` takes, so the
+    /// in-sync flip sees every release.
+    fn release_now(&self, s: &mut State, index: u64) -> bool {
+        if (!s.in_sync && !s.joining) || self.reached(s, index) {
+            s.released = s.released.max(index);
+            s.blocked_since = None;
+            return true;
+        }
+        false
+    }
+
     fn refusal_in(s: &State) -> Option<GateRefusal> {
         if let Some((epoch, leader)) = &s.fenced {
             return Some(GateRefusal::Final(SubmitError::Fenced { epoch: *epoch, leader: leader.clone() }));
@@ -278,6 +290,11 @@ impl CommitGate for SyncGate {
         })
     }
 
+    fn committed_now(&self, index: u64) -> bool {
+        let mut s = self.state.lock().unwrap();
+        Self::refusal_in(&s).is_none() && self.release_now(&mut s, index)
+    }
+
     fn wait_committed(&self, index: u64) -> Result<(), GateRefusal> {
         let start = Instant::now();
         let mut s = self.state.lock().unwrap();
@@ -285,11 +302,7 @@ impl CommitGate for SyncGate {
             if let Some(r) = Self::refusal_in(&s) {
                 return Err(r);
             }
-            // Out of sync: alone. In sync: once the standby has it. Either way under the
-            // lock `update` takes, so the in-sync flip sees every release.
-            if (!s.in_sync && !s.joining) || self.reached(&s, index) {
-                s.released = s.released.max(index);
-                s.blocked_since = None;
+            if self.release_now(&mut s, index) {
                 return Ok(());
             }
             // A semi_sync standby never heard since this gate started (the old primary, right
@@ -370,6 +383,21 @@ mod tests {
         assert!(!g.degraded().is_empty());
         g.fence(7, None);
         assert!(matches!(t.join().unwrap(), Err(GateRefusal::Final(SubmitError::Fenced { epoch: 7, .. }))));
+    }
+
+    /// `committed_now` answers what `wait_committed` would do at once, and never waits.
+    #[test]
+    fn committed_now_is_wait_committed_without_the_wait() {
+        let g = SyncGate::new(SyncMode::Sync, Duration::from_secs(30), Positions::default(), Some(Instant::now()), true, OutOfSync::Operator);
+        assert!(!g.committed_now(3), "in sync, the standby has nothing yet");
+        g.update(pos(3, 2, 0));
+        assert!(g.committed_now(2) && !g.committed_now(3), "sync goes by the flushed position");
+        g.update(pos(3, 3, 0));
+        assert!(g.committed_now(3));
+        g.fence(9, None);
+        assert!(!g.committed_now(3), "a fenced primary commits nothing");
+        let alone = SyncGate::new(SyncMode::Sync, Duration::from_secs(30), Positions::default(), None, false, OutOfSync::Operator);
+        assert!(alone.committed_now(100), "out of sync, the primary acknowledges alone");
     }
 
     #[test]
