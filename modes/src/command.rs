@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub enum Command {
     /// Set `key` to `value`; with `if_revision`, only if the key's mod revision equals it
     /// (0 = the key must not exist).
-    Put { key: String, value: Vec<u8>, if_revision: Option<u64> },
+    Put { key: String, #[serde(with = "serde_bytes")] value: Vec<u8>, if_revision: Option<u64> },
     /// Remove `key`; with `if_revision`, only if the key's mod revision equals it.
     Delete { key: String, if_revision: Option<u64> },
     /// All-or-nothing transaction.
@@ -119,14 +119,14 @@ pub enum CompareTarget {
     /// The key's mod revision equals this (0 = the key is absent).
     Revision(u64),
     /// The key exists and holds exactly these bytes.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key exists (true) or is absent (false).
     Exists(bool),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
+    Put { key: String, #[serde(with = "serde_bytes")] value: Vec<u8> },
     Delete { key: String },
     Get { key: String },
 }
@@ -135,6 +135,7 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     pub key: String,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -323,6 +324,99 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The types as they were before their byte fields were marked `serde_bytes` (which only
+    /// makes them faster to encode and decode): stored and shipped bytes must not change.
+    mod before {
+        use serde::Serialize;
+        // Unused variants keep the variant indexes postcard writes.
+        #[allow(dead_code)]
+        #[derive(Serialize)]
+        pub enum Command {
+            Put { key: String, value: Vec<u8>, if_revision: Option<u64> },
+            Delete { key: String, if_revision: Option<u64> },
+            Txn(Txn),
+        }
+        #[derive(Serialize)]
+        pub struct Txn {
+            pub compare: Vec<Compare>,
+            pub success: Vec<Op>,
+            pub failure: Vec<Op>,
+        }
+        #[derive(Serialize)]
+        pub struct Compare {
+            pub key: String,
+            pub target: CompareTarget,
+        }
+        #[allow(dead_code)]
+        #[derive(Serialize)]
+        pub enum CompareTarget {
+            Revision(u64),
+            Value(Vec<u8>),
+        }
+        #[derive(Serialize)]
+        pub enum Op {
+            Put { key: String, value: Vec<u8> },
+        }
+        #[derive(Serialize)]
+        pub struct KeyValue {
+            pub key: String,
+            pub value: Vec<u8>,
+            pub create_revision: u64,
+            pub mod_revision: u64,
+            pub stamp: Option<super::Stamp>,
+            pub tombstone: bool,
+            pub parent: Option<super::Stamp>,
+        }
+    }
+
+    #[test]
+    fn byte_fields_encode_as_before_in_postcard_and_json() {
+        let value: Vec<u8> = (0..=255).collect();
+        let same = |old: &dyn erased::Encode, new: &dyn erased::Encode| {
+            assert_eq!(old.postcard(), new.postcard(), "postcard bytes changed");
+            assert_eq!(old.json(), new.json(), "JSON changed");
+        };
+        same(
+            &before::Command::Put { key: "k".into(), value: value.clone(), if_revision: Some(3) },
+            &Command::Put { key: "k".into(), value: value.clone(), if_revision: Some(3) },
+        );
+        same(
+            &before::Command::Txn(before::Txn {
+                compare: vec![before::Compare { key: "c".into(), target: before::CompareTarget::Value(value.clone()) }],
+                success: vec![before::Op::Put { key: "p".into(), value: value.clone() }],
+                failure: vec![],
+            }),
+            &Command::Txn(Txn {
+                compare: vec![Compare { key: "c".into(), target: CompareTarget::Value(value.clone()) }],
+                success: vec![Op::Put { key: "p".into(), value: value.clone() }],
+                failure: vec![],
+            }),
+        );
+        let kv = KeyValue::plain("k", value.clone(), 4, 9);
+        let old_kv = before::KeyValue { key: "k".into(), value: value.clone(), create_revision: 4, mod_revision: 9, stamp: None, tombstone: false, parent: None };
+        same(&old_kv, &kv);
+        // And what the old types wrote reads back.
+        let back: KeyValue = postcard::from_bytes(&postcard::to_allocvec(&old_kv).unwrap()).unwrap();
+        assert_eq!(back, kv);
+        let back: KeyValue = serde_json::from_slice(&serde_json::to_vec(&old_kv).unwrap()).unwrap();
+        assert_eq!(back, kv);
+    }
+
+    mod erased {
+        pub trait Encode {
+            fn postcard(&self) -> Vec<u8>;
+            fn json(&self) -> String;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn postcard(&self) -> Vec<u8> {
+                postcard::to_allocvec(self).unwrap()
+            }
+            fn json(&self) -> String {
+                serde_json::to_string(self).unwrap()
+            }
+        }
+    }
 
     #[test]
     fn validate_applies_the_http_limits() {

@@ -60,6 +60,7 @@ pub struct ChunkRequest {
 /// `done`: this chunk ends the file. `crc`: CRC-32 (crc32fast) of `data`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Chunk {
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub done: bool,
     pub crc: u32,

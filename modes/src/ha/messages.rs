@@ -66,6 +66,7 @@ pub struct Positions {
 pub struct WireRecord {
     pub index: u64,
     pub epoch: u64,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

@@ -40,7 +40,7 @@ pub struct SnapshotChunk {
     pub vote: Vote,
     pub meta: SnapshotMeta,
     pub offset: u64,
-    #[serde(with = "serde_bytes_compat")]
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub done: bool,
 }
@@ -63,18 +63,6 @@ pub fn encode<T: Serialize>(v: &T) -> bytes::Bytes {
 
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("malformed Raft message: {e}"))
-}
-
-/// postcard already writes `Vec<u8>` as a length and raw bytes; this only documents that the
-/// chunk is binary.
-mod serde_bytes_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Vec::<u8>::deserialize(d)
-    }
 }
 
 #[cfg(test)]
