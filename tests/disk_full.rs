@@ -124,7 +124,8 @@ fn a_full_disk_under_the_wal_loses_nothing_acknowledged() {
     let mut node = limited_node(dir.path(), &[("MERIDIAN_CHECKPOINT_INTERVAL", "30s")]);
     const KEYS: usize = 4;
     // Per key: every value sent, in order, and how many of them were acknowledged.
-    let sent: Arc<Mutex<HashMap<String, (Vec<Vec<u8>>, usize)>>> = Arc::default();
+    type Sent = HashMap<String, (Vec<Vec<u8>>, usize)>;
+    let sent: Arc<Mutex<Sent>> = Arc::default();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let (sent, base) = (sent.clone(), node.url("/v1/kv"));

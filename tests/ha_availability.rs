@@ -154,7 +154,7 @@ fn a_switchover_whose_request_is_dropped_still_ends_with_one_primary() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let primary = if role(&pair.a) == "primary" { &pair.a } else { &pair.b };
-    assert_eq!(wait_writable(primary, Duration::from_secs(10)) < Duration::from_secs(10), true);
+    assert!(wait_writable(primary, Duration::from_secs(10)) < Duration::from_secs(10));
 }
 
 /// `sync` + witness: kill -9 the primary under 16 writers; the standby (in sync) wins the

@@ -309,7 +309,7 @@ fn run_config(cfg: Config, seed: u64, run_seed: u64, soak_for: Duration) -> Repo
             let ok = match finals.get(&w.ev.key) {
                 Some(f) if f == v => true,
                 Some(f) => match by_value.get(f.as_str()) {
-                    Some(later) => !later.ev.ret.is_some_and(|r| r < w.ev.call),
+                    Some(later) => later.ev.ret.is_none_or(|r| r >= w.ev.call),
                     None => false,
                 },
                 None => false,
@@ -777,7 +777,7 @@ fn start_clients(bases: Vec<String>, seed: u64, t0: Instant) -> Clients {
             for c in 0..CLIENTS {
                 let (http, st, pr, inf, bases) = (http.clone(), st.clone(), pr.clone(), inf.clone(), bases.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut rng = Rng(splitmix64(seed ^ (c as u64 + 1) * 0x1000_0001));
+                    let mut rng = Rng(splitmix64(seed ^ ((c as u64 + 1) * 0x1000_0001)));
                     let mut out: Vec<Rec> = Vec::new();
                     let mut mine: Vec<String> = Vec::new();
                     for i in 0u64..2_000_000 {

@@ -171,7 +171,7 @@ fn a_cut_between_active_active_regions_heals_to_one_state() {
                 let deadline = Instant::now() + Duration::from_secs(90);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     n += 1;
-                    let key = if n % 3 == 0 { format!("own-{region}-{w}-{n}") } else { format!("shared-{}", (n * 7 + w) % 16) };
+                    let key = if n.is_multiple_of(3) { format!("own-{region}-{w}-{n}") } else { format!("shared-{}", (n * 7 + w) % 16) };
                     let value = format!("{region}-{w}-{n}");
                     let sent_ms = wall_ms();
                     if let Ok((200, _)) = call("PUT", &format!("{base}/v1/kv/{key}"), Some(value.clone().into_bytes()), T) {

@@ -7,6 +7,7 @@
 //! 3. leadership is transferred to a named node (`/admin/raft/transfer-leadership`);
 //! 4. a voter is removed (`/admin/cluster/remove`) and stopped; adding its name back is refused
 //!    (a removed Raft id is never reused).
+//!
 //! Afterwards every acknowledged write is on every remaining node and the digests agree.
 //! Also: bad membership requests get a clear 4xx, and a stranger with the wrong secret
 //! cannot join.

@@ -323,7 +323,7 @@ fn snapshot_install_survives_kill9_right_after() {
     c.kill9(f);
     let installed: u64 = {
         let log = c.nodes[f].log_text();
-        let line = log.lines().filter(|l| l.contains("Raft snapshot installed")).last().unwrap().to_owned();
+        let line = log.lines().rfind(|l| l.contains("Raft snapshot installed")).unwrap().to_owned();
         eprintln!("killed {} right after: {line}", c.ids[f]);
         line.split("index=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).expect("index= in the log line")
     };

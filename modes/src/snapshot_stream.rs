@@ -117,8 +117,11 @@ pub struct Outgoing {
     /// The snapshot on offer.
     held: Arc<Mutex<Option<Offer>>>,
     /// The build under way, if any: its outcome, once known, for everyone waiting on it.
-    building: Arc<Mutex<Option<watch::Receiver<Option<Result<Prepared, String>>>>>>,
+    building: Arc<Mutex<Option<BuildOutcome>>>,
 }
+
+/// The outcome of a build, once known (`None` while it runs).
+type BuildOutcome = watch::Receiver<Option<Result<Prepared, String>>>;
 
 /// A snapshot on offer: the file it is read from (`None` once withdrawn: readers are told to
 /// start over), how much of it is written (the sender side is dropped, closing the channel, if
@@ -488,7 +491,6 @@ mod tests {
     }
 
     /// Counts whole-state scans (snapshot builds) and makes each take a while.
-
     struct SlowScans {
         inner: Arc<dyn StateMachine>,
         scans: std::sync::atomic::AtomicUsize,

@@ -163,6 +163,7 @@ pub struct MultiRegion {
 impl MultiRegion {
     /// Starts a shipping link per remote region and serves the Region family through
     /// `handler` (registered with `transport` before the node started).
+    #[allow(clippy::too_many_arguments)] // the parts the node built for this mode, each once
     pub fn start(
         cfg: RegionConfig,
         raft: Arc<RaftNode>,
