@@ -6,7 +6,8 @@
 //!   batch in the WAL (whose writer merges concurrent batches into one fsync);
 //! - the *applier* waits for each batch to be durable, then for the mode's [`CommitGate`]
 //!   (e.g. the standby's acknowledgement in `sync` mode), applies the batch to the state
-//!   machine in one transaction and answers the writers;
+//!   machine in one transaction — with the batches behind it that are durable and committed
+//!   by then, so one group commit costs one state-machine commit — and answers the writers;
 //! - the *checkpointer* makes the applied state durable every `checkpoint_interval`, so the
 //!   WAL below it can be purged. It has its own thread because the fsync takes milliseconds
 //!   to tens of milliseconds, and the state machine goes on applying meanwhile (the redb
