@@ -4,13 +4,14 @@
 # GET at 64 connections of 1024 loaded keys: Meridian `?consistency=local` against etcd's
 # serializable range (both serve from local state without a consensus round).
 # Both fsync every acknowledged write. Needs: etcd (apt-get install etcd-server), wrk.
-# Usage: bench/compare-etcd.sh [seconds-per-step]   (default 10)
+# Usage: bench/compare-etcd.sh [seconds-per-step]   (default 10; honors CARGO_TARGET_DIR, SKIP_BUILD)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server"; exit 1; }
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk"; exit 1; }
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
+BIN=${CARGO_TARGET_DIR:-./target}/release/meridian
 TMP=$(mktemp -d)
 MPORT=17474; EPORT=12379
 cleanup() { [ -n "${MPID:-}" ] && kill "$MPID" 2>/dev/null; [ -n "${EPID:-}" ] && kill "$EPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"; }
@@ -18,7 +19,7 @@ trap cleanup EXIT
 
 start_meridian() {
   MERIDIAN_DATA_DIR=$TMP/meridian MERIDIAN_HTTP_ADDR=127.0.0.1:$MPORT MERIDIAN_LOG_LEVEL=warn \
-    ./target/release/meridian >"$TMP/meridian.log" 2>&1 & MPID=$!
+    "$BIN" >"$TMP/meridian.log" 2>&1 & MPID=$!
   for i in $(seq 1 100); do curl -sf localhost:$MPORT/health >/dev/null && return; sleep 0.1; done
   echo "meridian did not start"; exit 1
 }
