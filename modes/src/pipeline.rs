@@ -159,12 +159,6 @@ struct Batch {
     replies: Vec<Reply>,
 }
 
-/// Durable batches applied in one state-machine transaction.
-struct Merged {
-    entries: Vec<LogEntry>,
-    replies: Vec<Reply>,
-}
-
 /// Bounds one apply transaction (a long run of durable batches is applied in pieces).
 const MERGE_MAX_ENTRIES: usize = 4096;
 
@@ -324,7 +318,7 @@ fn apply_loop(
     };
     // A batch taken off the queue that was not durable yet when the one before it was applied.
     let mut held: Option<Batch> = None;
-    'batches: while let Some(Batch { ticket, entries, replies }) = held.take().or_else(|| rx.recv().ok()) {
+    'batches: while let Some(Batch { ticket, mut entries, mut replies }) = held.take().or_else(|| rx.recv().ok()) {
         let stopped = failed.lock().unwrap().clone();
         if let Some(why) = stopped {
             fail(why, replies);
@@ -334,8 +328,7 @@ fn apply_loop(
             fail(format!("WAL append failed: {e}"), replies);
             continue;
         }
-        let mut batch = Merged { entries, replies };
-        let last = batch.entries.last().map_or(0, |e| e.index);
+        let last = entries.last().map_or(0, |e| e.index);
         if let Some(gate) = &cfg.gate {
             let mut told = false;
             loop {
@@ -344,7 +337,7 @@ fn apply_loop(
                     Err(GateRefusal::Final(e)) => {
                         // Never committed here: the writers learn it, nothing is applied.
                         let why = e.to_string();
-                        for r in std::mem::take(&mut batch.replies) {
+                        for r in std::mem::take(&mut replies) {
                             let _ = r.send(Err(e.clone()));
                         }
                         failed.lock().unwrap().get_or_insert(why);
@@ -352,7 +345,7 @@ fn apply_loop(
                     }
                     Err(GateRefusal::NotYet(e)) => {
                         if !told {
-                            for r in std::mem::take(&mut batch.replies) {
+                            for r in std::mem::take(&mut replies) {
                                 let _ = r.send(Err(e.clone()));
                             }
                             told = true;
@@ -368,27 +361,27 @@ fn apply_loop(
         // group commit costs one redb commit instead of one per sequencer batch. Only what
         // needs no waiting is merged, so no writer waits for a later batch; a batch that is
         // not ready is held for the next turn.
-        while batch.entries.len() < MERGE_MAX_ENTRIES {
+        while entries.len() < MERGE_MAX_ENTRIES {
             let Ok(mut next) = rx.try_recv() else { break };
             let next_last = next.entries.last().map_or(0, |e| e.index);
             if !next.ticket.is_durable() || cfg.gate.as_ref().is_some_and(|g| !g.committed_now(next_last)) {
                 held = Some(next);
                 break;
             }
-            batch.entries.append(&mut next.entries);
-            batch.replies.append(&mut next.replies);
+            entries.append(&mut next.entries);
+            replies.append(&mut next.replies);
         }
-        let last = batch.entries.last().map_or(0, |e| e.index);
-        match sm.apply(&batch.entries) {
+        let last = entries.last().map_or(0, |e| e.index);
+        match sm.apply(&entries) {
             Ok(results) => {
                 applied.send_replace(last);
-                for ((result, entry), reply) in results.into_iter().zip(&batch.entries).zip(batch.replies) {
+                for ((result, entry), reply) in results.into_iter().zip(&entries).zip(replies) {
                     let bookmark = Bookmark { epoch: entry.epoch, index: entry.index };
                     let _ = reply.send(Ok(Committed { result, bookmark }));
                 }
             }
             Err(e) => {
-                fail(format!("applying to the state machine failed: {e}"), batch.replies);
+                fail(format!("applying to the state machine failed: {e}"), replies);
                 continue;
             }
         }
@@ -419,16 +412,19 @@ mod tests {
     use crate::state_machine::{MemStateMachine, StateMachineError};
     use meridian_wal::WalOptions;
 
-    /// Records the size of every apply call; the first one waits until `release` is sent.
+    /// Records the size of every apply call; the first one says so on `entered`, then waits
+    /// until `release` is sent.
     struct Recording {
         inner: MemStateMachine,
         applies: Mutex<Vec<usize>>,
+        entered: Mutex<Option<std_mpsc::Sender<()>>>,
         release: Mutex<Option<std_mpsc::Receiver<()>>>,
     }
 
     impl StateMachine for Recording {
         fn apply(&self, e: &[LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
             if let Some(release) = self.release.lock().unwrap().take() {
+                self.entered.lock().unwrap().take().unwrap().send(()).unwrap();
                 release.recv().unwrap();
             }
             self.applies.lock().unwrap().push(e.len());
@@ -469,11 +465,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalOptions::new(dir.path().join("wal"))).unwrap();
         let (release, held) = std_mpsc::channel();
-        let sm = Arc::new(Recording { inner: MemStateMachine::default(), applies: Mutex::new(Vec::new()), release: Mutex::new(Some(held)) });
+        let (entered, inside) = std_mpsc::channel();
+        let sm = Arc::new(Recording { inner: MemStateMachine::default(), applies: Mutex::new(Vec::new()), entered: Mutex::new(Some(entered)), release: Mutex::new(Some(held)) });
         let cfg = PipelineConfig { epoch: 1, checkpoint_interval: Duration::from_secs(3600), max_batch: 1024, gate, purge: None, tail: None };
         let pipeline = Arc::new(Pipeline::start(cfg, wal.clone(), sm.clone()));
-        let mut writes = Vec::new();
-        for i in 1..=11 {
+        let p = pipeline.clone();
+        let mut writes = vec![tokio::spawn(async move { p.submit(put(1)).await })];
+        // The first apply holds write 1 alone (on a busy machine the applier could otherwise
+        // reach it only after more were durable, and take them too).
+        tokio::task::spawn_blocking(move || inside.recv().unwrap()).await.unwrap();
+        for i in 2..=11 {
             while wal.last_index() < i - 1 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -481,6 +482,9 @@ mod tests {
             writes.push(tokio::spawn(async move { p.submit(put(i)).await }));
         }
         wal.subscribe_durable().wait_for(|d| *d >= 11).await.unwrap();
+        // The sequencer hands a batch to the applier just after its WAL append; a preempted
+        // sequencer can do so after the fsync. Give it ample time to hand over write 11.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         (pipeline, sm, release, writes, dir)
     }
 
