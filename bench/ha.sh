@@ -6,16 +6,26 @@
 # Usage: [ROUNDS=3] [MODES="async sync"] [BUDGET=1] bench/ha.sh [seconds-per-step]   (default 5)
 #        BUDGET=1 (root): standalone and the primary get 0.8 of a core, the standby 0.6, the
 #        load generator 0.6, as if each ran on a machine of its own (bench/lib.sh).
+#        STANDBY_TMPFS=1: the standby's data directory on /dev/shm, so its fsyncs cost
+#        nothing: a diagnostic of how much of the gap to standalone is the standby's fsync
+#        (in series with every sync commit, and on this machine's only disk), not a figure
+#        for deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
 source bench/lib.sh
+if [ "${STANDBY_TMPFS:-}" = 1 ]; then
+  SHM=$(mktemp -d -p /dev/shm meridian-bench.XXXXXX)
+  trap 'cleanup; rm -rf "$SHM"' EXIT
+fi
 ha_pair() { # tag mode hb_ms timeout -> starts primary on 18101, standby on 18102
   local tag=$1 mode=$2 hb=$3 to=$4
   common=(MERIDIAN_CLUSTER_MODE=ha_standby MERIDIAN_CLUSTER_HA_SYNC_MODE=$mode MERIDIAN_CLUSTER_HA_HEARTBEAT_MS=$hb MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT=$to)
   start "$tag-a" 18101 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=a MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18201 MERIDIAN_CLUSTER_HA_ROLE=primary MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18202
   PA=$LAST_PID
-  start "$tag-b" 18102 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201
+  local sdir=()
+  if [ "${STANDBY_TMPFS:-}" = 1 ]; then sdir=(MERIDIAN_DATA_DIR="$SHM/$tag-b"); fi
+  start "$tag-b" 18102 "${common[@]}" "${sdir[@]}" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201
   PB=$LAST_PID
   if [ "${BUDGET:-}" = 1 ]; then budget_add node "$PA"; budget_add peer "$PB"; fi
   wait_http 18101; wait_http 18102; wait_streaming 18102
@@ -41,7 +51,7 @@ for round in $(seq 1 "$ROUNDS"); do
     ha_pair "$mode" "$mode" 1000 3s
     echo "== round $round: ha_standby $mode"; out=$(bench 18101); echo "$out"
     while read -r c ops p50 p99 err; do R[$round,$mode,$c]="$ops $p50 $p99"; done <<<"$out"
-    stop_all; rm -rf "$TMP/$mode-a" "$TMP/$mode-b"
+    stop_all; rm -rf "$TMP/$mode-a" "$TMP/$mode-b" "${SHM:-$TMP}/$mode-b"
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
