@@ -128,8 +128,7 @@ fn fenced_primary_with_logged_unapplied_records(promote_it: bool) -> bool {
     let acked = writes.iter().filter(|w| w.ok).count();
     assert!(acked > 50, "only {acked} writes acknowledged");
 
-    let exercised;
-    if promote_it {
+    let exercised = if promote_it {
         // B dies before sending A anything new. A is not recorded in sync with B (B may have
         // acknowledged writes A lacks), so it does not promote itself; the operator forces it
         // and A takes over with its unapplied records.
@@ -146,15 +145,15 @@ fn fenced_primary_with_logged_unapplied_records(promote_it: bool) -> bool {
         pair.b.restart();
         let (s, body) = http("PUT", &pair.a.url("/v1/kv/after"), Some(b"1".to_vec()));
         assert_eq!(s, 200, "the re-promoted node cannot take writes: {}\n{}", String::from_utf8_lossy(&body), pair.a.log_text());
-        exercised = pair.a.log_shows("applied logged records before taking writes", Duration::from_secs(10));
+        pair.a.log_shows("applied logged records before taking writes", Duration::from_secs(10))
     } else {
         // A follows B; the next batch from B finds A's state behind its log. A confirms
         // that batch once it is flushed and applies it in the background, so the log line
         // may come after the PUT's answer.
         let (s, body) = http("PUT", &pair.b.url("/v1/kv/after"), Some(b"1".to_vec()));
         assert_eq!(s, 200, "the new primary cannot commit with the old one as standby: {}\n{}", String::from_utf8_lossy(&body), pair.a.log_text());
-        exercised = pair.a.log_shows("logged but not applied", Duration::from_secs(10));
-    }
+        pair.a.log_shows("logged but not applied", Duration::from_secs(10))
+    };
     let d = wait_converged(&pair.a, &pair.b, Duration::from_secs(30));
     eprintln!("unapplied records (promote_it={promote_it}): {acked} acknowledged; converged: {d}");
     for n in [&pair.a, &pair.b] {

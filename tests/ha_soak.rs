@@ -570,10 +570,10 @@ fn cut_unprotected_tail(n: &Node, protected: &HashSet<String>, floor: u64, want:
 fn wait_recovered(pair: &mut HaPair, probe: &Probe, within: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
-        for i in 0..nodes(pair) {
+        for (i, name) in NAMES.iter().enumerate().take(nodes(pair)) {
             let n = node_mut(pair, i);
             if let Some(status) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!("{} exited ({status}); its log ends:\n{}", NAMES[i], tail(&n.log_text(), 30)));
+                return Err(format!("{name} exited ({status}); its log ends:\n{}", tail(&n.log_text(), 30)));
             }
         }
         let h: Vec<serde_json::Value> = (0..2).map(|i| probe.json(&node_ref(pair, i).url("/health")).unwrap_or_default()).collect();
@@ -750,8 +750,8 @@ fn start_clients(bases: Vec<String>, seed: u64, t0: Instant) -> Clients {
             let mut tasks = Vec::new();
             // One availability prober per node: fresh keys, a short timeout, so a client
             // stuck on a stopped node does not hide that the other one takes writes.
-            for node in 0..bases.len() {
-                let (http, st, pr, inf, base) = (http.clone(), st.clone(), pr.clone(), inf.clone(), bases[node].clone());
+            for (node, base) in bases.iter().enumerate() {
+                let (http, st, pr, inf, base) = (http.clone(), st.clone(), pr.clone(), inf.clone(), base.clone());
                 tasks.push(tokio::spawn(async move {
                     let slot = CLIENTS + node;
                     let mut out: Vec<Rec> = Vec::new();
