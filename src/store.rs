@@ -272,6 +272,35 @@ impl KvAccess for OverlayKv<'_> {
     }
 }
 
+/// What [`apply_entries`] did: each new entry's result, the last index applied, and the epoch
+/// and replication meta of the last new entries that carried them (`None`: none was new).
+struct Applied<'e> {
+    results: Vec<CommandResult>,
+    applied: u64,
+    epoch: Option<u64>,
+    meta: Option<&'e [u8]>,
+}
+
+/// The apply loop of both paths (into the overlay while a checkpoint runs, or into a redb
+/// write transaction): entries at or below `applied` are skipped (replay is idempotent), a gap
+/// is an error ([`should_apply`]), and reserved keys are read and written once per batch
+/// ([`BatchKv`]).
+fn apply_entries<'e, K: KvAccess + ?Sized>(access: &mut K, entries: &'e [LogEntry], applied: u64) -> Result<Applied<'e>, StateMachineError> {
+    let mut done = Applied { results: Vec::with_capacity(entries.len()), applied, epoch: None, meta: None };
+    let mut batch = BatchKv::new(access);
+    for e in entries {
+        if !should_apply(done.applied, e.index)? {
+            continue;
+        }
+        done.results.push(apply_command(&mut batch, e.index, &e.command)?);
+        done.applied = e.index;
+        done.epoch = Some(e.epoch);
+        done.meta = e.meta.as_deref().or(done.meta);
+    }
+    batch.finish()?;
+    Ok(done)
+}
+
 /// Writes the overlay's records and applied state into `txn`.
 fn write_overlay(txn: &redb::WriteTransaction, ov: &overlay::Overlay) -> Result<(), StateMachineError> {
     let mut kv = txn.open_table(KV).map_err(storage)?;
@@ -498,31 +527,18 @@ impl RedbStore {
         let txn = db.begin_read().map_err(storage)?;
         let base = txn.open_table(KV).map_err(storage)?;
         let mut ov = self.overlay.write().unwrap();
-        let mut applied = self.applied.load(Ordering::Acquire);
-        let (mut last_epoch, mut last_meta) = (None, None);
-        let mut results = Vec::with_capacity(entries.len());
         let mut access = OverlayKv { staged: BTreeMap::new(), overlay: &ov.kv, base: &base, store: self };
-        let mut batch = BatchKv::new(&mut access);
-        for e in entries {
-            if !should_apply(applied, e.index)? {
-                continue;
-            }
-            results.push(apply_command(&mut batch, e.index, &e.command)?);
-            applied = e.index;
-            last_epoch = Some(e.epoch);
-            last_meta = e.meta.as_ref().or(last_meta);
-        }
-        batch.finish()?;
+        let done = apply_entries(&mut access, entries, self.applied.load(Ordering::Acquire))?;
         let staged = access.staged;
         ov.kv.extend(staged);
-        if let Some(epoch) = last_epoch {
-            ov.applied = Some((applied, epoch));
+        if let Some(epoch) = done.epoch {
+            ov.applied = Some((done.applied, epoch));
         }
-        if let Some(m) = last_meta {
-            ov.meta = Some(m.clone());
+        if let Some(m) = done.meta {
+            ov.meta = Some(m.to_vec());
         }
-        self.applied.store(applied, Ordering::Release);
-        Ok(results)
+        self.applied.store(done.applied, Ordering::Release);
+        Ok(done.results)
     }
 
     /// Writes the overlay to redb (no fsync) and clears it; applies go to redb again. The
@@ -594,7 +610,7 @@ impl RedbStore {
             drop(w);
             drop(self.checkpointing.lock().unwrap());
         };
-        let mut applied = self.applied.load(Ordering::Acquire);
+        let applied = self.applied.load(Ordering::Acquire);
         let mut txn = self.db().begin_write().map_err(storage)?;
         // Past the ceiling, this commit raises it and is made durable before anyone is answered.
         let raise = (last > self.ceiling.load(Ordering::Acquire)).then(|| last + REVISION_RESERVE);
@@ -607,45 +623,32 @@ impl RedbStore {
         if let Some(ov) = &leftover {
             write_overlay(&txn, ov)?;
         }
-        let mut results = Vec::with_capacity(entries.len());
-        {
+        let done = {
             let mut kv = txn.open_table(KV).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
-            let mut last_epoch = None;
-            let mut last_meta = None;
-            let mut table = TableKv(&mut kv, self);
-            let mut batch = BatchKv::new(&mut table);
-            for e in entries {
-                if !should_apply(applied, e.index)? {
-                    continue;
-                }
-                results.push(apply_command(&mut batch, e.index, &e.command)?);
-                applied = e.index;
-                last_epoch = Some(e.epoch);
-                last_meta = e.meta.as_deref().or(last_meta);
-            }
-            batch.finish()?;
-            if let Some(m) = last_meta {
+            let done = apply_entries(&mut TableKv(&mut kv, self), entries, applied)?;
+            if let Some(m) = done.meta {
                 txn.open_table(META_BYTES).map_err(storage)?.insert(REPLICATION_META, m).map_err(storage)?;
             }
-            meta.insert(APPLIED, applied).map_err(storage)?;
-            if let Some(ep) = last_epoch {
+            meta.insert(APPLIED, done.applied).map_err(storage)?;
+            if let Some(ep) = done.epoch {
                 meta.insert(EPOCH, ep).map_err(storage)?;
             }
             if let Some(c) = raise {
                 meta.insert(CEILING, c).map_err(storage)?;
             }
-        }
+            done
+        };
         txn.commit().map_err(storage)?;
         if let Some(ov) = &mut leftover {
             ov.clear();
         }
-        self.applied.store(applied, Ordering::Release);
+        self.applied.store(done.applied, Ordering::Release);
         if let Some(c) = raise {
             self.ceiling.store(c, Ordering::Release);
-            self.durable.store(applied, Ordering::Release);
+            self.durable.store(done.applied, Ordering::Release);
         }
-        Ok(results)
+        Ok(done.results)
     }
 
     /// Drains the overlay and commits durably (the trait's `checkpoint`).
