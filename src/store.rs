@@ -51,8 +51,9 @@
 //!
 //! Two more facts protect against losing the WAL (see [`crate::storage`]): the identity of
 //! the WAL the state was built from (`wal_id_*`, bound when a node opens the pair), and a
-//! revision ceiling: a durable upper bound on every index this node has applied, raised
-//! [`REVISION_RESERVE`] at a time in the apply transaction that first goes past it. A WAL lost
+//! revision ceiling: a durable upper bound on every index this node has applied, raised to
+//! [`REVISION_RESERVE`] above the applied index by every checkpoint, and by the apply
+//! transaction that would go past it when no checkpoint came in time. A WAL lost
 //! before a checkpoint takes the newest writes with it; `meridian wal reset` continues above
 //! the ceiling, so no revision or bookmark is ever handed out twice.
 
@@ -92,8 +93,9 @@ const PLAIN_FORMAT: u8 = 2;
 const TOMBSTONE_FLAG: u8 = 1;
 const PARENT_FLAG: u8 = 2;
 const RECORD_HEADER: usize = 21;
-/// Indexes reserved per durable raise of the revision ceiling: one fsync'd apply per this many
-/// writes, and at most this many revisions skipped after a `meridian wal reset`.
+/// Indexes reserved per durable raise of the revision ceiling: an apply commits durably only
+/// when it gets this far past the last checkpoint, and at most this many revisions are skipped
+/// after a `meridian wal reset`.
 pub const REVISION_RESERVE: u64 = 100_000;
 /// Bytes of keys and records per transaction while a snapshot is written into a fresh file.
 const INSTALL_BATCH_BYTES: usize = if cfg!(test) { 4096 } else { 64 << 20 };
@@ -666,10 +668,18 @@ impl RedbStore {
             applied
         };
         // An Immediate commit persists every earlier Durability::None commit with it. It runs
-        // without `write`: applies meanwhile go to the overlay.
+        // without `write`: applies meanwhile go to the overlay. It also raises the revision
+        // ceiling ahead of `applied`, so the apply path itself commits durably (holding up every
+        // writer behind it, and carrying every page since the last durable commit) only when it
+        // gets a whole reserve past the last checkpoint. Raising it early keeps it an upper bound.
+        let ceiling = self.ceiling.load(Ordering::Acquire).max(applied + REVISION_RESERVE);
         let committed = (|| {
             let txn = self.db().begin_write().map_err(storage)?;
-            txn.open_table(META).map_err(storage)?.insert(APPLIED, applied).map_err(storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert(APPLIED, applied).map_err(storage)?;
+                meta.insert(CEILING, ceiling).map_err(storage)?;
+            }
             txn.commit().map_err(storage)
         })();
         let drained = {
@@ -678,6 +688,7 @@ impl RedbStore {
         };
         committed?;
         self.durable.store(applied, Ordering::Release);
+        self.ceiling.fetch_max(ceiling, Ordering::AcqRel);
         drained?;
         Ok(applied)
     }
@@ -1230,6 +1241,26 @@ mod tests {
         drop(s);
         let s = RedbStore::open(&path).unwrap();
         assert_eq!((s.wal_binding().unwrap(), s.applied_index()), (Some(id), 1 + REVISION_RESERVE));
+    }
+
+    /// A durable commit on the apply path holds up every writer behind it, and it carries
+    /// every page written since the last durable commit: with a long checkpoint interval that
+    /// was the whole tail (p99 118 ms at `1h`). Each checkpoint raises the ceiling ahead of the
+    /// applied index, so applies that keep up with checkpoints never commit durably themselves.
+    #[test]
+    fn a_checkpoint_raises_the_revision_ceiling_ahead_of_the_applied_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.apply(&[put(1, "a", "1")]).unwrap();
+            let entries: Vec<LogEntry> = (2..=10).map(|i| put(i, &format!("k{i}"), "v")).collect();
+            s.apply(&entries).unwrap();
+            assert_eq!(s.checkpoint().unwrap(), 10);
+            assert_eq!(s.revision_ceiling(), 10 + REVISION_RESERVE, "the checkpoint did not raise the ceiling");
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.revision_ceiling(), 10 + REVISION_RESERVE, "the raised ceiling is not durable");
     }
 
     fn del(index: u64, key: &str) -> LogEntry {
