@@ -1244,9 +1244,9 @@ mod tests {
     }
 
     /// A durable commit on the apply path holds up every writer behind it, and it carries
-    /// every page written since the last durable commit: with a long checkpoint interval that
-    /// was the whole tail (p99 118 ms at `1h`). Each checkpoint raises the ceiling ahead of the
-    /// applied index, so applies that keep up with checkpoints never commit durably themselves.
+    /// every page written since the last durable commit (with checkpoints seconds apart, seconds
+    /// of pages). Each checkpoint raises the ceiling ahead of the applied index, so applies that
+    /// keep up with checkpoints never commit durably themselves.
     #[test]
     fn a_checkpoint_raises_the_revision_ceiling_ahead_of_the_applied_index() {
         let dir = tempfile::tempdir().unwrap();
