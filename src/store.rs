@@ -749,6 +749,16 @@ impl StateMachine for RedbStore {
         self.durable.load(Ordering::Acquire)
     }
 
+    /// Due once half the revision reserve is used since the last raise: the checkpoint raises
+    /// the ceiling off the write path before an apply has to (see `checkpoint_now`). Not after
+    /// a storage failure, which only reopening clears (a checkpoint would fail again).
+    fn checkpoint_due(&self) -> bool {
+        let applied = self.applied.load(Ordering::Acquire);
+        applied > self.durable.load(Ordering::Acquire)
+            && applied + REVISION_RESERVE / 2 > self.ceiling.load(Ordering::Acquire)
+            && self.failed.lock().unwrap().is_none()
+    }
+
     fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
         if let Some(v) = self.overlay.read().unwrap().kv.get(key) {
             return v.as_deref().map(|raw| self.checked(decode(key, raw))).transpose();
@@ -1261,6 +1271,29 @@ mod tests {
         }
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.revision_ceiling(), 10 + REVISION_RESERVE, "the raised ceiling is not durable");
+    }
+
+    /// With a long checkpoint interval (or a fast writer) applies would reach the ceiling before
+    /// the next timed checkpoint and raise it on the apply path; the store asks for a checkpoint
+    /// once half the reserve is used, so the checkpoint loops raise it off the write path.
+    #[test]
+    fn the_store_asks_for_a_checkpoint_once_half_the_reserve_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        assert!(!s.checkpoint_due(), "an empty store has nothing to make durable");
+        s.apply(&[put(1, "a", "1")]).unwrap();
+        assert_eq!(s.checkpoint().unwrap(), 1);
+        let half = 1 + REVISION_RESERVE / 2;
+        for chunk in (2..=half).collect::<Vec<u64>>().chunks(5_000) {
+            s.apply(&chunk.iter().map(|&i| put(i, &format!("k{}", i % 100), "v")).collect::<Vec<_>>()).unwrap();
+        }
+        assert!(!s.checkpoint_due(), "due before half the reserve was used");
+        s.apply(&[put(half + 1, "b", "2")]).unwrap();
+        assert!(s.checkpoint_due(), "half the reserve used and no checkpoint asked for");
+        assert_eq!(s.revision_ceiling(), 1 + REVISION_RESERVE, "the apply path raised the ceiling");
+        s.checkpoint().unwrap();
+        assert!(!s.checkpoint_due(), "still due after a checkpoint");
+        assert_eq!(s.revision_ceiling(), half + 1 + REVISION_RESERVE);
     }
 
     fn del(index: u64, key: &str) -> LogEntry {

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use meridian_wal::{AppendTicket, Record, Wal};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,7 +32,7 @@ use crate::bookmark::Bookmark;
 use crate::command::Command;
 use crate::payload::LogPayload;
 use crate::replicator::{Committed, SubmitError};
-use crate::state_machine::{LogEntry, StateMachine};
+use crate::state_machine::{LogEntry, StateMachine, CHECKPOINT_POLL};
 
 /// Decides when a durable entry is committed and may be acknowledged.
 pub trait CommitGate: Send + Sync + 'static {
@@ -292,7 +292,14 @@ fn apply_loop(
                 // A failing checkpoint (a full disk) is said once per distinct error, not
                 // every interval.
                 let mut last_error = None;
-                while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every.max(Duration::from_millis(1))) {
+                let mut last = Instant::now();
+                let poll = every.min(CHECKPOINT_POLL).max(Duration::from_millis(1));
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(poll) {
+                    // Every interval, and sooner when the store asks (it counts what was applied).
+                    if last.elapsed() < every && !sm.checkpoint_due() {
+                        continue;
+                    }
+                    last = Instant::now();
                     let e = checkpoint_quietly(&*sm, &wal, &purge);
                     if e.is_some() && e != last_error {
                         warn!("{}", e.as_deref().unwrap_or_default());
@@ -434,6 +441,68 @@ mod tests {
         fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
             self.inner.scan(visit)
         }
+    }
+
+    /// Asks for a checkpoint all the time and counts the ones it gets.
+    struct AlwaysDue {
+        inner: MemStateMachine,
+        checkpoints: std::sync::atomic::AtomicU64,
+    }
+
+    impl StateMachine for AlwaysDue {
+        fn checkpoint(&self) -> Result<u64, StateMachineError> {
+            self.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.checkpoint()
+        }
+        fn checkpoint_due(&self) -> bool {
+            true
+        }
+        fn applied_index(&self) -> u64 {
+            self.inner.applied_index()
+        }
+        fn applied_state(&self) -> Result<crate::state_machine::AppliedState, StateMachineError> {
+            self.inner.applied_state()
+        }
+        fn durable_index(&self) -> u64 {
+            self.inner.durable_index()
+        }
+        fn apply(&self, e: &[LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
+            self.inner.apply(e)
+        }
+        fn get_version(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
+            self.inner.get_version(key)
+        }
+        fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<crate::command::KeyValue>, StateMachineError> {
+            self.inner.list(prefix, start_after, limit)
+        }
+        fn replace_all(
+            &self,
+            applied_index: u64,
+            epoch: u64,
+            meta: Option<Vec<u8>>,
+            entries: &mut dyn FnMut() -> Result<Option<crate::command::KeyValue>, StateMachineError>,
+        ) -> Result<(), StateMachineError> {
+            self.inner.replace_all(applied_index, epoch, meta, entries)
+        }
+        fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
+            self.inner.scan(visit)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_checkpoints_when_the_store_asks_before_the_interval_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalOptions::new(dir.path().join("wal"))).unwrap();
+        let sm = Arc::new(AlwaysDue { inner: MemStateMachine::default(), checkpoints: Default::default() });
+        let cfg = PipelineConfig { epoch: 1, checkpoint_interval: Duration::from_secs(3600), max_batch: 1024, gate: None, purge: None, tail: None };
+        let pipeline = Arc::new(Pipeline::start(cfg, wal, sm.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sm.checkpoints.load(std::sync::atomic::Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = sm.checkpoints.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || pipeline.stop_blocking()).await.unwrap();
+        assert!(seen > 0, "the store asked for a checkpoint for 10 s and got none (the interval is 1 h)");
     }
 
     fn put(i: u64) -> Command {

@@ -30,7 +30,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
             follow_step(&core).await;
-            if last_checkpoint.elapsed() >= core.cfg.checkpoint_interval {
+            if last_checkpoint.elapsed() >= core.cfg.checkpoint_interval || core.sm.checkpoint_due() {
                 checkpoint(&core).await;
                 last_checkpoint = Instant::now();
             }

@@ -53,7 +53,7 @@ use crate::bookmark::Bookmark;
 use crate::command::{Command, Limits};
 use crate::forward::ForwardRequest;
 use crate::replicator::*;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{StateMachine, CHECKPOINT_POLL};
 use crate::transport::Transport;
 use handler::RaftHandler;
 use log_store::LogStore;
@@ -340,12 +340,21 @@ impl RaftNode {
     }
 
     /// Makes applied state durable now and then, so a restart re-applies little.
+    /// Every interval, and sooner when the store asks (it counts what was applied).
     fn checkpoints(self: Arc<Self>) {
         let interval = self.cfg.checkpoint_interval;
-        self.every(interval, |node| async move {
-            let sm = node.sm.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.checkpoint()).await {
-                tracing::warn!(error = %e, "checkpoint failed; will retry");
+        let last = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        self.every(interval.min(CHECKPOINT_POLL), move |node| {
+            let last = last.clone();
+            async move {
+                if last.lock().unwrap().elapsed() < interval && !node.sm.checkpoint_due() {
+                    return;
+                }
+                *last.lock().unwrap() = std::time::Instant::now();
+                let sm = node.sm.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.checkpoint()).await {
+                    tracing::warn!(error = %e, "checkpoint failed; will retry");
+                }
             }
         });
     }

@@ -51,6 +51,9 @@ impl StateMachine for Observed {
     fn checkpoint(&self) -> Result<u64, StateMachineError> {
         self.inner.checkpoint()
     }
+    fn checkpoint_due(&self) -> bool {
+        self.inner.checkpoint_due()
+    }
     fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
         self.inner.get_version(key)
     }
