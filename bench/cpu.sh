@@ -30,15 +30,12 @@ fsyncs() { curl -s "localhost:$1/metrics" | awk '/^meridian_wal_fsync_duration_s
 
 one() { # bin -> RESULT="PUT/s, then per node: µs per write, switches per write, [fsyncs]" (no subshell: start() must add to PIDS here)
   local bin=$1 nodes=() ports=()
-  rm -rf "$TMP/a" "$TMP/b"
+  rm -rf "$TMP/a" "$TMP/ha-a" "$TMP/ha-b"
   if [ "$MODE" = standalone ]; then
     BIN=$bin start a 18100; nodes=("$LAST_PID"); ports=(18100)
   else
-    local common=(MERIDIAN_CLUSTER_MODE=ha_standby MERIDIAN_CLUSTER_HA_SYNC_MODE=$MODE MERIDIAN_CLUSTER_HA_HEARTBEAT_MS=1000 MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT=3s)
-    BIN=$bin start a 18101 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=a MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18201 MERIDIAN_CLUSTER_HA_ROLE=primary MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18202
-    nodes=("$LAST_PID")
-    BIN=$bin start b 18102 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201
-    nodes+=("$LAST_PID"); ports=(18101 18102)
+    BIN=$bin ha_start ha "$MODE" 1000 3s
+    nodes=("$PA" "$PB"); ports=(18101 18102)
   fi
   for p in "${ports[@]}"; do wait_http "$p"; done
   [ "$MODE" = standalone ] || wait_streaming 18102

@@ -19,14 +19,9 @@ if [ "${STANDBY_TMPFS:-}" = 1 ]; then
   trap 'cleanup; rm -rf "$SHM"' EXIT
 fi
 ha_pair() { # tag mode hb_ms timeout -> starts primary on 18101, standby on 18102
-  local tag=$1 mode=$2 hb=$3 to=$4
-  common=(MERIDIAN_CLUSTER_MODE=ha_standby MERIDIAN_CLUSTER_HA_SYNC_MODE=$mode MERIDIAN_CLUSTER_HA_HEARTBEAT_MS=$hb MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT=$to)
-  start "$tag-a" 18101 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=a MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18201 MERIDIAN_CLUSTER_HA_ROLE=primary MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18202
-  PA=$LAST_PID
-  local sdir=()
+  local tag=$1 sdir=()
   if [ "${STANDBY_TMPFS:-}" = 1 ]; then sdir=(MERIDIAN_DATA_DIR="$SHM/$tag-b"); fi
-  start "$tag-b" 18102 "${common[@]}" "${sdir[@]}" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201
-  PB=$LAST_PID
+  ha_start "$@" "${sdir[@]}"
   if [ "${BUDGET:-}" = 1 ]; then budget_add node "$PA"; budget_add peer "$PB"; fi
   wait_http 18101; wait_http 18102; wait_streaming 18102
   # Measure the pair just started, not a leftover: it must be this mode's primary.

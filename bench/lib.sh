@@ -15,6 +15,14 @@ start() { # name http_port env...  (sets LAST_PID; never call it in a subshell)
   PIDS+=("$LAST_PID")
 }
 wait_http() { for _ in $(seq 1 200); do curl -sf "localhost:$1/health" >/dev/null && return 0; sleep 0.05; done; echo "node on $1 never came up"; exit 1; }
+ha_start() { # tag sync_mode heartbeat_ms failover_timeout [standby env...] -> primary on 18101 ($PA), standby on 18102 ($PB)
+  local tag=$1 mode=$2 hb=$3 to=$4; shift 4
+  local common=(MERIDIAN_CLUSTER_MODE=ha_standby MERIDIAN_CLUSTER_HA_SYNC_MODE=$mode MERIDIAN_CLUSTER_HA_HEARTBEAT_MS=$hb MERIDIAN_CLUSTER_HA_FAILOVER_TIMEOUT=$to)
+  start "$tag-a" 18101 "${common[@]}" MERIDIAN_CLUSTER_NODE_ID=a MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18201 MERIDIAN_CLUSTER_HA_ROLE=primary MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18202
+  PA=$LAST_PID
+  start "$tag-b" 18102 "${common[@]}" "$@" MERIDIAN_CLUSTER_NODE_ID=b MERIDIAN_CLUSTER_BIND_ADDR=127.0.0.1:18202 MERIDIAN_CLUSTER_HA_ROLE=standby MERIDIAN_CLUSTER_HA_PEER_ADDR=127.0.0.1:18201
+  PB=$LAST_PID
+}
 wait_streaming() { for _ in $(seq 1 400); do curl -s "localhost:$1/health" | grep -q '"state":"streaming"' && return 0; sleep 0.05; done; echo "standby on $1 never streamed"; exit 1; }
 
 # BUDGET=1 (root, cgroup v1 cpu controller): CPU budgets standing in for machines of their
