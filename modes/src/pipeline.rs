@@ -457,33 +457,10 @@ mod tests {
         fn checkpoint_due(&self) -> bool {
             true
         }
-        fn applied_index(&self) -> u64 {
-            self.inner.applied_index()
-        }
-        fn applied_state(&self) -> Result<crate::state_machine::AppliedState, StateMachineError> {
-            self.inner.applied_state()
-        }
-        fn durable_index(&self) -> u64 {
-            self.inner.durable_index()
-        }
         fn apply(&self, e: &[LogEntry]) -> Result<Vec<crate::command::CommandResult>, StateMachineError> {
             self.inner.apply(e)
         }
-        fn get_version(&self, key: &str) -> Result<Option<crate::command::KeyValue>, StateMachineError> {
-            self.inner.get_version(key)
-        }
-        fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<crate::command::KeyValue>, StateMachineError> {
-            self.inner.list(prefix, start_after, limit)
-        }
-        fn replace_all(
-            &self,
-            applied_index: u64,
-            epoch: u64,
-            meta: Option<Vec<u8>>,
-            entries: &mut dyn FnMut() -> Result<Option<crate::command::KeyValue>, StateMachineError>,
-        ) -> Result<(), StateMachineError> {
-            self.inner.replace_all(applied_index, epoch, meta, entries)
-        }
+        crate::state_machine::delegate_to_inner!(reads);
         fn scan(&self, visit: &mut dyn FnMut(crate::state_machine::ScanEvent) -> Result<(), StateMachineError>) -> Result<(), StateMachineError> {
             self.inner.scan(visit)
         }

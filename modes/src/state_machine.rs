@@ -414,7 +414,8 @@ impl StateMachine for MemStateMachine {
 
 #[cfg(test)]
 /// The [`StateMachine`] methods a test wrapper passes to its `inner` unchanged; the
-/// wrapper writes only the ones it changes (`(apply)`: `apply` passes through too).
+/// wrapper writes only the ones it changes (`(apply)`: `apply` passes through too;
+/// `(reads)`: neither `apply` nor the checkpoint methods).
 macro_rules! delegate_to_inner {
     (apply) => {
         fn apply(&self, e: &[$crate::state_machine::LogEntry]) -> Result<Vec<$crate::command::CommandResult>, $crate::state_machine::StateMachineError> {
@@ -423,6 +424,15 @@ macro_rules! delegate_to_inner {
         $crate::state_machine::delegate_to_inner!();
     };
     () => {
+        fn checkpoint(&self) -> Result<u64, $crate::state_machine::StateMachineError> {
+            self.inner.checkpoint()
+        }
+        fn checkpoint_due(&self) -> bool {
+            self.inner.checkpoint_due()
+        }
+        $crate::state_machine::delegate_to_inner!(reads);
+    };
+    (reads) => {
         fn applied_index(&self) -> u64 {
             self.inner.applied_index()
         }
@@ -432,14 +442,8 @@ macro_rules! delegate_to_inner {
         fn durable_index(&self) -> u64 {
             self.inner.durable_index()
         }
-        fn checkpoint(&self) -> Result<u64, $crate::state_machine::StateMachineError> {
-            self.inner.checkpoint()
-        }
-        fn checkpoint_due(&self) -> bool {
-            self.inner.checkpoint_due()
-        }
         fn get_version(&self, key: &str) -> Result<Option<$crate::command::KeyValue>, $crate::state_machine::StateMachineError> {
-            self.inner.get(key)
+            self.inner.get_version(key)
         }
         fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<$crate::command::KeyValue>, $crate::state_machine::StateMachineError> {
             self.inner.list(prefix, start_after, limit)
