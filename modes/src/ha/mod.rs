@@ -510,6 +510,8 @@ impl Replicator for HaStandby {
         if let Some(d) = self.driver.lock().unwrap().take() {
             d.abort();
         }
+        // A standby checkpoint runs beside the driver: it ends before the WAL closes.
+        driver::wait_for_checkpoint(&self.core).await;
         let old = std::mem::replace(&mut *self.core.role.lock().unwrap(), Role::Standby);
         let wal = self.core.wal.clone();
         let sm = self.core.sm.clone();

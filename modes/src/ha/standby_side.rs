@@ -36,6 +36,8 @@ pub struct StandbySide {
     pub(crate) index_rounds: Arc<IndexRounds>,
     /// Progress lines while behind the primary.
     pub(crate) catch_up: Mutex<crate::progress::CatchUp>,
+    /// The checkpoint running beside the fetches (`driver::start_checkpoint`), if any.
+    pub(crate) checkpoint: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl StandbySide {
@@ -52,6 +54,7 @@ impl StandbySide {
             held: Mutex::new(Vec::new()),
             index_rounds: crate::read_round::SharedRounds::new(),
             catch_up: Mutex::new(Default::default()),
+            checkpoint: Mutex::new(None),
         }
     }
 }
