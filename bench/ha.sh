@@ -6,6 +6,9 @@
 # Usage: [ROUNDS=3] [MODES="async sync"] [BUDGET=1] bench/ha.sh [seconds-per-step]   (default 5)
 #        BUDGET=1 (root): standalone and the primary get 0.8 of a core, the standby 0.6, the
 #        load generator 0.6, as if each ran on a machine of its own (bench/lib.sh).
+#        FAILOVER=0: skip the failover times.
+#        BASE_BIN=path/to/an/older/meridian: each mode is measured with that build too, in the
+#        same rounds (rows "base:MODE", ratios to this build's standalone), for before/after.
 #        STANDBY_TMPFS=1: the standby's data directory on /dev/shm, so its fsyncs cost
 #        nothing: a diagnostic of how much of the gap to standalone is the standby's fsync
 #        (in series with every sync commit, and on this machine's only disk), not a figure
@@ -36,17 +39,24 @@ bench() { "$BIN" bench --url "http://127.0.0.1:$1" --clients 1,16,64 --duration 
 # shows the median over ROUNDS rounds.
 ROUNDS=${ROUNDS:-3}
 read -r -a MODES <<<"${MODES:-async semi_sync sync remote_apply}"
+ROWS=("${MODES[@]}")
+if [ -n "${BASE_BIN:-}" ]; then
+  cp "$BASE_BIN" "$TMP/meridian-base"
+  for mode in "${MODES[@]}"; do ROWS+=("base:$mode"); done
+fi
 declare -A R   # R[round,mode,clients] = "ops p50 p99"
 for round in $(seq 1 "$ROUNDS"); do
   start standalone 18100; [ "${BUDGET:-}" = 1 ] && budget_add node "$LAST_PID"; wait_http 18100
   echo "== round $round: standalone"; out=$(bench 18100); echo "$out"
   while read -r c ops p50 p99 err; do R[$round,standalone,$c]="$ops $p50 $p99"; done <<<"$out"
   stop_all; rm -rf "$TMP/standalone"
-  for mode in "${MODES[@]}"; do
-    ha_pair "$mode" "$mode" 1000 3s
-    echo "== round $round: ha_standby $mode"; out=$(bench 18101); echo "$out"
-    while read -r c ops p50 p99 err; do R[$round,$mode,$c]="$ops $p50 $p99"; done <<<"$out"
-    stop_all; rm -rf "$TMP/$mode-a" "$TMP/$mode-b" "${SHM:-$TMP}/$mode-b"
+  for row in "${ROWS[@]}"; do
+    mode=${row#base:} tag=${row/:/-} bin=$BIN
+    [ "$row" = "$mode" ] || bin=$TMP/meridian-base
+    BIN=$bin ha_pair "$tag" "$mode" 1000 3s
+    echo "== round $round: ha_standby $row"; out=$(bench 18101); echo "$out"
+    while read -r c ops p50 p99 err; do R[$round,$row,$c]="$ops $p50 $p99"; done <<<"$out"
+    stop_all; rm -rf "$TMP/$tag-a" "$TMP/$tag-b" "${SHM:-$TMP}/$tag-b"
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -54,7 +64,7 @@ field() { local i=$1 mode=$2 c=$3; for r in $(seq 1 "$ROUNDS"); do echo "${R[$r,
 echo
 echo "median of $ROUNDS rounds: PUT/s (p50 ms / p99 ms), and the median of the per-round ratios to standalone"
 printf "%-13s %-26s %-26s %-26s %s\n" mode "1 client" "16 clients" "64 clients" "ratio 1 / 16 / 64"
-for mode in standalone "${MODES[@]}"; do
+for mode in standalone "${ROWS[@]}"; do
   printf "%-13s" "$mode"
   ratios=()
   for c in 1 16 64; do
@@ -67,10 +77,14 @@ for mode in standalone "${MODES[@]}"; do
   done
   printf " %.2f / %.2f / %.2f\n" "${ratios[@]}"
 done
-if [ "$ROUNDS" -gt 1 ] && [[ " ${MODES[*]} " == *" sync "* ]]; then
-  echo "sync at 64 clients, ratio per round: $(for r in $(seq 1 "$ROUNDS"); do awk -v a="${R[$r,sync,64]%% *}" -v b="${R[$r,standalone,64]%% *}" 'BEGIN { printf "%.2f ", a/b }'; done)"
+if [ "$ROUNDS" -gt 1 ]; then
+  for row in "${ROWS[@]}"; do
+    [ "${row#base:}" = sync ] || continue
+    echo "$row at 64 clients, ratio per round: $(for r in $(seq 1 "$ROUNDS"); do awk -v a="${R[$r,$row,64]%% *}" -v b="${R[$r,standalone,64]%% *}" 'BEGIN { printf "%.2f ", a/b }'; done)"
+  done
 fi
 
+[ "${FAILOVER:-1}" = 1 ] || exit 0
 echo
 echo "== failover time (heartbeat 1s, failover timeout 3s)"
 for mode in async semi_sync sync remote_apply; do
