@@ -11,6 +11,7 @@ use super::messages::*;
 use super::{ConfiguredRole, Core, Promotion, Role, PEER};
 use super::stream::{follow_step};
 use super::promotion::{try_promote};
+use super::standby_checkpoint;
 
 /// The node's main loop: one heartbeat round as primary, or one fetch round as standby.
 pub(crate) async fn drive(core: Arc<Core>) {
@@ -30,7 +31,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
             follow_step(&core).await;
-            if (last_checkpoint.elapsed() >= core.cfg.checkpoint_interval || core.sm.checkpoint_due()) && start_checkpoint(&core) {
+            if (last_checkpoint.elapsed() >= core.cfg.checkpoint_interval || core.sm.checkpoint_due()) && standby_checkpoint::start(&core) {
                 last_checkpoint = Instant::now();
             }
             let silent = core.standby.last_primary_contact.lock().unwrap().elapsed();
@@ -44,42 +45,6 @@ pub(crate) async fn drive(core: Arc<Core>) {
             }
         }
     }
-}
-
-/// Starts a standby checkpoint beside the fetches unless one is still running (then false).
-/// It used to run between two fetches, and a `sync` commit waited out its redb fsync.
-///
-/// Invariant: the WAL purge that ends a checkpoint never overlaps a truncation or a re-seed
-/// (`wal.reset_to`), so a purge point computed from one log is never applied to another.
-/// Both of those call [`wait_for_checkpoint`] first, and they run inside a fetch round, when
-/// this loop starts no checkpoint.
-fn start_checkpoint(core: &Arc<Core>) -> bool {
-    let mut slot = core.standby.checkpoint.lock().unwrap();
-    if slot.as_ref().is_some_and(|h| !h.is_finished()) {
-        return false;
-    }
-    let c = core.clone();
-    *slot = Some(tokio::spawn(async move { checkpoint(&c).await }));
-    true
-}
-
-/// Waits for the standby checkpoint in flight, if any (see [`start_checkpoint`]).
-pub(super) async fn wait_for_checkpoint(core: &Arc<Core>) {
-    let running = core.standby.checkpoint.lock().unwrap().take();
-    if let Some(h) = running {
-        let _ = h.await;
-    }
-}
-
-async fn checkpoint(core: &Arc<Core>) {
-    let (sm, wal, retention) = (core.sm.clone(), core.wal.clone(), core.cfg.wal_retention);
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Ok(durable) = sm.checkpoint() {
-            // A standby keeps some WAL too: if it is promoted, the old primary may need it.
-            let _ = wal.purge_before((durable + 1).saturating_sub(retention).max(wal.first_index()));
-        }
-    })
-    .await;
 }
 
 /// What the peer says about itself when probed with our epoch. Start-up is not latency

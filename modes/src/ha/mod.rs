@@ -9,6 +9,7 @@
 //! - [`epochs`]: the epoch history that locates divergence; persisted in the WAL hard state.
 //! - [`gate`]: the sync levels as a commit gate on the primary's write pipeline.
 //! - `driver`: the main loop — the starting role, a heartbeat or fetch round, failover.
+//! - `standby_checkpoint`: the standby's checkpoints, beside its fetch rounds.
 //! - `handler`: what each cluster message does, and which sender may send it (a table).
 //! - `stream`: the replication stream, both ends (serve and follow a fetch, append, apply,
 //!   acknowledge, set a divergent tail aside).
@@ -38,6 +39,7 @@ pub mod epochs;
 pub mod gate;
 pub mod messages;
 mod driver;
+mod standby_checkpoint;
 mod forward;
 mod handler;
 mod heartbeat;
@@ -511,7 +513,7 @@ impl Replicator for HaStandby {
             d.abort();
         }
         // A standby checkpoint runs beside the driver: it ends before the WAL closes.
-        driver::wait_for_checkpoint(&self.core).await;
+        standby_checkpoint::wait(&self.core).await;
         let old = std::mem::replace(&mut *self.core.role.lock().unwrap(), Role::Standby);
         let wal = self.core.wal.clone();
         let sm = self.core.sm.clone();

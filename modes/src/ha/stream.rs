@@ -301,7 +301,7 @@ pub(super) async fn follow_step(core: &Arc<Core>) {
             core.note("snapshot");
             // Background applies settle first (the snapshot replaces the state); the new
             // positions go to the primary at once after the install.
-            super::driver::wait_for_checkpoint(core).await;
+            super::standby_checkpoint::wait(core).await;
             let installed = match settle(core).await {
                 Ok(()) => fetch_and_install_snapshot(core, snapshot_id, size, image, history).await,
                 Err(e) => Err(e),
@@ -474,7 +474,7 @@ pub(super) async fn apply_after(
 
 pub(super) async fn set_aside_divergent(core: &Arc<Core>, after: u64) -> Result<(), String> {
     settle(core).await?;
-    super::driver::wait_for_checkpoint(core).await;
+    super::standby_checkpoint::wait(core).await;
     // The tail is written (and fsynced) to `divergent/` *before* the log is truncated: a
     // crash or a failed write in between leaves the records in the WAL, to be set aside on
     // the next attempt — never in neither place.
