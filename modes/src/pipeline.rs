@@ -32,7 +32,7 @@ use crate::bookmark::Bookmark;
 use crate::command::Command;
 use crate::payload::LogPayload;
 use crate::replicator::{Committed, SubmitError};
-use crate::state_machine::{LogEntry, StateMachine, CHECKPOINT_POLL};
+use crate::state_machine::{checkpoint_wanted, LogEntry, StateMachine, CHECKPOINT_POLL};
 
 /// Decides when a durable entry is committed and may be acknowledged.
 pub trait CommitGate: Send + Sync + 'static {
@@ -295,8 +295,7 @@ fn apply_loop(
                 let mut last = Instant::now();
                 let poll = every.min(CHECKPOINT_POLL).max(Duration::from_millis(1));
                 while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(poll) {
-                    // Every interval, and sooner when the store asks (it counts what was applied).
-                    if last.elapsed() < every && !sm.checkpoint_due() {
+                    if !checkpoint_wanted(last.elapsed(), every, &*sm) {
                         continue;
                     }
                     last = Instant::now();

@@ -80,6 +80,11 @@ pub enum ScanEvent {
 /// How often the checkpoint loops ask [`StateMachine::checkpoint_due`] between timed checkpoints.
 pub const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The checkpoint loops' one rule: every `interval`, and sooner when the store asks.
+pub fn checkpoint_wanted(since_last: std::time::Duration, interval: std::time::Duration, sm: &dyn StateMachine) -> bool {
+    since_last >= interval || sm.checkpoint_due()
+}
+
 /// Applied state plus the reads the API serves from it.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies committed entries, in index order, as one atomic batch; one result per entry.

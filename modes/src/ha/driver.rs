@@ -12,6 +12,7 @@ use super::{ConfiguredRole, Core, Promotion, Role, PEER};
 use super::stream::{follow_step};
 use super::promotion::{try_promote};
 use super::standby_checkpoint;
+use crate::state_machine::checkpoint_wanted;
 
 /// The node's main loop: one heartbeat round as primary, or one fetch round as standby.
 pub(crate) async fn drive(core: Arc<Core>) {
@@ -31,7 +32,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
             follow_step(&core).await;
-            if (last_checkpoint.elapsed() >= core.cfg.checkpoint_interval || core.sm.checkpoint_due()) && standby_checkpoint::start(&core) {
+            if checkpoint_wanted(last_checkpoint.elapsed(), core.cfg.checkpoint_interval, &*core.sm) && standby_checkpoint::start(&core) {
                 last_checkpoint = Instant::now();
             }
             let silent = core.standby.last_primary_contact.lock().unwrap().elapsed();

@@ -53,7 +53,7 @@ use crate::bookmark::Bookmark;
 use crate::command::{Command, Limits};
 use crate::forward::ForwardRequest;
 use crate::replicator::*;
-use crate::state_machine::{StateMachine, CHECKPOINT_POLL};
+use crate::state_machine::{checkpoint_wanted, StateMachine, CHECKPOINT_POLL};
 use crate::transport::Transport;
 use handler::RaftHandler;
 use log_store::LogStore;
@@ -347,7 +347,7 @@ impl RaftNode {
         self.every(interval.min(CHECKPOINT_POLL), move |node| {
             let last = last.clone();
             async move {
-                if last.lock().unwrap().elapsed() < interval && !node.sm.checkpoint_due() {
+                if !checkpoint_wanted(last.lock().unwrap().elapsed(), interval, &*node.sm) {
                     return;
                 }
                 *last.lock().unwrap() = std::time::Instant::now();
