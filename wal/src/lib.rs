@@ -14,6 +14,7 @@
 //! | `recovery` | open-time scan: torn tail versus corruption; [`verify`] |
 //! | `record` | the record frame, encoded and decoded in one place |
 //! | `segment` | segment file names, header, creation |
+//! | `spare` | the next segment, zero-filled ahead of time so fdatasyncs write no metadata |
 //! | `state` | `wal.state`: identity, [`HardState`], purge point, pending operations, newest segment |
 //! | `identity` | [`WalId`], created with the directory, checked on every open |
 //! | `retry` | EMFILE and friends: short bounded retries, never a storage failure |
@@ -83,7 +84,12 @@
 //!
 //! A segment is started once the current one has reached
 //! [`WalOptions::segment_bytes`] (64 MiB by default), before the next group
-//! commit: header to `<name>.tmp`, fsync, rename, fsync the directory.
+//! commit: header to `<name>.tmp`, fsync, rename, fsync the directory. Or, once
+//! a busy WAL has a zero-filled spare ready (see [`WalOptions::preallocate`]),
+//! in the spare: header over its first bytes, fsync, rename, fsync the
+//! directory; it starts as soon as a batch would grow the current file, so
+//! appends overwrite zeros and fdatasync writes data only.
+//! `spare-<hex>.tmp`: a spare being filled or waiting (deleted on open).
 //!
 //! # On-disk format
 //!
@@ -96,7 +102,7 @@
 //! ```text
 //!  0  8  magic        "MERIDWAL"
 //!  8  2  version      1
-//! 10  2  flags        0
+//! 10  2  flags        bit 0 PREALLOCATED (made from a zero-filled spare); others 0
 //! 12  4  header_len   64
 //! 16  8  seq
 //! 24  8  first_index
@@ -134,7 +140,9 @@
 //!   and it was never acknowledged. The file is cut there (`set_len` + fsync),
 //!   the dropped bytes are copied to `<segment>.broken` first, a `WARN` names the
 //!   file and offset, and [`RecoveryReport::truncated_tail`] says the same. A
-//!   zero-filled tail counts as torn, with nothing to copy.
+//!   zero-filled tail counts as torn, with nothing to copy — except in a
+//!   `PREALLOCATED` segment, where zeros after the last record are its unused
+//!   space: the segment ends there cleanly (last or not) and nothing is cut.
 //! * Any other bad frame (in an earlier segment, or followed by a valid one) may
 //!   be acknowledged data: [`WalError::Corrupt`] names the file and byte offset,
 //!   and the node must refuse to start. The WAL never silently drops such data.
@@ -200,6 +208,7 @@ mod record;
 mod recovery;
 mod retry;
 mod segment;
+mod spare;
 mod state;
 mod ticket;
 mod truncate;

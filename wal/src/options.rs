@@ -32,6 +32,12 @@ pub struct WalOptions {
     /// ([`WalError::Foreign`](crate::WalError::Foreign)). `None` (the default): any
     /// WAL, or a new one if there is none.
     pub expected_id: Option<WalId>,
+    /// Zero-fill the next segment ahead of time on a thread of its own, so appends
+    /// overwrite instead of growing the file and each fdatasync writes no
+    /// metadata (see the `spare` module). Default `true`. Only once the active
+    /// segment is past 1 MiB (or half of a smaller segment), and only while the
+    /// disk has room for two more segments.
+    pub preallocate: bool,
 }
 
 impl WalOptions {
@@ -43,6 +49,7 @@ impl WalOptions {
             max_batch_wait: Duration::ZERO,
             on_sync: None,
             expected_id: None,
+            preallocate: true,
         }
     }
 }
@@ -56,6 +63,7 @@ impl fmt::Debug for WalOptions {
             .field("max_batch_wait", &self.max_batch_wait)
             .field("on_sync", &self.on_sync.as_ref().map(|_| "Fn(SyncInfo)"))
             .field("expected_id", &self.expected_id)
+            .field("preallocate", &self.preallocate)
             .finish()
     }
 }

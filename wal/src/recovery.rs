@@ -13,6 +13,11 @@
 //!    is a torn tail when no valid frame (index >= the expected one) starts at any
 //!    later 8-byte boundary of the file. Otherwise it is corruption. A zero-filled
 //!    tail is the same as a torn one with nothing to keep.
+//!    Except: in a segment flagged `PREALLOCATED` (made from a zero-filled spare,
+//!    see `spare`), zeros from the end of the last record to the end of the file
+//!    are its unused space: the segment ends there, cleanly, last or not. Nothing
+//!    is cut, so the writer goes on overwriting zeros. A record lost from the end
+//!    of an earlier segment still shows as an index gap at the next one.
 //! 4. Records below the purge point (`floor`) are dead; whole dead segments are
 //!    the leftovers of an interrupted purge and are removed.
 //!
@@ -41,6 +46,7 @@ use std::sync::Arc;
 use crate::error::{io_at, WalError};
 use crate::identity::WalId;
 use crate::record::{self, RECORD_HEADER_BYTES};
+use crate::spare;
 use crate::segment::{self, Dir, SegmentFile, SegmentHeader, SEGMENT_HEADER_BYTES, TMP_SUFFIX};
 use crate::state::{self, PersistedState, StateStore, STATE_FILE, STATE_TMP};
 
@@ -234,6 +240,7 @@ pub(crate) fn recover(
             &bytes,
             f.first_index,
             is_last,
+            header.preallocated,
             persisted.pending_truncate,
         )?;
         match scan.stop {
@@ -447,6 +454,7 @@ fn scan_segment(
     bytes: &[u8],
     first_index: u64,
     is_last: bool,
+    preallocated: bool,
     stop_after: Option<u64>,
 ) -> Result<Scan, WalError> {
     let mut off = SEGMENT_HEADER_BYTES as usize;
@@ -482,6 +490,10 @@ fn scan_segment(
                         frame.index
                     ),
                 ))
+            }
+            // Rule 3's exception: the unused space of a preallocated segment.
+            Err(_) if preallocated && bytes[off..].iter().all(|b| *b == 0) => {
+                return done(offsets, off, next, Stop::End)
             }
             Err(e) if !is_last => {
                 return Err(WalError::corrupt(
@@ -542,15 +554,22 @@ fn save_broken_copy(path: &Path, from: u64) -> Result<PathBuf, WalError> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_at(&copy)(e)),
         };
-        f.write_all(&bytes[from as usize..]).map_err(io_at(&copy))?;
+        // Zeros after the last non-zero byte are left out: in a preallocated
+        // segment they are megabytes of unused space, not part of the torn write.
+        let kept = bytes[from as usize..]
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(0, |p| p + 1);
+        f.write_all(&bytes[from as usize..from as usize + kept])
+            .map_err(io_at(&copy))?;
         f.sync_all().map_err(io_at(&copy))?;
         return Ok(copy);
     }
     unreachable!("an unbounded range always yields a free name")
 }
 
-/// Half-created segments and state files: never visible under a final name, so
-/// nothing in them was ever acknowledged.
+/// Half-created segments and state files, and spares (zeros) of an earlier run:
+/// never visible under a final name, so nothing in them was ever acknowledged.
 fn remove_tmp_files(dir: &Path) -> Result<(), WalError> {
     for entry in fs::read_dir(dir).map_err(io_at(dir))? {
         let entry = entry.map_err(io_at(dir))?;
@@ -559,7 +578,7 @@ fn remove_tmp_files(dir: &Path) -> Result<(), WalError> {
         let is_tmp_segment = name
             .strip_suffix(TMP_SUFFIX)
             .is_some_and(|n| segment::parse_name(n).is_some());
-        if is_tmp_segment || name == STATE_TMP {
+        if is_tmp_segment || name == STATE_TMP || spare::is_spare_name(name) {
             fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
         }
     }
@@ -591,7 +610,7 @@ mod tests {
         let first = segment::parse_name(path.file_name().unwrap().to_str().unwrap())
             .unwrap()
             .1;
-        scan_segment(path, &bytes, first, true, None)
+        scan_segment(path, &bytes, first, true, false, None)
             .unwrap()
             .offsets
     }

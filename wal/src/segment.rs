@@ -7,7 +7,10 @@
 //! offset size field
 //!      0    8 magic          "MERIDWAL"
 //!      8    2 version        1
-//!     10    2 flags          0
+//!     10    2 flags          bit 0 PREALLOCATED: the file was zero-filled to
+//!                            its full size before its first record (see
+//!                            `spare`), so zeros after the last record are
+//!                            unused space; other bits 0
 //!     12    4 header_len     64
 //!     16    8 seq            same as the file name
 //!     24    8 first_index    index of the first record in the file (same as the name)
@@ -28,16 +31,20 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{io_at, WalError};
 use crate::identity::WalId;
 use crate::retry;
+use crate::spare::SpareFile;
 
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 64;
 const MAGIC: &[u8; 8] = b"MERIDWAL";
 const FORMAT_VERSION: u16 = 1;
+/// Header flag: zeros after the last record are unused space, not a torn tail.
+const FLAG_PREALLOCATED: u16 = 1;
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
 pub(crate) fn file_name(seq: u64, first_index: u64) -> String {
@@ -63,6 +70,8 @@ pub(crate) struct SegmentHeader {
     pub seq: u64,
     pub first_index: u64,
     pub wal_id: Option<WalId>,
+    /// Made from a zero-filled spare (flag bit 0).
+    pub preallocated: bool,
 }
 
 impl SegmentHeader {
@@ -74,6 +83,8 @@ impl SegmentHeader {
             .unwrap_or(0);
         h[0..8].copy_from_slice(MAGIC);
         h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let flags = if self.preallocated { FLAG_PREALLOCATED } else { 0 };
+        h[10..12].copy_from_slice(&flags.to_le_bytes());
         h[12..16].copy_from_slice(&(SEGMENT_HEADER_BYTES as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.seq.to_le_bytes());
         h[24..32].copy_from_slice(&self.first_index.to_le_bytes());
@@ -115,6 +126,7 @@ impl SegmentHeader {
             seq: u64_at(16),
             first_index: u64_at(24),
             wal_id: WalId::from_le_bytes(&h[40..56]),
+            preallocated: u16_at(10) & FLAG_PREALLOCATED != 0,
         })
     }
 }
@@ -177,6 +189,7 @@ pub(crate) fn create(
         seq,
         first_index,
         wal_id: Some(wal_id),
+        preallocated: false,
     }
     .encode();
     file.write_all(&header).map_err(io_at(&tmp))?;
@@ -184,6 +197,35 @@ pub(crate) fn create(
     fs::rename(&tmp, &path).map_err(io_at(&path))?;
     dir.sync()?;
     Ok((file, path))
+}
+
+/// [`create`], in a zero-filled spare (see `spare`): the header, flagged
+/// `PREALLOCATED`, overwrites the spare's first bytes and is synced before the
+/// spare is renamed, so the file appears under its segment name complete, as
+/// with `create`. The size does not change: `fdatasync` suffices.
+pub(crate) fn create_in_spare(
+    dir: &Dir,
+    spare: SpareFile,
+    seq: u64,
+    first_index: u64,
+    wal_id: WalId,
+) -> Result<(File, PathBuf), WalError> {
+    let path = dir.path.join(file_name(seq, first_index));
+    let header = SegmentHeader {
+        seq,
+        first_index,
+        wal_id: Some(wal_id),
+        preallocated: true,
+    }
+    .encode();
+    spare
+        .file
+        .write_all_at(&header, 0)
+        .map_err(io_at(&spare.path))?;
+    spare.file.sync_data().map_err(io_at(&spare.path))?;
+    fs::rename(&spare.path, &path).map_err(io_at(&path))?;
+    dir.sync()?;
+    Ok((spare.file, path))
 }
 
 /// The WAL directory and a descriptor on it, held for the WAL's lifetime so that
@@ -251,6 +293,7 @@ mod tests {
                 seq: 3,
                 first_index: 100,
                 wal_id: Some(id),
+                preallocated: false,
             }
         );
         let listed = list(dir.path()).unwrap();

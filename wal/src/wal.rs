@@ -102,10 +102,13 @@ impl Wal {
                 .map_err(io_at(&s.path))?;
             let file = Arc::new(file);
             if is_last {
+                // A preallocated segment keeps its zeros past `end` (see `recovery`).
+                let allocated = file.metadata().map_err(io_at(&s.path))?.len().max(s.end);
                 active = Some(Active {
                     file: file.clone(),
                     path: s.path.clone(),
                     len: s.end,
+                    allocated,
                     next_index: s.next_index(),
                 });
             }

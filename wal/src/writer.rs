@@ -29,6 +29,7 @@ use crate::options::{SyncInfo, WalOptions};
 use crate::reader::{SegmentTable, TableSegment};
 use crate::record::{self, Record};
 use crate::segment::{self, Dir, SEGMENT_HEADER_BYTES};
+use crate::spare::Spare;
 use crate::state::{HardState, StateStore};
 
 /// fdatasyncs slower than this are logged: the disk is in trouble (etcd warns at 1 s too).
@@ -146,7 +147,11 @@ pub(crate) enum Request {
 pub(crate) struct Active {
     pub file: Arc<File>,
     pub path: PathBuf,
+    /// Where the next record goes: the end of the last one.
     pub len: u64,
+    /// The file's size: more than `len` while a preallocated segment has unused
+    /// (zero) space, which appends overwrite without growing the file.
+    pub allocated: u64,
     pub next_index: u64,
 }
 
@@ -157,6 +162,8 @@ pub(crate) struct Writer {
     held: Option<Request>,
     pub(crate) active: Option<Active>,
     pub(crate) next_seq: u64,
+    /// The next segment's file, zero-filled ahead of time (see `spare`).
+    spare: Spare,
     opts: WalOptions,
 }
 
@@ -168,12 +175,14 @@ impl Writer {
         next_seq: u64,
         opts: WalOptions,
     ) -> Writer {
+        let spare = Spare::new(&shared.dir.path, opts.segment_bytes, opts.preallocate);
         Writer {
             shared,
             rx,
             held: None,
             active,
             next_seq,
+            spare,
             opts,
         }
     }
@@ -217,6 +226,9 @@ impl Writer {
                 }
                 Request::Close { done } => {
                     // Every append queued before Close was committed by the loop above.
+                    // The spare thread ends before the answer: a WAL opened again in
+                    // this directory never runs beside it.
+                    self.spare.shutdown();
                     self.active = None;
                     let _ = done.send(Ok(()));
                     return;
@@ -369,7 +381,9 @@ impl Writer {
             &joined
         };
 
-        let created = self.wait_out_shortage("open a new segment", |w| w.ensure_segment(first))?;
+        let created = self.wait_out_shortage("open a new segment", |w| {
+            w.ensure_segment(first, buf.len() as u64)
+        })?;
         if let Some(newest) = created {
             self.wait_out_shortage("record its new segment in wal.state", |w| {
                 w.shared
@@ -415,8 +429,12 @@ impl Writer {
             seg.end = active.len + buf.len() as u64;
         }
         active.len += buf.len() as u64;
+        active.allocated = active.allocated.max(active.len);
         active.next_index = last + 1;
         self.shared.publish_durable(last);
+        if active.len >= spare_wanted_at(active, self.opts.segment_bytes) {
+            self.spare.request();
+        }
         Ok(Some(SyncInfo {
             duration,
             records,
@@ -425,18 +443,31 @@ impl Writer {
     }
 
     /// Opens a new segment when there is none, the current one is full, or
-    /// (after recovery or a truncation) it does not end where this batch starts.
-    /// Returns the new segment's `(seq, first_index)` if it made one.
-    fn ensure_segment(&mut self, first_index: u64) -> Result<Option<(u64, u64)>, WalError> {
-        let reuse = self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.len < self.opts.segment_bytes && a.next_index == first_index);
+    /// (after recovery or a truncation) it does not end where this batch starts;
+    /// and also when this batch of `bytes` would grow the current file while a
+    /// zero-filled spare is ready, so appends go on overwriting zeros (see
+    /// `spare`). Returns the new segment's `(seq, first_index)` if it made one.
+    fn ensure_segment(
+        &mut self,
+        first_index: u64,
+        bytes: u64,
+    ) -> Result<Option<(u64, u64)>, WalError> {
+        let reuse = self.active.as_ref().is_some_and(|a| {
+            a.len < self.opts.segment_bytes
+                && a.next_index == first_index
+                && (a.len + bytes <= a.allocated || !self.spare.is_ready())
+        });
         if reuse {
             return Ok(None);
         }
         let seq = self.next_seq;
-        let (file, path) = segment::create(&self.shared.dir, seq, first_index, self.shared.id)?;
+        let (file, path) = match self.spare.take() {
+            Some(spare) => {
+                segment::create_in_spare(&self.shared.dir, spare, seq, first_index, self.shared.id)?
+            }
+            None => segment::create(&self.shared.dir, seq, first_index, self.shared.id)?,
+        };
+        let allocated = file.metadata().map_err(io_at(&path))?.len();
         self.next_seq += 1;
         let file = Arc::new(file);
         tracing::debug!(path = %path.display(), "WAL: new segment");
@@ -457,6 +488,7 @@ impl Writer {
             file,
             path,
             len: SEGMENT_HEADER_BYTES,
+            allocated,
             next_index: first_index,
         });
         Ok(Some((seq, first_index)))
@@ -483,5 +515,19 @@ impl Writer {
     #[inline(always)]
     pub(crate) fn failpoint(&self, _name: &'static str) -> Result<(), WalError> {
         Ok(())
+    }
+}
+
+/// How far the active segment gets before the writer asks for a spare. A segment
+/// that grows as it is written asks early (after 1 MiB, or half a small
+/// segment), so a busy WAL soon moves to zero-filled files, while a WAL that
+/// never writes that much (most tests, idle nodes) never makes one. A
+/// preallocated segment asks at half its size: the spare is ready long before
+/// it is needed, and the disk holds it for no longer than it must.
+fn spare_wanted_at(active: &Active, segment_bytes: u64) -> u64 {
+    if active.allocated > active.len {
+        segment_bytes / 2
+    } else {
+        (segment_bytes / 2).min(SEGMENT_HEADER_BYTES + (1 << 20))
     }
 }
