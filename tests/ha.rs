@@ -592,7 +592,7 @@ fn a_primary_restarted_with_a_shorter_log_than_its_standby_lets_the_standby_take
     let mut segments: Vec<_> = std::fs::read_dir(&wal).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
     segments.sort();
     let last = segments.last().expect("a WAL segment");
-    let len = std::fs::metadata(last).unwrap().len();
+    let len = common::wal_data_end(last);
     assert!(len > 4096, "the segment is too short to cut: {len} bytes");
     std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - 2000).unwrap();
     pair.a.restart();

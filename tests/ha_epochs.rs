@@ -24,7 +24,7 @@ fn cut_wal_tail(n: &Node, bytes: u64) {
         std::fs::read_dir(&wal).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
     segments.sort();
     let last = segments.last().expect("a WAL segment");
-    let len = std::fs::metadata(last).unwrap().len();
+    let len = common::wal_data_end(last);
     assert!(len > bytes + 1024, "the segment is too short to cut: {len} bytes");
     std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - bytes).unwrap();
 }

@@ -532,6 +532,9 @@ fn cut_unprotected_tail(n: &Node, protected: &HashSet<String>, floor: u64, want:
         frames.push((off, index, &bytes[off + 32..off + 32 + plen]));
         off += flen;
     }
+    // A preallocated segment (wal/src/spare.rs) is zero-filled past its last frame: its
+    // records end there, not at the file's end.
+    let len = if bytes[off.min(len)..].iter().all(|b| *b == 0) { off.min(len) } else { len };
     // Bytes past the last whole frame are free to cut; then whole unprotected frames.
     let mut keep_to = off;
     let mut why = format!("{} record(s) after the floor {floor} are unacknowledged", 0);

@@ -246,6 +246,15 @@ impl Drop for Node {
 }
 
 /// Sends a signal via the `kill` command (keeps the tests free of unsafe libc calls).
+/// Where the records of a WAL segment file end: after its last non-zero byte. A
+/// preallocated segment (wal/src/spare.rs) is zero-filled to its full size, so its file
+/// length says nothing about its records; a test that cuts "the last N bytes" of the log
+/// cuts from here.
+pub fn wal_data_end(segment: &Path) -> u64 {
+    let bytes = std::fs::read(segment).unwrap();
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p as u64 + 1)
+}
+
 pub fn unsafe_kill(pid: i32, sig: i32) {
     let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
     assert!(ok, "kill -{sig} {pid} failed");
