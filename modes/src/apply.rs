@@ -32,7 +32,7 @@
 
 use crate::command::{primary_key, Command, CommandResult, CompareTarget, KeyValue, Op, OpResult, Outcome, PrimaryRecord, Stamp, RESERVED_PREFIX};
 use crate::conflicts;
-use crate::state_machine::StateMachineError;
+use crate::state_machine_error::StateMachineError;
 
 /// Key-value access inside one write transaction.
 pub trait KvAccess {

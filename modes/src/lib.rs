@@ -7,6 +7,8 @@
 //! - [`state_machine`]: the [`StateMachine`] trait — apply committed entries, take and install
 //!   snapshots. Defined here where it is consumed, implemented on redb in the `meridian`
 //!   package; [`state_machine::MemStateMachine`] serves this crate's tests.
+//! - `state_machine_error`: [`state_machine::StateMachineError`], what a state machine
+//!   operation fails with (public as `state_machine::StateMachineError`).
 //! - [`replicator`]: the [`Replicator`] trait the HTTP layer talks to, its errors and status types.
 //! - [`bookmark`]: the opaque causal-consistency token handed to clients.
 //! - [`standalone`]: one node, durable: WAL group commit then apply.
@@ -86,6 +88,7 @@ pub mod read_round;
 pub mod room;
 pub mod standalone;
 pub mod state_machine;
+mod state_machine_error;
 pub mod transport;
 pub mod wire;
 

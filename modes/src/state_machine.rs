@@ -18,6 +18,8 @@ use crate::command::{Command, CommandResult, KeyValue};
 use crate::payload::LogPayload;
 use crate::snapshot::{SnapshotError, SnapshotMeta, SnapshotReader, SnapshotWriter};
 
+pub use crate::state_machine_error::StateMachineError;
+
 /// A committed entry handed to [`StateMachine::apply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -53,20 +55,6 @@ pub struct AppliedState {
     /// The latest metadata stored, by an entry's [`LogEntry::meta`] or by
     /// [`StateMachine::replace_all`]; `None` if there never was any.
     pub meta: Option<Vec<u8>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateMachineError {
-    #[error("storage error: {0}")]
-    Storage(String),
-    #[error("entry {got} applied out of order (applied index is {applied})")]
-    OutOfOrder { applied: u64, got: u64 },
-    /// Stored bytes fail their checksum: the data on disk was damaged after it was
-    /// written. Never served as data; the HTTP layer answers 500 `internal`.
-    #[error("stored value of key {key:?} is damaged: {reason}")]
-    Corrupt { key: String, reason: String },
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
 }
 
 /// What [`StateMachine::scan`] reports, in order.
