@@ -11,6 +11,8 @@
 //!   operation fails with (public as `state_machine::StateMachineError`).
 //! - [`replicator`]: the [`Replicator`] trait the HTTP layer talks to, its errors and status types.
 //! - [`bookmark`]: the opaque causal-consistency token handed to clients.
+//! - [`applied_wait`]: waiting until this node has applied a position (a bookmark's, a read
+//!   index), for at most the read's wait.
 //! - [`standalone`]: one node, durable: WAL group commit then apply.
 //! - [`room`]: after a storage error, the probe that says the disk has room again.
 //! - [`transport`]: framed, optionally mutually-authenticated TLS connections between nodes;
@@ -68,6 +70,7 @@
 //! - **Status.** [`replicator::ReplicationStatus`] is the one source for `/health`, `/metrics`
 //!   and admin views; mode-specific operations go through [`Replicator::admin`].
 
+pub mod applied_wait;
 pub mod apply;
 pub mod batch_kv;
 pub mod conflicts;

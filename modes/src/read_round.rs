@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::bookmark::wait_for_applied;
+use crate::applied_wait::wait_for_applied;
 use crate::replicator::ReadError;
 
 /// Rounds that yield a read index, or why none could be had (the read fails with it).

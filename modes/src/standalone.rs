@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meridian_wal::Wal;
 
-use crate::bookmark::wait_for_applied;
+use crate::applied_wait::wait_for_applied;
 use crate::command::Command;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::replicator::{Committed, Health, ReadError, ReadRequest, ReplicationStatus, Replicator, SubmitError};

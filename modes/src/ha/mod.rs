@@ -63,7 +63,7 @@ use meridian_wal::{HardState, Wal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::bookmark::wait_for_applied;
+use crate::applied_wait::wait_for_applied;
 use crate::command::Command;
 use crate::pipeline::Pipeline;
 use crate::replicator::{
