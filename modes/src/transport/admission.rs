@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rustls_pki_types::CertificateDer;
 
-use super::link::host_of;
+use super::address::host_of;
 use super::tls::{certificate_names, certificate_names_host, certificate_names_ip};
 use super::NodeId;
 

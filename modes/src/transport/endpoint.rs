@@ -13,22 +13,12 @@ use super::admission::{Admission, Credentials, Gate};
 use super::metrics::TransportMetrics;
 use super::peer::{self, Peer};
 use super::refusals::RefusalLog;
+use super::shared::Shared;
 use super::shutdown::ShutdownController;
-use super::tls::TlsSettings;
 use super::{server, Handler, NodeId, TransportConfig, TransportError};
 
 /// How long `shutdown` waits for connection tasks to finish closing their sockets.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// What every task of one transport reads: never changes after start.
-pub(crate) struct Shared {
-    pub cfg: TransportConfig,
-    pub tls: Option<TlsSettings>,
-    pub metrics: TransportMetrics,
-    pub handler: Arc<dyn Handler>,
-    pub gate: Gate,
-    pub refusals: RefusalLog,
-}
 
 /// One node's cluster endpoint. Cheap to clone; all clones share the same connections.
 /// Dropping the last clone stops it as `shutdown` would (without waiting).

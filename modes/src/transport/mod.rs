@@ -16,6 +16,8 @@
 //!   TLS peer's certificate names the node it claims.
 //! - [`admission`]: who may connect ([`Admission`]: the configured peers, by certificate,
 //!   secret or source address) and the name (`from`) an admitted connection's traffic carries.
+//! - `address`: the host part of a peer address (`host:port`, `[v6]:port`), the TLS server
+//!   name and what admission matches.
 //! - [`secret`]: the cluster secret's HMAC proofs.
 //! - `pending`, `refusals`: the caps on handshakes pending per source and in all, and the
 //!   rate-limited log of refused connections.
@@ -25,9 +27,13 @@
 //!   keep-alive pings, round-trip times.
 //! - `peer`: one remote node — lazy connect, reconnect with capped exponential backoff and
 //!   jitter, fail-fast while backing off.
+//! - `peer_stats`: one peer's counters (round-trip time, failures, last error), written by
+//!   the peer and its link, read for [`PeerStatus`].
 //! - `server`: the accept loop (checks made before any handshake) and the serving side of a
 //!   connection (a task per request).
 //! - `endpoint`: [`Transport`], the handle the rest of the node holds.
+//! - `shared`: what every task of one transport reads (settings, TLS, metrics, handler,
+//!   admission gate, refusal log); never changes after start.
 //! - [`families`]: message types as family (high byte) and message (low byte), and
 //!   [`Families`], the handler that routes each message to its family's handler.
 //! - [`switch`]: [`Switch`], the handler the port keeps while the mode behind it stops and
@@ -39,6 +45,7 @@
 //! messages over the connection it opened to a peer, and serves the peer's traffic on the
 //! connection the peer opened to it. So two nodes talking both ways hold two connections.
 
+mod address;
 pub mod admission;
 pub mod certs;
 pub mod config;
@@ -52,10 +59,12 @@ pub mod handshake;
 mod link;
 mod metrics;
 mod peer;
+mod peer_stats;
 mod pending;
 mod refusals;
 pub mod secret;
 mod server;
+mod shared;
 mod shutdown;
 pub mod switch;
 pub mod tls;

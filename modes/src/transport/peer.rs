@@ -7,8 +7,8 @@
 //! instead of queueing behind a dead node. The first caller after the backoff triggers the
 //! next attempt. Callers never hold a lock while waiting: they watch the state.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -16,44 +16,11 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::connection::{CloseReason, CloseSignal};
-use super::endpoint::Shared;
 use super::link::Link;
+use super::peer_stats::PeerStats;
+use super::shared::Shared;
 use super::shutdown::Shutdown;
 use super::{NodeId, TransportError};
-
-/// Counters read by `peer_status`, written by the peer task and its link.
-#[derive(Default)]
-pub(crate) struct PeerStats {
-    rtt_nanos: AtomicU64,
-    consecutive_failures: AtomicU32,
-    last_error: Mutex<Option<String>>,
-}
-
-impl PeerStats {
-    pub fn record_rtt(&self, rtt: Duration) {
-        // 0 means "no sample"; a real sample is never that small.
-        self.rtt_nanos.store((rtt.as_nanos() as u64).max(1), Ordering::Relaxed);
-    }
-
-    pub fn last_rtt(&self) -> Option<Duration> {
-        match self.rtt_nanos.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(Duration::from_nanos(n)),
-        }
-    }
-
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set_last_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
-    }
-}
 
 #[derive(Clone)]
 enum LinkState {

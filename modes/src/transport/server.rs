@@ -23,11 +23,11 @@ use tokio_rustls::TlsAcceptor;
 
 use super::admission::NotAdmitted;
 use super::connection::{self, BoxStream, CloseReason, CloseSignal, Outbox, StreamReader, StreamWriter};
-use super::endpoint::Shared;
 use super::frame::{self, Frame, FrameKind};
 use super::handshake::{self, Admitted, Refusal, RejectReason, HANDSHAKE_MAX_BYTES};
 use super::pending::{PendingHandshakes, Slot};
 use super::refusals::WINDOW;
+use super::shared::Shared;
 use super::shutdown::Shutdown;
 use super::{NodeId, RemoteError};
 
