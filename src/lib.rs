@@ -10,8 +10,12 @@
 //! - [`store`]: the redb state machine.
 //! - [`storage`]: the state and the WAL it was built from, kept together: the check at
 //!   start, `meridian wal reset`.
+//! - `wal_unusable`: [`storage::WalUnusable`], why a WAL cannot be used with its state and
+//!   what the operator can do.
 //! - [`node`]: opens the data directory (lock, WAL, store, recovery), starts the mode and
 //!   the HTTP server, and shuts them down in order.
+//! - `node_error`: [`node::NodeError`], why a node could not start or stopped serving, and
+//!   its exit code.
 //! - [`resume`]: a cluster mode that stops on a storage error and starts again, on the same
 //!   port, once the disk has room.
 //! - [`lock`]: the data-directory lock that keeps a second process out.
@@ -32,7 +36,9 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod node;
+mod node_error;
 pub mod node_id;
 pub mod resume;
 pub mod storage;
 pub mod store;
+mod wal_unusable;

@@ -17,7 +17,6 @@ use meridian_modes::raft::handler::RaftHandler;
 use meridian_modes::raft::sm_store::SmStore;
 use meridian_modes::raft::{RaftConfig, RaftNode};
 use meridian_modes::region;
-use meridian_modes::recovery::RecoveryError;
 use meridian_modes::standalone::{Standalone, StandaloneConfig};
 use meridian_modes::transport::{
     Admission, AllowedPeer, ClusterSecret, Families, Family, Handler, Switch, TlsPaths, TlsSettings, TlsVersion, Transport,
@@ -31,47 +30,12 @@ use tracing::{info, warn};
 use crate::api::server::HttpLimits;
 use crate::api::{self, AppState};
 use crate::config::{ClusterMode, Config, ConfigError, HaRole, HaSyncMode, TlsMinVersion};
-use crate::lock::{DirLock, LockError};
+use crate::lock::DirLock;
 use crate::metrics::Metrics;
 use crate::resume::{Restart, Resumable};
 use crate::store::RedbStore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    NodeId(#[from] crate::node_id::NodeIdError),
-    #[error("cannot open the WAL: {0}")]
-    Wal(#[from] meridian_wal::WalError),
-    #[error("cannot open the state store: {0}")]
-    Store(#[from] meridian_modes::state_machine::StateMachineError),
-    #[error("recovery failed: {0}")]
-    Recovery(#[from] RecoveryError),
-    #[error(transparent)]
-    WalUnusable(#[from] crate::storage::WalUnusable),
-    #[error("cannot start ha_standby: {0}")]
-    Ha(#[from] meridian_modes::ha::HaStartError),
-    #[error("cannot start the cluster transport on {addr} (MERIDIAN_CLUSTER_BIND_ADDR): {reason}")]
-    Transport { addr: SocketAddr, reason: String },
-    #[error("cannot listen on {addr} (MERIDIAN_HTTP_ADDR): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
-}
-
-impl NodeError {
-    /// 2 for a setting the operator must change, 1 for everything else.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            NodeError::Config(_) | NodeError::Bind { .. } | NodeError::Transport { .. } => 2,
-            NodeError::Lock(LockError::NotADirectory { .. }) => 2,
-            _ => 1,
-        }
-    }
-}
+pub use crate::node_error::NodeError;
 
 /// The parts of a started node, before it serves HTTP.
 pub struct Node {

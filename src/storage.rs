@@ -31,19 +31,13 @@ use meridian_wal::{HardState, Wal, WalError, WalId, WalOptions};
 use tracing::{info, warn};
 
 use crate::lock::{DirLock, LockError};
-use crate::node::NodeError;
+use crate::node_error::NodeError;
 use crate::store::RedbStore;
+
+pub use crate::wal_unusable::WalUnusable;
 
 pub const STATE_FILE: &str = "state.redb";
 pub const WAL_DIR: &str = "wal";
-
-/// The WAL cannot be used with this state: what was found, then what the operator can do.
-#[derive(Debug, thiserror::Error)]
-#[error("{problem}\n{advice}")]
-pub struct WalUnusable {
-    pub problem: String,
-    pub advice: String,
-}
 
 /// How [`open`] brings the state and its WAL together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
