@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use meridian_modes::command::{Command, Limits, Op, Txn};
 use meridian_modes::ha::epoch::{self, tag_of};
-use meridian_modes::ha::gate::SyncMode;
 use meridian_modes::ha::messages::*;
 use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
 use meridian_modes::replicator::LeaderHint;
@@ -19,6 +18,9 @@ use meridian_modes::transport::{Transport, TransportConfig};
 use meridian_modes::Replicator;
 use meridian_wal::{Wal, WalOptions};
 use proptest::prelude::*;
+
+mod ha_support;
+use ha_support::ha_config;
 
 const ME: &str = "node-a";
 const PEER_ID: &str = "node-b";
@@ -35,26 +37,11 @@ fn subject(role: ConfiguredRole) -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let (ha, handler) = rt.block_on(async {
         let (wal, _) = Wal::open(WalOptions::new(dir.path().join("wal"))).unwrap();
+        // Nobody listens on the peer address: the node runs alone.
         let cfg = HaConfig {
-            node_id: ME.into(),
-            role,
-            // Nobody listens there: the node runs alone.
-            peer_addr: "127.0.0.1:9".into(),
-            witness_addr: None,
-            sync_mode: SyncMode::Async,
-            heartbeat: Duration::from_millis(100),
-            failover_timeout: Duration::from_secs(3600),
-            auto_failover: false,
-            batch_records: 100,
             sync_timeout: Duration::from_millis(200),
             forward_writes: true,
-            http_addr: None,
-            checkpoint_interval: Duration::from_secs(3600),
-            data_dir: dir.path().to_path_buf(),
-            wal_retention: 1000,
-            limits: Limits { max_key_bytes: 1024, max_value_bytes: 1024, max_txn_ops: 4 },
-            sync_strict: false,
-            max_lag_on_failover: None,
+            ..ha_config(ME, role, "127.0.0.1:9".into(), dir.path())
         };
         let ha = HaStandby::new(cfg, wal, Arc::new(MemStateMachine::default())).unwrap();
         let handler = ha.handler();

@@ -8,13 +8,15 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_modes::command::{Command, CommandResult, KeyValue, Limits};
-use meridian_modes::ha::gate::SyncMode;
+use meridian_modes::command::{Command, CommandResult, KeyValue};
 use meridian_modes::ha::{ConfiguredRole, HaConfig, HaStandby};
 use meridian_modes::state_machine::{AppliedState, LogEntry, MemStateMachine, ScanEvent, StateMachine, StateMachineError};
 use meridian_modes::transport::{Transport, TransportConfig};
 use meridian_modes::Replicator;
 use meridian_wal::{Wal, WalOptions};
+
+mod ha_support;
+use ha_support::ha_config;
 
 /// Holds the first checkpoint taken after an apply until `release` is sent.
 struct StuckCheckpoint {
@@ -69,30 +71,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn node(id: &str, role: ConfiguredRole, port: u16, peer: u16, checkpoint_interval: Duration, wal: Wal, sm: Arc<dyn StateMachine>, dir: &std::path::Path) -> Arc<HaStandby> {
-    let cfg = HaConfig {
-        node_id: id.into(),
-        role,
-        peer_addr: format!("127.0.0.1:{peer}"),
-        witness_addr: None,
-        sync_mode: SyncMode::Async,
-        heartbeat: Duration::from_millis(100),
-        failover_timeout: Duration::from_secs(3600),
-        auto_failover: false,
-        batch_records: 100,
-        sync_timeout: Duration::from_secs(1),
-        forward_writes: false,
-        http_addr: None,
-        checkpoint_interval,
-        data_dir: dir.to_path_buf(),
-        wal_retention: 1000,
-        limits: Limits { max_key_bytes: 1024, max_value_bytes: 1024, max_txn_ops: 4 },
-        sync_strict: false,
-        max_lag_on_failover: None,
-    };
+async fn node(cfg: HaConfig, port: u16, wal: Wal, sm: Arc<dyn StateMachine>) -> Arc<HaStandby> {
+    let id = cfg.node_id.clone();
     let ha = HaStandby::new(cfg, wal, sm).unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
-    let t = Transport::start(TransportConfig::new("ckpt", id, format!("127.0.0.1:{port}").parse().unwrap()), ha.handler(), &mut registry).await.unwrap();
+    let t = Transport::start(TransportConfig::new("ckpt", &id, format!("127.0.0.1:{port}").parse().unwrap()), ha.handler(), &mut registry).await.unwrap();
     ha.start(t);
     ha
 }
@@ -118,8 +101,9 @@ async fn a_standby_receives_records_while_its_checkpoint_is_stuck() {
     let (entered_tx, entered) = std_mpsc::channel();
     let (release, release_rx) = std_mpsc::channel();
     let sm_b = Arc::new(StuckCheckpoint { inner: MemStateMachine::default(), entered: Mutex::new(Some(entered_tx)), release: Mutex::new(Some(release_rx)) });
-    let a = node("a", ConfiguredRole::Primary, pa, pb, Duration::from_secs(3600), wal_a, Arc::new(MemStateMachine::default()), da.path()).await;
-    let b = node("b", ConfiguredRole::Standby, pb, pa, Duration::from_millis(50), wal_b.clone(), sm_b.clone(), db.path()).await;
+    let a = node(ha_config("a", ConfiguredRole::Primary, format!("127.0.0.1:{pb}"), da.path()), pa, wal_a, Arc::new(MemStateMachine::default())).await;
+    let cfg_b = HaConfig { checkpoint_interval: Duration::from_millis(50), ..ha_config("b", ConfiguredRole::Standby, format!("127.0.0.1:{pa}"), db.path()) };
+    let b = node(cfg_b, pb, wal_b.clone(), sm_b.clone()).await;
     until("a primary", || a.status().role == "primary" && a.status().is_leader).await;
 
     let first = a.submit(put(1)).await.expect("first write").bookmark.index;
