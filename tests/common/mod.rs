@@ -16,9 +16,21 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
-/// A free loopback port (bound then released; the node binds it right after).
+/// A free loopback port (bound then released; the node binds it right after), never one
+/// handed out before in this process: the tests of a file run in parallel, and the kernel
+/// may give a port just released to another test's `free_port` before the first test's
+/// node has bound it. CI saw exactly that: an HA node's peer port answered by another
+/// test's node of the same name ("the peer has this node's id").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
 }
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc; `None`
