@@ -80,6 +80,7 @@
 //!                                         + newest segment (written first, when the directory is created)
 //! LOCK                                    flock: one Wal per directory
 //! 0000000000000002-00000000000004d2.wal.broken   bytes cut off a torn tail (kept for post-mortems)
+//! spare-3f2a9c0d1e4b5a67.tmp              the next segment, zero-filled ahead (see `spare`; deleted on open)
 //! ```
 //!
 //! A segment is started once the current one has reached
@@ -89,7 +90,6 @@
 //! in the spare: header over its first bytes, fsync, rename, fsync the
 //! directory; it starts as soon as a batch would grow the current file, so
 //! appends overwrite zeros and fdatasync writes data only.
-//! `spare-<hex>.tmp`: a spare being filled or waiting (deleted on open).
 //!
 //! # On-disk format
 //!

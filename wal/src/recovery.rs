@@ -76,7 +76,9 @@ pub struct TailTruncation {
     pub offset: u64,
     pub bytes_dropped: u64,
     pub reason: String,
-    /// Copy of the dropped bytes (`<segment>.broken`), unless they were all zero.
+    /// Copy of the dropped bytes (`<segment>.broken`) up to the last non-zero one, unless
+    /// they were all zero. In a preallocated segment `bytes_dropped` counts its unused
+    /// zeros too, which the copy leaves out.
     /// Always `None` from [`verify`].
     pub broken_copy: Option<PathBuf>,
 }
