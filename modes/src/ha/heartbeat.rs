@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::gate::SyncMode;
+use super::gate::{SyncGate, SyncMode};
 use super::messages::*;
 use super::{Core, PEER, WITNESS};
 use crate::replicator::AdminError;
@@ -23,10 +23,16 @@ impl Core {
     /// Whether this primary's standby is recorded in sync: persisted here and the gate
     /// agreeing. Always true in `async`, where there is nothing to be in sync with.
     pub(crate) fn standby_in_sync(&self) -> bool {
+        self.gate().is_some_and(|g| self.standby_in_sync_at(&g)) || self.cfg.sync_mode == SyncMode::Async
+    }
+
+    /// [`Core::standby_in_sync`] as recorded by `gate`, the gate of this node's time as
+    /// primary that a caller holds (a long poll that began then).
+    pub(crate) fn standby_in_sync_at(&self, gate: &SyncGate) -> bool {
         if self.cfg.sync_mode == SyncMode::Async {
             return true;
         }
-        self.persisted.lock().unwrap().peer_in_sync && self.gate().is_some_and(|g| g.in_sync() && !g.wants_solo())
+        self.persisted.lock().unwrap().peer_in_sync && gate.in_sync() && !gate.wants_solo()
     }
 
     /// Records the standby out of sync, then lets the gate acknowledge alone. With a witness

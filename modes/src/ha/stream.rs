@@ -152,7 +152,15 @@ pub(super) async fn serve_fetch(core: &Arc<Core>, f: Fetch) -> FetchReply {
     let records = records.into_iter().map(|r| WireRecord { index: r.index, epoch: r.epoch, payload: r.payload }).collect();
     let ack_received = core.cfg.sync_mode == super::SyncMode::SemiSync;
     let ack_applied = core.cfg.sync_mode == super::SyncMode::RemoteApply;
-    let in_sync = core.standby_in_sync();
+    // The long poll may outlast this node's time as primary: its mode stopped on a storage
+    // failure while the node stays up to rejoin, or a newer epoch fenced it. Then it answers
+    // as what it is. Answering as a primary would say `in_sync: false` (it has no gate any
+    // more), the standby would record itself out of sync and refuse to take over — and the
+    // pair would have no primary. `in_sync` is what this primary's own gate records.
+    if !core.gate().is_some_and(|g| Arc::ptr_eq(&g, &gate)) {
+        return core.not_primary();
+    }
+    let in_sync = core.standby_in_sync_at(&gate);
     let durable_index = core.wal.durable_index();
     FetchReply::Records { epoch, records, commit_index: *core.applied_tx.borrow(), last_index: core.wal.last_index(), leader, ack_received, ack_applied, in_sync, durable_index }
 }
