@@ -47,7 +47,7 @@ impl RedbStore {
         let mut frozen = Frozen { store: self, _checkpointing: checkpointing, meta: SnapshotMeta { applied_index: applied, epoch: 0, keys: 0, meta: None }, size: 0, started: std::time::Instant::now() };
         let ceiling = self.ceiling.load(Ordering::Acquire).max(applied + REVISION_RESERVE);
         let db = self.db();
-        let txn = db.begin_write().map_err(storage)?;
+        let txn = super::begin_durable(&db)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(APPLIED, applied).map_err(storage)?;
@@ -133,7 +133,7 @@ impl RedbStore {
             }
             (Self::applied_state_in(&txn)?, txn.open_table(KV).map_err(storage)?.len().map_err(storage)?)
         };
-        let txn = db.begin_write().map_err(storage)?;
+        let txn = super::begin_durable(&db)?;
         let ceiling = {
             let mut meta = txn.open_table(META).map_err(storage)?;
             let theirs = meta.get(CEILING).map_err(storage)?.map(|g| g.value()).unwrap_or(0);
@@ -153,7 +153,7 @@ impl RedbStore {
             ceiling
         };
         txn.commit().map_err(storage)?;
-        info!(seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "opened the received store image (redb recovers a file copied while open)");
+        info!(seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "opened the received store image");
         Ok((db, SnapshotMeta { applied_index: state.index, epoch: state.epoch, keys, meta: state.meta }, ceiling))
     }
 }
