@@ -13,7 +13,9 @@
 //! the kernel, mostly from the page cache; not synced, it is transient) before letting go.
 //!
 //! Installing one: the bytes go to `state.redb.installing`, written back as they arrive and
-//! synced at the end; redb opens it (recovering it, as after a crash); its format must be
+//! synced at the end; redb opens it as after a crash — at once, since the commit the image was
+//! taken at recorded the allocator state (`begin_durable`), where a full repair would walk every
+//! page (8.5 s for 4 GiB); its format must be
 //! this build's; the facts that are the receiving node's own, not the state's (the WAL
 //! binding, the revision ceiling), are written over the sender's in a durable commit; then
 //! the file is renamed over the state file, as a logical install is ([`RedbStore::swap_in`]).
