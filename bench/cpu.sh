@@ -41,7 +41,7 @@ one() { # bin -> RESULT="PUT/s, then per node: µs per write, switches per write
   [ "$MODE" = standalone ] || wait_streaming 18102
   local c0=() s0=() i
   for i in "${!nodes[@]}"; do c0+=("$(cpu_ticks "${nodes[$i]}")"); s0+=("$(switches "${nodes[$i]}")"); done
-  wrk -t2 -c"$CLIENTS" -d"${DUR}"s -s bench/put.lua "http://127.0.0.1:${ports[0]}" >"$TMP/wrk.out" 2>&1
+  wrk -t"$(( CLIENTS < 2 ? 1 : 2 ))" -c"$CLIENTS" -d"${DUR}"s -s bench/put.lua "http://127.0.0.1:${ports[0]}" >"$TMP/wrk.out" 2>&1
   local n rps line
   n=$(awk '/requests in/ { print $1 }' "$TMP/wrk.out"); rps=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$TMP/wrk.out")
   [ -n "$n" ] && [ "$n" -gt 0 ] || { echo "wrk completed no request:"; cat "$TMP/wrk.out"; exit 1; }
