@@ -375,7 +375,7 @@ fn a_full_disk_on_the_ha_primary_hands_over_and_the_node_rejoins_once_there_is_r
     assert!(before > 0);
 
     // A cannot take writes: B must take over.
-    let took = wait_role_or_show_both(&pair.b, &pair.a, "primary", std::time::Duration::from_secs(20));
+    let took = common::ha::wait_role_showing(&pair.b, &pair.a, "primary", std::time::Duration::from_secs(20));
     let more: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
     for n in 0..200 {
         let key = format!("b/{n}");
@@ -400,25 +400,6 @@ fn a_full_disk_on_the_ha_primary_hands_over_and_the_node_rejoins_once_there_is_r
     assert_all_present(&pair.b, &all, "on the new primary");
     assert_all_present(&pair.a, &all, "on the node whose disk filled, after it rejoined");
     println!("{before} writes acknowledged before A's disk filled; B primary {took:?} later; A streaming {rejoined:?} after room came back");
-}
-
-/// [`common::ha::wait_role`] for `n`, which on failure shows `other`'s log too: a failover
-/// that does not happen is usually explained by what the old primary did last.
-fn wait_role_or_show_both(n: &Node, other: &Node, want: &str, within: std::time::Duration) -> std::time::Duration {
-    let start = std::time::Instant::now();
-    loop {
-        if common::ha::role(n) == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "node never became {want}: {}\nits log:\n{}\nthe other node's log:\n{}",
-            common::ha::health(n),
-            n.log_text(),
-            other.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// A Raft leader's disk fills (its data directory moved onto a small tmpfs): openraft stops

@@ -30,11 +30,7 @@ fn fetch(epoch: u64, from: u64, prev_epoch: u64, have: u64, wait_ms: u64) -> Fet
         node_id: STANDBY.into(),
         from,
         prev_epoch,
-        positions: Positions {
-            received: have,
-            flushed: have,
-            applied: have,
-        },
+        positions: Positions { received: have, flushed: have, applied: have },
         wait_ms,
         max_records: 100,
         http_addr: None,
@@ -46,10 +42,7 @@ fn fetch(epoch: u64, from: u64, prev_epoch: u64, have: u64, wait_ms: u64) -> Fet
 }
 
 async fn ask(h: &Arc<dyn Handler>, f: &Fetch) -> FetchReply {
-    let reply = h
-        .on_request(&STANDBY.to_string(), FETCH, encode(f))
-        .await
-        .expect("the primary answers a fetch");
+    let reply = h.on_request(&STANDBY.to_string(), FETCH, encode(f)).await.expect("the primary answers a fetch");
     decode::<FetchReply>(&reply).unwrap()
 }
 
@@ -58,25 +51,11 @@ async fn a_fetch_answered_after_the_primary_stopped_does_not_record_the_standby_
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(WalOptions::new(dir.path().join("wal"))).unwrap();
     // Nobody listens on the peer address: the test is the standby.
-    let cfg = HaConfig {
-        sync_mode: SyncMode::Sync,
-        ..ha_config(
-            "node-a",
-            ConfiguredRole::Primary,
-            "127.0.0.1:9".into(),
-            dir.path(),
-        )
-    };
+    let cfg = HaConfig { sync_mode: SyncMode::Sync, ..ha_config("node-a", ConfiguredRole::Primary, "127.0.0.1:9".into(), dir.path()) };
     let ha = HaStandby::new(cfg, wal, Arc::new(MemStateMachine::default())).unwrap();
     let h = ha.handler();
     let mut registry = prometheus_client::registry::Registry::default();
-    let t = Transport::start(
-        TransportConfig::new("outlives", "node-a", "127.0.0.1:0".parse().unwrap()),
-        h.clone(),
-        &mut registry,
-    )
-    .await
-    .unwrap();
+    let t = Transport::start(TransportConfig::new("outlives", "node-a", "127.0.0.1:0".parse().unwrap()), h.clone(), &mut registry).await.unwrap();
     ha.start(t);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(ha.status().role == "primary" && ha.status().is_leader) {
@@ -89,12 +68,7 @@ async fn a_fetch_answered_after_the_primary_stopped_does_not_record_the_standby_
     let (mut epoch, mut last, mut last_epoch) = (0, 0, 0);
     loop {
         match ask(&h, &fetch(epoch, last + 1, last_epoch, last, 0)).await {
-            FetchReply::Records {
-                epoch: e,
-                records,
-                in_sync,
-                ..
-            } => {
+            FetchReply::Records { epoch: e, records, in_sync, .. } => {
                 epoch = e;
                 if let Some(r) = records.last() {
                     (last, last_epoch) = (r.index, r.epoch);
@@ -104,10 +78,7 @@ async fn a_fetch_answered_after_the_primary_stopped_does_not_record_the_standby_
             }
             other => panic!("unexpected answer while catching up: {other:?}"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the primary never recorded the standby in sync"
-        );
+        assert!(Instant::now() < deadline, "the primary never recorded the standby in sync");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -117,16 +88,9 @@ async fn a_fetch_answered_after_the_primary_stopped_does_not_record_the_standby_
         tokio::spawn(async move { ask(&h, &f).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !poll.is_finished(),
-        "the fetch was meant to be waiting in its long poll"
-    );
+    assert!(!poll.is_finished(), "the fetch was meant to be waiting in its long poll");
     ha.shutdown().await;
-    match tokio::time::timeout(Duration::from_secs(10), poll)
-        .await
-        .expect("the long poll never ended")
-        .unwrap()
-    {
+    match tokio::time::timeout(Duration::from_secs(10), poll).await.expect("the long poll never ended").unwrap() {
         FetchReply::Records { in_sync: false, .. } => {
             panic!("a node that is no longer primary answered the waiting fetch as a primary with in_sync: false — the standby would record itself out of sync and never take over")
         }

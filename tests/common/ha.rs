@@ -167,12 +167,22 @@ pub fn role(n: &impl Target) -> String {
 }
 
 pub fn wait_role(n: &impl Target, want: &str, within: Duration) -> Duration {
+    wait_role_with(n, want, within, String::new)
+}
+
+/// [`wait_role`], whose failure also shows `other`'s log: a failover that does not happen is
+/// usually explained by what the old primary did last.
+pub fn wait_role_showing(n: &impl Target, other: &impl Target, want: &str, within: Duration) -> Duration {
+    wait_role_with(n, want, within, || format!("\nthe other node's log:\n{}", other.log_text()))
+}
+
+fn wait_role_with(n: &impl Target, want: &str, within: Duration, more: impl Fn() -> String) -> Duration {
     let start = Instant::now();
     loop {
         if role(n) == want {
             return start.elapsed();
         }
-        assert!(start.elapsed() < within, "node never became {want}: {}\nlog:\n{}", health(n), n.log_text());
+        assert!(start.elapsed() < within, "node never became {want}: {}\nlog:\n{}{}", health(n), n.log_text(), more());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
