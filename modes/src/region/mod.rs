@@ -3,8 +3,10 @@
 //!
 //! Module map:
 //! - [`hlc`]: the hybrid logical clock whose readings stamp every write.
-//! - [`observe`]: the state machine wrapper that moves the clock past every applied stamp.
+//! - [`observe`]: the state machine wrapper that moves the clock past every applied stamp
+//!   and, while this node ships, records what each applied entry touched in the [`feed`].
 //! - [`messages`]: the Region message family (a batch of versions and its answer).
+//! - [`primary`]: the primary record as of the applied state, read once per applied position.
 //! - [`shipper`]: one [`shipper::Link`] per remote region: reads committed entries, ships the
 //!   versions this region wrote, resumes from the remote's high-water mark.
 //! - [`collect`]: the region leader's tombstone collector.
@@ -39,9 +41,11 @@
 //! would fail, so they are refused (400) rather than silently weakened.
 
 pub mod collect;
+pub mod feed;
 pub mod hlc;
 pub mod messages;
 pub mod observe;
+pub mod primary;
 pub mod shipper;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,6 +155,7 @@ pub struct MultiRegion {
     sm: Arc<dyn StateMachine>,
     hlc: Arc<Hlc>,
     links: Vec<Arc<Link>>,
+    primary_view: Arc<primary::PrimaryView>,
     collector: Arc<collect::Collector>,
     transport: Transport,
     stopped: Arc<AtomicBool>,
@@ -171,16 +176,18 @@ impl MultiRegion {
         wal: Wal,
         transport: Transport,
         hlc: Arc<Hlc>,
+        feed: Arc<feed::Feed>,
         handler: &RegionHandler,
         semi_sync: Option<Arc<SemiSync>>,
     ) -> Arc<MultiRegion> {
         let stopped = Arc::new(AtomicBool::new(false));
+        let primary = primary::PrimaryView::new(sm.clone());
         let links: Vec<Arc<Link>> = cfg
             .remote_names()
             .iter()
             .map(|r| {
                 let addrs: Vec<String> = cfg.remotes.iter().filter(|(n, _)| n == r).map(|(_, a)| a.clone()).collect();
-                Link::new(&transport, &cfg.region, r, &addrs)
+                Link::new(&transport, &cfg.region, r, &addrs, primary.clone(), feed.clone())
             })
             .collect();
         for link in &links {
@@ -196,7 +203,7 @@ impl MultiRegion {
         if let Some(s) = semi_sync {
             let _ = s.marks.set(links.iter().map(|l| l.acked()).collect());
         }
-        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, collector, transport, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
+        let node = Arc::new(MultiRegion { cfg, raft, sm, hlc, links, primary_view: primary, collector, transport, stopped, demoted_writes: AtomicU64::new(0), order: Default::default() });
         let _ = handler.node.set(Arc::downgrade(&node));
         node
     }
@@ -241,7 +248,7 @@ impl MultiRegion {
             Ok(Committed { result, .. }) => match result.outcome {
                 Outcome::RegionMerged { high_water, .. } => {
                     *merged = (*merged).max(high_water);
-                    ShipReply::Merged { high_water, primary: shipper::primary_record(&*self.sm) }
+                    ShipReply::Merged { high_water, primary: self.primary_view.get() }
                 }
                 other => refused("internal", format!("a region batch applied as {other:?}")),
             },
@@ -325,7 +332,7 @@ impl MultiRegion {
 
     /// The primary record in force: the replicated one, else epoch 0 from the configuration.
     fn primary(&self) -> Option<PrimaryRecord> {
-        shipper::primary_record(&*self.sm).or_else(|| self.cfg.primary_region.clone().map(|region| PrimaryRecord { epoch: 0, region, hlc: 0 }))
+        self.primary_view.get().or_else(|| self.cfg.primary_region.clone().map(|region| PrimaryRecord { epoch: 0, region, hlc: 0 }))
     }
 
     fn takes_writes(&self) -> Result<(), SubmitError> {

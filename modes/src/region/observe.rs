@@ -1,9 +1,11 @@
 //! The state machine as the multi-region mode sees it: every applied stamp moves this node's
 //! hybrid logical clock forward, so a write stamped here after a version was applied here is
-//! stamped above it (see [`super::hlc`]). Everything else passes straight through.
+//! stamped above it (see [`super::hlc`]). While this node ships, what each applied entry
+//! touched is recorded in the [`Feed`]. Everything else passes straight through.
 
 use std::sync::Arc;
 
+use super::feed::Feed;
 use super::hlc::Hlc;
 use crate::command::{Command, CommandResult, KeyValue};
 use crate::state_machine::{AppliedState, LogEntry, ScanEvent, StateMachine, StateMachineError};
@@ -11,11 +13,12 @@ use crate::state_machine::{AppliedState, LogEntry, ScanEvent, StateMachine, Stat
 pub struct Observed {
     inner: Arc<dyn StateMachine>,
     hlc: Arc<Hlc>,
+    feed: Arc<Feed>,
 }
 
 impl Observed {
-    pub fn new(inner: Arc<dyn StateMachine>, hlc: Arc<Hlc>) -> Observed {
-        Observed { inner, hlc }
+    pub fn new(inner: Arc<dyn StateMachine>, hlc: Arc<Hlc>, feed: Arc<Feed>) -> Observed {
+        Observed { inner, hlc, feed }
     }
 }
 
@@ -37,6 +40,7 @@ impl StateMachine for Observed {
         if let Some(h) = entries.iter().map(|e| highest_stamp(&e.command)).max() {
             self.hlc.observe(h);
         }
+        self.feed.record(entries);
         Ok(out)
     }
     fn applied_index(&self) -> u64 {
@@ -83,6 +87,7 @@ impl StateMachine for Observed {
         entries: &mut dyn FnMut() -> Result<Option<KeyValue>, StateMachineError>,
     ) -> Result<(), StateMachineError> {
         let hlc = self.hlc.clone();
+        self.feed.clear();
         self.inner.replace_all(applied_index, epoch, meta, &mut || {
             let e = entries()?;
             if let Some(st) = e.as_ref().and_then(|kv| kv.stamp.as_ref()) {

@@ -4,8 +4,9 @@
 //! others wait). What it ships, and why that is enough:
 //!
 //! - **Which keys**: the log says. Committed entries (positions at or below this node's
-//!   applied index, never the not-yet-agreed tail) are read from the WAL, from the remote's
-//!   high-water mark on; every key a [`Command::Stamped`] entry wrote or deleted is collected.
+//!   applied index, never the not-yet-agreed tail) are read from the remote's high-water
+//!   mark on — the recent ones from memory ([`super::feed`]), older ones from the WAL; every
+//!   key a [`Command::Stamped`] entry wrote or deleted is collected.
 //! - **Which versions**: the state says. For each such key the *current* stored version is
 //!   shipped if this region wrote it (its stamp names this region), tombstones included. A
 //!   later version than the entry's own is as good under last-write-wins (it would win
@@ -28,17 +29,18 @@
 //! the batch through its own Raft group, forwarding to its leader if it is not the leader.
 //! Failures are retried forever, backing off to [`MAX_BACKOFF`].
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_wal::{Wal, WalError};
 
+use super::feed::{Fed, Feed, Touched};
 use super::messages::{ShipReply, ShipRequest, SHIP};
+use super::primary::PrimaryView;
 use crate::apply::clock_key;
 use crate::conflicts;
-use crate::command::{primary_key, Command, KeyValue, Op, PrimaryRecord, MAX_REGION_BATCH};
+use crate::command::{Command, KeyValue, PrimaryRecord, MAX_REGION_BATCH};
 use crate::raft::RaftNode;
 use crate::payload::LogPayload;
 use crate::state_machine::{ScanEvent, StateMachine};
@@ -70,6 +72,8 @@ pub struct LinkStatus {
     /// How long the remote has been behind; 0 when it has everything.
     pub lag_seconds: f64,
     pub shipped_versions: u64,
+    /// Batches the remote answered (versions per batch = `shipped_versions / shipped_batches`).
+    pub shipped_batches: u64,
     pub shipped_bytes: u64,
     pub last_error: Option<String>,
     /// True while this node is the one shipping (its region's leader).
@@ -95,6 +99,9 @@ pub struct Link {
     remote_primary: Mutex<Option<PrimaryRecord>>,
     /// The remote's mark, for writers waiting on it (`semi_sync`).
     acked: tokio::sync::watch::Sender<u64>,
+    primary: Arc<PrimaryView>,
+    /// What this node applied lately (see [`super::feed`]); on while this node ships.
+    feed: Arc<Feed>,
 }
 
 /// The log positions and versions of one batch.
@@ -112,7 +119,7 @@ struct Batch {
 }
 
 impl Link {
-    pub fn new(transport: &Transport, own_region: &str, region: &str, addrs: &[String]) -> Arc<Link> {
+    pub fn new(transport: &Transport, own_region: &str, region: &str, addrs: &[String], primary: Arc<PrimaryView>, feed: Arc<Feed>) -> Arc<Link> {
         let peers = addrs
             .iter()
             .map(|a| {
@@ -131,6 +138,8 @@ impl Link {
             shipped_bytes: AtomicU64::new(0),
             remote_primary: Mutex::new(None),
             acked: tokio::sync::watch::channel(0).0,
+            primary,
+            feed,
         })
     }
 
@@ -159,10 +168,12 @@ impl Link {
         let mut next_peer = 0usize;
         while !stopped() {
             if !is_leader() {
+                self.feed.set_on(false);
                 self.status.lock().unwrap().shipping = false;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+            self.feed.set_on(true);
             self.status.lock().unwrap().shipping = true;
             match self.ship_while_leader(&transport, &wal, &sm, &raft, &stopped, &mut next_peer).await {
                 Ok(()) => backoff = Duration::from_millis(50),
@@ -201,7 +212,7 @@ impl Link {
     ) -> Result<(), String> {
         use futures_util::StreamExt as _;
         let peer = self.peers[*next_peer % self.peers.len()].clone();
-        let mut covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: 0, writes: Vec::new(), stamped: 0, clock: 0 }).await?;
+        let mut covered = self.send(transport, &peer, raft, Batch { after: 0, through: 0, writes: Vec::new(), stamped: 0, clock: 0 }).await?;
         self.covered.store(covered, Ordering::Relaxed);
         // Positions up to `sent` are in flight, at the remote, or hold nothing to ship.
         let mut sent = covered;
@@ -213,15 +224,23 @@ impl Link {
         let mut in_flight = futures_util::stream::FuturesOrdered::new();
         while raft.is_leader() && !stopped() {
             let applied = sm.applied_index();
-            if in_flight.is_empty() && self.remote_primary_behind(sm) {
+            if in_flight.is_empty() && self.remote_primary_behind() {
                 // A promotion the remote has not heard of: tell it, with or without data.
-                covered = self.send(transport, &peer, sm, raft, Batch { after: 0, through: covered, writes: Vec::new(), stamped: 0, clock: 0 }).await?.max(covered);
+                covered = self.send(transport, &peer, raft, Batch { after: 0, through: covered, writes: Vec::new(), stamped: 0, clock: 0 }).await?.max(covered);
                 continue;
             }
             if in_flight.len() < PIPELINE && sent < applied {
-                let (w, s, from) = (wal.clone(), sm.clone(), sent + 1);
-                let own = self.own_region.clone();
-                let read = tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?;
+                let from = sent + 1;
+                let read = match self.feed.read(from, applied, READ_RECORDS) {
+                    // Recent entries, from memory: their versions are mostly among the recent
+                    // writes the store keeps in memory too, so this runs here.
+                    Fed::Entries(entries) => gather(entries.into_iter().map(Ok), &**sm, &self.own_region, from),
+                    Fed::NotYet => Ok(Batch { after: 0, through: from - 1, writes: Vec::new(), stamped: 0, clock: 0 }),
+                    Fed::Missing => {
+                        let (w, s, own) = (wal.clone(), sm.clone(), self.own_region.clone());
+                        tokio::task::spawn_blocking(move || collect(&w, &*s, &own, from, applied)).await.map_err(|e| e.to_string())?
+                    }
+                };
                 match read {
                     Ok(batch) if batch.through < from => tokio::time::sleep(Duration::from_millis(1)).await, // not durable here yet
                     Ok(batch) if batch.writes.is_empty() && batch.stamped == 0 => sent = batch.through, // nothing to ship up to here
@@ -230,7 +249,7 @@ impl Link {
                         batch.after = last_sent;
                         sent = batch.through;
                         last_sent = batch.through;
-                        in_flight.push_back(self.send(transport, &peer, sm, raft, batch));
+                        in_flight.push_back(self.send(transport, &peer, raft, batch));
                     }
                     Err(Collect::Purged) if in_flight.is_empty() => {
                         tracing::info!(region = %self.region, from, "the log below the remote's mark is gone (snapshot); resending every version this region wrote");
@@ -306,25 +325,25 @@ impl Link {
         });
         let mut mark = 0;
         while let Some(b) = rx.recv().await {
-            mark = self.send(transport, peer, sm, raft, b).await?;
+            mark = self.send(transport, peer, raft, b).await?;
         }
         scan.await.map_err(|e| e.to_string())??;
         Ok(mark)
     }
 
     /// True when this region holds a primary record the remote has not confirmed.
-    fn remote_primary_behind(&self, sm: &Arc<dyn StateMachine>) -> bool {
-        let local = primary_record(&**sm);
+    fn remote_primary_behind(&self) -> bool {
+        let local = self.primary.get();
         local.is_some_and(|l| l.supersedes(self.remote_primary.lock().unwrap().as_ref()))
     }
 
     /// Sends one batch (with this region's primary record) and returns the remote's mark
     /// for this region. A newer primary record in the answer is adopted through this
     /// region's Raft log.
-    async fn send(&self, transport: &Transport, peer: &NodeId, sm: &Arc<dyn StateMachine>, raft: &Arc<RaftNode>, batch: Batch) -> Result<u64, String> {
+    async fn send(&self, transport: &Transport, peer: &NodeId, raft: &Arc<RaftNode>, batch: Batch) -> Result<u64, String> {
         let bytes: usize = batch.writes.iter().map(|w| w.key.len() + w.value.len()).sum();
         let versions = batch.writes.len() as u64;
-        let local_primary = primary_record(&**sm);
+        let local_primary = self.primary.get();
         let req = ShipRequest { origin: self.own_region.clone(), after: batch.after, through: batch.through, clock: batch.clock, writes: batch.writes, primary: local_primary.clone() };
         let reply = transport.request(peer, SHIP, encode(&req), Some(SHIP_TIMEOUT)).await.map_err(|e| format!("{peer}: {e}"))?;
         match decode::<ShipReply>("region", &reply)? {
@@ -342,6 +361,7 @@ impl Link {
                 s.acknowledged = s.acknowledged.max(high_water);
                 s.address = peer.split_once('@').map(|(_, a)| a.to_owned());
                 s.shipped_versions += versions;
+                s.shipped_batches += 1;
                 s.last_error = None;
                 Ok(high_water)
             }
@@ -355,8 +375,8 @@ enum Collect {
     Failed(String),
 }
 
-/// Reads committed entries `from..=applied` and gathers the current versions this region
-/// wrote of the keys they touched.
+/// Reads committed entries `from..=applied` from the WAL and gathers the current versions
+/// this region wrote of the keys they touched.
 fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64) -> Result<Batch, Collect> {
     let records = match wal.read_from(from, READ_RECORDS, BATCH_BYTES) {
         Ok(r) => r,
@@ -366,40 +386,55 @@ fn collect(wal: &Wal, sm: &dyn StateMachine, own: &str, from: u64, applied: u64)
     if records.first().is_some_and(|r| r.index > from) {
         return Err(Collect::Purged);
     }
-    let mut seen = BTreeSet::new();
+    let entries = records.iter().take_while(|r| r.index <= applied).map(|r| {
+        let touched = match LogPayload::decode(&r.payload).map_err(|e| Collect::Failed(format!("WAL record {}: {e}", r.index)))? {
+            LogPayload::Normal(c) => Touched::of(&c),
+            _ => Touched::Nothing,
+        };
+        Ok((r.index, touched))
+    });
+    gather(entries, sm, own, from)
+}
+
+/// Gathers the current versions this region wrote of the keys the entries (positions `from`
+/// on, in order, contiguous) touched, as far as one batch goes.
+fn gather(entries: impl Iterator<Item = Result<(u64, Touched), Collect>>, sm: &dyn StateMachine, own: &str, from: u64) -> Result<Batch, Collect> {
+    let mut seen = std::collections::HashSet::new();
     let mut writes = Vec::new();
     let (mut through, mut bytes, mut stamped, mut clock) = (from - 1, 0usize, 0usize, 0u64);
-    for r in records.iter().take_while(|r| r.index <= applied) {
-        let payload = LogPayload::decode(&r.payload).map_err(|e| Collect::Failed(format!("WAL record {}: {e}", r.index)))?;
-        if let LogPayload::Normal(Command::RegionBatch { origin, writes: merged, keep_conflicts: true, .. }) = &payload {
-            for w in merged {
-                for v in own_conflict_versions(sm, own, origin, &w.key).map_err(Collect::Failed)? {
-                    bytes += v.key.len() + v.value.len() + 64;
-                    writes.push(v);
-                }
-            }
-        }
-        if let LogPayload::Normal(Command::Stamped { command, stamp }) = payload {
-            stamped += 1;
-            // The proposed stamp; the applied one is at least as high (invariant 1 in `apply`).
-            clock = clock.max(stamp.hlc);
-            let mut keys = BTreeSet::new();
-            touched(&command, &mut keys);
-            for k in keys {
-                if !seen.insert(k.clone()) {
-                    continue; // already in this batch, at its current version
-                }
-                match sm.get_version(&k) {
-                    Ok(Some(v)) if v.stamp.as_ref().is_some_and(|st| st.region == own) => {
+    for entry in entries {
+        let (index, touched) = entry?;
+        match touched {
+            Touched::Merged { origin, keys } => {
+                for k in keys {
+                    for v in own_conflict_versions(sm, own, &origin, &k).map_err(Collect::Failed)? {
                         bytes += v.key.len() + v.value.len() + 64;
                         writes.push(v);
                     }
-                    Ok(_) => {}
-                    Err(e) => return Err(Collect::Failed(e.to_string())),
                 }
             }
+            Touched::Stamped { hlc, keys } => {
+                stamped += 1;
+                // The proposed stamp; the applied one is at least as high (invariant 1 in `apply`).
+                clock = clock.max(hlc);
+                for k in keys {
+                    if seen.contains(&k) {
+                        continue; // already in this batch, at its current version
+                    }
+                    match sm.get_version(&k) {
+                        Ok(Some(v)) if v.stamp.as_ref().is_some_and(|st| st.region == own) => {
+                            bytes += v.key.len() + v.value.len() + 64;
+                            writes.push(v);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(Collect::Failed(e.to_string())),
+                    }
+                    seen.insert(k);
+                }
+            }
+            Touched::Nothing => {}
         }
-        through = r.index;
+        through = index;
         if writes.len() + 256 > MAX_REGION_BATCH || bytes >= BATCH_BYTES {
             break; // a whole entry at most over: a txn holds at most 256 ops
         }
@@ -419,26 +454,4 @@ fn own_conflict_versions(sm: &dyn StateMachine, own: &str, origin: &str, key: &s
     Ok(conflicts::decode(&record.value).unwrap_or_default().into_iter().filter(|v| v.stamp.as_ref().is_some_and(|s| s.region == own)).collect())
 }
 
-/// Every key a command may have written or deleted (both branches of a txn: which one ran
-/// does not matter, the state tells what the key holds now).
-fn touched(c: &Command, keys: &mut BTreeSet<String>) {
-    match c {
-        Command::Put { key, .. } | Command::Delete { key, .. } => {
-            keys.insert(key.clone());
-        }
-        Command::Txn(t) => {
-            for op in t.success.iter().chain(&t.failure) {
-                if let Op::Put { key, .. } | Op::Delete { key } = op {
-                    keys.insert(key.clone());
-                }
-            }
-        }
-        Command::Stamped { command, .. } => touched(command, keys),
-        Command::Noop | Command::RegionBatch { .. } | Command::SetPrimary(_) | Command::CollectTombstones { .. } => {}
-    }
-}
 
-/// The primary record this node's state holds.
-pub fn primary_record(sm: &dyn StateMachine) -> Option<PrimaryRecord> {
-    sm.get_version(&primary_key()).ok().flatten().and_then(|kv| PrimaryRecord::decode(&kv.value))
-}
