@@ -13,7 +13,9 @@
 //! - it is **bounded** ([`MAX_ENTRIES`], [`MAX_BYTES`]; the oldest go first), and a position
 //!   below what it holds is read from the WAL as before (a remote that was cut off, a leader
 //!   that just took over);
-//! - only **applied** entries enter it, so it never reaches past what the region agreed on.
+//! - only **applied** entries enter it, so it never reaches past what the region agreed on;
+//! - the shipper asks it only for positions the WAL still holds, so a remote whose mark the
+//!   log was purged past still takes the full-state resend.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

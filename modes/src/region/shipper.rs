@@ -231,7 +231,10 @@ impl Link {
             }
             if in_flight.len() < PIPELINE && sent < applied {
                 let from = sent + 1;
-                let read = match self.feed.read(from, applied, READ_RECORDS) {
+                // The feed never serves what the WAL no longer holds: a remote that far behind
+                // takes the full-state resend, as it would without the feed.
+                let fed = if from >= wal.first_index() { self.feed.read(from, applied, READ_RECORDS) } else { Fed::Missing };
+                let read = match fed {
                     // Recent entries, from memory: their versions are mostly among the recent
                     // writes the store keeps in memory too, so this runs here.
                     Fed::Entries(entries) => gather(entries.into_iter().map(Ok), &**sm, &self.own_region, from),
