@@ -17,6 +17,7 @@ Binds to 127.0.0.1 only; every node is stopped by its PID."""
 import os, subprocess, sys, time, json, tempfile, urllib.request, socket, signal
 BIN = sys.argv[1]; SECS = int(sys.argv[2]) if len(sys.argv) > 2 else 8; ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 PACED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paced.lua")
+PUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "put.lua")
 SECRET = "raft-test-secret-4f1c9a7d2e8b6035c1d7a9e4b2f8063d"
 TCK = os.sysconf('SC_CLK_TCK')
 def port():
@@ -91,7 +92,7 @@ def run(regions):
                 pid = [p.pid for n, hp, p in procs if hp == leader][0]
                 perf = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "--call-graph", "dwarf,8192", "-p", str(pid), "-o", f"/tmp/perf-{regions[0]}.data", "--", "sleep", str(SECS - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if os.environ.get("DELAY_MS"):
-                out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECS}s", "--latency", "-s", PACED, f"http://127.0.0.1:{leader}"], capture_output=True, text=True).stdout
+                out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECS}s", "--latency", "-s", PACED, f"http://127.0.0.1:{leader}"], capture_output=True, text=True, env={**os.environ, "PUT_LUA": PUT}).stdout
                 rps = float([l for l in out.splitlines() if l.startswith("Requests/sec:")][0].split()[1])
                 p99 = [l for l in out.splitlines() if l.strip().startswith("99%")][0].split()[1]
                 p99 = float(p99[:-2]) if p99.endswith("ms") else float(p99[:-1]) * 1000 if p99.endswith("s") and not p99.endswith("us") else float(p99[:-2]) / 1000
