@@ -8,11 +8,17 @@ two builds in one run.
 
 Usage: bench/region_cpu.py BIN[,BIN2...] [seconds] [rounds]
   QUOTA=1     CPU budgets as in region_benchmark (root, cgroup v1): the single group and
-              `us` 0.8 core, `eu` 0.6, this script and the load 0.6.
+              `us` 0.8 core, `eu` 0.6, this script and the load 0.6; BUDGETS=0.5,0.4,0.3
+              sets other ones (primary region and single group, eu, load).
   DELAY_MS=N  paced load instead of `meridian bench`: wrk, 64 connections, each waiting N ms
               between requests (needs wrk), so both setups see about the same rate.
   PERF=1      perf record (dwarf call graphs) of the primary region's leader, into
-              /tmp/perf-<g|us>.data.
+              /tmp/perf-<g|us>.data; PERF=region records all three of its nodes (no call
+              graphs).
+  SLICES=N    both setups run side by side and the load alternates between them, N pairs
+              of `seconds` each (order A B B A ...), for the first binary only: a host whose
+              speed drifts within a minute then weighs on both alike. With QUOTA=1 the single
+              group gets a 0.8-core budget of its own (only one setup is loaded at a time).
 Binds to 127.0.0.1 only; every node is stopped by its PID."""
 import os, subprocess, sys, time, json, tempfile, urllib.request, socket, signal
 BIN = sys.argv[1]; SECS = int(sys.argv[2]) if len(sys.argv) > 2 else 8; ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 1
@@ -67,7 +73,7 @@ def cg_add(name, pid):
     for h in ("cpu", "cpuacct"):
         open(f"/sys/fs/cgroup/{h}/meridian-bench-{name}/cgroup.procs", "w").write(str(pid))
 def cg_remove():
-    for name in ("primary", "remote", "load"):
+    for name in ("primary", "remote", "load", "anchor"):
         for h in ("cpu", "cpuacct"):
             d = f"/sys/fs/cgroup/{h}/meridian-bench-{name}"
             if os.path.isdir(d):
@@ -78,7 +84,10 @@ def cg_remove():
                 except OSError: pass
 if QUOTA:
     import atexit
-    cg("primary", 0.8); cg("remote", 0.6); cg("load", 0.6); cg_add("load", os.getpid())
+    # BUDGETS=primary,remote,load (cores) overrides the defaults, e.g. on a host whose steal
+    # time leaves less than two cores: a budget only stands in for a machine if it is always there.
+    PB, RB, LB = map(float, os.environ.get("BUDGETS", "0.8,0.6,0.6").split(","))
+    cg("primary", PB); cg("remote", RB); cg("load", LB); cg("anchor", PB); cg_add("load", os.getpid())
     atexit.register(cg_remove)
 def run(regions):
     with tempfile.TemporaryDirectory() as d:
@@ -89,8 +98,10 @@ def run(regions):
             before = {n: cpu(p.pid) for n, _, p in procs}
             perf = None
             if os.environ.get("PERF"):
-                pid = [p.pid for n, hp, p in procs if hp == leader][0]
-                perf = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "--call-graph", "dwarf,8192", "-p", str(pid), "-o", f"/tmp/perf-{regions[0]}.data", "--", "sleep", str(SECS - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                # PERF=region: every node of the primary region, not only its leader.
+                pids = [p.pid for n, hp, p in procs if (hp == leader if os.environ["PERF"] != "region" else n.startswith(regions[0]))]
+                graph = ["-g", "--call-graph", "dwarf,8192"] if os.environ["PERF"] != "region" else []  # flat for three processes
+                perf = subprocess.Popen(["perf", "record", "-F", "1999", *graph, "-p", ",".join(map(str, pids)), "-o", f"/tmp/perf-{regions[0]}.data", "--", "sleep", str(SECS - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if os.environ.get("DELAY_MS"):
                 out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECS}s", "--latency", "-s", PACED, f"http://127.0.0.1:{leader}"], capture_output=True, text=True, env={**os.environ, "PUT_LUA": PUT}).stdout
                 rps = float([l for l in out.splitlines() if l.startswith("Requests/sec:")][0].split()[1])
@@ -112,7 +123,58 @@ def run(regions):
         finally:
             for _, _, p in procs: p.send_signal(signal.SIGTERM)
             for _, _, p in procs: p.wait()
+def load(leader):
+    """SECS seconds of PUT load on `leader`: (PUT/s, p99 ms)."""
+    out = subprocess.run([BIN, "bench", "--url", f"http://127.0.0.1:{leader}", "--clients", "64", "--duration", f"{SECS}s"], capture_output=True, text=True).stdout
+    line = [l for l in out.splitlines() if l.strip().startswith("64 ")][-1].split()
+    return float(line[1]), float(line[3])
+def throttled(group):
+    """(periods, throttled periods) of a budget, (0, 0) without QUOTA."""
+    if not QUOTA: return (0, 0)
+    st = dict(l.split() for l in open(f"/sys/fs/cgroup/cpu/meridian-bench-{group}/cpu.stat"))
+    return (int(st["nr_periods"]), int(st["nr_throttled"]))
+def usage():
+    """CPU seconds used so far by each budget (QUOTA only)."""
+    if not QUOTA: return {}
+    return {g: int(open(f"/sys/fs/cgroup/cpuacct/meridian-bench-{g}/cpuacct.usage").read()) / 1e9 for g in ("anchor", "primary", "remote", "load")}
+def steal():
+    """Host steal time so far, in % of one CPU x seconds."""
+    return int(open("/proc/stat").readline().split()[8]) * 100 / TCK
+def sliced(pairs):
+    dirs = [tempfile.TemporaryDirectory() for _ in range(2)]
+    setups = []
+    try:
+        for regions, d, group in ((["g"], dirs[0], "anchor"), (["us", "eu"], dirs[1], "primary")):
+            procs, leader = start(regions, d.name)
+            setups.append((regions, procs, leader))
+            if QUOTA:
+                for n, _, p in procs: cg_add(group if n.startswith(regions[0]) else "remote", p.pid)
+        rates = {"g": [], "us": []}; cpus = {"g": [], "us": []}
+        for i in range(pairs):
+            for regions, procs, leader in (setups if i % 2 == 0 else setups[::-1]):
+                prim = [p for n, _, p in procs if n.startswith(regions[0])]
+                before = sum(cpu(p.pid) for p in prim)
+                group = "anchor" if regions[0] == "g" else "primary"
+                thr0 = throttled(group); steal0 = steal(); use0 = usage()
+                put, p99 = load(leader)
+                thr1 = throttled(group); st = (steal() - steal0) / SECS; use = {k: (v - use0[k]) / SECS for k, v in usage().items()}
+                rates[regions[0]].append(put); cpus[regions[0]].append((sum(cpu(p.pid) for p in prim) - before) * 1e6 / (put * SECS))
+                print(f"  slice {i + 1:2} {regions[0]:2} PUT/s {put:7.0f} p99 {p99:6.2f} ms  primary CPU us/write {cpus[regions[0]][-1]:6.1f}  throttled {(thr1[1] - thr0[1]) * 100 / max(1, thr1[0] - thr0[0]):3.0f}%  steal {st:.0f}%  cores used " + " ".join(f"{k} {v:.2f}" for k, v in use.items()), flush=True)
+                time.sleep(0.5)
+        ratios = sorted(u / g for u, g in zip(rates["us"], rates["g"]))
+        med = lambda v: sorted(v)[len(v) // 2] if len(v) % 2 else (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]) / 2
+        print(f"one group {sum(rates['g']) / pairs:.0f} PUT/s, us under async {sum(rates['us']) / pairs:.0f}: ratio of totals {sum(rates['us']) / sum(rates['g']):.2f}x, "
+              f"median of pair ratios {med(ratios):.2f}x (range {ratios[0]:.2f}-{ratios[-1]:.2f}); CPU us/write median g {med(cpus['g']):.1f}, us {med(cpus['us']):.1f}", flush=True)
+    finally:
+        for _, procs, _ in setups:
+            for _, _, p in procs: p.send_signal(signal.SIGTERM)
+            for _, _, p in procs: p.wait()
+        for d in dirs: d.cleanup()
 BINS = BIN.split(",")
+if os.environ.get("SLICES"):
+    BIN = BINS[0]
+    sliced(int(os.environ["SLICES"]))
+    sys.exit(0)
 for rnd in range(ROUNDS):
   for BIN in BINS:
     for regions in (["g"], ["us", "eu"]):
