@@ -18,7 +18,9 @@ Usage: bench/region_cpu.py BIN[,BIN2...] [seconds] [rounds]
   SLICES=N    both setups run side by side and the load alternates between them, N pairs
               of `seconds` each (order A B B A ...), for the first binary only: a host whose
               speed drifts within a minute then weighs on both alike. With QUOTA=1 the single
-              group gets a 0.8-core budget of its own (only one setup is loaded at a time).
+              group gets a budget of its own (only one setup is loaded at a time). With PERF
+              set, each slice is profiled (flat) into /tmp/perf-<g|us>-<pair>.data.
+              NO_REMOTE=1 stops eu first: `us` stamps every write and ships nothing.
 Binds to 127.0.0.1 only; every node is stopped by its PID."""
 import os, subprocess, sys, time, json, tempfile, urllib.request, socket, signal
 BIN = sys.argv[1]; SECS = int(sys.argv[2]) if len(sys.argv) > 2 else 8; ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 1
@@ -128,6 +130,18 @@ def load(leader):
     out = subprocess.run([BIN, "bench", "--url", f"http://127.0.0.1:{leader}", "--clients", "64", "--duration", f"{SECS}s"], capture_output=True, text=True).stdout
     line = [l for l in out.splitlines() if l.strip().startswith("64 ")][-1].split()
     return float(line[1]), float(line[3])
+def wchar(pid):
+    """Bytes the process has written so far (write calls, any file or socket)."""
+    return int([l for l in open(f"/proc/{pid}/io") if l.startswith("wchar:")][0].split()[1])
+def threads(pid):
+    """wchar per thread name of a process (threads of one name summed)."""
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+            out[name] = out.get(name, 0) + wchar(f"{pid}/task/{t}")
+        except OSError: pass
+    return out
 def throttled(group):
     """(periods, throttled periods) of a budget, (0, 0) without QUOTA."""
     if not QUOTA: return (0, 0)
@@ -146,6 +160,12 @@ def sliced(pairs):
     try:
         for regions, d, group in ((["g"], dirs[0], "anchor"), (["us", "eu"], dirs[1], "primary")):
             procs, leader = start(regions, d.name)
+            if os.environ.get("NO_REMOTE") and len(regions) > 1:
+                # Diagnostic: eu stopped, so `us` stamps every write but ships nothing (its
+                # shipper retries with backoff): what stamping costs apart from shipping.
+                for n, _, p in procs:
+                    if not n.startswith(regions[0]): p.kill(); p.wait()
+                procs = [x for x in procs if x[0].startswith(regions[0])]
             setups.append((regions, procs, leader))
             if QUOTA:
                 for n, _, p in procs: cg_add(group if n.startswith(regions[0]) else "remote", p.pid)
@@ -153,13 +173,21 @@ def sliced(pairs):
         for i in range(pairs):
             for regions, procs, leader in (setups if i % 2 == 0 else setups[::-1]):
                 prim = [p for n, _, p in procs if n.startswith(regions[0])]
-                before = sum(cpu(p.pid) for p in prim)
+                before = sum(cpu(p.pid) for p in prim); w0 = [wchar(p.pid) for p in prim]; t0 = threads(prim[1].pid)
                 group = "anchor" if regions[0] == "g" else "primary"
                 thr0 = throttled(group); steal0 = steal(); use0 = usage()
+                perf = None
+                if os.environ.get("PERF"):  # every node of the measured setup's primary region, flat
+                    perf = subprocess.Popen(["perf", "record", "-F", "999", "-p", ",".join(str(p.pid) for p in prim), "-o", f"/tmp/perf-{regions[0]}-{i}.data", "--", "sleep", str(SECS - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 put, p99 = load(leader)
+                if perf: perf.wait()
+                wr = " ".join(f"{(wchar(p.pid) - w) / (put * SECS):.0f}" for p, w in zip(prim, w0))
+                if os.environ.get("THREADS"):  # bytes written per write by thread name, second node (a follower)
+                    t1 = threads(prim[1].pid)
+                    print("   follower threads, bytes/write:", " ".join(f"{k}={(v - t0.get(k, 0)) / (put * SECS):.0f}" for k, v in sorted(t1.items())))
                 thr1 = throttled(group); st = (steal() - steal0) / SECS; use = {k: (v - use0[k]) / SECS for k, v in usage().items()}
                 rates[regions[0]].append(put); cpus[regions[0]].append((sum(cpu(p.pid) for p in prim) - before) * 1e6 / (put * SECS))
-                print(f"  slice {i + 1:2} {regions[0]:2} PUT/s {put:7.0f} p99 {p99:6.2f} ms  primary CPU us/write {cpus[regions[0]][-1]:6.1f}  throttled {(thr1[1] - thr0[1]) * 100 / max(1, thr1[0] - thr0[0]):3.0f}%  steal {st:.0f}%  cores used " + " ".join(f"{k} {v:.2f}" for k, v in use.items()), flush=True)
+                print(f"  slice {i + 1:2} {regions[0]:2} PUT/s {put:7.0f} p99 {p99:6.2f} ms  primary CPU us/write {cpus[regions[0]][-1]:6.1f}  throttled {(thr1[1] - thr0[1]) * 100 / max(1, thr1[0] - thr0[0]):3.0f}%  steal {st:.0f}%  bytes written/write {wr}  cores used " + " ".join(f"{k} {v:.2f}" for k, v in use.items()), flush=True)
                 time.sleep(0.5)
         ratios = sorted(u / g for u, g in zip(rates["us"], rates["g"]))
         med = lambda v: sorted(v)[len(v) // 2] if len(v) % 2 else (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]) / 2
