@@ -885,10 +885,13 @@ impl Drop for CpuBudget {
 }
 
 /// Writes `rate` keys a second for `secs` to the primary region's leader (open loop: each
-/// PUT its own task) while 4 readers poll an eu follower for each key in turn; a key's lag is
-/// from its acknowledgement to its first sighting in eu. A write that was not acknowledged
-/// (an error or a timeout: this host can stall for seconds) is counted and skipped; one that
-/// was acknowledged and never reaches eu fails the benchmark.
+/// PUT its own task) while one poller reads, from an eu follower, how far eu has merged us
+/// (`received.us` in `/admin/region/status`: us's log position, which moves in the same eu
+/// entry as the versions it covers). A write's lag is from its acknowledgement to the first
+/// poll that finds eu past its revision. (Polling every key instead, with a few readers,
+/// measured the readers: on a busy host they fell behind and their backlog became the tail.)
+/// A write that was not acknowledged (an error or a timeout: this host can stall for
+/// seconds) is counted and left out; one acknowledged that never arrives fails the benchmark.
 fn measure_lag(rg: &Regions, leader: usize, rate: u64, secs: u64) -> Vec<Duration> {
     let us = rg.base(0, leader);
     let eu = rg.base(1, 2);
@@ -896,75 +899,74 @@ fn measure_lag(rg: &Regions, leader: usize, rate: u64, secs: u64) -> Vec<Duratio
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
-        // Per key: None while its PUT is out, then Ok(acknowledged at) or Err(what came back).
-        let acked: Arc<Vec<Mutex<Option<Result<Instant, String>>>>> = Arc::new((0..n).map(|_| Mutex::new(None)).collect());
-        // The readers start first: a key's lag counts from its acknowledgement.
-        let readers: Vec<_> = (0..4)
-            .map(|r| {
-                let (client, eu, acked) = (client.clone(), eu.clone(), acked.clone());
-                tokio::spawn(async move {
-                    let mut lags = Vec::new();
-                    for i in (r..n).step_by(4) {
-                        let mut deadline = None;
-                        let seen = loop {
-                            let got = client.get(format!("{eu}/v1/kv/lag{i:06}?consistency=local")).send().await;
-                            if got.is_ok_and(|g| g.status() == 200) {
-                                break Some(Instant::now());
-                            }
-                            match &*acked[i].lock().unwrap() {
-                                Some(Err(_)) => break None, // not acknowledged: it need not arrive
-                                Some(Ok(a)) => {
-                                    let by = *deadline.get_or_insert(*a + Duration::from_secs(60)); // acknowledged: 60 s to arrive
-                                    assert!(Instant::now() < by, "lag{i:06} was acknowledged in us and never reached eu");
-                                }
-                                None => {}
-                            }
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        };
-                        let Some(seen) = seen else { continue };
-                        let ack = loop {
-                            match &*acked[i].lock().unwrap() {
-                                Some(Ok(a)) => break Some(*a),
-                                Some(Err(_)) => break None, // it arrived, but was never acknowledged: no lag to count
-                                None => {}
-                            }
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        };
-                        if let Some(ack) = ack {
-                            lags.push(seen.saturating_duration_since(ack));
-                        }
+        // The highest acknowledged revision, once every write has been answered.
+        let target = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        // (poll time, eu's mark for us), in time order.
+        let poller = {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut marks: Vec<(Instant, u64)> = Vec::new();
+                let mut stop_at = None;
+                loop {
+                    let mark = match client.get(format!("{eu}/admin/region/status")).send().await {
+                        Ok(r) => r.json::<serde_json::Value>().await.ok().and_then(|v| v["received"]["us"].as_u64()),
+                        Err(_) => None,
+                    };
+                    if let Some(m) = mark {
+                        marks.push((Instant::now(), m));
                     }
-                    lags
-                })
+                    let target = target.load(Ordering::SeqCst);
+                    if marks.last().is_some_and(|(_, m)| *m >= target) {
+                        return marks; // every acknowledged write is in eu
+                    }
+                    // Once every write was answered: 60 s more at most.
+                    if target < u64::MAX && *stop_at.get_or_insert(Instant::now() + Duration::from_secs(60)) < Instant::now() {
+                        return marks;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             })
-            .collect();
+        };
         let t0 = Instant::now();
         let mut writers = Vec::new();
         for i in 0..n {
             let due = t0 + Duration::from_micros(i as u64 * 1_000_000 / rate);
             tokio::time::sleep_until(due.into()).await;
-            let (client, us, acked) = (client.clone(), us.clone(), acked.clone());
+            let (client, us) = (client.clone(), us.clone());
             writers.push(tokio::spawn(async move {
                 let r = client.put(format!("{us}/v1/kv/lag{i:06}")).body("x").timeout(Duration::from_secs(20)).send().await;
-                *acked[i].lock().unwrap() = Some(match r {
-                    Ok(r) if r.status() == 200 => Ok(Instant::now()),
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        let at = Instant::now();
+                        let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+                        Ok((at, body["revision"].as_u64().ok_or("no revision in the answer")?))
+                    }
                     Ok(r) => Err(format!("HTTP {}", r.status())),
                     Err(e) => Err(e.to_string()),
-                });
+                }
             }));
         }
+        let mut acked = Vec::new();
+        let mut failed = Vec::new();
         for w in writers {
-            w.await.unwrap();
+            match w.await.unwrap() {
+                Ok(a) => acked.push(a),
+                Err(e) => failed.push(e),
+            }
         }
-        let mut all = Vec::new();
-        for r in readers {
-            all.extend(r.await.unwrap());
-        }
-        let failed: Vec<String> = acked.iter().filter_map(|a| a.lock().unwrap().clone()?.err()).collect();
+        target.store(acked.iter().map(|(_, r)| *r).max().unwrap_or(0), Ordering::SeqCst);
+        let marks = poller.await.unwrap();
         if !failed.is_empty() {
             eprintln!("{} of {n} lag writes were not acknowledged (left out), e.g. {}", failed.len(), failed[0]);
         }
-        all
+        eprintln!("{} polls of eu's mark while measuring lag", marks.len());
+        acked
+            .iter()
+            .map(|(at, revision)| {
+                let seen = marks.iter().find(|(_, m)| m >= revision).unwrap_or_else(|| panic!("the write at us revision {revision} was acknowledged and never reached eu")).0;
+                seen.saturating_duration_since(*at)
+            })
+            .collect()
     })
 }
 
