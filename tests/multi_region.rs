@@ -635,6 +635,7 @@ fn region_benchmark() {
     // REGION_BENCH_SECS: seconds per slice (default 8); REGION_BENCH_SLICES: pairs (default 4).
     let secs: u64 = std::env::var("REGION_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let pairs: usize = std::env::var("REGION_BENCH_SLICES").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    assert!(pairs >= 1, "REGION_BENCH_SLICES: at least one pair of slices");
     // REGION_BENCH_QUOTA=1 (root, cgroup v1 `cpu`/`cpuacct` mounted): each region gets a CPU
     // budget of its own, as it would get machines of its own, and so does the load.
     // REGION_BENCH_BUDGETS=primary,remote,load in cores (default 0.5,0.4,0.3): the single group
@@ -725,7 +726,7 @@ fn region_benchmark() {
     // 70% used, and a budget that runs out holds every message of its region until the next
     // 100 ms period — the figure would then be of that queue, not of shipping (with budgets it
     // was 258-305 ms p99, without 92-170 ms). Nor may this process (the proxies between the
-    // regions, the lag writers and readers) be budgeted while the regions are not: it starves.
+    // regions, the lag writers and poller) be budgeted while the regions are not: it starves.
     let lag = {
         let mut lag = measure_lag(&rg, leader, 1000, 10);
         lag.sort();
