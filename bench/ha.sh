@@ -5,7 +5,8 @@
 # primary) with a 1 s heartbeat and 3 s failover timeout.
 # Usage: [ROUNDS=3] [MODES="async sync"] [BUDGET=1] bench/ha.sh [seconds-per-step]   (default 5)
 #        BUDGET=1 (root): standalone and the primary get 0.8 of a core, the standby 0.6, the
-#        load generator 0.6, as if each ran on a machine of its own (bench/lib.sh).
+#        load generator 0.6, as if each ran on a machine of its own (bench/lib.sh);
+#        BUDGET_CORES=0.5,0.4,0.3 sets other ones (node, standby, load).
 #        FAILOVER=0: skip the failover times.
 #        BASE_BIN=path/to/an/older/meridian: each mode is measured with that build too, in the
 #        same rounds (rows "base:MODE", ratios to this build's standalone), for before/after.
