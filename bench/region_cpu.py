@@ -109,19 +109,18 @@ def run(regions):
                 rps = float([l for l in out.splitlines() if l.startswith("Requests/sec:")][0].split()[1])
                 p99 = [l for l in out.splitlines() if l.strip().startswith("99%")][0].split()[1]
                 p99 = float(p99[:-2]) if p99.endswith("ms") else float(p99[:-1]) * 1000 if p99.endswith("s") and not p99.endswith("us") else float(p99[:-2]) / 1000
-                line = ["64", str(rps), "0", str(p99)]
+                put = rps
             else:
-                out = subprocess.run([BIN, "bench", "--url", f"http://127.0.0.1:{leader}", "--clients", "64", "--duration", f"{SECS}s"], capture_output=True, text=True).stdout
-                line = [l for l in out.splitlines() if l.strip().startswith("64 ")][-1].split()
+                put, p99 = load(leader)
             after = {n: cpu(p.pid) for n, _, p in procs}
             if perf: perf.wait()
-            ops = float(line[1]) * SECS
+            ops = put * SECS
             per = {n: (after[n] - before[n]) * 1e6 / ops for n in before}
             if len(regions) > 1:
                 time.sleep(1)
                 st = get(f"http://127.0.0.1:{leader}/admin/region/status")
                 print("   status:", json.dumps(st)[:600])
-            return float(line[1]), float(line[3]), per
+            return put, p99, per
         finally:
             for _, _, p in procs: p.send_signal(signal.SIGTERM)
             for _, _, p in procs: p.wait()
@@ -131,7 +130,8 @@ def load(leader):
     line = [l for l in out.splitlines() if l.strip().startswith("64 ")][-1].split()
     return float(line[1]), float(line[3])
 def wchar(pid):
-    """Bytes the process has written so far (write calls, any file or socket)."""
+    """Bytes written so far (write calls, any file or socket) by `pid`, a process or, as
+    "PID/task/TID", one of its threads."""
     return int([l for l in open(f"/proc/{pid}/io") if l.startswith("wchar:")][0].split()[1])
 def threads(pid):
     """wchar per thread name of a process (threads of one name summed)."""
@@ -173,7 +173,8 @@ def sliced(pairs):
         for i in range(pairs):
             for regions, procs, leader in (setups if i % 2 == 0 else setups[::-1]):
                 prim = [p for n, _, p in procs if n.startswith(regions[0])]
-                before = sum(cpu(p.pid) for p in prim); w0 = [wchar(p.pid) for p in prim]; t0 = threads(prim[1].pid)
+                before = sum(cpu(p.pid) for p in prim); w0 = [wchar(p.pid) for p in prim]
+                t0 = threads(prim[1].pid) if os.environ.get("THREADS") else None
                 group = "anchor" if regions[0] == "g" else "primary"
                 thr0 = throttled(group); steal0 = steal(); use0 = usage()
                 perf = None
@@ -182,7 +183,7 @@ def sliced(pairs):
                 put, p99 = load(leader)
                 if perf: perf.wait()
                 wr = " ".join(f"{(wchar(p.pid) - w) / (put * SECS):.0f}" for p, w in zip(prim, w0))
-                if os.environ.get("THREADS"):  # bytes written per write by thread name, second node (a follower)
+                if t0 is not None:  # bytes written per write by thread name, second node (a follower)
                     t1 = threads(prim[1].pid)
                     print("   follower threads, bytes/write:", " ".join(f"{k}={(v - t0.get(k, 0)) / (put * SECS):.0f}" for k, v in sorted(t1.items())))
                 thr1 = throttled(group); st = (steal() - steal0) / SECS; use = {k: (v - use0[k]) / SECS for k, v in usage().items()}

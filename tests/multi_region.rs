@@ -772,21 +772,14 @@ fn region_benchmark() {
     let anchor = total(&one) / one.len() as f64;
     let mut ratios: Vec<f64> = one.iter().zip(&asy).map(|(o, a)| a.ops / o.ops).collect();
     ratios.sort_by(f64::total_cmp);
-    let median = |v: &[f64]| if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
-    let mid = |v: &[Slice], f: fn(&Slice) -> f64| median(&{
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(f64::total_cmp);
-        x
-    });
+    let mid = |v: &[Slice], f: fn(&Slice) -> f64| median(v.iter().map(f).collect());
     eprintln!(
         "\n| setup | PUT/s (64 clients) | p50 ms | p99 ms | vs one group | primary region CPU µs/write | budget ran out |\n|---|---|---|---|---|---|---|"
     );
     let cpu = |v: &[Slice]| match v.iter().map(|s| s.cpu).collect::<Option<Vec<_>>>() {
         Some(c) if !c.is_empty() => {
-            let (mut w, mut t): (Vec<f64>, Vec<f64>) = c.into_iter().unzip();
-            w.sort_by(f64::total_cmp);
-            t.sort_by(f64::total_cmp);
-            (format!("{:.0}", median(&w)), format!("{:.0}%", median(&t) * 100.0))
+            let (w, t): (Vec<f64>, Vec<f64>) = c.into_iter().unzip();
+            (format!("{:.0}", median(w)), format!("{:.0}%", median(t) * 100.0))
         }
         _ => ("-".into(), "-".into()),
     };
@@ -798,7 +791,7 @@ fn region_benchmark() {
         "\nasync against one group: {:.2}x of the totals; pairs {} (median {:.2}x); medians of slices, not of rows, for p50/p99/CPU; steal {:.0}% of a core on average",
         total(&asy) / total(&one),
         ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
-        median(&ratios),
+        median(ratios.clone()),
         one.iter().chain(&asy).map(|s| s.stolen).sum::<f64>() * 100.0 / (one.len() + asy.len()) as f64
     );
     eprintln!(
@@ -830,6 +823,17 @@ impl Slice {
     }
 }
 
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// CPU time the host took from this machine so far (all CPUs), from `/proc/stat`.
 fn steal_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -837,6 +841,8 @@ fn steal_seconds() -> f64 {
     ticks / 100.0 // USER_HZ, 100 on Linux
 }
 
+/// A CPU budget (cgroup v1 `cpu` quota, with `cpuacct` for the time used) for the region
+/// benchmark's REGION_BENCH_QUOTA=1: stands in for a machine of its own on a shared host.
 struct CpuBudget {
     dirs: [std::path::PathBuf; 2],
 }
