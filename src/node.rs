@@ -205,7 +205,8 @@ impl ClusterModeStarter {
                 // API reads the same store directly.
                 let hlc = Arc::new(region::hlc::Hlc::default());
                 let feed = Arc::new(region::feed::Feed::default());
-                let observed: Arc<dyn StateMachine> = Arc::new(region::observe::Observed::new(sm, hlc.clone(), feed.clone()));
+                let primary = region::primary::PrimaryView::new(sm.clone());
+                let observed: Arc<dyn StateMachine> = Arc::new(region::observe::Observed::new(sm, hlc.clone(), feed.clone(), primary.clone()));
                 let store = SmStore::new(observed.clone(), &cfg.data_dir).map_err(|e| store_err(format!("Raft snapshots: {e}")))?;
                 let mut rcfg = raft_config(cfg)?;
                 let region_name = cfg.cluster_region_id.clone().unwrap_or_default();
@@ -230,7 +231,7 @@ impl ClusterModeStarter {
                     tombstone_gc_interval: cfg.cluster_tombstone_gc_interval.0,
                     keep_conflicts: cfg.cluster_conflict_strategy == crate::config::ConflictStrategy::Manual,
                 };
-                region::MultiRegion::start(rc, node, observed, wal, transport, hlc, feed, &region_handler, semi_sync)
+                region::MultiRegion::start(rc, node, observed, wal, transport, hlc, feed, primary, &region_handler, semi_sync)
             }
             ClusterMode::Standalone | ClusterMode::Witness => unreachable!("{} is not a cluster mode with a WAL", cfg.cluster_mode.as_str()),
         })

@@ -786,6 +786,33 @@ impl StateMachine for RedbStore {
         }
     }
 
+    /// The overlay first, then one read transaction for the keys it does not hold (a key
+    /// not in the overlay when it is looked at can only be as new or newer in redb later).
+    fn get_versions(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StateMachineError> {
+        let mut out = vec![None; keys.len()];
+        let mut rest = Vec::new();
+        {
+            let overlay = self.overlay.read().unwrap();
+            for (i, key) in keys.iter().enumerate() {
+                match overlay.kv.get(key.as_str()) {
+                    Some(v) => out[i] = v.as_deref().map(|raw| self.checked(decode(key, raw))).transpose()?,
+                    None => rest.push(i),
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let db = self.db();
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(KV).map_err(storage)?;
+            for i in rest {
+                if let Some(g) = table.get(keys[i].as_str()).map_err(storage)? {
+                    out[i] = Some(self.checked(decode(&keys[i], g.value()))?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn list_versions(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
         self.list_stored(prefix, start_after, limit)
     }
@@ -1014,6 +1041,19 @@ mod tests {
         assert_eq!(r[0].outcome, Outcome::PreconditionFailed { current_revision: 2 });
         assert!(s.apply(&[put(5, "b", "z")]).is_err(), "a gap in indexes must be refused");
         assert_eq!(s.applied_index(), 3);
+    }
+
+    #[test]
+    fn get_versions_reads_what_get_version_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        s.apply(&[put(1, "a", "1"), put(2, "b", "2"), put(3, "c", "3")]).unwrap();
+        s.checkpoint().unwrap();
+        s.apply(&[put(4, "a", "4"), LogEntry { index: 5, epoch: 1, command: Command::Delete { key: "b".into(), if_revision: None }, meta: None }]).unwrap();
+        let keys: Vec<String> = ["c", "missing", "a", "b", "a"].iter().map(|k| k.to_string()).collect();
+        let one_by_one: Vec<Option<KeyValue>> = keys.iter().map(|k| s.get_version(k).unwrap()).collect();
+        assert_eq!(s.get_versions(&keys).unwrap(), one_by_one);
+        assert_eq!(one_by_one.iter().map(|v| v.as_ref().map(|v| v.value.clone())).collect::<Vec<_>>(), [Some(b"3".to_vec()), None, Some(b"4".to_vec()), None, Some(b"4".to_vec())]);
     }
 
     #[test]

@@ -100,6 +100,13 @@ pub trait StateMachine: Send + Sync + 'static {
     /// The stored version of `key`, tombstones and reserved keys included (multi-region
     /// shipping and high-water marks read these).
     fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError>;
+    /// [`get_version`](Self::get_version) of each key, in order. A store whose reads each
+    /// open a transaction serves them from one (the region shipper reads a batch's keys
+    /// together); each version is as new as `get_version` at the call's start would give, or
+    /// newer.
+    fn get_versions(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StateMachineError> {
+        keys.iter().map(|k| self.get_version(k)).collect()
+    }
     /// Visible keys ([`KeyValue::is_visible`]) starting with `prefix`, strictly after
     /// `start_after`, in key order, at most `limit`.
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError>;
@@ -437,6 +444,9 @@ macro_rules! delegate_to_inner {
         }
         fn get_version(&self, key: &str) -> Result<Option<$crate::command::KeyValue>, $crate::state_machine::StateMachineError> {
             self.inner.get_version(key)
+        }
+        fn get_versions(&self, keys: &[String]) -> Result<Vec<Option<$crate::command::KeyValue>>, $crate::state_machine::StateMachineError> {
+            self.inner.get_versions(keys)
         }
         fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<$crate::command::KeyValue>, $crate::state_machine::StateMachineError> {
             self.inner.list(prefix, start_after, limit)

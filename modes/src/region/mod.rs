@@ -177,11 +177,11 @@ impl MultiRegion {
         transport: Transport,
         hlc: Arc<Hlc>,
         feed: Arc<feed::Feed>,
+        primary: Arc<primary::PrimaryView>,
         handler: &RegionHandler,
         semi_sync: Option<Arc<SemiSync>>,
     ) -> Arc<MultiRegion> {
         let stopped = Arc::new(AtomicBool::new(false));
-        let primary = primary::PrimaryView::new(sm.clone());
         let links: Vec<Arc<Link>> = cfg
             .remote_names()
             .iter()

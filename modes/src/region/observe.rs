@@ -1,12 +1,15 @@
 //! The state machine as the multi-region mode sees it: every applied stamp moves this node's
 //! hybrid logical clock forward, so a write stamped here after a version was applied here is
 //! stamped above it (see [`super::hlc`]). While this node ships, what each applied entry
-//! touched is recorded in the [`Feed`]. Everything else passes straight through.
+//! touched is recorded in the [`Feed`]. An apply or install that may change the primary
+//! record runs as a change of the [`PrimaryView`], so the view's filed reading is never served
+//! past it. Everything else passes straight through.
 
 use std::sync::Arc;
 
 use super::feed::Feed;
 use super::hlc::Hlc;
+use super::primary::{may_change, PrimaryView};
 use crate::command::{Command, CommandResult, KeyValue};
 use crate::state_machine::{AppliedState, LogEntry, ScanEvent, StateMachine, StateMachineError};
 
@@ -14,11 +17,12 @@ pub struct Observed {
     inner: Arc<dyn StateMachine>,
     hlc: Arc<Hlc>,
     feed: Arc<Feed>,
+    primary: Arc<PrimaryView>,
 }
 
 impl Observed {
-    pub fn new(inner: Arc<dyn StateMachine>, hlc: Arc<Hlc>, feed: Arc<Feed>) -> Observed {
-        Observed { inner, hlc, feed }
+    pub fn new(inner: Arc<dyn StateMachine>, hlc: Arc<Hlc>, feed: Arc<Feed>, primary: Arc<PrimaryView>) -> Observed {
+        Observed { inner, hlc, feed, primary }
     }
 }
 
@@ -36,7 +40,11 @@ fn highest_stamp(c: &Command) -> u64 {
 
 impl StateMachine for Observed {
     fn apply(&self, entries: &[LogEntry]) -> Result<Vec<CommandResult>, StateMachineError> {
-        let out = self.inner.apply(entries)?;
+        let out = if entries.iter().any(|e| may_change(&e.command)) {
+            self.primary.changing(|| self.inner.apply(entries))?
+        } else {
+            self.inner.apply(entries)?
+        };
         if let Some(h) = entries.iter().map(|e| highest_stamp(&e.command)).max() {
             self.hlc.observe(h);
         }
@@ -61,6 +69,9 @@ impl StateMachine for Observed {
     fn get_version(&self, key: &str) -> Result<Option<KeyValue>, StateMachineError> {
         self.inner.get_version(key)
     }
+    fn get_versions(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StateMachineError> {
+        self.inner.get_versions(keys)
+    }
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<KeyValue>, StateMachineError> {
         self.inner.list(prefix, start_after, limit)
     }
@@ -77,7 +88,7 @@ impl StateMachine for Observed {
         self.inner.storage_failure()
     }
     fn reopen_storage(&self) -> Result<(), StateMachineError> {
-        self.inner.reopen_storage()
+        self.primary.changing(|| self.inner.reopen_storage())
     }
     fn replace_all(
         &self,
@@ -88,12 +99,14 @@ impl StateMachine for Observed {
     ) -> Result<(), StateMachineError> {
         let hlc = self.hlc.clone();
         self.feed.clear();
-        self.inner.replace_all(applied_index, epoch, meta, &mut || {
-            let e = entries()?;
-            if let Some(st) = e.as_ref().and_then(|kv| kv.stamp.as_ref()) {
-                hlc.observe(st.hlc);
-            }
-            Ok(e)
+        self.primary.changing(|| {
+            self.inner.replace_all(applied_index, epoch, meta, &mut || {
+                let e = entries()?;
+                if let Some(st) = e.as_ref().and_then(|kv| kv.stamp.as_ref()) {
+                    hlc.observe(st.hlc);
+                }
+                Ok(e)
+            })
         })
     }
 }
