@@ -8,6 +8,7 @@
 #        load generator 0.6, as if each ran on a machine of its own (bench/lib.sh);
 #        BUDGET_CORES=0.5,0.4,0.3 sets other ones (node, standby, load).
 #        FAILOVER=0: skip the failover times.
+#        SLICES=N: side by side instead of rounds (see below), 64 clients, one mode.
 #        BASE_BIN=path/to/an/older/meridian: each mode is measured with that build too, in the
 #        same rounds (rows "base:MODE", ratios to this build's standalone), for before/after.
 #        STANDBY_TMPFS=1: the standby's data directory on /dev/shm, so its fsyncs cost
@@ -34,6 +35,51 @@ ha_pair() { # tag mode hb_ms timeout -> starts primary on 18101, standby on 1810
 }
 stop_all() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); sleep 0.2; }
 bench() { "$BIN" bench --url "http://127.0.0.1:$1" --clients 1,16,64 --duration "${DUR}s" | tail -3; }
+
+# SLICES=N: standalone and the pair (the first of MODES) run side by side and the 64-client
+# load alternates between them, N pairs of slices (A B, B A, ...): this host's speed drifts
+# within a minute (steal time), and slices weigh on both alike where rounds minutes apart do
+# not. With BUDGET=1 standalone gets a budget of its own, the size of the primary's, and each
+# slice prints the share of periods in which the measured node's budget and the load's ran
+# out, and the steal time (docs/benchmarks.md, 2026-12-02 evening). PERF=1: a flat profile of
+# the measured node per slice, /tmp/perf-ha-<standalone|mode>-<slice>.data.
+if [ -n "${SLICES:-}" ]; then
+  mode=${MODES%% *}; mode=${mode:-sync}
+  start standalone 18100; SOLO=$LAST_PID
+  if [ "${BUDGET:-}" = 1 ]; then budget solo "$B_NODE"; budget_add solo "$SOLO"; fi
+  wait_http 18100
+  ha_pair "$mode" "$mode" 1000 3s
+  cg() { [ "${BUDGET:-}" = 1 ] && awk '/^nr_periods/ { p = $2 } /^nr_throttled/ { t = $2 } END { print p, t }' "/sys/fs/cgroup/cpu/meridian-bench-$1/cpu.stat" || echo "0 0"; }
+  steal() { awk '/^cpu / { print $9 }' /proc/stat; }
+  ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; } # utime + stime of a node
+  slice() { # label port budget pid -> prints one row, sets OPS
+    local c0 l0 s0 c1 l1 s1 out u0 u1
+    c0=$(cg "$3"); l0=$(cg load); s0=$(steal); u0=$(ticks "$4")
+    local perf=
+    if [ -n "${PERF:-}" ]; then # flat profile of the measured node, one file per slice
+      perf record -q -F 999 -p "$4" -o "/tmp/perf-ha-$1-$i.data" -- sleep $((DUR - 1)) >/dev/null 2>&1 & perf=$!
+    fi
+    out=$("$BIN" bench --url "http://127.0.0.1:$2" --clients 64 --duration "${DUR}s" | tail -1)
+    [ -z "$perf" ] || wait "$perf"
+    c1=$(cg "$3"); l1=$(cg load); s1=$(steal); u1=$(ticks "$4")
+    read -r _ OPS p50 p99 _ <<<"$out"
+    awk -v l="$1" -v o="$OPS" -v a="$p50" -v b="$p99" -v c0="$c0" -v c1="$c1" -v l0="$l0" -v l1="$l1" -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v d="$DUR" -v hz="$(getconf CLK_TCK)" \
+      'function pct(x, y,  p, t) { split(x, p, " "); split(y, t, " "); return (t[1] > p[1]) ? 100 * (t[2] - p[2]) / (t[1] - p[1]) : 0 }
+       BEGIN { printf "%-10s PUT/s %7.0f  p50 %6.2f ms  p99 %6.2f ms  CPU %4.0f us/write  budget ran out %3.0f%%  load budget %3.0f%%  steal %3.0f%% of a core\n", l, o, a, b, 1e6 * u / hz / (o * d), pct(c0, c1), pct(l0, l1), 100 * s / hz / d }'
+  }
+  "$BIN" bench --url http://127.0.0.1:18100 --clients 64 --duration "${DUR}s" >/dev/null   # warm-up, unmeasured
+  "$BIN" bench --url http://127.0.0.1:18101 --clients 64 --duration "${DUR}s" >/dev/null
+  ratios=(); SA=0; SB=0
+  for i in $(seq 1 "$SLICES"); do
+    if [ $((i % 2)) = 1 ]; then slice standalone 18100 solo "$SOLO"; a=$OPS; slice "$mode" 18101 node "$PA"; b=$OPS
+    else slice "$mode" 18101 node "$PA"; b=$OPS; slice standalone 18100 solo "$SOLO"; a=$OPS; fi
+    ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')"); SA=$(awk -v x="$SA" -v y="$a" 'BEGIN { print x + y }'); SB=$(awk -v x="$SB" -v y="$b" 'BEGIN { print x + y }')
+  done
+  med=$(printf "%s\n" "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  echo
+  echo "$mode against standalone at 64 clients: pairs ${ratios[*]}; median $(printf %.2f "$med")x; totals $(awk -v a="$SA" -v b="$SB" 'BEGIN { printf "%.2f", b / a }')x"
+  exit 0
+fi
 
 # The machine is shared and noisy (±20 % between identical runs), so every round measures
 # standalone and each mode back to back; ratios are taken within a round, and the table
