@@ -4,9 +4,11 @@
 //! Module map:
 //! - [`hlc`]: the hybrid logical clock whose readings stamp every write.
 //! - [`observe`]: the state machine wrapper that moves the clock past every applied stamp
-//!   and, while this node ships, records what each applied entry touched in the [`feed`].
+//!   and, while this node ships, records what each applied entry touched in the [`feed`]; it
+//!   also marks the applies that may change the primary record for [`primary`].
 //! - [`messages`]: the Region message family (a batch of versions and its answer).
-//! - [`primary`]: the primary record as of the applied state, read once per applied position.
+//! - [`primary`]: the primary record as of the applied state, read again only after an apply
+//!   or install that may have changed it.
 //! - [`shipper`]: one [`shipper::Link`] per remote region: reads committed entries, ships the
 //!   versions this region wrote, resumes from the remote's high-water mark.
 //! - [`collect`]: the region leader's tombstone collector.
