@@ -36,6 +36,9 @@ ha_pair() { # tag mode hb_ms timeout -> starts primary on 18101, standby on 1810
 stop_all() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); sleep 0.2; }
 bench() { "$BIN" bench --url "http://127.0.0.1:$1" --clients 1,16,64 --duration "${DUR}s" | tail -3; }
 
+# The median of whitespace-separated numbers on stdin.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 # SLICES=N: standalone and the pair (the first of MODES) run side by side and the 64-client
 # load alternates between them, N pairs of slices (A B, B A, ...): this host's speed drifts
 # within a minute (steal time), and slices weigh on both alike where rounds minutes apart do
@@ -78,7 +81,7 @@ if [ -n "${SLICES:-}" ]; then
     else slice "$mode" 18101 node "$PA"; b=$OPS; slice standalone 18100 solo "$SOLO"; a=$OPS; fi
     ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')"); SA=$(awk -v x="$SA" -v y="$a" 'BEGIN { print x + y }'); SB=$(awk -v x="$SB" -v y="$b" 'BEGIN { print x + y }')
   done
-  med=$(printf "%s\n" "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  med=$(echo "${ratios[*]}" | median)
   echo
   [ -z "${LOAD_BOUND:-}" ] || echo "NOT VALID: in the slices marked !, the load's budget ran out in more than 10 % of periods, so the load, not the node, set the rate; give the load more (BUDGET_CORES=node,standby,load)"
   echo "$mode against standalone at 64 clients: pairs ${ratios[*]}; median $(printf %.2f "$med")x; totals $(awk -v a="$SA" -v b="$SB" 'BEGIN { printf "%.2f", b / a }')x"
@@ -110,7 +113,6 @@ for round in $(seq 1 "$ROUNDS"); do
     stop_all; rm -rf "$TMP/$tag-a" "$TMP/$tag-b" "${SHM:-$TMP}/$tag-b"
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 field() { local i=$1 mode=$2 c=$3; for r in $(seq 1 "$ROUNDS"); do echo "${R[$r,$mode,$c]}" | awk -v i="$i" '{ printf "%s ", $i }'; done; }
 echo
 echo "median of $ROUNDS rounds: PUT/s (p50 ms / p99 ms), and the median of the per-round ratios to standalone"
